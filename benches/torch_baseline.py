@@ -1,0 +1,304 @@
+#!/usr/bin/env python3
+"""PyTorch baseline timings for the same cases as dropkit's benches.
+
+Prints one line per case to stdout:
+
+    RESULT impl=torch op=<name> device=<cuda|cpu> dtype=<f32|bf16|f16|f64> n=<n> median_s=<float> gbps=<float>
+
+plus comment lines starting with '#'. Feed the output to scripts/compare.py together with
+dropkit's own RESULT lines.
+
+Ops (names as printed):
+    torch_F_dropout           torch.nn.functional.dropout(x, p, training=True)
+    torch_native_dropout_fwd  torch.native_dropout(x, p, True)            (y and a bool mask)
+    torch_native_dropout_bwd  torch.ops.aten.native_dropout_backward(grad, mask, 1/(1-p))
+    copy                      y.copy_(x)
+
+GB/s counts only the bytes that must move (1e9 bytes per GB):
+    F.dropout: read x + write y             (torch's CUDA path also writes a mask it drops;
+                                             that is not counted, it is torch's overhead)
+    native fwd: read x + write y + 1 B/elem mask
+    native bwd: read grad + read 1 B/elem mask + write out
+    copy: read x + write y
+
+GPU timing: CUDA events around batches of calls after warm-up; the batch cycles through
+several independent buffer sets so that the working set (default 256 MiB) exceeds L2 and
+every call sees cold inputs; median over --iters batches, divided by the batch length.
+Calls are issued eagerly from Python, so for small sizes the time includes torch's
+per-call dispatch cost (that is what a PyTorch user pays). --graph captures each batch in
+a CUDA graph instead, which removes the CPU launch cost.
+
+CPU timing: time.perf_counter around each call after warm-up, median over --iters runs.
+torch's thread count is left at its default and printed.
+
+Usage:
+    python3 benches/torch_baseline.py --device cuda
+    python3 benches/torch_baseline.py --device cpu --sizes 65536,2^20 --iters 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+
+# torch warns at import when NumPy is absent; this script does not need NumPy.
+warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
+
+import torch  # noqa: E402
+
+DTYPES = {
+    "f32": torch.float32,
+    "bf16": torch.bfloat16,
+    "f16": torch.float16,
+    "f64": torch.float64,
+}
+OPS = ["torch_F_dropout", "torch_native_dropout_fwd", "torch_native_dropout_bwd", "copy"]
+DEFAULT_SIZES = {"cuda": "2^16,2^20,2^24,2^28", "cpu": "2^16,2^20,2^24"}
+DEFAULT_ITERS = {"cuda": 50, "cpu": 20}
+DEFAULT_WS_MIB = {"cuda": 256, "cpu": 0}
+MAX_BUFFER_SETS = 1024
+
+
+def parse_size(s: str) -> int:
+    s = s.strip().replace("**", "^")
+    if "^" in s:
+        base, exp = s.split("^", 1)
+        return int(base) ** int(exp)
+    if "<<" in s:
+        a, b = s.split("<<", 1)
+        return int(a) << int(b)
+    return int(s)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def bytes_moved(op: str, n: int, elem: int) -> int:
+    if op in ("torch_F_dropout", "copy"):
+        return 2 * n * elem
+    if op in ("torch_native_dropout_fwd", "torch_native_dropout_bwd"):
+        return 2 * n * elem + n
+    raise ValueError(op)
+
+
+def make_call(op: str, sets: list[dict], p: float):
+    """Return call(k) that runs `op` once on buffer set k % len(sets)."""
+    nsets = len(sets)
+    scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0
+    F = torch.nn.functional
+    bwd = torch.ops.aten.native_dropout_backward
+
+    if op == "torch_F_dropout":
+        def call(k):
+            return F.dropout(sets[k % nsets]["x"], p, training=True)
+    elif op == "torch_native_dropout_fwd":
+        def call(k):
+            return torch.native_dropout(sets[k % nsets]["x"], p, True)
+    elif op == "torch_native_dropout_bwd":
+        def call(k):
+            s = sets[k % nsets]
+            return bwd(s["x"], s["mask"], scale)
+    elif op == "copy":
+        def call(k):
+            s = sets[k % nsets]
+            return s["y"].copy_(s["x"])
+    else:
+        raise ValueError(op)
+    return call
+
+
+def build_sets(op: str, n: int, dtype, device: str, nsets: int, p: float) -> list[dict]:
+    sets = []
+    for _ in range(nsets):
+        x = torch.randn(n, device=device, dtype=torch.float32).to(dtype)
+        s = {"x": x}
+        if op == "copy":
+            s["y"] = torch.empty_like(x)
+        if op == "torch_native_dropout_bwd":
+            s["mask"] = torch.native_dropout(x, p, True)[1]
+        sets.append(s)
+    return sets
+
+
+def n_sets_for(op: str, n: int, elem: int, ws_bytes: int) -> int:
+    per_set = max(1, bytes_moved(op, n, elem))
+    return max(1, min(MAX_BUFFER_SETS, math.ceil(ws_bytes / per_set)))
+
+
+def time_cuda(call, nsets: int, iters: int, warmup: int, graph: bool) -> tuple[float, str]:
+    inner = nsets  # one batch touches every buffer set once
+    stream = torch.cuda.current_stream()
+    counter = [0]
+
+    def batch():
+        base = counter[0]
+        for j in range(inner):
+            call(base + j)
+        counter[0] = base + inner
+
+    mode = "eager"
+    runner = batch
+    if graph:
+        try:
+            # Warm up on a side stream before capture, as torch recommends.
+            side = torch.cuda.Stream()
+            side.wait_stream(stream)
+            with torch.cuda.stream(side):
+                for _ in range(max(1, warmup)):
+                    batch()
+            stream.wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                batch()
+            runner = g.replay
+            mode = "graph"
+        except Exception as e:  # noqa: BLE001 - fall back, but say so
+            print(f"# graph capture failed ({type(e).__name__}: {e}); timing eagerly",
+                  flush=True)
+            torch.cuda.synchronize()
+            runner = batch
+    for _ in range(max(1, warmup)):
+        runner()
+    torch.cuda.synchronize()
+    events = []
+    for _ in range(iters):
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record(stream)
+        runner()
+        end.record(stream)
+        events.append((start, end))
+    torch.cuda.synchronize()
+    times = [s.elapsed_time(e) / 1e3 / inner for s, e in events]
+    return statistics.median(times), mode
+
+
+def time_cpu(call, nsets: int, iters: int, warmup: int) -> float:
+    k = 0
+    for _ in range(max(1, warmup)):
+        call(k)
+        k += 1
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        call(k)
+        t1 = time.perf_counter()
+        k += 1
+        times.append(t1 - t0)
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="PyTorch dropout baseline timings")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--sizes", default=None,
+                    help="comma-separated element counts; 2^k and 1<<k accepted "
+                         "(default cuda: 2^16,2^20,2^24,2^28; cpu: 2^16,2^20,2^24)")
+    ap.add_argument("--dtypes", default="f32,bf16,f16,f64",
+                    help="comma-separated subset of f32,bf16,f16,f64")
+    ap.add_argument("--ops", default=",".join(OPS),
+                    help="comma-separated subset of " + ",".join(OPS))
+    ap.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
+    ap.add_argument("--iters", type=int, default=None,
+                    help="timed runs per case (cuda: batches, default 50; cpu: calls, "
+                         "default 20)")
+    ap.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+    ap.add_argument("--working-set-mib", type=float, default=None,
+                    help="rotate among enough input buffer sets to touch this many MiB "
+                         "(default cuda: 256, above H100/H200 L2; cpu: 0 = one buffer)")
+    ap.add_argument("--graph", action="store_true",
+                    help="cuda only: replay each batch as a CUDA graph (no CPU launch cost)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    device = args.device
+    if not 0.0 <= args.p < 1.0:
+        ap.error("--p must be in [0, 1) for a meaningful baseline")
+    sizes = [parse_size(s) for s in (args.sizes or DEFAULT_SIZES[device]).split(",") if s.strip()]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES:
+            ap.error(f"unknown dtype {d!r}; choose from {','.join(DTYPES)}")
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    for o in ops:
+        if o not in OPS:
+            ap.error(f"unknown op {o!r}; choose from {','.join(OPS)}")
+    iters = args.iters if args.iters is not None else DEFAULT_ITERS[device]
+    if iters < 1:
+        ap.error("--iters must be >= 1")
+    ws_mib = args.working_set_mib if args.working_set_mib is not None else DEFAULT_WS_MIB[device]
+    ws_bytes = int(ws_mib * (1 << 20))
+
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            print("# error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+            return 2
+        name = torch.cuda.get_device_name()
+    else:
+        name = cpu_model()
+    torch.manual_seed(args.seed)
+
+    print(f"# device: {name}, torch {torch.__version__}")
+    if device == "cpu":
+        print(f"# threads: {torch.get_num_threads()}")
+    else:
+        print(f"# cuda: {torch.version.cuda}, timing: CUDA events, "
+              f"{'graph replay' if args.graph else 'eager launches'}")
+    print(f"# p={args.p!r} iters={iters} warmup={args.warmup} working_set_mib={ws_mib:g} "
+          f"statistic=median")
+    sys.stdout.flush()
+
+    for dname in dtypes:
+        dtype = DTYPES[dname]
+        elem = torch.empty((), dtype=dtype).element_size()
+        for n in sizes:
+            for op in ops:
+                nsets = n_sets_for(op, n, elem, ws_bytes) if ws_bytes > 0 else 1
+                sets = None
+                try:
+                    sets = build_sets(op, n, dtype, device, nsets, args.p)
+                    call = make_call(op, sets, args.p)
+                    # One untimed probe so unsupported dtype/op combinations fail here.
+                    call(0)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                        med, mode = time_cuda(call, nsets, iters, args.warmup, args.graph)
+                    else:
+                        med = time_cpu(call, nsets, iters, args.warmup)
+                        mode = None
+                except (RuntimeError, NotImplementedError, TypeError) as e:
+                    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    print(f"# skipped op={op} device={device} dtype={dname} n={n}: "
+                          f"{type(e).__name__}: {msg}", flush=True)
+                    continue
+                finally:
+                    sets = None
+                    call = None
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                        torch.cuda.empty_cache()
+                gbps = bytes_moved(op, n, elem) / med / 1e9 if med > 0 else float("inf")
+                extra = f" # sets={nsets}" + (f" mode={mode}" if mode else "")
+                line = (f"RESULT impl=torch op={op} device={device} dtype={dname} n={n} "
+                        f"median_s={med:.6e} gbps={gbps:.3f}")
+                print(line, flush=True)
+                if nsets > 1 or mode == "graph":
+                    print(f"#   {extra.strip(' #')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+//! Compiles every `kernels/*.cu` to PTX with nvcc and generates `kernels.rs` in OUT_DIR,
+//! which the crate includes to embed the PTX.
+//!
+//! nvcc is found from `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`. Without nvcc (or
+//! with `DROPKIT_NO_NVCC=1`) the build still succeeds, embeds no PTX and warns; CUDA calls
+//! then return `Error::KernelsNotBuilt`. The target is a virtual architecture (PTX that the
+//! driver JIT-compiles): `DROPKIT_CUDA_ARCH` (e.g. `compute_90`) or the lowest the nvcc knows.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=kernels");
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "PATH",
+        "DROPKIT_CUDA_ARCH",
+        "DROPKIT_NO_NVCC",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let generated = out_dir.join("kernels.rs");
+
+    let modules = if env::var_os("CARGO_FEATURE_CUDA").is_none() {
+        Vec::new()
+    } else if let Some(nvcc) = find_nvcc() {
+        compile_all(&nvcc, &out_dir)
+    } else {
+        println!(
+            "cargo:warning=dropkit: nvcc not found, building without CUDA kernels (CUDA calls \
+             will return Error::KernelsNotBuilt). To build them: `bash scripts/install-nvcc.sh` \
+             and set NVCC to the path it prints, or install a CUDA toolkit and set CUDA_HOME."
+        );
+        Vec::new()
+    };
+
+    let mut code = String::from("/// (module name, PTX) for every kernels/*.cu.\n");
+    code.push_str("pub const PTX_MODULES: &[(&str, &str)] = &[\n");
+    for (name, path) in &modules {
+        code.push_str(&format!(
+            "    ({name:?}, include_str!({:?})),\n",
+            path.display()
+        ));
+    }
+    code.push_str("];\n");
+    fs::write(&generated, code).expect("write kernels.rs");
+}
+
+fn find_nvcc() -> Option<PathBuf> {
+    if env::var_os("DROPKIT_NO_NVCC").is_some_and(|v| v != "0") {
+        return None;
+    }
+    if let Some(p) = env::var_os("NVCC") {
+        return Some(PathBuf::from(p));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(home) = env::var_os(var) {
+            let p = Path::new(&home).join("bin").join("nvcc");
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    env::split_paths(&env::var_os("PATH")?)
+        .map(|dir| dir.join("nvcc"))
+        .find(|p| p.is_file())
+}
+
+/// The virtual architecture: DROPKIT_CUDA_ARCH, else the lowest `compute_XX` nvcc lists.
+fn target_arch(nvcc: &Path) -> String {
+    if let Ok(arch) = env::var("DROPKIT_CUDA_ARCH") {
+        return arch;
+    }
+    let listed = Command::new(nvcc).arg("--list-gpu-arch").output();
+    let lowest = listed.ok().and_then(|o| {
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("compute_"))
+            .filter_map(|v| v.parse::<u32>().ok())
+            .min()
+    });
+    format!("compute_{}", lowest.unwrap_or(75))
+}
+
+fn compile_all(nvcc: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
+    let arch = target_arch(nvcc);
+    let mut sources: Vec<PathBuf> = fs::read_dir("kernels")
+        .expect("kernels/ directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    sources.sort();
+    let mut modules = Vec::new();
+    for src in sources {
+        let name = src.file_stem().unwrap().to_string_lossy().into_owned();
+        let ptx = out_dir.join(format!("{name}.ptx"));
+        // Keep these flags in sync with scripts/check-ptx.sh. --fmad=false: SPEC forbids
+        // contracting a multiply and an add into an FMA.
+        let status = Command::new(nvcc)
+            .args(["-ptx", "-O3", "-std=c++17", "--fmad=false", "-I", "kernels"])
+            .arg(format!("-arch={arch}"))
+            .arg("-o")
+            .arg(&ptx)
+            .arg(&src)
+            .status()
+            .unwrap_or_else(|e| panic!("failed to run nvcc at {}: {e}", nvcc.display()));
+        assert!(status.success(), "nvcc failed on {}", src.display());
+        modules.push((name, ptx));
+    }
+    modules
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does, assembles
+# each PTX with ptxas for sm_80 and sm_90, prints register use, and fails on any compile
+# error, register spill or non-zero stack frame. Needs no GPU.
+#
+# nvcc: $NVCC, else $CUDA_HOME/bin/nvcc, else nvcc on PATH, else scripts/install-nvcc.sh.
+# ptxas is taken from beside that nvcc. PTX and cubins go to a temporary directory.
+# DROPKIT_CUDA_ARCH overrides the virtual architecture, as in build.rs (whose default is
+# the lowest one nvcc lists: compute_75 for the pinned CUDA 13.0).
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$script_dir")"
+cd "$repo"
+
+if [ -n "${NVCC:-}" ]; then
+    nvcc="$NVCC"
+elif [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then
+    nvcc="$CUDA_HOME/bin/nvcc"
+elif command -v nvcc >/dev/null 2>&1; then
+    nvcc="$(command -v nvcc)"
+else
+    nvcc="$(bash "$script_dir/install-nvcc.sh" | tail -n 1)"
+fi
+# Resolve symlinks so that ptxas is found beside the real nvcc.
+nvcc="$(readlink -f "$(command -v "$nvcc")")"
+ptxas="$(dirname "$nvcc")/ptxas"
+if [ ! -x "$ptxas" ]; then
+    ptxas="$(command -v ptxas || true)"
+fi
+if [ -z "$ptxas" ]; then
+    echo "check-ptx: no ptxas beside $nvcc or on PATH" >&2
+    exit 1
+fi
+echo "check-ptx: nvcc  $nvcc" >&2
+echo "check-ptx: ptxas $ptxas" >&2
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+shopt -s nullglob
+sources=(kernels/*.cu)
+if [ "${#sources[@]}" -eq 0 ]; then
+    echo "check-ptx: no kernels/*.cu" >&2
+    exit 1
+fi
+
+status=0
+for cu in "${sources[@]}"; do
+    name="$(basename "$cu" .cu)"
+    ptx="$tmp/$name.ptx"
+    echo "== $cu"
+    # Keep in sync with build.rs: the same flags, so that what passes here is what ships.
+    if ! "$nvcc" -ptx -O3 -std=c++17 --fmad=false -arch="${DROPKIT_CUDA_ARCH:-compute_75}" \
+        -I kernels -o "$ptx" "$cu"; then
+        echo "check-ptx: FAIL: nvcc on $cu" >&2
+        status=1
+        continue
+    fi
+    for arch in sm_80 sm_90; do
+        log="$tmp/$name.$arch.log"
+        if ! "$ptxas" -arch="$arch" -v -o "$tmp/$name.$arch.cubin" "$ptx" >"$log" 2>&1; then
+            cat "$log"
+            echo "check-ptx: FAIL: ptxas -arch=$arch on $ptx" >&2
+            status=1
+            continue
+        fi
+        # ptxas -v prints, per function:
+        #   ptxas info : Function properties for NAME
+        #       S bytes stack frame, SS bytes spill stores, SL bytes spill loads
+        #   ptxas info : Used R registers, ...
+        if ! awk -v arch="$arch" '
+            /Function properties for/ { fn = $NF; next }
+            /bytes stack frame/ {
+                stack = $1; stores = $5; loads = $9
+                if (stack != 0 || stores != 0 || loads != 0) {
+                    printf "check-ptx: FAIL: %s %s: %s\n", arch, fn, $0
+                    bad = 1
+                }
+                next
+            }
+            /Used [0-9]+ registers/ {
+                sub(/^.*Used/, "Used")
+                printf "  %s %-28s %s\n", arch, fn, $0
+            }
+            END { exit bad }
+        ' "$log"; then
+            status=1
+        fi
+    done
+done
+
+if [ "$status" -ne 0 ]; then
+    echo "check-ptx: FAILED" >&2
+else
+    echo "check-ptx: ok" >&2
+fi
+exit "$status"

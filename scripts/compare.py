@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Compare dropkit bench results with the PyTorch baseline as markdown tables.
+
+Reads RESULT lines from the files given (or stdin when none, or for '-'):
+
+    RESULT impl=<dropkit|torch> op=<name> device=<dev> dtype=<dt> n=<n> median_s=<s> gbps=<g>
+
+Anything else (comments, cargo noise) is ignored. For each device it prints a table with
+one row per (dtype, n, dropkit op):
+
+    dtype | n | op | time | GB/s | % copy | torch op | torch time | torch GB/s | torch % copy | torch/ours
+
+"% copy" is the op's GB/s over the copy GB/s that the SAME impl measured for the same
+device, dtype and n (ours against our copy, torch's against torch's copy). torch/ours is
+torch_time / our_time, so > 1 means dropkit is faster. Missing values show '-'.
+
+Op mapping: fwd_bits -> torch_native_dropout_fwd, fwd_regen -> torch_F_dropout,
+bwd_bits and bwd_regen -> torch_native_dropout_bwd.
+
+Usage:
+    cargo bench ... | tee ours.txt
+    python3 benches/torch_baseline.py --device cuda > torch.txt
+    python3 scripts/compare.py ours.txt torch.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import OrderedDict
+
+OUR_IMPL = "dropkit"
+TORCH_IMPL = "torch"
+OUR_OPS = ["fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen"]
+TORCH_FOR = {
+    "fwd_bits": "torch_native_dropout_fwd",
+    "fwd_regen": "torch_F_dropout",
+    "bwd_bits": "torch_native_dropout_bwd",
+    "bwd_regen": "torch_native_dropout_bwd",
+}
+COPY_OP = "copy"
+DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
+REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")
+
+
+def parse_line(line: str):
+    line = line.strip()
+    if not line.startswith("RESULT"):
+        return None
+    fields = {}
+    for tok in line.split()[1:]:
+        if tok.startswith("#"):
+            break
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            fields[k] = v
+    if any(k not in fields for k in REQUIRED):
+        return None
+    try:
+        return {
+            "impl": fields["impl"],
+            "op": fields["op"],
+            "device": fields["device"],
+            "dtype": fields["dtype"],
+            "n": int(fields["n"]),
+            "median_s": float(fields["median_s"]),
+            "gbps": float(fields["gbps"]),
+        }
+    except ValueError:
+        return None
+
+
+def read_results(paths: list[str]) -> dict:
+    """{(impl, op, device, dtype, n): record}; a repeated key keeps the last one read."""
+    results = OrderedDict()
+    sources = paths or ["-"]
+    for path in sources:
+        f = sys.stdin if path == "-" else open(path, encoding="utf-8", errors="replace")
+        try:
+            for lineno, line in enumerate(f, 1):
+                r = parse_line(line)
+                if r is None:
+                    if line.strip().startswith("RESULT"):
+                        print(f"warning: {path}:{lineno}: malformed RESULT line ignored",
+                              file=sys.stderr)
+                    continue
+                key = (r["impl"], r["op"], r["device"], r["dtype"], r["n"])
+                if key in results:
+                    print(f"warning: {path}:{lineno}: duplicate result for "
+                          f"{' '.join(map(str, key))}; keeping the last", file=sys.stderr)
+                results[key] = r
+        finally:
+            if f is not sys.stdin:
+                f.close()
+    return results
+
+
+def fmt_time(s) -> str:
+    if s is None:
+        return "-"
+    if s >= 1.0:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.3f} ms"
+    if s >= 1e-6:
+        return f"{s * 1e6:.2f} us"
+    return f"{s * 1e9:.1f} ns"
+
+
+def fmt_num(x, spec: str) -> str:
+    if x is None:
+        return "-"
+    if spec == ".1f" and abs(x) < 10:
+        spec = ".2f"  # keep slow (CPU) bandwidths readable
+    return format(x, spec)
+
+
+def fmt_n(n: int) -> str:
+    if n > 0 and n & (n - 1) == 0:
+        return f"2^{n.bit_length() - 1}"
+    return str(n)
+
+
+def pct_of_copy(results, impl, device, dtype, n, gbps):
+    if gbps is None:
+        return None
+    c = results.get((impl, COPY_OP, device, dtype, n))
+    if c is None or c["gbps"] <= 0:
+        return None
+    return 100.0 * gbps / c["gbps"]
+
+
+def dtype_key(d: str):
+    return (DTYPE_ORDER.get(d, len(DTYPE_ORDER)), d)
+
+
+def render(results: dict) -> str:
+    out = []
+    devices = sorted({k[2] for k in results})
+    if not devices:
+        return "no RESULT lines found\n"
+    for device in devices:
+        pairs = sorted({(k[3], k[4]) for k in results if k[2] == device},
+                       key=lambda dn: (dtype_key(dn[0]), dn[1]))
+        out.append(f"## device: {device}\n")
+        out.append("| dtype | n | op | time | GB/s | % copy | torch op | torch time | "
+                   "torch GB/s | torch % copy | torch/ours |")
+        out.append("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
+        rows = 0
+        for dtype, n in pairs:
+            for op in OUR_OPS:
+                ours = results.get((OUR_IMPL, op, device, dtype, n))
+                top = TORCH_FOR[op]
+                theirs = results.get((TORCH_IMPL, top, device, dtype, n))
+                if ours is None and theirs is None:
+                    continue
+                o_t = ours["median_s"] if ours else None
+                o_g = ours["gbps"] if ours else None
+                t_t = theirs["median_s"] if theirs else None
+                t_g = theirs["gbps"] if theirs else None
+                o_pct = pct_of_copy(results, OUR_IMPL, device, dtype, n, o_g)
+                t_pct = pct_of_copy(results, TORCH_IMPL, device, dtype, n, t_g)
+                ratio = t_t / o_t if (o_t and t_t is not None and o_t > 0) else None
+                out.append(
+                    f"| {dtype} | {fmt_n(n)} | {op if ours else op + ' (missing)'} | "
+                    f"{fmt_time(o_t)} | {fmt_num(o_g, '.1f')} | {fmt_num(o_pct, '.1f')} | "
+                    f"{top if theirs else '-'} | {fmt_time(t_t)} | {fmt_num(t_g, '.1f')} | "
+                    f"{fmt_num(t_pct, '.1f')} | {fmt_num(ratio, '.2f')} |")
+                rows += 1
+        if rows == 0:
+            out.append("| - | - | - | - | - | - | - | - | - | - | - |")
+        # Copy bandwidth of each impl, the denominator of the % columns.
+        copies = [(d, n) for d, n in pairs
+                  if (OUR_IMPL, COPY_OP, device, d, n) in results
+                  or (TORCH_IMPL, COPY_OP, device, d, n) in results]
+        if copies:
+            out.append("")
+            out.append(f"Copy bandwidth on {device} (denominator of % copy):\n")
+            out.append("| dtype | n | dropkit copy GB/s | torch copy GB/s |")
+            out.append("|---|---:|---:|---:|")
+            for d, n in copies:
+                oc = results.get((OUR_IMPL, COPY_OP, device, d, n))
+                tc = results.get((TORCH_IMPL, COPY_OP, device, d, n))
+                out.append(f"| {d} | {fmt_n(n)} | {fmt_num(oc['gbps'] if oc else None, '.1f')} "
+                           f"| {fmt_num(tc['gbps'] if tc else None, '.1f')} |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="markdown comparison of dropkit vs torch RESULT lines")
+    ap.add_argument("files", nargs="*", help="files with RESULT lines ('-' or none: stdin)")
+    args = ap.parse_args()
+    sys.stdout.write(render(read_results(args.files)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+//! Elementwise dropout on the CPU (SPEC section 3): forward with optional packed bits,
+//! backward from bits. Backward by regeneration is the forward applied to the gradient.
+
+use super::{map_words, Block, Source};
+use crate::element::{ComputeFloat, Element};
+use crate::mask::{words_at, Probability};
+
+/// Where a call's random words come from: decision i of this tensor is `index_base + i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamPos {
+    pub seed: u64,
+    pub offset: u64,
+    pub index_base: u64,
+}
+
+/// y = dropped ? +0 : x * s, writing the keep bits when asked. `x = None` is in place.
+pub fn forward<T: Element>(
+    x: Source<'_, T>,
+    y: &mut [T],
+    bits: Option<&mut [u32]>,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+) {
+    let zero = <T::Compute as ComputeFloat>::ZERO;
+    map_words(
+        [x],
+        y,
+        bits,
+        |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
+            let first = pos.index_base.wrapping_add(32 * w as u64);
+            let words = words_at(pos.seed, pos.offset, first);
+            let mut keep = 0u32;
+            for k in 0..32 {
+                let kept = prob.keeps(words[k]);
+                keep |= u32::from(kept) << k;
+                // Select, not multiply: a dropped NaN or inf still gives +0.
+                yb[k] = if kept { xb[k].mul(scale) } else { zero };
+            }
+            keep
+        },
+    );
+}
+
+/// dx = bit ? dy * s : +0, from packed keep bits (bit i of the mask is element i).
+pub fn backward_bits<T: Element>(dy: Source<'_, T>, dx: &mut [T], bits: &[u32], scale: T::Compute) {
+    let zero = <T::Compute as ComputeFloat>::ZERO;
+    map_words(
+        [dy],
+        dx,
+        None,
+        |w, [gb]: &[Block<T::Compute>; 1], out: &mut Block<T::Compute>| {
+            let word = bits[w];
+            for k in 0..32 {
+                out[k] = if word >> k & 1 == 1 {
+                    gb[k].mul(scale)
+                } else {
+                    zero
+                };
+            }
+            word
+        },
+    );
+}

@@ -1,0 +1,146 @@
+//! The CPU backend: the reference implementation of the spec, written to be fast.
+//!
+//! Every layer is expressed as a function of one 32-element mask word (see [`map_words`]):
+//! the driver here splits the tensor into chunks of whole words, runs the chunks on all
+//! cores with rayon, widens inputs to the compute type and narrows outputs once. Because
+//! each word depends only on its index, the bits do not depend on the thread count.
+
+pub mod dropout;
+
+use crate::element::{ComputeFloat, Element};
+
+/// Elements per parallel task: whole mask words, large enough to amortise scheduling.
+const CHUNK: usize = 32 * 1024;
+
+/// A block of 32 compute values: one mask word's worth of elements.
+pub type Block<C> = [C; 32];
+
+/// Where an operand comes from: a separate slice, or the output itself (in-place).
+#[derive(Clone, Copy)]
+pub enum Source<'a, T> {
+    Slice(&'a [T]),
+    Output,
+}
+
+/// Runs `word_fn` on every 32-element word of `out` and writes the results.
+///
+/// `word_fn(w, inputs, out_block)` gets the global word index `w` (element 32w is the first),
+/// the K inputs widened to the compute type (zeros past the end), fills `out_block`, and
+/// returns the 32 keep bits of the word. Bits past the end are cleared before they are
+/// stored in `bits_out` (one word per 32 elements).
+pub fn map_words<T, const K: usize, F>(
+    inputs: [Source<'_, T>; K],
+    out: &mut [T],
+    bits_out: Option<&mut [u32]>,
+    word_fn: F,
+) where
+    T: Element,
+    F: Fn(usize, &[Block<T::Compute>; K], &mut Block<T::Compute>) -> u32 + Sync,
+{
+    let n = out.len();
+    for input in &inputs {
+        if let Source::Slice(s) = input {
+            debug_assert_eq!(s.len(), n, "backend called with mismatched lengths");
+        }
+    }
+    let run = |chunk_index: usize, out: &mut [T], bits: Option<&mut [u32]>| {
+        let start = chunk_index * CHUNK;
+        let chunk_inputs = inputs.map(|s| match s {
+            Source::Slice(s) => Source::Slice(&s[start..start + out.len()]),
+            Source::Output => Source::Output,
+        });
+        run_chunk_dispatch(start / 32, &chunk_inputs, out, bits, &word_fn);
+    };
+    if n <= CHUNK {
+        run(0, out, bits_out);
+        return;
+    }
+    use rayon::prelude::*;
+    match bits_out {
+        Some(bits) => out
+            .par_chunks_mut(CHUNK)
+            .zip(bits.par_chunks_mut(CHUNK / 32))
+            .enumerate()
+            .for_each(|(c, (o, b))| run(c, o, Some(b))),
+        None => out
+            .par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(c, o)| run(c, o, None)),
+    }
+}
+
+/// Picks the widest instruction set the CPU has; the arithmetic (and so the bits) is the
+/// same either way, only the vector width changes.
+fn run_chunk_dispatch<T, const K: usize, F>(
+    first_word: usize,
+    inputs: &[Source<'_, T>; K],
+    out: &mut [T],
+    bits: Option<&mut [u32]>,
+    word_fn: &F,
+) where
+    T: Element,
+    F: Fn(usize, &[Block<T::Compute>; K], &mut Block<T::Compute>) -> u32 + Sync,
+{
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { run_chunk_avx2(first_word, inputs, out, bits, word_fn) };
+            return;
+        }
+    }
+    run_chunk(first_word, inputs, out, bits, word_fn);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn run_chunk_avx2<T, const K: usize, F>(
+    first_word: usize,
+    inputs: &[Source<'_, T>; K],
+    out: &mut [T],
+    bits: Option<&mut [u32]>,
+    word_fn: &F,
+) where
+    T: Element,
+    F: Fn(usize, &[Block<T::Compute>; K], &mut Block<T::Compute>) -> u32 + Sync,
+{
+    run_chunk(first_word, inputs, out, bits, word_fn)
+}
+
+#[inline(always)]
+fn run_chunk<T, const K: usize, F>(
+    first_word: usize,
+    inputs: &[Source<'_, T>; K],
+    out: &mut [T],
+    mut bits: Option<&mut [u32]>,
+    word_fn: &F,
+) where
+    T: Element,
+    F: Fn(usize, &[Block<T::Compute>; K], &mut Block<T::Compute>) -> u32 + Sync,
+{
+    let zero = <T::Compute as ComputeFloat>::ZERO;
+    let mut inb = [[zero; 32]; K];
+    let mut outb = [zero; 32];
+    for (w, out_word) in out.chunks_mut(32).enumerate() {
+        let len = out_word.len();
+        let base = 32 * w;
+        for (k, input) in inputs.iter().enumerate() {
+            let src = match input {
+                Source::Slice(s) => &s[base..base + len],
+                Source::Output => &*out_word,
+            };
+            T::to_compute_block(src, &mut inb[k][..len]);
+            if len < 32 {
+                inb[k][len..].fill(zero);
+            }
+        }
+        let mut keep = word_fn(first_word + w, &inb, &mut outb);
+        if len < 32 {
+            keep &= (1u32 << len) - 1;
+        }
+        T::from_compute_block(&outb[..len], out_word);
+        if let Some(bits) = bits.as_deref_mut() {
+            bits[w] = keep;
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Where tensors live and kernels run: the CPU, or one CUDA device with its stream.
+
+use crate::error::{Error, Result};
+use std::fmt;
+
+/// A compute device.
+#[derive(Clone, Debug, Default)]
+pub enum Device {
+    /// The host, using all cores.
+    #[default]
+    Cpu,
+    /// A CUDA GPU: its context, the stream work is queued on, and its loaded kernels.
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaDevice),
+}
+
+impl Device {
+    /// CUDA device `ordinal`, or an error when there is no driver, no device, the ordinal is
+    /// out of range, or the crate was built without the `cuda` feature. Never panics.
+    pub fn cuda(ordinal: usize) -> Result<Device> {
+        #[cfg(feature = "cuda")]
+        {
+            crate::cuda::CudaDevice::new(ordinal).map(Device::Cuda)
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = ordinal;
+            Err(Error::CudaUnavailable(
+                "dropkit was built without its `cuda` feature".into(),
+            ))
+        }
+    }
+
+    /// CUDA device 0 when one is usable (driver, device and embedded kernels), else the CPU.
+    pub fn best_available() -> Device {
+        #[cfg(feature = "cuda")]
+        if crate::cuda::kernels_built() {
+            if let Ok(d) = Device::cuda(0) {
+                return d;
+            }
+        }
+        Device::Cpu
+    }
+
+    /// True for a CUDA device.
+    pub fn is_cuda(&self) -> bool {
+        !matches!(self, Device::Cpu)
+    }
+
+    /// Same device (same CUDA context for CUDA devices).
+    pub fn same_as(&self, other: &Device) -> bool {
+        match (self, other) {
+            (Device::Cpu, Device::Cpu) => true,
+            #[cfg(feature = "cuda")]
+            (Device::Cuda(a), Device::Cuda(b)) => a.same_as(b),
+            #[cfg(feature = "cuda")]
+            _ => false,
+        }
+    }
+
+    pub(crate) fn expect_same(&self, other: &Device, op: &'static str) -> Result<()> {
+        if self.same_as(other) {
+            Ok(())
+        } else {
+            Err(Error::DeviceMismatch {
+                op,
+                expected: self.to_string(),
+                got: other.to_string(),
+            })
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu ({} threads)", rayon::current_num_threads()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => write!(f, "{d}"),
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! The element types dropkit computes on and their compute types (SPEC section 2).
+//!
+//! f32, f16 and bf16 compute in f32; f64 computes in f64. Widening to the compute type is
+//! exact and narrowing rounds once, to nearest even.
+
+use half::{bf16, f16};
+use std::fmt;
+
+/// The dtype of a tensor, for messages and dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F64,
+    F16,
+    BF16,
+}
+
+impl DType {
+    /// The short name used in kernel names (`dropout_fwd_f32`) and messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F64 => "f64",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F64 => 8,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a type must be to cross to a CUDA kernel (nothing without the `cuda` feature).
+#[cfg(feature = "cuda")]
+pub trait DeviceScalar: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits {}
+#[cfg(feature = "cuda")]
+impl<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits> DeviceScalar for T {}
+/// What a type must be to cross to a CUDA kernel (nothing without the `cuda` feature).
+#[cfg(not(feature = "cuda"))]
+pub trait DeviceScalar {}
+#[cfg(not(feature = "cuda"))]
+impl<T> DeviceScalar for T {}
+
+/// The compute type C: f32 or f64. Plain IEEE operations, never fused.
+pub trait ComputeFloat:
+    Copy + Send + Sync + PartialEq + fmt::Debug + DeviceScalar + 'static
+{
+    const ZERO: Self;
+    /// Rounds an f64 once to this type.
+    fn from_f64(v: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn mul(self, rhs: Self) -> Self;
+    fn add(self, rhs: Self) -> Self;
+}
+
+impl ComputeFloat for f32 {
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        f64::from(self)
+    }
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        self * rhs
+    }
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        self + rhs
+    }
+}
+
+impl ComputeFloat for f64 {
+    const ZERO: Self = 0.0;
+    #[inline(always)]
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    #[inline(always)]
+    fn to_f64(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        self * rhs
+    }
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        self + rhs
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+    impl Sealed for half::f16 {}
+    impl Sealed for half::bf16 {}
+}
+
+/// A tensor element: f32, f64, `half::f16` or `half::bf16`.
+pub trait Element:
+    sealed::Sealed + Copy + Send + Sync + Default + PartialEq + fmt::Debug + DeviceScalar + 'static
+{
+    const DTYPE: DType;
+    type Compute: ComputeFloat;
+    /// +0.0.
+    const ZERO: Self;
+    /// 1.0.
+    const ONE: Self;
+
+    /// Exact widening.
+    fn to_compute(self) -> Self::Compute;
+    /// Round to nearest even.
+    fn from_compute(c: Self::Compute) -> Self;
+    /// Round to nearest even from f64 (used by reductions that accumulate in f64).
+    fn from_f64(v: f64) -> Self;
+    /// The raw bits, widened to u64, for bit-exact comparisons.
+    fn to_bits_u64(self) -> u64;
+
+    /// Widens a block; f16 and bf16 override this with half's vectorised slice conversion.
+    #[inline(always)]
+    fn to_compute_block(src: &[Self], dst: &mut [Self::Compute]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.to_compute();
+        }
+    }
+
+    /// Narrows a block.
+    #[inline(always)]
+    fn from_compute_block(src: &[Self::Compute], dst: &mut [Self]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = Self::from_compute(s);
+        }
+    }
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+    type Compute = f32;
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    #[inline(always)]
+    fn to_compute(self) -> f32 {
+        self
+    }
+    #[inline(always)]
+    fn from_compute(c: f32) -> Self {
+        c
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+    fn to_bits_u64(self) -> u64 {
+        u64::from(self.to_bits())
+    }
+}
+
+impl Element for f64 {
+    const DTYPE: DType = DType::F64;
+    type Compute = f64;
+    const ZERO: Self = 0.0;
+    const ONE: Self = 1.0;
+    #[inline(always)]
+    fn to_compute(self) -> f64 {
+        self
+    }
+    #[inline(always)]
+    fn from_compute(c: f64) -> Self {
+        c
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+    fn to_bits_u64(self) -> u64 {
+        self.to_bits()
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+    type Compute = f32;
+    const ZERO: Self = f16::ZERO;
+    const ONE: Self = f16::ONE;
+    #[inline(always)]
+    fn to_compute(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_compute(c: f32) -> Self {
+        f16::from_f32(c)
+    }
+    fn from_f64(v: f64) -> Self {
+        f16::from_f64(v)
+    }
+    fn to_bits_u64(self) -> u64 {
+        u64::from(self.to_bits())
+    }
+    #[inline(always)]
+    fn to_compute_block(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
+    }
+    #[inline(always)]
+    fn from_compute_block(src: &[f32], dst: &mut [Self]) {
+        use half::slice::HalfFloatSliceExt;
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: DType = DType::BF16;
+    type Compute = f32;
+    const ZERO: Self = bf16::ZERO;
+    const ONE: Self = bf16::ONE;
+    #[inline(always)]
+    fn to_compute(self) -> f32 {
+        self.to_f32()
+    }
+    #[inline(always)]
+    fn from_compute(c: f32) -> Self {
+        bf16::from_f32(c)
+    }
+    fn from_f64(v: f64) -> Self {
+        bf16::from_f64(v)
+    }
+    fn to_bits_u64(self) -> u64 {
+        u64::from(self.to_bits())
+    }
+}
+
+/// The scale s (or any f64 constant) rounded once to the compute type of `T`.
+pub fn to_compute_f64<T: Element>(v: f64) -> T::Compute {
+    <T::Compute as ComputeFloat>::from_f64(v)
+}

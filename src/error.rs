@@ -1,0 +1,98 @@
+//! The one error type of the crate.
+//!
+//! Every fallible call returns [`Result<T>`]; user input never causes a panic. Messages say
+//! what was wrong and, where there is one, what to do about it.
+
+use crate::element::DType;
+
+/// Shorthand for `std::result::Result<T, dropkit::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong in dropkit.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `p` is not a finite number in [0, 1].
+    #[error("invalid dropout probability p = {0}: p must be a finite number in [0, 1]")]
+    InvalidProbability(f64),
+
+    /// A tensor's data length does not match the product of its shape.
+    #[error("shape {shape:?} holds {expected} elements but {got} were given")]
+    LengthMismatch {
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+
+    /// Two tensors that must have the same shape do not.
+    #[error("shape mismatch in {op}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch {
+        op: &'static str,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+
+    /// A shape that the operation cannot take (wrong rank, zero-sized dimension...).
+    #[error("invalid shape {shape:?} for {op}: {reason}")]
+    InvalidShape {
+        op: &'static str,
+        shape: Vec<usize>,
+        reason: String,
+    },
+
+    /// Two tensors that must have the same dtype do not.
+    #[error("dtype mismatch in {op}: expected {expected}, got {got}")]
+    DTypeMismatch {
+        op: &'static str,
+        expected: DType,
+        got: DType,
+    },
+
+    /// Tensors or saved state live on different devices.
+    #[error("device mismatch in {op}: expected {expected}, got {got}")]
+    DeviceMismatch {
+        op: &'static str,
+        expected: String,
+        got: String,
+    },
+
+    /// A saved forward state was handed to the wrong backward.
+    #[error("saved state does not match this call: {0}")]
+    StateMismatch(String),
+
+    /// An index or size does not fit the range the operation supports.
+    #[error("{0}")]
+    OutOfRange(String),
+
+    /// No usable CUDA: no driver library, no device, or an ordinal past the last device.
+    #[error("CUDA is not available: {0}")]
+    CudaUnavailable(String),
+
+    /// The crate was built without PTX (no nvcc at build time).
+    #[error(
+        "dropkit was built without CUDA kernels (nvcc was not found at build time). Install \
+         nvcc (for example `bash scripts/install-nvcc.sh`, or a CUDA toolkit), point NVCC or \
+         CUDA_HOME at it, and rebuild dropkit"
+    )]
+    KernelsNotBuilt,
+
+    /// The driver rejected the PTX because a newer nvcc produced it.
+    #[error(
+        "the CUDA driver cannot load dropkit's PTX (CUDA_ERROR_UNSUPPORTED_PTX_VERSION): the \
+         PTX was produced by an nvcc newer than this driver supports. Update the NVIDIA driver, \
+         or rebuild dropkit with an nvcc no newer than the driver's CUDA version (NVCC=...)"
+    )]
+    UnsupportedPtx,
+
+    /// Any other error from the CUDA driver, with its code and name.
+    #[error("CUDA driver error {code} ({name}) in {context}")]
+    Cuda {
+        context: String,
+        code: u32,
+        name: String,
+    },
+
+    /// The operation is not implemented for this device.
+    #[error("{op} is not supported on {device}")]
+    Unsupported { op: &'static str, device: String },
+}

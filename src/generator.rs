@@ -1,0 +1,120 @@
+//! The (seed, offset) generator of SPEC section 5 and the process-wide default one.
+//!
+//! A generator hands each training-mode call the current offset and advances it by one,
+//! so a run can be replayed from (seed, offset). It is cheap to share (`Arc`) and
+//! thread-safe: concurrent calls get distinct offsets.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Seed and offset behind a mutex: reading and advancing is one atomic step.
+#[derive(Debug)]
+pub struct Generator {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct State {
+    seed: u64,
+    offset: u64,
+}
+
+impl Generator {
+    /// A generator at offset 0 of `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: Mutex::new(State { seed, offset: 0 }),
+        }
+    }
+
+    /// A generator seeded from operating-system entropy.
+    pub fn from_entropy() -> Self {
+        Self::new(rand::random())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // The state is two integers, always valid: a panic elsewhere cannot corrupt it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.lock().seed
+    }
+
+    /// The offset the next training call will use.
+    pub fn offset(&self) -> u64 {
+        self.lock().offset
+    }
+
+    /// Sets the offset of the next training call (to replay a run).
+    pub fn set_offset(&self, offset: u64) {
+        self.lock().offset = offset;
+    }
+
+    /// Restarts at offset 0 of `seed` (what `torch.manual_seed` does).
+    pub fn reseed(&self, seed: u64) {
+        *self.lock() = State { seed, offset: 0 };
+    }
+
+    /// Returns (seed, offset) for one training call and advances the offset by one.
+    pub fn next_call(&self) -> (u64, u64) {
+        let mut state = self.lock();
+        let taken = (state.seed, state.offset);
+        state.offset = state.offset.wrapping_add(1);
+        taken
+    }
+}
+
+impl Default for Generator {
+    /// Seeded from operating-system entropy, like an unseeded framework.
+    fn default() -> Self {
+        Self::from_entropy()
+    }
+}
+
+/// The process-wide generator used by layers that were not given their own.
+pub fn default_generator() -> &'static Arc<Generator> {
+    static DEFAULT: OnceLock<Arc<Generator>> = OnceLock::new();
+    DEFAULT.get_or_init(|| Arc::new(Generator::from_entropy()))
+}
+
+/// Reseeds the default generator at offset 0, like `torch.manual_seed(seed)`.
+pub fn manual_seed(seed: u64) {
+    default_generator().reseed(seed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_advance_by_one_per_call() {
+        let g = Generator::new(5);
+        assert_eq!(g.next_call(), (5, 0));
+        assert_eq!(g.next_call(), (5, 1));
+        g.set_offset(10);
+        assert_eq!(g.next_call(), (5, 10));
+        assert_eq!(g.offset(), 11);
+        g.reseed(6);
+        assert_eq!((g.seed(), g.offset()), (6, 0));
+    }
+
+    #[test]
+    fn concurrent_calls_get_distinct_offsets() {
+        let g = Arc::new(Generator::new(1));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let g = Arc::clone(&g);
+                std::thread::spawn(move || (0..250).map(|_| g.next_call().1).collect::<Vec<_>>())
+            })
+            .collect();
+        let mut all: Vec<u64> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1000).collect::<Vec<_>>());
+    }
+}

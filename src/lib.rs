@@ -1,0 +1,42 @@
+//! # dropkit
+//!
+//! The dropout family for deep learning, bit-exact across devices: the CPU path and the
+//! CUDA kernels produce the same bits for the same seed and offset, whatever the launch
+//! shape or thread count. The contract is `docs/spec.md`.
+//!
+//! Layout: [`philox`] and [`mask`] hold the spec's arithmetic; `cpu` and `cuda` are the
+//! backends; [`functional`] validates a call and picks the backend; [`layers`] are what
+//! users hold.
+//!
+//! ```
+//! use dropkit::{Device, Dropout, Tensor};
+//!
+//! dropkit::manual_seed(0);
+//! let layer = Dropout::new(0.1)?;
+//! let x = Tensor::<f32>::ones(&[4, 8], &Device::best_available())?;
+//! let (y, state) = layer.forward(&x)?;
+//! let dx = layer.backward(&Tensor::ones(&[4, 8], &x.device())?, &state)?;
+//! assert_eq!(dx.shape(), y.shape());
+//! # Ok::<(), dropkit::Error>(())
+//! ```
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
+pub mod element;
+pub mod error;
+pub mod functional;
+pub mod generator;
+pub mod layers;
+pub mod mask;
+pub mod philox;
+pub mod tensor;
+
+pub use device::Device;
+pub use element::{DType, Element};
+pub use error::{Error, Result};
+pub use functional::{DropoutState, MaskMode, StreamPos};
+pub use generator::{default_generator, manual_seed, Generator};
+pub use layers::Dropout;
+pub use tensor::Tensor;
