@@ -15,7 +15,7 @@
 //! let layer = Dropout::new(0.1)?;
 //! let x = Tensor::<f32>::ones(&[4, 8], &Device::best_available())?;
 //! let (y, state) = layer.forward(&x)?;
-//! let dx = layer.backward(&Tensor::ones(&[4, 8], &x.device())?, &state)?;
+//! let dx = layer.backward(&Tensor::<f32>::ones(&[4, 8], &x.device())?, &state)?;
 //! assert_eq!(dx.shape(), y.shape());
 //! # Ok::<(), dropkit::Error>(())
 //! ```
