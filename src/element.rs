@@ -128,7 +128,7 @@ pub trait Element:
     fn to_compute(self) -> Self::Compute;
     /// Round to nearest even.
     fn from_compute(c: Self::Compute) -> Self;
-    /// Round to nearest even from f64 (used by reductions that accumulate in f64).
+    /// One rounding to nearest even from f64 (reductions accumulate in f64).
     fn from_f64(v: f64) -> Self;
     /// The raw bits, widened to u64, for bit-exact comparisons.
     fn to_bits_u64(self) -> u64;
@@ -206,7 +206,7 @@ impl Element for f16 {
         f16::from_f32(c)
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        f16::from_f32(f64_to_f32_round_to_odd(v))
     }
     fn to_bits_u64(self) -> u64 {
         u64::from(self.to_bits())
@@ -237,14 +237,62 @@ impl Element for bf16 {
         bf16::from_f32(c)
     }
     fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
+        bf16::from_f32(f64_to_f32_round_to_odd(v))
     }
     fn to_bits_u64(self) -> u64 {
         u64::from(self.to_bits())
     }
 }
 
+/// f64 to f32 rounding to odd: truncate, then set the last bit if anything was lost.
+///
+/// Rounding to odd into f32 (24 bits) and then to nearest even into f16 or bf16 (at most
+/// 11 bits) is one correct rounding from f64, as CUDA's `__double2half` and
+/// `__double2bfloat16` do; half's own f64 conversions ignore the low mantissa bits.
+pub fn f64_to_f32_round_to_odd(v: f64) -> f32 {
+    let nearest = v as f32;
+    if v.is_nan() || f64::from(nearest) == v {
+        return nearest;
+    }
+    // Step the nearest value toward zero if it rounded away from zero: that is truncation.
+    let truncated = if f64::from(nearest).abs() > v.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(truncated.to_bits() | 1)
+}
+
 /// The scale s (or any f64 constant) rounded once to the compute type of `T`.
 pub fn to_compute_f64<T: Element>(v: f64) -> T::Compute {
     <T::Compute as ComputeFloat>::from_f64(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn f64_to_half_rounds_once() {
+        // 1 + 2^-11 + 2^-40 sits just above the f16 tie between 1 and 1 + 2^-10: correct
+        // rounding goes up; dropping the low bits (a tie, rounded to even) would go down.
+        let v = 1.0 + 2f64.powi(-11) + 2f64.powi(-40);
+        assert_eq!(
+            f16::from_f64(v),
+            f16::from_f32(1.0),
+            "half's own conversion truncates"
+        );
+        assert_eq!(<f16 as Element>::from_f64(v).to_f64(), 1.0 + 2f64.powi(-10));
+        let v = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(<bf16 as Element>::from_f64(v).to_f64(), 1.0 + 2f64.powi(-7));
+        // Exact and overflowing values.
+        assert_eq!(<f16 as Element>::from_f64(0.5), f16::from_f32(0.5));
+        assert!(<f16 as Element>::from_f64(1e300).is_infinite());
+        assert!(<bf16 as Element>::from_f64(-1e300).is_infinite());
+        assert!(<bf16 as Element>::from_f64(f64::NAN).is_nan());
+        assert_eq!(
+            f64_to_f32_round_to_odd(-(1.0 + 2f64.powi(-30))),
+            -(1.0 + 2f32.powi(-23))
+        );
+    }
 }

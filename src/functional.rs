@@ -1,12 +1,26 @@
 //! Stateless dropout functions: the caller supplies (seed, offset) and keeps the saved
 //! state. The layers in [`crate::layers`] call these; users who manage their own random
 //! state can too. This is where a call is validated and handed to a backend.
+//!
+//! Every layer of the family saves the same kind of [`DropoutState`]: which decisions were
+//! kept (packed bits, or how to regenerate them), how elements map to decisions
+//! (elementwise or one per group), and the factor kept gradients are scaled by. So one
+//! backward, [`dropout_backward`], serves them all.
+
+mod family;
+
+pub(crate) use family::{alpha_train, bias_dropout_residual_run, grouped_train};
+
+pub use family::{
+    alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, grouped_dropout,
+    BiasDropoutResidualGrads, BiasDropoutResidualState, GroupedKind,
+};
 
 use crate::cpu;
 use crate::device::Device;
 use crate::element::{to_compute_f64, DType, Element};
 use crate::error::{Error, Result};
-use crate::mask::{mask_words, Probability};
+use crate::mask::{fill_keep_bits, mask_words, Probability};
 use crate::tensor::{Storage, Tensor};
 
 pub use crate::cpu::dropout::StreamPos;
@@ -22,7 +36,8 @@ impl StreamPos {
     }
 
     /// The tensor is the slice starting at element `index_base` of a larger one (a shard):
-    /// its decision i is `index_base + i`, so shards reproduce the whole tensor's mask.
+    /// its element i is element `index_base + i` of the whole, so shards reproduce the
+    /// whole tensor's mask.
     pub fn with_index_base(mut self, index_base: u64) -> Self {
         self.index_base = index_base;
         self
@@ -30,10 +45,10 @@ impl StreamPos {
 }
 
 /// How forward hands the decisions to backward (SPEC section 4). Both give identical
-/// gradients: `Bits` costs n/8 bytes, `Regenerate` re-runs Philox in backward.
+/// gradients: `Bits` costs one bit per decision, `Regenerate` re-runs Philox in backward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MaskMode {
-    /// Save one bit per element (the default, like PyTorch saving its mask).
+    /// Save one bit per decision (the default, like PyTorch saving its mask).
     #[default]
     Bits,
     /// Save only (seed, offset, p); backward regenerates the mask.
@@ -66,18 +81,98 @@ pub(crate) enum Saved {
     Regenerate(StreamPos),
 }
 
-/// What a forward saves for its backward: the mask (bits or how to regenerate it), the
-/// probability, and the shape, dtype and device it applies to (checked by backward).
+/// How a tensor's elements map to decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Decisions {
+    /// Element i uses decision `index_base + i` (Dropout, AlphaDropout).
+    Elementwise,
+    /// Local element i uses local decision `(lead + i) / group`, which is global decision
+    /// `first + (lead + i) / group`; `count` decisions in all (channel dropout, DropPath).
+    Grouped {
+        group: u64,
+        lead: u64,
+        first: u64,
+        count: usize,
+    },
+}
+
+impl Decisions {
+    /// Grouping of a shard starting at element `index_base` of a tensor whose decisions
+    /// cover `group` consecutive elements each.
+    pub(crate) fn grouped(group: usize, index_base: u64, n: usize) -> Self {
+        let group = group.max(1) as u64;
+        let lead = index_base % group;
+        let count = if n == 0 {
+            0
+        } else {
+            (lead + n as u64).div_ceil(group) as usize
+        };
+        Decisions::Grouped {
+            group,
+            lead,
+            first: index_base / group,
+            count,
+        }
+    }
+
+    /// Number of decisions (the bits a saved mask holds) for `n` elements.
+    fn count(&self, n: usize) -> usize {
+        match *self {
+            Decisions::Elementwise => n,
+            Decisions::Grouped { count, .. } => count,
+        }
+    }
+}
+
+/// What a forward saves for its backward: the mask (bits or how to regenerate it), how
+/// elements map to decisions, the gradient factor of kept elements, and the shape, dtype
+/// and device it applies to (all checked by backward).
 #[derive(Debug)]
 pub struct DropoutState {
     pub(crate) saved: Saved,
     pub(crate) prob: Probability,
+    pub(crate) decisions: Decisions,
+    /// dx = kept ? dy * grad_scale : +0 (s for dropout, a for alpha dropout), in f64,
+    /// rounded once to the compute type when used.
+    pub(crate) grad_scale: f64,
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
 }
 
 impl DropoutState {
+    pub(crate) fn identity<T: Element>(x: &Tensor<T>, prob: Probability) -> Self {
+        Self {
+            saved: Saved::Identity,
+            prob,
+            decisions: Decisions::Elementwise,
+            grad_scale: 1.0,
+            shape: x.shape().to_vec(),
+            dtype: T::DTYPE,
+            device: x.device(),
+        }
+    }
+
+    /// The state of a training forward.
+    pub(crate) fn trained<T: Element>(
+        out: &ForwardOut<T>,
+        mask: Option<MaskBuffer>,
+        pos: StreamPos,
+        prob: &Probability,
+        decisions: Decisions,
+        grad_scale: f64,
+    ) -> Self {
+        Self {
+            saved: mask.map_or(Saved::Regenerate(pos), Saved::Bits),
+            prob: *prob,
+            decisions,
+            grad_scale,
+            shape: out.shape.clone(),
+            dtype: T::DTYPE,
+            device: out.device.clone(),
+        }
+    }
+
     /// The saved form, `None` for an eval-mode forward.
     pub fn mask_mode(&self) -> Option<MaskMode> {
         match self.saved {
@@ -87,19 +182,14 @@ impl DropoutState {
         }
     }
 
-    /// The packed keep bits, downloaded or regenerated (`None` in eval mode).
+    /// The packed keep bits, one per decision (per element for elementwise layers, per
+    /// channel or sample for grouped ones), downloaded or regenerated; `None` in eval mode.
     pub fn keep_bits(&self) -> Result<Option<Vec<u32>>> {
         let n = crate::tensor::element_count(&self.shape)?;
         match &self.saved {
             Saved::Identity => Ok(None),
             Saved::Bits(m) => m.to_vec().map(Some),
-            Saved::Regenerate(pos) => Ok(Some(crate::mask::keep_bits_from(
-                pos.seed,
-                pos.offset,
-                pos.index_base,
-                &self.prob,
-                n,
-            ))),
+            Saved::Regenerate(pos) => Ok(Some(regenerate_bits(pos, &self.prob, self.decisions, n))),
         }
     }
 
@@ -108,10 +198,13 @@ impl DropoutState {
         self.prob.p()
     }
 
-    /// Bytes held by the saved mask (0 for the regenerate form).
+    /// Bytes held by the saved mask (0 for the regenerate form and eval mode).
     pub fn saved_bytes(&self) -> usize {
         match &self.saved {
-            Saved::Bits(_) => 4 * mask_words(self.shape.iter().product()),
+            Saved::Bits(_) => {
+                let n = self.shape.iter().product();
+                4 * mask_words(self.decisions.count(n))
+            }
             _ => 0,
         }
     }
@@ -129,6 +222,38 @@ impl DropoutState {
     }
 }
 
+/// The decision bits of a regenerate-form state, recomputed on the host.
+fn regenerate_bits(
+    pos: &StreamPos,
+    prob: &Probability,
+    decisions: Decisions,
+    n: usize,
+) -> Vec<u32> {
+    let (first, count) = match decisions {
+        Decisions::Elementwise => (pos.index_base, n),
+        Decisions::Grouped { first, count, .. } => (first, count),
+    };
+    let mut bits = vec![0u32; mask_words(count)];
+    fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
+    bits
+}
+
+/// The tensor a forward reads: a separate input (a new output is allocated) or the output
+/// itself (in-place).
+pub(crate) enum Operand<'a, T: Element> {
+    Input(&'a Tensor<T>),
+    InPlace(&'a mut Tensor<T>),
+}
+
+impl<T: Element> Operand<'_, T> {
+    pub(crate) fn tensor(&self) -> &Tensor<T> {
+        match self {
+            Operand::Input(t) => t,
+            Operand::InPlace(t) => t,
+        }
+    }
+}
+
 /// Elementwise dropout of `x` with drop probability `p` (SPEC section 3).
 ///
 /// In training, drops each element with probability p and scales the rest by 1/q, using
@@ -143,150 +268,148 @@ pub fn dropout<T: Element>(
 ) -> Result<(Tensor<T>, DropoutState)> {
     let prob = Probability::new(p)?;
     if !training {
-        return Ok((x.try_clone()?, identity_state(x, prob)));
+        return Ok((x.try_clone()?, DropoutState::identity(x, prob)));
     }
-    dropout_train(x, &prob, pos, mode)
+    let (y, state) = dropout_train(Operand::Input(x), &prob, pos, mode)?;
+    Ok((new_output(y)?, state))
 }
 
-pub(crate) fn identity_state<T: Element>(x: &Tensor<T>, prob: Probability) -> DropoutState {
-    DropoutState {
-        saved: Saved::Identity,
-        prob,
-        shape: x.shape().to_vec(),
-        dtype: T::DTYPE,
-        device: x.device(),
-    }
-}
-
+/// Training-mode elementwise dropout; the output is new (`Some`) or written over the input.
 pub(crate) fn dropout_train<T: Element>(
-    x: &Tensor<T>,
+    x: Operand<'_, T>,
     prob: &Probability,
     pos: StreamPos,
     mode: MaskMode,
-) -> Result<(Tensor<T>, DropoutState)> {
-    check_index_range(pos.index_base, x.len())?;
+) -> Result<(Option<Tensor<T>>, DropoutState)> {
+    let n = x.tensor().len();
+    check_index_range(pos.index_base, n)?;
     let scale = to_compute_f64::<T>(prob.scale_f64());
-    let (storage, mask) = match &x.storage {
-        Storage::Cpu(xs) => {
-            let mut y = vec![T::ZERO; xs.len()];
-            let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(xs.len())]);
-            cpu::dropout::forward(
-                cpu::Source::Slice(xs),
-                &mut y,
-                bits.as_deref_mut(),
-                pos,
-                prob,
-                scale,
-            );
-            (Storage::Cpu(y), bits.map(MaskBuffer::Cpu))
-        }
+    let (out, mask) = run_forward(
+        x,
+        |src, y| {
+            let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(n)]);
+            cpu::dropout::forward(src, y, bits.as_deref_mut(), pos, prob, scale);
+            Ok(bits.map(MaskBuffer::Cpu))
+        },
         #[cfg(feature = "cuda")]
-        Storage::Cuda(xb) => {
-            let (y, bits) = crate::cuda::ops::dropout_forward(xb, pos, prob, scale, mode)?;
-            (Storage::Cuda(y), bits.map(MaskBuffer::Cuda))
-        }
-    };
-    let saved = match mask {
-        Some(m) => Saved::Bits(m),
-        None => Saved::Regenerate(pos),
-    };
-    let state = DropoutState {
-        saved,
-        prob: *prob,
-        shape: x.shape().to_vec(),
-        dtype: T::DTYPE,
-        device: x.device(),
-    };
-    Ok((Tensor::from_storage(storage, x.shape().to_vec()), state))
+        |xc| {
+            let (y, bits) = crate::cuda::ops::dropout_forward(xc, pos, prob, scale, mode)?;
+            Ok((y, bits.map(MaskBuffer::Cuda)))
+        },
+    )?;
+    let state = DropoutState::trained(
+        &out,
+        mask,
+        pos,
+        prob,
+        Decisions::Elementwise,
+        prob.scale_f64(),
+    );
+    Ok((out.output, state))
 }
 
-/// In-place training forward: `x` is overwritten with the output (same bits as
-/// [`dropout`]), saving a full-size allocation.
-pub(crate) fn dropout_train_in_place<T: Element>(
-    x: &mut Tensor<T>,
-    prob: &Probability,
-    pos: StreamPos,
-    mode: MaskMode,
-) -> Result<DropoutState> {
-    check_index_range(pos.index_base, x.len())?;
-    let scale = to_compute_f64::<T>(prob.scale_f64());
-    let shape = x.shape().to_vec();
-    let device = x.device();
-    let mask = match &mut x.storage {
-        Storage::Cpu(xs) => {
-            let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(xs.len())]);
-            cpu::dropout::forward(
-                cpu::Source::Output,
-                xs,
-                bits.as_deref_mut(),
-                pos,
-                prob,
-                scale,
-            );
-            bits.map(MaskBuffer::Cpu)
-        }
-        #[cfg(feature = "cuda")]
-        Storage::Cuda(xb) => {
-            crate::cuda::ops::dropout_forward_in_place(xb, pos, prob, scale, mode)?
-                .map(MaskBuffer::Cuda)
-        }
-    };
-    Ok(DropoutState {
-        saved: mask.map_or(Saved::Regenerate(pos), Saved::Bits),
-        prob: *prob,
-        shape,
-        dtype: T::DTYPE,
-        device,
-    })
+/// A forward's output (`None` when written in place) with the input's shape and device.
+pub(crate) struct ForwardOut<T: Element> {
+    pub output: Option<Tensor<T>>,
+    pub shape: Vec<usize>,
+    pub device: Device,
 }
 
-/// The gradient of [`dropout`]: `dx = dropped ? +0 : dy * s`, through the saved mask.
+/// Runs a forward on the backend that holds `x`. `cpu(src, out)` fills `out` from `src`
+/// (`Source::Output` when in place); `cuda(operand)` launches and returns the new output
+/// buffer, if any. Both return the mask they saved.
+pub(crate) fn run_forward<T: Element, M>(
+    x: Operand<'_, T>,
+    cpu: impl FnOnce(cpu::Source<'_, T>, &mut [T]) -> Result<M>,
+    #[cfg(feature = "cuda")] cuda: impl FnOnce(
+        crate::cuda::CudaOperand<'_, T>,
+    ) -> Result<(Option<crate::cuda::CudaBuffer<T>>, M)>,
+) -> Result<(ForwardOut<T>, M)> {
+    let (shape, device) = (x.tensor().shape().to_vec(), x.tensor().device());
+    let (storage, mask) = match x {
+        Operand::Input(t) => match &t.storage {
+            Storage::Cpu(xs) => {
+                let mut y = vec![T::ZERO; xs.len()];
+                let mask = cpu(cpu::Source::Slice(xs), &mut y)?;
+                (Some(Storage::Cpu(y)), mask)
+            }
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(xb) => {
+                let (y, mask) = cuda(crate::cuda::CudaOperand::Input(xb))?;
+                (y.map(Storage::Cuda), mask)
+            }
+        },
+        Operand::InPlace(t) => match &mut t.storage {
+            Storage::Cpu(xs) => (None, cpu(cpu::Source::Output, xs)?),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(xb) => {
+                let (_, mask) = cuda(crate::cuda::CudaOperand::InPlace(xb))?;
+                (None, mask)
+            }
+        },
+    };
+    let output = storage.map(|s| Tensor::from_storage(s, shape.clone()));
+    Ok((
+        ForwardOut {
+            output,
+            shape,
+            device,
+        },
+        mask,
+    ))
+}
+
+/// The gradient of any dropout-family forward: `dx = kept ? dy * g : +0` through the saved
+/// mask, where g is the layer's gradient factor (1/q for dropout, a for alpha dropout).
 pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> Result<Tensor<T>> {
     const OP: &str = "dropout backward";
     state.check_grad(grad, OP)?;
-    let scale = to_compute_f64::<T>(state.prob.scale_f64());
+    let scale = to_compute_f64::<T>(state.grad_scale);
+    let n = grad.len();
     let storage = match (&grad.storage, &state.saved) {
         (_, Saved::Identity) => return grad.try_clone(),
-        (Storage::Cpu(g), Saved::Bits(MaskBuffer::Cpu(bits))) => {
-            let mut dx = vec![T::ZERO; g.len()];
-            cpu::dropout::backward_bits(cpu::Source::Slice(g), &mut dx, bits, scale);
+        (Storage::Cpu(g), saved) => {
+            let mut dx = vec![T::ZERO; n];
+            let src = cpu::Source::Slice(g);
+            match (saved, state.decisions) {
+                (Saved::Regenerate(pos), Decisions::Elementwise) => {
+                    cpu::dropout::forward(src, &mut dx, None, *pos, &state.prob, scale)
+                }
+                (Saved::Bits(MaskBuffer::Cpu(bits)), Decisions::Elementwise) => {
+                    cpu::dropout::backward_bits(src, &mut dx, bits, scale)
+                }
+                (Saved::Bits(MaskBuffer::Cpu(bits)), Decisions::Grouped { group, lead, .. }) => {
+                    cpu::family::grouped_apply(src, &mut dx, bits, group, lead, cpu::Scale(scale))
+                }
+                (Saved::Regenerate(pos), d @ Decisions::Grouped { group, lead, .. }) => {
+                    let bits = regenerate_bits(pos, &state.prob, d, n);
+                    cpu::family::grouped_apply(src, &mut dx, &bits, group, lead, cpu::Scale(scale))
+                }
+                _ => return Err(mask_elsewhere()),
+            }
             Storage::Cpu(dx)
         }
-        (Storage::Cpu(g), Saved::Regenerate(pos)) => {
-            let mut dx = vec![T::ZERO; g.len()];
-            cpu::dropout::forward(
-                cpu::Source::Slice(g),
-                &mut dx,
-                None,
-                *pos,
-                &state.prob,
-                scale,
-            );
-            Storage::Cpu(dx)
-        }
         #[cfg(feature = "cuda")]
-        (Storage::Cuda(g), Saved::Bits(MaskBuffer::Cuda(bits))) => {
-            Storage::Cuda(crate::cuda::ops::dropout_backward_bits(g, bits, scale)?)
-        }
-        #[cfg(feature = "cuda")]
-        (Storage::Cuda(g), Saved::Regenerate(pos)) => {
-            let (dx, _) = crate::cuda::ops::dropout_forward(
-                g,
-                *pos,
-                &state.prob,
-                scale,
-                MaskMode::Regenerate,
-            )?;
-            Storage::Cuda(dx)
-        }
-        #[cfg(feature = "cuda")]
-        _ => {
-            return Err(Error::StateMismatch(
-                "the saved mask lives on another device than the gradient".into(),
-            ))
-        }
+        (Storage::Cuda(g), saved) => Storage::Cuda(crate::cuda::ops::backward(
+            g,
+            saved,
+            &state.prob,
+            state.decisions,
+            scale,
+        )?),
     };
     Ok(Tensor::from_storage(storage, grad.shape().to_vec()))
+}
+
+/// The output of a forward over a separate input (always `Some`).
+pub(crate) fn new_output<T: Element>(y: Option<Tensor<T>>) -> Result<Tensor<T>> {
+    y.ok_or_else(|| {
+        Error::StateMismatch("a forward over a separate input returned no output".into())
+    })
+}
+
+pub(crate) fn mask_elsewhere() -> Error {
+    Error::StateMismatch("the saved mask lives on another device than the gradient".into())
 }
 
 /// Decision indices are u64: `index_base + n` must not wrap.

@@ -38,5 +38,8 @@ pub use element::{DType, Element};
 pub use error::{Error, Result};
 pub use functional::{DropoutState, MaskMode, StreamPos};
 pub use generator::{default_generator, manual_seed, Generator};
-pub use layers::Dropout;
+pub use layers::{
+    AlphaDropout, BiasDropoutResidual, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
+    FeatureAlphaDropout,
+};
 pub use tensor::Tensor;

@@ -1,7 +1,8 @@
-//! Elementwise dropout on the CPU (SPEC section 3): forward with optional packed bits,
-//! backward from bits. Backward by regeneration is the forward applied to the gradient.
+//! Elementwise decisions on the CPU (SPEC sections 3 and 6): dropout and alpha dropout
+//! forward with optional packed bits, and backward from bits. Backward by regeneration is
+//! the forward (with [`Scale`]) applied to the gradient.
 
-use super::{map_words, Block, Source};
+use super::{map_words, Block, KeptOp, Scale, Source};
 use crate::element::{ComputeFloat, Element};
 use crate::mask::{words_at, Probability};
 
@@ -13,7 +14,7 @@ pub struct StreamPos {
     pub index_base: u64,
 }
 
-/// y = dropped ? +0 : x * s, writing the keep bits when asked. `x = None` is in place.
+/// y = dropped ? +0 : x * s, writing the keep bits when asked.
 pub fn forward<T: Element>(
     x: Source<'_, T>,
     y: &mut [T],
@@ -22,7 +23,19 @@ pub fn forward<T: Element>(
     prob: &Probability,
     scale: T::Compute,
 ) {
-    let zero = <T::Compute as ComputeFloat>::ZERO;
+    forward_with(x, y, bits, pos, prob, Scale(scale));
+}
+
+/// y = dropped ? op.dropped() : op.kept(x) for elementwise decisions, writing the keep
+/// bits when asked.
+pub fn forward_with<T: Element, K: KeptOp<T::Compute>>(
+    x: Source<'_, T>,
+    y: &mut [T],
+    bits: Option<&mut [u32]>,
+    pos: StreamPos,
+    prob: &Probability,
+    op: K,
+) {
     map_words(
         [x],
         y,
@@ -30,12 +43,13 @@ pub fn forward<T: Element>(
         |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
             let first = pos.index_base.wrapping_add(32 * w as u64);
             let words = words_at(pos.seed, pos.offset, first);
+            let dropped = op.dropped();
             let mut keep = 0u32;
             for k in 0..32 {
                 let kept = prob.keeps(words[k]);
                 keep |= u32::from(kept) << k;
-                // Select, not multiply: a dropped NaN or inf still gives +0.
-                yb[k] = if kept { xb[k].mul(scale) } else { zero };
+                // Select, not multiply: a dropped NaN or inf still gives the dropped value.
+                yb[k] = if kept { op.kept(xb[k]) } else { dropped };
             }
             keep
         },

@@ -6,6 +6,7 @@
 //! each word depends only on its index, the bits do not depend on the thread count.
 
 pub mod dropout;
+pub mod family;
 
 use crate::element::{ComputeFloat, Element};
 
@@ -14,6 +15,46 @@ const CHUNK: usize = 32 * 1024;
 
 /// A block of 32 compute values: one mask word's worth of elements.
 pub type Block<C> = [C; 32];
+
+/// What a kept and a dropped element become (the per-layer arithmetic of SPEC section 6).
+pub trait KeptOp<C: ComputeFloat>: Copy + Send + Sync {
+    fn kept(&self, x: C) -> C;
+    fn dropped(&self) -> C;
+}
+
+/// Dropout, channel dropout, DropPath and every backward: x * s, or +0.
+#[derive(Debug, Clone, Copy)]
+pub struct Scale<C>(pub C);
+
+impl<C: ComputeFloat> KeptOp<C> for Scale<C> {
+    #[inline(always)]
+    fn kept(&self, x: C) -> C {
+        x.mul(self.0)
+    }
+    #[inline(always)]
+    fn dropped(&self) -> C {
+        C::ZERO
+    }
+}
+
+/// AlphaDropout: a * x + b (multiply rounded, then add rounded: no FMA), or a*A + b.
+#[derive(Debug, Clone, Copy)]
+pub struct Affine<C> {
+    pub a: C,
+    pub b: C,
+    pub dropped: C,
+}
+
+impl<C: ComputeFloat> KeptOp<C> for Affine<C> {
+    #[inline(always)]
+    fn kept(&self, x: C) -> C {
+        x.mul(self.a).add(self.b)
+    }
+    #[inline(always)]
+    fn dropped(&self) -> C {
+        self.dropped
+    }
+}
 
 /// Where an operand comes from: a separate slice, or the output itself (in-place).
 #[derive(Clone, Copy)]

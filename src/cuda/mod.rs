@@ -314,6 +314,60 @@ impl<T: Element> CudaBuffer<T> {
     }
 }
 
+/// The tensor a CUDA forward reads: a separate input or the output itself (in place).
+pub(crate) enum CudaOperand<'a, T> {
+    Input(&'a CudaBuffer<T>),
+    InPlace(&'a mut CudaBuffer<T>),
+}
+
+impl<T: Element> CudaOperand<'_, T> {
+    pub(crate) fn device(&self) -> &CudaDevice {
+        match self {
+            CudaOperand::Input(b) => b.device(),
+            CudaOperand::InPlace(b) => b.device(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CudaOperand::Input(b) => b.len(),
+            CudaOperand::InPlace(b) => b.len(),
+        }
+    }
+
+    /// Runs `launch(x_ptr, y_ptr)` (skipped when empty) with the device pointers of the
+    /// input and the output; allocates the output for a separate input and returns it.
+    pub(crate) fn launch_io(
+        self,
+        launch: impl FnOnce(u64, u64) -> Result<()>,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let dev = self.device().clone();
+        let n = self.len();
+        match self {
+            CudaOperand::Input(x) => {
+                let mut y = dev.alloc_uninit::<T>(n)?;
+                if n > 0 {
+                    let xv = x.view();
+                    let (x_ptr, _x_guard) = xv.device_ptr(dev.stream());
+                    let (y_ptr, _y_guard) = y.device_ptr_mut(dev.stream());
+                    launch(x_ptr, y_ptr)?;
+                }
+                Ok(Some(CudaBuffer::new(dev, y, 0, n)))
+            }
+            CudaOperand::InPlace(x) => {
+                if n > 0 {
+                    let start = x.start();
+                    let (base, _guard) = x.slice_mut().device_ptr_mut(dev.stream());
+                    let ptr = base + (start * std::mem::size_of::<T>()) as u64;
+                    launch(ptr, ptr)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// Downloads a mask buffer (synchronises the stream).
 pub(crate) fn download_u32(slice: &CudaSlice<u32>) -> Result<Vec<u32>> {
     if slice.is_empty() {

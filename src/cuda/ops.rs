@@ -1,149 +1,333 @@
-//! Kernel launches for elementwise dropout. Each op is one launch on the tensor's stream,
-//! asynchronous, with no host round trip and no full-size temporary.
+//! Kernel launches for the whole family. Each forward is one launch on the tensor's stream
+//! (grouped layers: one small launch for the per-channel mask, then one pass), each
+//! backward one launch, asynchronous, with no host round trip and no full-size temporary.
 //!
 //! Kernel names follow `<op>_<dtype>` (`dropout_fwd_f32`), so the dtype picks the kernel.
 
-use super::{driver_error, op_range, CudaBuffer, CudaDevice};
+use super::{driver_error, op_range, CudaBuffer, CudaDevice, CudaOperand};
+use crate::cpu::Affine;
 use crate::element::Element;
-use crate::error::Result;
-use crate::functional::{MaskMode, StreamPos};
+use crate::error::{Error, Result};
+use crate::functional::{Decisions, MaskBuffer, MaskMode, Saved, StreamPos};
 use crate::mask::{mask_words, Probability};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use crate::tensor::{Storage, Tensor};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchArgs, PushKernelArg};
 
 /// Elements one thread handles per loop iteration in the elementwise kernels.
 const PER_THREAD: u64 = 4;
 
-fn kernel_name<T: Element>(op: &str) -> String {
-    format!("{op}_{}", T::DTYPE.name())
+fn kernel<T: Element>(dev: &CudaDevice, module: &str, op: &str) -> Result<(CudaFunction, String)> {
+    let name = format!("{op}_{}", T::DTYPE.name());
+    Ok((dev.function(module, &name)?, name))
 }
 
-/// Byte address of element `start` of a device allocation.
-fn at<T>(base: u64, start: usize) -> u64 {
-    base + (start * std::mem::size_of::<T>()) as u64
-}
-
-fn alloc_bits(dev: &CudaDevice, n: usize, mode: MaskMode) -> Result<Option<CudaSlice<u32>>> {
-    match mode {
-        MaskMode::Bits => dev.alloc_uninit::<u32>(mask_words(n)).map(Some),
-        MaskMode::Regenerate => Ok(None),
-    }
-}
-
-/// Launches `dropout_fwd_<T>` reading `x_ptr` and writing `y_ptr` (they may be equal).
-#[allow(clippy::too_many_arguments)]
-fn launch_forward<T: Element>(
-    dev: &CudaDevice,
-    x_ptr: u64,
-    y_ptr: u64,
-    bits: Option<&mut CudaSlice<u32>>,
-    n: usize,
-    pos: StreamPos,
-    prob: &Probability,
-    scale: T::Compute,
-) -> Result<()> {
-    let name = kernel_name::<T>("dropout_fwd");
-    let f = dev.function("dropout", &name)?;
-    let stream = dev.stream();
-    let (bits_ptr, _bits_guard) = match bits {
-        Some(b) => {
-            let (p, g) = b.device_ptr_mut(stream);
-            (p, Some(g))
-        }
-        None => (0, None),
-    };
-    let (n64, threshold) = (n as u64, prob.threshold());
-    let mut launch = stream.launch_builder(&f);
-    launch
-        .arg(&x_ptr)
-        .arg(&y_ptr)
-        .arg(&bits_ptr)
-        .arg(&n64)
-        .arg(&pos.seed)
-        .arg(&pos.offset)
-        .arg(&pos.index_base)
-        .arg(&threshold)
-        .arg(&scale);
-    // SAFETY: the argument list matches the kernel's signature in kernels/dropout.cu; the
-    // pointers cover n elements (and ceil(n/32) mask words) and outlive the launch, whose
-    // stream orders it after their producers.
-    unsafe { launch.launch(dev.launch_config(n64, PER_THREAD)) }
+/// Queues a built launch over `items` work items.
+fn launch(dev: &CudaDevice, mut args: LaunchArgs<'_>, items: u64, name: &str) -> Result<()> {
+    // SAFETY: every caller pushes exactly the arguments of the kernel's extern "C"
+    // signature in kernels/*.cu, with device pointers that cover the sizes it passes and
+    // stay alive (their guards are held) until this returns; kernels bound-check by n.
+    unsafe { args.launch(dev.launch_config(items, PER_THREAD)) }
         .map_err(driver_error(format!("launching {name}")))?;
     Ok(())
 }
 
-/// Training forward: a new output (and mask in the bits form), one launch.
+fn alloc_bits(dev: &CudaDevice, count: usize, mode: MaskMode) -> Result<Option<CudaSlice<u32>>> {
+    match mode {
+        MaskMode::Bits => dev.alloc_uninit::<u32>(mask_words(count)).map(Some),
+        MaskMode::Regenerate => Ok(None),
+    }
+}
+
+/// The device address of an optional mask (0 = no mask) and the guard that keeps it.
+fn bits_ptr<'a>(
+    dev: &'a CudaDevice,
+    bits: Option<&'a mut CudaSlice<u32>>,
+) -> (u64, Option<impl Drop + 'a>) {
+    match bits {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(dev.stream());
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// `dropout_fwd_<T>`: elementwise dropout (also the regenerate-form backward).
 pub(crate) fn dropout_forward<T: Element>(
-    x: &CudaBuffer<T>,
+    x: CudaOperand<'_, T>,
     pos: StreamPos,
     prob: &Probability,
     scale: T::Compute,
     mode: MaskMode,
-) -> Result<(CudaBuffer<T>, Option<CudaSlice<u32>>)> {
+) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
     let _range = op_range("dropout_forward");
-    let dev = x.device();
-    let n = x.len();
-    let mut y = dev.alloc_uninit::<T>(n)?;
-    let mut bits = alloc_bits(dev, n, mode)?;
-    if n > 0 {
-        let stream = dev.stream();
-        let xv = x.view();
-        let (x_base, _gx) = xv.device_ptr(stream);
-        let (y_ptr, _gy) = y.device_ptr_mut(stream);
-        launch_forward::<T>(dev, x_base, y_ptr, bits.as_mut(), n, pos, prob, scale)?;
-    }
-    Ok((CudaBuffer::new(dev.clone(), y, 0, n), bits))
+    let dev = x.device().clone();
+    let n = x.len() as u64;
+    let mut bits = alloc_bits(&dev, x.len(), mode)?;
+    let (f, name) = kernel::<T>(&dev, "dropout", "dropout_fwd")?;
+    let y = x.launch_io(|x_ptr, y_ptr| {
+        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+        let threshold = prob.threshold();
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&x_ptr).arg(&y_ptr).arg(&b_ptr).arg(&n);
+        args.arg(&pos.seed).arg(&pos.offset).arg(&pos.index_base);
+        args.arg(&threshold).arg(&scale);
+        launch(&dev, args, n, &name)
+    })?;
+    Ok((y, bits))
 }
 
-/// Training forward written over `x`.
-pub(crate) fn dropout_forward_in_place<T: Element>(
-    x: &mut CudaBuffer<T>,
+/// `alpha_dropout_fwd_<T>`: elementwise alpha dropout.
+pub(crate) fn alpha_forward<T: Element>(
+    x: CudaOperand<'_, T>,
     pos: StreamPos,
     prob: &Probability,
-    scale: T::Compute,
+    op: Affine<T::Compute>,
     mode: MaskMode,
-) -> Result<Option<CudaSlice<u32>>> {
-    let _range = op_range("dropout_forward_in_place");
+) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+    let _range = op_range("alpha_dropout_forward");
     let dev = x.device().clone();
-    let (n, start) = (x.len(), x.start());
-    let mut bits = alloc_bits(&dev, n, mode)?;
-    if n > 0 {
-        let (base, _g) = x.slice_mut().device_ptr_mut(dev.stream());
-        let ptr = at::<T>(base, start);
-        launch_forward::<T>(&dev, ptr, ptr, bits.as_mut(), n, pos, prob, scale)?;
-    }
-    Ok(bits)
+    let n = x.len() as u64;
+    let mut bits = alloc_bits(&dev, x.len(), mode)?;
+    let (f, name) = kernel::<T>(&dev, "alpha_dropout", "alpha_dropout_fwd")?;
+    let y = x.launch_io(|x_ptr, y_ptr| {
+        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+        let threshold = prob.threshold();
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&x_ptr).arg(&y_ptr).arg(&b_ptr).arg(&n);
+        args.arg(&pos.seed)
+            .arg(&pos.offset)
+            .arg(&pos.index_base)
+            .arg(&threshold);
+        args.arg(&op.a).arg(&op.b).arg(&op.dropped);
+        launch(&dev, args, n, &name)
+    })?;
+    Ok((y, bits))
 }
 
-/// Backward from packed bits: dx = bit ? dy * s : +0, one launch.
-pub(crate) fn dropout_backward_bits<T: Element>(
+/// What a grouped kernel does to kept elements.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum GroupedOp<C> {
+    Scale(C),
+    Affine(Affine<C>),
+}
+
+/// `dropout_mask_bits`: the keep bits of `count` decisions starting at `first`.
+fn mask_bits(
+    dev: &CudaDevice,
+    bits: &mut CudaSlice<u32>,
+    pos: StreamPos,
+    prob: &Probability,
+    first: u64,
+    count: usize,
+) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let f = dev.function("grouped_dropout", "dropout_mask_bits")?;
+    let (b_ptr, _guard) = bits.device_ptr_mut(dev.stream());
+    let (count, threshold) = (count as u64, prob.threshold());
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&b_ptr)
+        .arg(&count)
+        .arg(&pos.seed)
+        .arg(&pos.offset)
+        .arg(&first)
+        .arg(&threshold);
+    // One thread per 32 decisions: PER_THREAD elements per thread would over-count.
+    launch(
+        dev,
+        args,
+        count.div_ceil(32) * PER_THREAD,
+        "dropout_mask_bits",
+    )
+}
+
+/// `grouped_scale_<T>` / `grouped_alpha_<T>` reading decision bits at `bits_ptr`.
+fn grouped_apply<T: Element>(
+    dev: &CudaDevice,
+    x_ptr: u64,
+    y_ptr: u64,
+    bits_ptr: u64,
+    n: u64,
+    group: u64,
+    lead: u64,
+    op: GroupedOp<T::Compute>,
+) -> Result<()> {
+    let (f, name) = match op {
+        GroupedOp::Scale(_) => kernel::<T>(dev, "grouped_dropout", "grouped_scale")?,
+        GroupedOp::Affine(_) => kernel::<T>(dev, "grouped_dropout", "grouped_alpha")?,
+    };
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&x_ptr)
+        .arg(&y_ptr)
+        .arg(&bits_ptr)
+        .arg(&n)
+        .arg(&group)
+        .arg(&lead);
+    match &op {
+        GroupedOp::Scale(s) => {
+            args.arg(s);
+        }
+        GroupedOp::Affine(a) => {
+            args.arg(&a.a).arg(&a.b).arg(&a.dropped);
+        }
+    }
+    launch(dev, args, n, &name)
+}
+
+/// Grouped forward: the decision mask (one bit per channel or sample), then one pass.
+pub(crate) fn grouped_forward<T: Element>(
+    x: CudaOperand<'_, T>,
+    pos: StreamPos,
+    prob: &Probability,
+    decisions: Decisions,
+    op: GroupedOp<T::Compute>,
+    mode: MaskMode,
+) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+    let _range = op_range("grouped_dropout_forward");
+    let Decisions::Grouped {
+        group,
+        lead,
+        first,
+        count,
+    } = decisions
+    else {
+        return Err(Error::StateMismatch(
+            "grouped forward without a grouped layout".into(),
+        ));
+    };
+    let dev = x.device().clone();
+    let n = x.len() as u64;
+    // The decision mask is needed either way; it is small (count / 8 bytes).
+    let mut bits = dev.alloc_uninit::<u32>(mask_words(count))?;
+    mask_bits(&dev, &mut bits, pos, prob, first, count)?;
+    let y = x.launch_io(|x_ptr, y_ptr| {
+        let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+        grouped_apply::<T>(&dev, x_ptr, y_ptr, b_ptr, n, group, lead, op)
+    })?;
+    Ok((y, (mode == MaskMode::Bits).then_some(bits)))
+}
+
+/// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
+pub(crate) fn backward<T: Element>(
     dy: &CudaBuffer<T>,
-    bits: &CudaSlice<u32>,
+    saved: &Saved,
+    prob: &Probability,
+    decisions: Decisions,
     scale: T::Compute,
 ) -> Result<CudaBuffer<T>> {
-    let _range = op_range("dropout_backward_bits");
-    let dev = dy.device();
-    let n = dy.len();
-    let mut dx = dev.alloc_uninit::<T>(n)?;
-    if n > 0 {
-        let name = kernel_name::<T>("dropout_bwd_bits");
-        let f = dev.function("dropout", &name)?;
-        let stream = dev.stream();
-        let dyv = dy.view();
-        let (dy_ptr, _g1) = dyv.device_ptr(stream);
-        let (dx_ptr, _g2) = dx.device_ptr_mut(stream);
-        let (bits_ptr, _g3) = bits.device_ptr(stream);
-        let n64 = n as u64;
-        let mut launch = stream.launch_builder(&f);
-        launch
-            .arg(&dy_ptr)
-            .arg(&dx_ptr)
-            .arg(&bits_ptr)
-            .arg(&n64)
-            .arg(&scale);
-        // SAFETY: matches `dropout_bwd_bits_<T>` in kernels/dropout.cu; dy and dx hold n
-        // elements, bits ceil(n/32) words, all alive until the launch is queued.
-        unsafe { launch.launch(dev.launch_config(n64, PER_THREAD)) }
-            .map_err(driver_error(format!("launching {name}")))?;
+    let _range = op_range("dropout_backward");
+    let dev = dy.device().clone();
+    let n = dy.len() as u64;
+    let input = CudaOperand::Input(dy);
+    let dx = match (saved, decisions) {
+        (Saved::Regenerate(pos), Decisions::Elementwise) => {
+            dropout_forward(input, *pos, prob, scale, MaskMode::Regenerate)?.0
+        }
+        (Saved::Bits(MaskBuffer::Cuda(bits)), Decisions::Elementwise) => {
+            let (f, name) = kernel::<T>(&dev, "dropout", "dropout_bwd_bits")?;
+            input.launch_io(|dy_ptr, dx_ptr| {
+                let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+                let mut args = dev.stream().launch_builder(&f);
+                args.arg(&dy_ptr)
+                    .arg(&dx_ptr)
+                    .arg(&b_ptr)
+                    .arg(&n)
+                    .arg(&scale);
+                launch(&dev, args, n, &name)
+            })?
+        }
+        (Saved::Bits(MaskBuffer::Cuda(bits)), Decisions::Grouped { group, lead, .. }) => input
+            .launch_io(|dy_ptr, dx_ptr| {
+                let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+                grouped_apply::<T>(
+                    &dev,
+                    dy_ptr,
+                    dx_ptr,
+                    b_ptr,
+                    n,
+                    group,
+                    lead,
+                    GroupedOp::Scale(scale),
+                )
+            })?,
+        (Saved::Regenerate(pos), d @ Decisions::Grouped { .. }) => {
+            let op = GroupedOp::Scale(scale);
+            grouped_forward(input, *pos, prob, d, op, MaskMode::Regenerate)?.0
+        }
+        _ => return Err(crate::functional::mask_elsewhere()),
+    };
+    dx.ok_or_else(|| Error::StateMismatch("backward produced no gradient".into()))
+}
+
+fn cuda_buffer<'a, T: Element>(t: &'a Tensor<T>, what: &str) -> Result<&'a CudaBuffer<T>> {
+    match &t.storage {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Cpu(_) => Err(Error::DeviceMismatch {
+            op: "bias_dropout_residual",
+            expected: "cuda".into(),
+            got: format!("cpu ({what})"),
+        }),
     }
-    Ok(CudaBuffer::new(dev.clone(), dx, 0, n))
+}
+
+/// `bias_dropout_residual_fwd_<T>`: out = residual + dropout(x + bias), one pass.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bias_dropout_residual_forward<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: CudaOperand<'_, T>,
+    hidden: usize,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+    mode: MaskMode,
+) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+    let _range = op_range("bias_dropout_residual_forward");
+    let (xb, bb) = (cuda_buffer(x, "x")?, cuda_buffer(bias, "bias")?);
+    let dev = residual.device().clone();
+    let n = residual.len() as u64;
+    let mut bits = alloc_bits(&dev, residual.len(), mode)?;
+    let (f, name) = kernel::<T>(&dev, "bias_dropout_residual", "bias_dropout_residual_fwd")?;
+    let out = residual.launch_io(|r_ptr, out_ptr| {
+        let (xv, bv) = (xb.view(), bb.view());
+        let (x_ptr, _gx) = xv.device_ptr(dev.stream());
+        let (bias_ptr, _gb) = bv.device_ptr(dev.stream());
+        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+        let (h, threshold) = (hidden as u64, prob.threshold());
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&x_ptr)
+            .arg(&bias_ptr)
+            .arg(&r_ptr)
+            .arg(&out_ptr)
+            .arg(&b_ptr);
+        args.arg(&n)
+            .arg(&h)
+            .arg(&pos.seed)
+            .arg(&pos.offset)
+            .arg(&pos.index_base);
+        args.arg(&threshold).arg(&scale);
+        launch(&dev, args, n, &name)
+    })?;
+    Ok((out, bits))
+}
+
+/// `column_sum_<T>`: sums of each of the `hidden` columns over all rows, in f64.
+pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result<CudaBuffer<T>> {
+    let _range = op_range("column_sum");
+    let dev = g.device().clone();
+    let mut out = dev.alloc_uninit::<T>(hidden)?;
+    if hidden > 0 {
+        let (f, name) = kernel::<T>(&dev, "bias_dropout_residual", "column_sum")?;
+        let gv = g.view();
+        let (g_ptr, _gg) = gv.device_ptr(dev.stream());
+        let (o_ptr, _go) = out.device_ptr_mut(dev.stream());
+        let (rows, h) = ((g.len() / hidden) as u64, hidden as u64);
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&g_ptr).arg(&o_ptr).arg(&rows).arg(&h);
+        // One thread per column.
+        launch(&dev, args, h * PER_THREAD, &name)?;
+    }
+    Ok(CudaBuffer::new(dev, out, 0, hidden))
 }

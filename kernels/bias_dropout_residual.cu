@@ -1,0 +1,142 @@
+// bias_dropout_residual.cu: fused out = residual + dropout(x + bias) (SPEC section 6) and
+// the column sum used for the bias gradient.
+//
+//   z   = to_C(x_i) + to_C(bias[(index_base + i) % h])     rounded in C
+//   m   = dropped_i ? +0 : z * scale                        select, rounded in C
+//   out = round_T(to_C(residual_i) + m)                     rounded in C, then round_T
+//
+// The decision of local element i is index_base + i, as in elementwise dropout, and the
+// keep bits (SPEC section 4) are written when bits != null.
+#include "dk_common.cuh"
+
+// Layout as in alpha_dropout.cu: a grid-stride loop over vectors of E elements (4 for
+// f32/f64, 8 for f16/bf16); the thread with vector v reads x, residual and writes out for
+// elements v*E .. v*E+E-1 itself, so out may equal x or residual. The loop condition is
+// per warp so every lane reaches the bit-packing shuffles. The bias column of the first
+// element is advanced by the grid stride modulo h, so the loop has no 64-bit division.
+template <typename T>
+__device__ __forceinline__ void dk_bias_dropout_residual_fwd(
+    const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,
+    uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,
+    typename DkType<T>::C scale) {
+    using D = DkType<T>;
+    using C = typename D::C;
+    constexpr int E = DkDrawWidth<T>::E;
+    const uint64_t nvec = n / E + (n % E != 0);
+    const uint64_t nwords = n / 32 + (n % 32 != 0);
+    const bool wide = dk_aligned16(x) && dk_aligned16(residual) && dk_aligned16(out);
+    const bool bias_wide = dk_aligned16(bias);
+    const uint32_t lane = threadIdx.x & 31u;
+    const uint64_t v0 = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    const uint64_t step_r = (stride * E) % h;
+    uint64_t col = (index_base + v0 * E) % h;  // bias column of element v*E
+
+    // v - lane is the warp's first vector: the same for all its lanes.
+    for (uint64_t v = v0; v - lane < nvec; v += stride) {
+        const uint64_t i0 = v * E;
+        uint32_t u[E];
+#pragma unroll
+        for (int q = 0; q < E / 4; ++q) {
+            uint32_t w4[4];
+            dk_words4(seed, offset, index_base + i0 + 4 * q, w4);
+#pragma unroll
+            for (int k = 0; k < 4; ++k) u[4 * q + k] = w4[k];
+        }
+
+        uint32_t keep = 0;  // bit k: element i0 + k kept (0 past n)
+        if (wide && i0 + E <= n) {
+            T xv[E], rv[E], bv[E];
+            dk_load(x + i0, xv);
+            dk_load(residual + i0, rv);
+            // col % E == 0 keeps bias + col 16-byte aligned (E*sizeof(T) >= 16).
+            if (bias_wide && col % E == 0 && col + E <= h) {
+                dk_load(bias + col, bv);
+            } else {
+                uint64_t c = col;
+#pragma unroll
+                for (int k = 0; k < E; ++k) {
+                    bv[k] = bias[c];
+                    if (++c == h) c = 0;
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < E; ++k) {
+                const bool kept = !dk_dropped(u[k], threshold);
+                keep |= (uint32_t)kept << k;
+                const C z = dk_add(D::to_c(xv[k]), D::to_c(bv[k]));
+                const C m = kept ? dk_mul(z, scale) : (C)0;
+                xv[k] = D::round_t(dk_add(D::to_c(rv[k]), m));
+            }
+            dk_store(out + i0, xv);
+        } else {
+            uint64_t c = col;
+#pragma unroll
+            for (int k = 0; k < E; ++k) {
+                const uint64_t i = i0 + k;
+                if (i >= n) break;
+                const T xi = x[i], ri = residual[i], bi = bias[c];
+                const bool kept = !dk_dropped(u[k], threshold);
+                keep |= (uint32_t)kept << k;
+                const C z = dk_add(D::to_c(xi), D::to_c(bi));
+                const C m = kept ? dk_mul(z, scale) : (C)0;
+                out[i] = D::round_t(dk_add(D::to_c(ri), m));
+                if (++c == h) c = 0;
+            }
+        }
+
+        if (bits != nullptr) dk_store_bits<E>(bits, nwords, v, keep);
+
+        col += step_r;
+        if (col >= h) col -= h;
+    }
+}
+
+// out[c] = round_T(sum over r = 0 .. rows-1, in increasing r, of (double)g[r*h + c]), the
+// sum starting from +0.0 and every add rounded in double: a fixed order, so the bias
+// gradient is deterministic (no atomics). One thread per column, grid-stride over columns;
+// neighbouring threads read neighbouring columns (coalesced). Loads are issued 8 rows
+// ahead of the adds for memory parallelism; the add order is unchanged. The thread that
+// writes out[c] is the only one that reads column c, so out may even equal g.
+template <typename T>
+__device__ __forceinline__ void dk_column_sum(const T* g, T* out, uint64_t rows, uint64_t h) {
+    using D = DkType<T>;
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t c = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; c < h; c += stride) {
+        const T* p = g + c;
+        double acc = 0.0;
+        uint64_t r = 0;
+        for (; r + 8 <= rows; r += 8) {
+            double v[8];
+#pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = D::to_double(p[k * h]);
+#pragma unroll
+            for (int k = 0; k < 8; ++k) acc = __dadd_rn(acc, v[k]);
+            p += 8 * h;
+        }
+        for (; r < rows; ++r) {
+            acc = __dadd_rn(acc, D::to_double(*p));
+            p += h;
+        }
+        out[c] = D::from_double(acc);
+    }
+}
+
+// One exported pair per dtype (names and signatures are the contract with the Rust side).
+#define DK_BDR_KERNELS(SUFFIX, T, C)                                                         \
+    extern "C" __global__ void bias_dropout_residual_fwd_##SUFFIX(                           \
+        const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,     \
+        uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,  \
+        C scale) {                                                                           \
+        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, seed, offset,    \
+                                        index_base, threshold, scale);                       \
+    }                                                                                        \
+    extern "C" __global__ void column_sum_##SUFFIX(const T* g, T* out, uint64_t rows,        \
+                                                   uint64_t h) {                             \
+        dk_column_sum<T>(g, out, rows, h);                                                   \
+    }
+
+DK_BDR_KERNELS(f32, float, float)
+DK_BDR_KERNELS(f64, double, double)
+DK_BDR_KERNELS(f16, __half, float)
+DK_BDR_KERNELS(bf16, __nv_bfloat16, float)

@@ -1,0 +1,131 @@
+//! `AlphaDropout` and `FeatureAlphaDropout`, for self-normalising (SELU) networks: dropped
+//! elements take SELU's negative saturation value and an affine map keeps the mean and
+//! variance of a standard-normal input (SPEC section 6).
+
+use super::{grouped_forward, grouped_forward_in_place, layer_common, LayerCore};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::functional::{self, alpha_train, new_output, DropoutState, GroupedKind, Operand};
+use crate::tensor::Tensor;
+
+/// Elementwise alpha dropout: kept a*x + b, dropped a*A + b with A = -lambda*alpha of SELU;
+/// the identity in eval mode.
+///
+/// ```
+/// use dropkit::{AlphaDropout, Device, Generator, Tensor};
+/// use std::sync::Arc;
+///
+/// let layer = AlphaDropout::new(0.2)?.with_generator(Arc::new(Generator::new(3)));
+/// let x = Tensor::<f64>::zeros(&[1000], &Device::Cpu)?;
+/// let (y, _) = layer.forward(&x)?;
+/// let y = y.to_vec()?;
+/// // Two values only: b for kept zeros, a*A + b for dropped ones.
+/// let kept = y[0];
+/// assert!(y.iter().all(|&v| v == kept || v < kept));
+/// # Ok::<(), dropkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct AlphaDropout {
+    core: LayerCore,
+}
+
+layer_common!(AlphaDropout);
+
+impl AlphaDropout {
+    /// A layer in training mode using the default generator; p must be in [0, 1].
+    pub fn new(p: f64) -> Result<Self> {
+        Ok(Self {
+            core: LayerCore::new(p)?,
+        })
+    }
+
+    /// Forward; the state is what [`AlphaDropout::backward`] needs.
+    pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
+        if !self.core.training {
+            return Ok((x.try_clone()?, DropoutState::identity(x, self.core.prob)));
+        }
+        let pos = self.core.next_pos();
+        let (y, state) = alpha_train(Operand::Input(x), &self.core.prob, pos, self.core.mode)?;
+        Ok((new_output(y)?, state))
+    }
+
+    /// Forward writing the output over `x` (same bits as [`AlphaDropout::forward`]).
+    pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
+        if !self.core.training {
+            return Ok(DropoutState::identity(x, self.core.prob));
+        }
+        let pos = self.core.next_pos();
+        alpha_train(Operand::InPlace(x), &self.core.prob, pos, self.core.mode).map(|(_, s)| s)
+    }
+
+    /// dx = kept ? dy * a : +0.
+    pub fn backward<T: Element>(
+        &self,
+        grad: &Tensor<T>,
+        state: &DropoutState,
+    ) -> Result<Tensor<T>> {
+        functional::dropout_backward(grad, state)
+    }
+}
+
+/// Alpha dropout with one decision per (sample, channel) of an (N, C, *spatial) input
+/// (rank 2 or more): whole feature maps take the dropped value.
+///
+/// ```
+/// use dropkit::{Device, FeatureAlphaDropout, Generator, Tensor};
+/// use std::sync::Arc;
+///
+/// let layer = FeatureAlphaDropout::new(0.5)?.with_generator(Arc::new(Generator::new(3)));
+/// let x = Tensor::<f32>::zeros(&[4, 8, 16], &Device::Cpu)?;
+/// let (y, _) = layer.forward(&x)?;
+/// for map in y.to_vec()?.chunks(16) {
+///     assert!(map.iter().all(|&v| v == map[0]));
+/// }
+/// # Ok::<(), dropkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FeatureAlphaDropout {
+    core: LayerCore,
+}
+
+layer_common!(FeatureAlphaDropout);
+
+impl FeatureAlphaDropout {
+    /// A layer in training mode using the default generator; p must be in [0, 1].
+    pub fn new(p: f64) -> Result<Self> {
+        Ok(Self {
+            core: LayerCore::new(p)?,
+        })
+    }
+
+    fn group(shape: &[usize]) -> Result<usize> {
+        if shape.len() < 2 {
+            return Err(Error::InvalidShape {
+                op: "FeatureAlphaDropout",
+                shape: shape.to_vec(),
+                reason: "expected (N, C, *spatial): rank 2 or more".into(),
+            });
+        }
+        Ok(shape[2..].iter().product())
+    }
+
+    /// Forward; a rank below 2 is an error.
+    pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
+        grouped_forward(&self.core, x, Self::group(x.shape())?, GroupedKind::Alpha)
+    }
+
+    /// Forward writing the output over `x`.
+    pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
+        let group = Self::group(x.shape())?;
+        grouped_forward_in_place(&self.core, x, group, GroupedKind::Alpha)
+    }
+
+    /// dx = kept ? dy * a : +0.
+    pub fn backward<T: Element>(
+        &self,
+        grad: &Tensor<T>,
+        state: &DropoutState,
+    ) -> Result<Tensor<T>> {
+        functional::dropout_backward(grad, state)
+    }
+}

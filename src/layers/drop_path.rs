@@ -1,0 +1,71 @@
+//! `DropPath` (stochastic depth): a whole sample of a residual branch is dropped, one
+//! decision per index along the first dimension (SPEC section 6, j = n).
+
+use super::{grouped_forward, grouped_forward_in_place, layer_common, LayerCore};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::functional::{self, DropoutState, GroupedKind};
+use crate::tensor::Tensor;
+
+/// Drops each sample (index of the first dimension) with probability p and scales kept
+/// samples by 1/q; the identity in eval mode.
+///
+/// ```
+/// use dropkit::{Device, DropPath, Generator, Tensor};
+/// use std::sync::Arc;
+///
+/// let layer = DropPath::new(0.25)?.with_generator(Arc::new(Generator::new(5)));
+/// let x = Tensor::<f32>::ones(&[8, 3, 4], &Device::Cpu)?;
+/// let (y, _) = layer.forward(&x)?;
+/// for sample in y.to_vec()?.chunks(12) {
+///     assert!(sample.iter().all(|&v| v == sample[0]));
+///     assert!(sample[0] == 0.0 || sample[0] == 1.0 / 0.75);
+/// }
+/// # Ok::<(), dropkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DropPath {
+    core: LayerCore,
+}
+
+layer_common!(DropPath);
+
+impl DropPath {
+    /// A layer in training mode using the default generator; p must be in [0, 1].
+    pub fn new(p: f64) -> Result<Self> {
+        Ok(Self {
+            core: LayerCore::new(p)?,
+        })
+    }
+
+    fn group(shape: &[usize]) -> Result<usize> {
+        if shape.is_empty() {
+            return Err(Error::InvalidShape {
+                op: "DropPath",
+                shape: Vec::new(),
+                reason: "expected (N, ...): at least one dimension".into(),
+            });
+        }
+        Ok(shape[1..].iter().product())
+    }
+
+    /// Forward; a scalar (rank 0) input is an error.
+    pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
+        grouped_forward(&self.core, x, Self::group(x.shape())?, GroupedKind::Scale)
+    }
+
+    /// Forward writing the output over `x`.
+    pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
+        let group = Self::group(x.shape())?;
+        grouped_forward_in_place(&self.core, x, group, GroupedKind::Scale)
+    }
+
+    /// The input gradient from the upstream gradient and the forward's state.
+    pub fn backward<T: Element>(
+        &self,
+        grad: &Tensor<T>,
+        state: &DropoutState,
+    ) -> Result<Tensor<T>> {
+        functional::dropout_backward(grad, state)
+    }
+}

@@ -1,0 +1,93 @@
+//! `BiasDropoutResidual`: the transformer epilogue `out = residual + dropout(x + bias)` in
+//! one pass (SPEC section 6), with the gradients for x, residual and bias.
+
+use super::{layer_common, LayerCore};
+use crate::element::Element;
+use crate::error::Result;
+use crate::functional::{
+    bias_dropout_residual_backward, bias_dropout_residual_run, new_output,
+    BiasDropoutResidualGrads, BiasDropoutResidualState, Operand,
+};
+use crate::tensor::Tensor;
+
+/// Fused bias + dropout + residual add: x and residual of shape (..., H), bias of shape
+/// (H). In eval mode, `out = residual + (x + bias)` with the same roundings.
+///
+/// ```
+/// use dropkit::{BiasDropoutResidual, Device, Generator, Tensor};
+/// use std::sync::Arc;
+///
+/// let layer = BiasDropoutResidual::new(0.1)?.with_generator(Arc::new(Generator::new(9)));
+/// let x = Tensor::<f32>::ones(&[4, 8], &Device::Cpu)?;
+/// let bias = Tensor::<f32>::ones(&[8], &Device::Cpu)?;
+/// let residual = Tensor::<f32>::zeros(&[4, 8], &Device::Cpu)?;
+/// let (out, state) = layer.forward(&x, &bias, &residual)?;
+/// let grads = layer.backward(&Tensor::<f32>::ones(&[4, 8], &Device::Cpu)?, &state)?;
+/// // The bias gradient sums the kept rows of each column, scaled by 1/q.
+/// let kept = out.to_vec()?.iter().filter(|&&v| v != 0.0).count() as f32;
+/// let total: f32 = grads.bias.to_vec()?.iter().sum();
+/// assert!((total - kept / 0.9).abs() < 1e-3);
+/// # Ok::<(), dropkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BiasDropoutResidual {
+    core: LayerCore,
+}
+
+layer_common!(BiasDropoutResidual);
+
+impl BiasDropoutResidual {
+    /// A layer in training mode using the default generator; p must be in [0, 1].
+    pub fn new(p: f64) -> Result<Self> {
+        Ok(Self {
+            core: LayerCore::new(p)?,
+        })
+    }
+
+    /// Forward. A training call takes one offset from the generator, an eval call none.
+    pub fn forward<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        bias: &Tensor<T>,
+        residual: &Tensor<T>,
+    ) -> Result<(Tensor<T>, BiasDropoutResidualState)> {
+        let (out, state) = self.run(x, bias, Operand::Input(residual))?;
+        Ok((new_output(out)?, state))
+    }
+
+    /// Forward writing the output over `residual` (the residual stream), same bits.
+    pub fn forward_in_place<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        bias: &Tensor<T>,
+        residual: &mut Tensor<T>,
+    ) -> Result<BiasDropoutResidualState> {
+        self.run(x, bias, Operand::InPlace(residual))
+            .map(|(_, state)| state)
+    }
+
+    fn run<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        bias: &Tensor<T>,
+        residual: Operand<'_, T>,
+    ) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
+        let core = &self.core;
+        // Eval calls take no offset (SPEC section 5).
+        let pos = if core.training {
+            core.next_pos()
+        } else {
+            crate::StreamPos::new(0, 0)
+        };
+        bias_dropout_residual_run(x, bias, residual, &core.prob, core.training, pos, core.mode)
+    }
+
+    /// Gradients for x, residual and bias from the upstream gradient.
+    pub fn backward<T: Element>(
+        &self,
+        grad: &Tensor<T>,
+        state: &BiasDropoutResidualState,
+    ) -> Result<BiasDropoutResidualGrads<T>> {
+        bias_dropout_residual_backward(grad, state)
+    }
+}
