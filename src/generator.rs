@@ -38,6 +38,28 @@ impl Generator {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// A generator for stream `stream` (a rank, a pipeline stage, a data-loader worker)
+    /// derived from one base seed: each stream gets its own seed, so streams draw
+    /// independent masks, and the same (seed, stream) always gives the same generator.
+    ///
+    /// Where ranks must agree instead (tensor-parallel shards of one tensor), give every
+    /// rank `Generator::new(seed)` and each layer its shard's `with_index_base`.
+    ///
+    /// The derived seed is one Philox4x32-10 block keyed by the base seed, with the stream
+    /// in the counter's high words (a region no dropout call uses as its offset).
+    pub fn for_stream(seed: u64, stream: u64) -> Self {
+        let block = crate::philox::philox4x32_10(
+            [
+                0x6472_6f70,
+                0x6b69_7421,
+                stream as u32,
+                (stream >> 32) as u32,
+            ],
+            crate::philox::key(seed),
+        );
+        Self::new(u64::from(block[0]) | (u64::from(block[1]) << 32))
+    }
+
     /// The seed.
     pub fn seed(&self) -> u64 {
         self.lock().seed
@@ -99,6 +121,20 @@ mod tests {
         assert_eq!(g.offset(), 11);
         g.reseed(6);
         assert_eq!((g.seed(), g.offset()), (6, 0));
+    }
+
+    #[test]
+    fn derived_streams_are_distinct_and_reproducible() {
+        let seeds: Vec<u64> = (0..64)
+            .map(|r| Generator::for_stream(7, r).seed())
+            .collect();
+        let mut unique = seeds.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), seeds.len(), "every stream gets its own seed");
+        assert_eq!(Generator::for_stream(7, 3).seed(), seeds[3]);
+        assert_ne!(Generator::for_stream(8, 3).seed(), seeds[3]);
+        assert_eq!(Generator::for_stream(7, 3).offset(), 0);
     }
 
     #[test]

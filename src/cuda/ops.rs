@@ -13,6 +13,10 @@ use crate::mask::{mask_words, Probability};
 use crate::tensor::{Storage, Tensor};
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DevicePtrMut, LaunchArgs, PushKernelArg};
 
+/// A forward's new output (`None` when in place) and its saved mask (`None` for the
+/// regenerate form).
+type Forward<T> = (Option<CudaBuffer<T>>, Option<CudaSlice<u32>>);
+
 /// Elements one thread handles per loop iteration in the elementwise kernels.
 const PER_THREAD: u64 = 4;
 
@@ -59,7 +63,7 @@ pub(crate) fn dropout_forward<T: Element>(
     prob: &Probability,
     scale: T::Compute,
     mode: MaskMode,
-) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+) -> Result<Forward<T>> {
     let _range = op_range("dropout_forward");
     let dev = x.device().clone();
     let n = x.len() as u64;
@@ -84,7 +88,7 @@ pub(crate) fn alpha_forward<T: Element>(
     prob: &Probability,
     op: Affine<T::Compute>,
     mode: MaskMode,
-) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+) -> Result<Forward<T>> {
     let _range = op_range("alpha_dropout_forward");
     let dev = x.device().clone();
     let n = x.len() as u64;
@@ -144,6 +148,7 @@ fn mask_bits(
 }
 
 /// `grouped_scale_<T>` / `grouped_alpha_<T>` reading decision bits at `bits_ptr`.
+#[allow(clippy::too_many_arguments)]
 fn grouped_apply<T: Element>(
     dev: &CudaDevice,
     x_ptr: u64,
@@ -184,7 +189,7 @@ pub(crate) fn grouped_forward<T: Element>(
     decisions: Decisions,
     op: GroupedOp<T::Compute>,
     mode: MaskMode,
-) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+) -> Result<Forward<T>> {
     let _range = op_range("grouped_dropout_forward");
     let Decisions::Grouped {
         group,
@@ -283,7 +288,7 @@ pub(crate) fn bias_dropout_residual_forward<T: Element>(
     prob: &Probability,
     scale: T::Compute,
     mode: MaskMode,
-) -> Result<(Option<CudaBuffer<T>>, Option<CudaSlice<u32>>)> {
+) -> Result<Forward<T>> {
     let _range = op_range("bias_dropout_residual_forward");
     let (xb, bb) = (cuda_buffer(x, "x")?, cuda_buffer(bias, "bias")?);
     let dev = residual.device().clone();
@@ -318,12 +323,12 @@ pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result
     let _range = op_range("column_sum");
     let dev = g.device().clone();
     let mut out = dev.alloc_uninit::<T>(hidden)?;
-    if hidden > 0 {
+    if let Some(rows) = g.len().checked_div(hidden) {
         let (f, name) = kernel::<T>(&dev, "bias_dropout_residual", "column_sum")?;
         let gv = g.view();
         let (g_ptr, _gg) = gv.device_ptr(dev.stream());
         let (o_ptr, _go) = out.device_ptr_mut(dev.stream());
-        let (rows, h) = ((g.len() / hidden) as u64, hidden as u64);
+        let (rows, h) = (rows as u64, hidden as u64);
         let mut args = dev.stream().launch_builder(&f);
         args.arg(&g_ptr).arg(&o_ptr).arg(&rows).arg(&h);
         // One thread per column.

@@ -263,7 +263,7 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
     let (out, mask) = run_forward(
         residual,
         |res, out| {
-            let (Storage::Cpu(xs), Storage::Cpu(bs)) = (&x.storage, &bias.storage) else {
+            let (Some(xs), Some(bs)) = (x.as_slice(), bias.as_slice()) else {
                 return Err(Error::DeviceMismatch {
                     op: "bias_dropout_residual",
                     expected: "cpu".into(),

@@ -1,0 +1,627 @@
+//! The rest of the family on the CPU against SPEC section 6: exact formulas, one decision
+//! per channel or sample, moments of AlphaDropout, the fused layer's three gradients,
+//! sharding, in-place variants and error paths.
+
+mod common;
+
+use common::{bits_of, test_data};
+use dropkit::element::{to_compute_f64, ComputeFloat};
+use dropkit::functional::{
+    alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
+    dropout_backward, grouped_dropout, GroupedKind,
+};
+use dropkit::mask::{keep_bits, Probability};
+use dropkit::{
+    AlphaDropout, BiasDropoutResidual, Device, DropPath, Dropout1d, Dropout2d, Dropout3d, Element,
+    Error, FeatureAlphaDropout, Generator, MaskMode, StreamPos, Tensor,
+};
+use half::{bf16, f16};
+use std::sync::Arc;
+
+const A: f64 = -1.758_099_340_847_376_6;
+
+fn bit(bits: &[u32], j: usize) -> bool {
+    bits[j / 32] >> (j % 32) & 1 == 1
+}
+
+fn gen(seed: u64) -> Arc<Generator> {
+    Arc::new(Generator::new(seed))
+}
+
+fn tensor<T: Element>(shape: &[usize], salt: u64) -> Tensor<T> {
+    let n = shape.iter().product();
+    Tensor::from_vec(test_data(n, salt), shape).unwrap()
+}
+
+/// The alpha-dropout constants of SPEC section 6, rounded to the compute type of T.
+fn alpha_consts<T: Element>(p: f64) -> (T::Compute, T::Compute, T::Compute, f64) {
+    let q = Probability::new(p).unwrap().keep_probability();
+    let a = 1.0 / (q * (1.0 + (1.0 - q) * A * A)).sqrt();
+    let b = -a * A * (1.0 - q);
+    let (ac, bc) = (to_compute_f64::<T>(a), to_compute_f64::<T>(b));
+    (ac, bc, to_compute_f64::<T>(A).mul(ac).add(bc), a)
+}
+
+/// Checks y and dx of a grouped or elementwise layer element by element against the spec.
+fn check_layer<T: Element>(
+    x: &Tensor<T>,
+    y: &Tensor<T>,
+    dx: &Tensor<T>,
+    dy: &Tensor<T>,
+    group: usize,
+    decision_bits: &[u32],
+    kept_value: impl Fn(T::Compute) -> T::Compute,
+    dropped_value: T::Compute,
+    grad_scale: T::Compute,
+) {
+    let (x, y, dx, dy) = (
+        x.to_vec().unwrap(),
+        y.to_vec().unwrap(),
+        dx.to_vec().unwrap(),
+        dy.to_vec().unwrap(),
+    );
+    for i in 0..x.len() {
+        let kept = bit(decision_bits, i / group);
+        let want_y = T::from_compute(if kept {
+            kept_value(x[i].to_compute())
+        } else {
+            dropped_value
+        });
+        let want_dx = if kept {
+            T::from_compute(dy[i].to_compute().mul(grad_scale))
+        } else {
+            T::ZERO
+        };
+        assert_eq!(
+            y[i].to_bits_u64(),
+            want_y.to_bits_u64(),
+            "{} y[{i}]",
+            T::DTYPE
+        );
+        assert_eq!(
+            dx[i].to_bits_u64(),
+            want_dx.to_bits_u64(),
+            "{} dx[{i}]",
+            T::DTYPE
+        );
+    }
+}
+
+fn channel_case<T: Element>(shape: &[usize], spatial: usize, p: f64) {
+    let x = tensor::<T>(shape, 1);
+    let dy = tensor::<T>(shape, 2);
+    let group: usize = shape[shape.len() - spatial..].iter().product();
+    let decisions = x.len() / group;
+    let s = to_compute_f64::<T>(Probability::new(p).unwrap().scale_f64());
+    let want_bits = keep_bits(11, 0, p, decisions).unwrap();
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        let (y, st) = match spatial {
+            1 => Dropout1d::new(p)
+                .unwrap()
+                .with_generator(gen(11))
+                .with_mask_mode(mode)
+                .forward(&x),
+            2 => Dropout2d::new(p)
+                .unwrap()
+                .with_generator(gen(11))
+                .with_mask_mode(mode)
+                .forward(&x),
+            _ => Dropout3d::new(p)
+                .unwrap()
+                .with_generator(gen(11))
+                .with_mask_mode(mode)
+                .forward(&x),
+        }
+        .unwrap();
+        assert_eq!(
+            st.keep_bits().unwrap().unwrap(),
+            want_bits,
+            "one bit per channel"
+        );
+        if mode == MaskMode::Bits {
+            assert_eq!(st.saved_bytes(), 4 * decisions.div_ceil(32));
+        }
+        let dx = dropout_backward(&dy, &st).unwrap();
+        check_layer(
+            &x,
+            &y,
+            &dx,
+            &dy,
+            group,
+            &want_bits,
+            |v| v.mul(s),
+            <T::Compute as ComputeFloat>::ZERO,
+            s,
+        );
+    }
+}
+
+#[test]
+fn channel_dropout_drops_whole_feature_maps() {
+    for p in [0.0, 0.3, 0.5, 1.0] {
+        channel_case::<f32>(&[3, 5, 7], 1, p);
+        channel_case::<f32>(&[5, 7], 1, p);
+        channel_case::<f64>(&[2, 6, 3, 4], 2, p);
+        channel_case::<f16>(&[6, 3, 4], 2, p);
+        channel_case::<bf16>(&[2, 3, 2, 3, 4], 3, p);
+        channel_case::<f32>(&[3, 2, 3, 4], 3, p);
+    }
+}
+
+#[test]
+fn drop_path_decides_per_sample() {
+    for p in [0.2, 0.7] {
+        let x = tensor::<f32>(&[40, 3, 5], 3);
+        let dy = tensor::<f32>(&[40, 3, 5], 4);
+        let layer = DropPath::new(p).unwrap().with_generator(gen(5));
+        let (y, st) = layer.forward(&x).unwrap();
+        let want = keep_bits(5, 0, p, 40).unwrap();
+        assert_eq!(st.keep_bits().unwrap().unwrap(), want);
+        let s = Probability::new(p).unwrap().scale_f32();
+        let dx = layer.backward(&dy, &st).unwrap();
+        check_layer(&x, &y, &dx, &dy, 15, &want, |v| v * s, 0.0, s);
+    }
+}
+
+fn alpha_case<T: Element>(n: usize, p: f64) {
+    let x = tensor::<T>(&[n], 6);
+    let dy = tensor::<T>(&[n], 7);
+    let (a, b, dropped, _) = alpha_consts::<T>(p);
+    let want = keep_bits(13, 0, p, n).unwrap();
+    let mut grads = Vec::new();
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        let layer = AlphaDropout::new(p)
+            .unwrap()
+            .with_generator(gen(13))
+            .with_mask_mode(mode);
+        let (y, st) = layer.forward(&x).unwrap();
+        let dx = layer.backward(&dy, &st).unwrap();
+        check_layer(&x, &y, &dx, &dy, 1, &want, |v| v.mul(a).add(b), dropped, a);
+        grads.push(bits_of(&dx.to_vec().unwrap()));
+    }
+    assert_eq!(grads[0], grads[1]);
+}
+
+#[test]
+fn alpha_dropout_formula_for_every_dtype() {
+    for p in [0.05, 0.5, 0.9] {
+        alpha_case::<f32>(1000, p);
+        alpha_case::<f64>(1000, p);
+        alpha_case::<f16>(333, p);
+        alpha_case::<bf16>(333, p);
+    }
+}
+
+#[test]
+fn alpha_dropout_edges() {
+    let x = tensor::<f32>(&[100], 8);
+    // p = 0: a = 1, b = 0, so the output is x itself.
+    let (y, _) = alpha_dropout(&x, 0.0, true, StreamPos::new(1, 1), MaskMode::Bits).unwrap();
+    assert_eq!(bits_of(&y.to_vec().unwrap()), bits_of(&x.to_vec().unwrap()));
+    // p = 1: everything dropped, +0 out and +0 gradient (SPEC section 2).
+    let (y, st) = alpha_dropout(&x, 1.0, true, StreamPos::new(1, 1), MaskMode::Bits).unwrap();
+    assert!(y.to_vec().unwrap().iter().all(|v| v.to_bits() == 0));
+    let dx = dropout_backward(&x, &st).unwrap();
+    assert!(dx.to_vec().unwrap().iter().all(|v| v.to_bits() == 0));
+}
+
+/// Standard-normal samples from a fixed stream (Box-Muller over our own Philox words).
+fn normal(n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            let u1 =
+                (f64::from(dropkit::philox::random_word(1, 0, 2 * i as u64)) + 0.5) / 4294967296.0;
+            let u2 = (f64::from(dropkit::philox::random_word(1, 0, 2 * i as u64 + 1)) + 0.5)
+                / 4294967296.0;
+            (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        })
+        .collect()
+}
+
+#[test]
+fn alpha_dropout_keeps_mean_and_variance() {
+    let n = 1_000_000;
+    let x = Tensor::from_vec(normal(n), &[n]).unwrap();
+    for p in [0.1, 0.5] {
+        for feature in [false, true] {
+            let (y, _) = if feature {
+                FeatureAlphaDropout::new(p)
+                    .unwrap()
+                    .with_generator(gen(2))
+                    .forward(&x.try_clone().unwrap().reshape(&[1000, 1000]).unwrap())
+            } else {
+                AlphaDropout::new(p)
+                    .unwrap()
+                    .with_generator(gen(2))
+                    .forward(&x)
+            }
+            .unwrap();
+            let y = y.to_vec().unwrap();
+            let mean = y.iter().sum::<f64>() / n as f64;
+            let var = y.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n as f64;
+            let m4 = y.iter().map(|v| (v - mean).powi(4)).sum::<f64>() / n as f64;
+            // FeatureAlphaDropout (N = 1000, C = 1000, one element per decision here) is
+            // elementwise in distribution; both must keep mean 0 and variance 1.
+            let sd_mean = (var / n as f64).sqrt();
+            let sd_var = ((m4 - var * var) / n as f64).sqrt();
+            assert!(
+                mean.abs() <= 6.0 * sd_mean,
+                "p {p} feature {feature}: mean {mean}"
+            );
+            assert!(
+                (var - 1.0).abs() <= 6.0 * sd_var,
+                "p {p} feature {feature}: var {var}"
+            );
+        }
+    }
+}
+
+#[test]
+fn feature_alpha_dropout_decides_per_channel() {
+    let x = tensor::<f32>(&[4, 6, 10], 9);
+    let dy = tensor::<f32>(&[4, 6, 10], 10);
+    let layer = FeatureAlphaDropout::new(0.4)
+        .unwrap()
+        .with_generator(gen(3));
+    let (y, st) = layer.forward(&x).unwrap();
+    let want = keep_bits(3, 0, 0.4, 24).unwrap();
+    assert_eq!(st.keep_bits().unwrap().unwrap(), want);
+    let (a, b, dropped, _) = alpha_consts::<f32>(0.4);
+    let dx = layer.backward(&dy, &st).unwrap();
+    check_layer(&x, &y, &dx, &dy, 10, &want, |v| v * a + b, dropped, a);
+}
+
+#[test]
+fn drop_rates_of_grouped_layers() {
+    // 10^5 decisions each: the dropped fraction is within 6 sigma of p.
+    for p in [0.1, 0.5, 0.9] {
+        let x = Tensor::<f32>::ones(&[1000, 100, 2], &Device::Cpu).unwrap();
+        let (y, _) = Dropout1d::new(p)
+            .unwrap()
+            .with_generator(gen(4))
+            .forward(&x)
+            .unwrap();
+        let y = y.to_vec().unwrap();
+        let dropped = y.chunks(2).filter(|c| c[0] == 0.0).count() as f64 / 1e5;
+        assert!(
+            (dropped - p).abs() <= 6.0 * (p * (1.0 - p) / 1e5).sqrt(),
+            "p {p}: {dropped}"
+        );
+    }
+}
+
+fn fused_case<T: Element>(rows: usize, h: usize, p: f64) {
+    let x = tensor::<T>(&[rows, h], 20);
+    let bias = tensor::<T>(&[h], 21);
+    let res = tensor::<T>(&[rows, h], 22);
+    let dout = tensor::<T>(&[rows, h], 23);
+    let prob = Probability::new(p).unwrap();
+    let s = to_compute_f64::<T>(prob.scale_f64());
+    let mask = keep_bits(17, 4, p, rows * h).unwrap();
+    let (xv, bv, rv, gv) = (
+        x.to_vec().unwrap(),
+        bias.to_vec().unwrap(),
+        res.to_vec().unwrap(),
+        dout.to_vec().unwrap(),
+    );
+    let mut grads = Vec::new();
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        let (out, st) =
+            bias_dropout_residual(&x, &bias, &res, p, true, StreamPos::new(17, 4), mode).unwrap();
+        let out = out.to_vec().unwrap();
+        for i in 0..rows * h {
+            let z = xv[i].to_compute().add(bv[i % h].to_compute());
+            let m = if bit(&mask, i) {
+                z.mul(s)
+            } else {
+                <T::Compute as ComputeFloat>::ZERO
+            };
+            let want = T::from_compute(rv[i].to_compute().add(m));
+            assert_eq!(
+                out[i].to_bits_u64(),
+                want.to_bits_u64(),
+                "{} out[{i}]",
+                T::DTYPE
+            );
+        }
+        let g = bias_dropout_residual_backward(&dout, &st).unwrap();
+        assert_eq!(
+            bits_of(&g.residual.to_vec().unwrap()),
+            bits_of(&gv),
+            "d residual = d out"
+        );
+        let dx = g.x.to_vec().unwrap();
+        for i in 0..rows * h {
+            let want = if bit(&mask, i) {
+                T::from_compute(gv[i].to_compute().mul(s))
+            } else {
+                T::ZERO
+            };
+            assert_eq!(dx[i].to_bits_u64(), want.to_bits_u64(), "dx[{i}]");
+        }
+        // Bias gradient against an f64 reference of the same dx.
+        let db = g.bias.to_vec().unwrap();
+        for c in 0..h {
+            let exact: f64 = (0..rows).map(|r| dx[r * h + c].to_compute().to_f64()).sum();
+            let got = db[c].to_compute().to_f64();
+            let tol = match T::DTYPE {
+                dropkit::DType::F32 | dropkit::DType::F64 => 1e-5,
+                _ => 1e-2, // one rounding to an 8- or 11-bit significand
+            };
+            assert!(
+                (got - exact).abs() <= tol * exact.abs().max(1e-30),
+                "db[{c}] {got} vs {exact}"
+            );
+        }
+        grads.push((bits_of(&dx), bits_of(&db)));
+    }
+    assert_eq!(grads[0], grads[1], "both saved forms, same gradients");
+}
+
+#[test]
+fn fused_bias_dropout_residual_for_every_dtype() {
+    for p in [0.0, 0.1, 0.6, 1.0] {
+        fused_case::<f32>(37, 24, p);
+        fused_case::<f64>(9, 5, p);
+        fused_case::<f16>(16, 12, p);
+        fused_case::<bf16>(7, 33, p);
+    }
+    // Many rows: the f32 bias gradient stays within 1e-5 of f64.
+    fused_case::<f32>(4096, 8, 0.1);
+}
+
+#[test]
+fn fused_eval_mode_adds_without_dropping() {
+    let (x, bias, res) = (
+        tensor::<f32>(&[3, 4], 1),
+        tensor::<f32>(&[4], 2),
+        tensor::<f32>(&[3, 4], 3),
+    );
+    let mut layer = BiasDropoutResidual::new(0.9)
+        .unwrap()
+        .with_generator(gen(1));
+    layer.eval();
+    let (out, st) = layer.forward(&x, &bias, &res).unwrap();
+    let (xv, bv, rv) = (
+        x.to_vec().unwrap(),
+        bias.to_vec().unwrap(),
+        res.to_vec().unwrap(),
+    );
+    let want: Vec<f32> = (0..12).map(|i| rv[i] + (xv[i] + bv[i % 4])).collect();
+    assert_eq!(bits_of(&out.to_vec().unwrap()), bits_of(&want));
+    assert!(st.dropout_state().mask_mode().is_none());
+}
+
+#[test]
+fn shards_reproduce_the_whole_tensor() {
+    let n = 1000;
+    let x = tensor::<f32>(&[n], 30);
+    let pos = StreamPos::new(21, 6);
+    // Elementwise layers: cut anywhere, including inside Philox groups and mask words.
+    let cuts = [0, 1, 7, 32, 333, 334, 999, n];
+    let (whole, _) = dropout(&x, 0.4, true, pos, MaskMode::Bits).unwrap();
+    let (whole_alpha, _) = alpha_dropout(&x, 0.4, true, pos, MaskMode::Bits).unwrap();
+    let xv = x.to_vec().unwrap();
+    let (mut parts, mut parts_alpha) = (Vec::new(), Vec::new());
+    for w in cuts.windows(2) {
+        let shard = Tensor::from_vec(xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]).unwrap();
+        let at = pos.with_index_base(w[0] as u64);
+        parts.extend(
+            dropout(&shard, 0.4, true, at, MaskMode::Bits)
+                .unwrap()
+                .0
+                .to_vec()
+                .unwrap(),
+        );
+        parts_alpha.extend(
+            alpha_dropout(&shard, 0.4, true, at, MaskMode::Bits)
+                .unwrap()
+                .0
+                .to_vec()
+                .unwrap(),
+        );
+    }
+    assert_eq!(bits_of(&parts), bits_of(&whole.to_vec().unwrap()));
+    assert_eq!(
+        bits_of(&parts_alpha),
+        bits_of(&whole_alpha.to_vec().unwrap())
+    );
+    // Grouped decisions (groups of 10 elements): cuts inside groups too.
+    let (whole, _) =
+        grouped_dropout(&x, 0.5, true, 10, GroupedKind::Scale, pos, MaskMode::Bits).unwrap();
+    let mut parts = Vec::new();
+    for w in cuts.windows(2) {
+        let shard = Tensor::from_vec(xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]).unwrap();
+        let at = pos.with_index_base(w[0] as u64);
+        let (y, st) = grouped_dropout(
+            &shard,
+            0.5,
+            true,
+            10,
+            GroupedKind::Scale,
+            at,
+            MaskMode::Regenerate,
+        )
+        .unwrap();
+        // The shard's gradient uses its own slice of decisions as well.
+        let dx = dropout_backward(
+            &Tensor::from_vec(vec![1.0f32; w[1] - w[0]], &[w[1] - w[0]]).unwrap(),
+            &st,
+        )
+        .unwrap();
+        for (yi, di) in y.to_vec().unwrap().iter().zip(dx.to_vec().unwrap()) {
+            assert_eq!(*yi == 0.0, di == 0.0);
+        }
+        parts.extend(y.to_vec().unwrap());
+    }
+    assert_eq!(bits_of(&parts), bits_of(&whole.to_vec().unwrap()));
+    // Layers on a batch split across ranks: Dropout2d on (8, C, H, W) as 3 + 5 samples.
+    let x = tensor::<f32>(&[8, 3, 2, 2], 31);
+    let xv = x.to_vec().unwrap();
+    let (whole, _) = Dropout2d::new(0.5)
+        .unwrap()
+        .with_generator(gen(8))
+        .forward(&x)
+        .unwrap();
+    let first = Tensor::from_vec(xv[..36].to_vec(), &[3, 3, 2, 2]).unwrap();
+    let second = Tensor::from_vec(xv[36..].to_vec(), &[5, 3, 2, 2]).unwrap();
+    let mut parts = Dropout2d::new(0.5)
+        .unwrap()
+        .with_generator(gen(8))
+        .forward(&first)
+        .unwrap()
+        .0
+        .to_vec()
+        .unwrap();
+    let rank1 = Dropout2d::new(0.5)
+        .unwrap()
+        .with_generator(gen(8))
+        .with_index_base(36);
+    parts.extend(rank1.forward(&second).unwrap().0.to_vec().unwrap());
+    assert_eq!(bits_of(&parts), bits_of(&whole.to_vec().unwrap()));
+}
+
+#[test]
+fn in_place_variants_match() {
+    let x = tensor::<f32>(&[4, 5, 6], 40);
+    let mut a = x.try_clone().unwrap();
+    let (y, _) = AlphaDropout::new(0.3)
+        .unwrap()
+        .with_generator(gen(1))
+        .forward(&x)
+        .unwrap();
+    AlphaDropout::new(0.3)
+        .unwrap()
+        .with_generator(gen(1))
+        .forward_in_place(&mut a)
+        .unwrap();
+    assert_eq!(bits_of(&a.to_vec().unwrap()), bits_of(&y.to_vec().unwrap()));
+    let mut c = x.try_clone().unwrap();
+    let (y, _) = Dropout1d::new(0.3)
+        .unwrap()
+        .with_generator(gen(1))
+        .forward(&x)
+        .unwrap();
+    Dropout1d::new(0.3)
+        .unwrap()
+        .with_generator(gen(1))
+        .forward_in_place(&mut c)
+        .unwrap();
+    assert_eq!(bits_of(&c.to_vec().unwrap()), bits_of(&y.to_vec().unwrap()));
+    let mut d = x.try_clone().unwrap();
+    let (y, _) = DropPath::new(0.3)
+        .unwrap()
+        .with_generator(gen(1))
+        .forward(&x)
+        .unwrap();
+    DropPath::new(0.3)
+        .unwrap()
+        .with_generator(gen(1))
+        .forward_in_place(&mut d)
+        .unwrap();
+    assert_eq!(bits_of(&d.to_vec().unwrap()), bits_of(&y.to_vec().unwrap()));
+    let bias = tensor::<f32>(&[6], 41);
+    let mut res = tensor::<f32>(&[4, 5, 6], 42);
+    let layer = || {
+        BiasDropoutResidual::new(0.3)
+            .unwrap()
+            .with_generator(gen(1))
+    };
+    let (out, _) = layer().forward(&x, &bias, &res).unwrap();
+    layer().forward_in_place(&x, &bias, &mut res).unwrap();
+    assert_eq!(
+        bits_of(&res.to_vec().unwrap()),
+        bits_of(&out.to_vec().unwrap())
+    );
+}
+
+#[test]
+fn derived_generators_differ_per_rank() {
+    let x = Tensor::<f32>::ones(&[100_000], &Device::Cpu).unwrap();
+    let run = |g: Generator| {
+        let layer = dropkit::Dropout::new(0.5)
+            .unwrap()
+            .with_generator(Arc::new(g));
+        layer.forward(&x).unwrap().1.keep_bits().unwrap().unwrap()
+    };
+    let (r0, r1) = (
+        run(Generator::for_stream(5, 0)),
+        run(Generator::for_stream(5, 1)),
+    );
+    assert_eq!(r0, run(Generator::for_stream(5, 0)), "same rank, same mask");
+    let agree = 100_000
+        - r0.iter()
+            .zip(&r1)
+            .map(|(a, b)| (a ^ b).count_ones())
+            .sum::<u32>();
+    // Independent masks agree on half the elements at p = 0.5.
+    assert!((f64::from(agree) / 1e5 - 0.5).abs() < 6.0 * (0.25f64 / 1e5).sqrt());
+}
+
+#[test]
+fn family_errors_not_panics() {
+    let cpu = Device::Cpu;
+    let t = |shape: &[usize]| Tensor::<f32>::ones(shape, &cpu).unwrap();
+    assert!(matches!(
+        Dropout1d::new(0.5).unwrap().forward(&t(&[2, 3, 4, 5])),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        Dropout1d::new(0.5).unwrap().forward(&t(&[4])),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        Dropout2d::new(0.5).unwrap().forward(&t(&[4, 5])),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        Dropout3d::new(0.5)
+            .unwrap()
+            .forward(&t(&[1, 2, 3, 4, 5, 6])),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        FeatureAlphaDropout::new(0.5).unwrap().forward(&t(&[4])),
+        Err(Error::InvalidShape { .. })
+    ));
+    assert!(matches!(
+        DropPath::new(0.5).unwrap().forward(&t(&[])),
+        Err(Error::InvalidShape { .. })
+    ));
+    for p in [f64::NAN, -0.5, 2.0] {
+        assert!(
+            AlphaDropout::new(p).is_err()
+                && DropPath::new(p).is_err()
+                && Dropout2d::new(p).is_err()
+        );
+        assert!(BiasDropoutResidual::new(p).is_err() && FeatureAlphaDropout::new(p).is_err());
+    }
+    let layer = BiasDropoutResidual::new(0.1).unwrap();
+    assert!(matches!(
+        layer.forward(&t(&[2, 4]), &t(&[5]), &t(&[2, 4])),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        layer.forward(&t(&[2, 4]), &t(&[4]), &t(&[4, 2])),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        layer.forward(&t(&[]), &t(&[1]), &t(&[])),
+        Err(Error::InvalidShape { .. }) | Err(Error::ShapeMismatch { .. })
+    ));
+    // A channel-dropout state used with a gradient of another shape.
+    let (_, st) = Dropout2d::new(0.5)
+        .unwrap()
+        .forward(&t(&[2, 3, 4]))
+        .unwrap();
+    assert!(matches!(
+        dropout_backward(&t(&[2, 3, 5]), &st),
+        Err(Error::ShapeMismatch { .. })
+    ));
+    // Empty tensors work.
+    let (y, _) = Dropout2d::new(0.5)
+        .unwrap()
+        .forward(&t(&[0, 3, 4, 4]))
+        .unwrap();
+    assert!(y.is_empty());
+}
