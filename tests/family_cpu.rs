@@ -43,6 +43,7 @@ fn alpha_consts<T: Element>(p: f64) -> (T::Compute, T::Compute, T::Compute, f64)
 }
 
 /// Checks y and dx of a grouped or elementwise layer element by element against the spec.
+#[allow(clippy::too_many_arguments)]
 fn check_layer<T: Element>(
     x: &Tensor<T>,
     y: &Tensor<T>,
