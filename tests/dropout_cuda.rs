@@ -13,15 +13,8 @@ use half::{bf16, f16};
 const PS: [f64; 6] = [0.0, 1e-9, 0.1, 0.5, 0.9, 1.0];
 const NS: [usize; 10] = [0, 1, 3, 4, 5, 31, 32, 33, 1023, (1 << 20) + 7];
 
-/// A CUDA tensor over `data` that starts `start` elements into its buffer.
 fn cuda_view<T: Element>(dev: &Device, data: &[T], start: usize) -> Tensor<T> {
-    let Device::Cuda(cuda) = dev else {
-        unreachable!()
-    };
-    let mut padded = vec![T::ZERO; start];
-    padded.extend_from_slice(data);
-    let slice = cuda.stream().clone_htod(&padded).unwrap();
-    Tensor::from_cuda_slice_range(slice, start, &[data.len()]).unwrap()
+    common::cuda_tensor(dev, data, start, &[data.len()])
 }
 
 fn parity<T: Element>(dev: &Device, n: usize, p: f64, pos: StreamPos, start: usize) {

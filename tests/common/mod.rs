@@ -50,3 +50,21 @@ pub fn test_data<T: Element>(n: usize, salt: u64) -> Vec<T> {
         })
         .collect()
 }
+
+/// A CUDA tensor of `shape` over `data`, starting `start` elements into its device buffer
+/// (so views at unaligned addresses get tested).
+#[cfg(feature = "cuda")]
+pub fn cuda_tensor<T: Element>(
+    dev: &Device,
+    data: &[T],
+    start: usize,
+    shape: &[usize],
+) -> dropkit::Tensor<T> {
+    let Device::Cuda(cuda) = dev else {
+        panic!("cuda_tensor needs a CUDA device")
+    };
+    let mut padded = vec![T::ZERO; start];
+    padded.extend_from_slice(data);
+    let slice = cuda.stream().clone_htod(&padded).unwrap();
+    dropkit::Tensor::from_cuda_slice_range(slice, start, shape).unwrap()
+}
