@@ -266,11 +266,27 @@ pub fn dropout<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<(Tensor<T>, DropoutState)> {
+    train_or_identity(x, p, training, pos, mode, dropout_train)
+}
+
+/// A layer's training forward: input (or in-place output), probability, where its random
+/// words start, saved form -> new output (if not in place) and state.
+pub(crate) type TrainResult<T> = Result<(Option<Tensor<T>>, DropoutState)>;
+
+/// The functional entry points: validate p, then the identity in eval mode or `train`.
+pub(crate) fn train_or_identity<T: Element>(
+    x: &Tensor<T>,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+    train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+) -> Result<(Tensor<T>, DropoutState)> {
     let prob = Probability::new(p)?;
     if !training {
         return Ok((x.try_clone()?, DropoutState::identity(x, prob)));
     }
-    let (y, state) = dropout_train(Operand::Input(x), &prob, pos, mode)?;
+    let (y, state) = train(Operand::Input(x), &prob, pos, mode)?;
     Ok((new_output(y)?, state))
 }
 
@@ -280,7 +296,7 @@ pub(crate) fn dropout_train<T: Element>(
     prob: &Probability,
     pos: StreamPos,
     mode: MaskMode,
-) -> Result<(Option<Tensor<T>>, DropoutState)> {
+) -> TrainResult<T> {
     let n = x.tensor().len();
     check_index_range(pos.index_base, n)?;
     let scale = to_compute_f64::<T>(prob.scale_f64());

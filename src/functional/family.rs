@@ -4,8 +4,8 @@
 //! fused layer, which also returns the bias and residual gradients.
 
 use super::{
-    check_index_range, new_output, run_forward, Decisions, DropoutState, MaskBuffer, MaskMode,
-    Operand, Saved, StreamPos,
+    check_index_range, new_output, run_forward, train_or_identity, Decisions, DropoutState,
+    MaskBuffer, MaskMode, Operand, Saved, StreamPos, TrainResult,
 };
 use crate::cpu::{self, Affine, Scale};
 use crate::element::{to_compute_f64, ComputeFloat, Element};
@@ -56,12 +56,7 @@ pub fn alpha_dropout<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<(Tensor<T>, DropoutState)> {
-    let prob = Probability::new(p)?;
-    if !training {
-        return Ok((x.try_clone()?, DropoutState::identity(x, prob)));
-    }
-    let (y, state) = alpha_train(Operand::Input(x), &prob, pos, mode)?;
-    Ok((new_output(y)?, state))
+    train_or_identity(x, p, training, pos, mode, alpha_train)
 }
 
 pub(crate) fn alpha_train<T: Element>(
@@ -69,7 +64,7 @@ pub(crate) fn alpha_train<T: Element>(
     prob: &Probability,
     pos: StreamPos,
     mode: MaskMode,
-) -> Result<(Option<Tensor<T>>, DropoutState)> {
+) -> TrainResult<T> {
     let n = x.tensor().len();
     check_index_range(pos.index_base, n)?;
     let op = alpha_op::<T>(prob);
@@ -103,12 +98,9 @@ pub fn grouped_dropout<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<(Tensor<T>, DropoutState)> {
-    let prob = Probability::new(p)?;
-    if !training {
-        return Ok((x.try_clone()?, DropoutState::identity(x, prob)));
-    }
-    let (y, state) = grouped_train(Operand::Input(x), &prob, group, kind, pos, mode)?;
-    Ok((new_output(y)?, state))
+    train_or_identity(x, p, training, pos, mode, |x, prob, pos, mode| {
+        grouped_train(x, prob, group, kind, pos, mode)
+    })
 }
 
 pub(crate) fn grouped_train<T: Element>(
@@ -118,7 +110,7 @@ pub(crate) fn grouped_train<T: Element>(
     kind: GroupedKind,
     pos: StreamPos,
     mode: MaskMode,
-) -> Result<(Option<Tensor<T>>, DropoutState)> {
+) -> TrainResult<T> {
     let n = x.tensor().len();
     check_index_range(pos.index_base, n)?;
     if group == 0 && n > 0 {

@@ -2,10 +2,10 @@
 //! elements take SELU's negative saturation value and an affine map keeps the mean and
 //! variance of a standard-normal input (SPEC section 6).
 
-use super::{grouped_forward, grouped_forward_in_place, layer_common, LayerCore};
+use super::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{self, alpha_train, new_output, DropoutState, GroupedKind, Operand};
+use crate::functional::{alpha_train, DropoutState, GroupedKind};
 use crate::tensor::Tensor;
 
 /// Elementwise alpha dropout: kept a*x + b, dropped a*A + b with A = -lambda*alpha of SELU;
@@ -29,42 +29,17 @@ pub struct AlphaDropout {
     core: LayerCore,
 }
 
-layer_common!(AlphaDropout);
+layer_common!(AlphaDropout, backward);
 
 impl AlphaDropout {
-    /// A layer in training mode using the default generator; p must be in [0, 1].
-    pub fn new(p: f64) -> Result<Self> {
-        Ok(Self {
-            core: LayerCore::new(p)?,
-        })
-    }
-
     /// Forward; the state is what [`AlphaDropout::backward`] needs.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-        if !self.core.training {
-            return Ok((x.try_clone()?, DropoutState::identity(x, self.core.prob)));
-        }
-        let pos = self.core.next_pos();
-        let (y, state) = alpha_train(Operand::Input(x), &self.core.prob, pos, self.core.mode)?;
-        Ok((new_output(y)?, state))
+        self.core.forward(x, alpha_train)
     }
 
     /// Forward writing the output over `x` (same bits as [`AlphaDropout::forward`]).
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
-        if !self.core.training {
-            return Ok(DropoutState::identity(x, self.core.prob));
-        }
-        let pos = self.core.next_pos();
-        alpha_train(Operand::InPlace(x), &self.core.prob, pos, self.core.mode).map(|(_, s)| s)
-    }
-
-    /// dx = kept ? dy * a : +0.
-    pub fn backward<T: Element>(
-        &self,
-        grad: &Tensor<T>,
-        state: &DropoutState,
-    ) -> Result<Tensor<T>> {
-        functional::dropout_backward(grad, state)
+        self.core.forward_in_place(x, alpha_train)
     }
 }
 
@@ -88,16 +63,9 @@ pub struct FeatureAlphaDropout {
     core: LayerCore,
 }
 
-layer_common!(FeatureAlphaDropout);
+layer_common!(FeatureAlphaDropout, backward);
 
 impl FeatureAlphaDropout {
-    /// A layer in training mode using the default generator; p must be in [0, 1].
-    pub fn new(p: f64) -> Result<Self> {
-        Ok(Self {
-            core: LayerCore::new(p)?,
-        })
-    }
-
     fn group(shape: &[usize]) -> Result<usize> {
         if shape.len() < 2 {
             return Err(Error::InvalidShape {
@@ -111,21 +79,14 @@ impl FeatureAlphaDropout {
 
     /// Forward; a rank below 2 is an error.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-        grouped_forward(&self.core, x, Self::group(x.shape())?, GroupedKind::Alpha)
+        let group = Self::group(x.shape())?;
+        self.core.forward(x, grouped(group, GroupedKind::Alpha))
     }
 
     /// Forward writing the output over `x`.
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
         let group = Self::group(x.shape())?;
-        grouped_forward_in_place(&self.core, x, group, GroupedKind::Alpha)
-    }
-
-    /// dx = kept ? dy * a : +0.
-    pub fn backward<T: Element>(
-        &self,
-        grad: &Tensor<T>,
-        state: &DropoutState,
-    ) -> Result<Tensor<T>> {
-        functional::dropout_backward(grad, state)
+        self.core
+            .forward_in_place(x, grouped(group, GroupedKind::Alpha))
     }
 }

@@ -1,10 +1,10 @@
 //! Channel dropout, `Dropout1d` / `Dropout2d` / `Dropout3d`: one decision per (sample,
 //! channel), the whole feature map kept or zeroed (SPEC section 6, decision j = n*C + c).
 
-use super::{grouped_forward, grouped_forward_in_place, layer_common, LayerCore};
+use super::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{self, DropoutState, GroupedKind};
+use crate::functional::{DropoutState, GroupedKind};
 use crate::tensor::Tensor;
 
 /// Elements per decision for an input with `spatial` trailing spatial dimensions, batched
@@ -52,16 +52,9 @@ macro_rules! channel_dropout {
             core: LayerCore,
         }
 
-        layer_common!($name);
+        layer_common!($name, backward);
 
         impl $name {
-            /// A layer in training mode using the default generator; p must be in [0, 1].
-            pub fn new(p: f64) -> Result<Self> {
-                Ok(Self {
-                    core: LayerCore::new(p)?,
-                })
-            }
-
             fn group(x: &[usize]) -> Result<usize> {
                 channel_group(x, $spatial, stringify!($name))
             }
@@ -69,19 +62,15 @@ macro_rules! channel_dropout {
             /// Forward; a wrong rank is an error.
             pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
                 let group = Self::group(x.shape())?;
-                grouped_forward(&self.core, x, group, GroupedKind::Scale)
+                self.core.forward(x, grouped(group, GroupedKind::Scale))
             }
 
             /// Forward writing the output over `x` (same bits as `forward`).
             pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
                 let group = Self::group(x.shape())?;
-                grouped_forward_in_place(&self.core, x, group, GroupedKind::Scale)
+                self.core.forward_in_place(x, grouped(group, GroupedKind::Scale))
             }
 
-            /// The input gradient from the upstream gradient and the forward's state.
-            pub fn backward<T: Element>(&self, grad: &Tensor<T>, state: &DropoutState) -> Result<Tensor<T>> {
-                functional::dropout_backward(grad, state)
-            }
         }
     };
 }

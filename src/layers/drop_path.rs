@@ -1,10 +1,10 @@
 //! `DropPath` (stochastic depth): a whole sample of a residual branch is dropped, one
 //! decision per index along the first dimension (SPEC section 6, j = n).
 
-use super::{grouped_forward, grouped_forward_in_place, layer_common, LayerCore};
+use super::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{self, DropoutState, GroupedKind};
+use crate::functional::{DropoutState, GroupedKind};
 use crate::tensor::Tensor;
 
 /// Drops each sample (index of the first dimension) with probability p and scales kept
@@ -28,16 +28,9 @@ pub struct DropPath {
     core: LayerCore,
 }
 
-layer_common!(DropPath);
+layer_common!(DropPath, backward);
 
 impl DropPath {
-    /// A layer in training mode using the default generator; p must be in [0, 1].
-    pub fn new(p: f64) -> Result<Self> {
-        Ok(Self {
-            core: LayerCore::new(p)?,
-        })
-    }
-
     fn group(shape: &[usize]) -> Result<usize> {
         if shape.is_empty() {
             return Err(Error::InvalidShape {
@@ -51,21 +44,14 @@ impl DropPath {
 
     /// Forward; a scalar (rank 0) input is an error.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-        grouped_forward(&self.core, x, Self::group(x.shape())?, GroupedKind::Scale)
+        let group = Self::group(x.shape())?;
+        self.core.forward(x, grouped(group, GroupedKind::Scale))
     }
 
     /// Forward writing the output over `x`.
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
         let group = Self::group(x.shape())?;
-        grouped_forward_in_place(&self.core, x, group, GroupedKind::Scale)
-    }
-
-    /// The input gradient from the upstream gradient and the forward's state.
-    pub fn backward<T: Element>(
-        &self,
-        grad: &Tensor<T>,
-        state: &DropoutState,
-    ) -> Result<Tensor<T>> {
-        functional::dropout_backward(grad, state)
+        self.core
+            .forward_in_place(x, grouped(group, GroupedKind::Scale))
     }
 }

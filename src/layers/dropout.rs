@@ -3,7 +3,7 @@
 use super::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
-use crate::functional::{self, new_output, DropoutState, Operand};
+use crate::functional::{dropout_train, DropoutState};
 use crate::tensor::Tensor;
 
 /// Zeroes each element with probability `p` in training and scales the rest by 1/(1-p)
@@ -26,45 +26,17 @@ pub struct Dropout {
     core: LayerCore,
 }
 
-layer_common!(Dropout);
+layer_common!(Dropout, backward);
 
 impl Dropout {
-    /// A dropout layer in training mode using the default generator; p must be in [0, 1].
-    pub fn new(p: f64) -> Result<Self> {
-        Ok(Self {
-            core: LayerCore::new(p)?,
-        })
-    }
-
     /// Forward; the state is what [`Dropout::backward`] needs. A training call takes one
     /// offset from the generator, an eval call takes none.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-        if !self.core.training {
-            return Ok((x.try_clone()?, DropoutState::identity(x, self.core.prob)));
-        }
-        let pos = self.core.next_pos();
-        let (y, state) =
-            functional::dropout_train(Operand::Input(x), &self.core.prob, pos, self.core.mode)?;
-        Ok((new_output(y)?, state))
+        self.core.forward(x, dropout_train)
     }
 
     /// Forward writing the output over `x` (same bits as [`Dropout::forward`]).
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
-        if !self.core.training {
-            return Ok(DropoutState::identity(x, self.core.prob));
-        }
-        let pos = self.core.next_pos();
-        let (_, state) =
-            functional::dropout_train(Operand::InPlace(x), &self.core.prob, pos, self.core.mode)?;
-        Ok(state)
-    }
-
-    /// The input gradient from the upstream gradient and the forward's state.
-    pub fn backward<T: Element>(
-        &self,
-        grad: &Tensor<T>,
-        state: &DropoutState,
-    ) -> Result<Tensor<T>> {
-        functional::dropout_backward(grad, state)
+        self.core.forward_in_place(x, dropout_train)
     }
 }

@@ -17,7 +17,7 @@ pub use residual::BiasDropoutResidual;
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    self, new_output, DropoutState, GroupedKind, MaskMode, Operand, StreamPos,
+    self, new_output, DropoutState, GroupedKind, MaskMode, Operand, StreamPos, TrainResult,
 };
 use crate::generator::{default_generator, Generator};
 use crate::mask::Probability;
@@ -54,43 +54,70 @@ impl LayerCore {
         let (seed, offset) = generator.next_call();
         StreamPos::new(seed, offset).with_index_base(self.index_base)
     }
+
+    /// A layer's forward: the identity in eval mode (no offset taken), else `train` at the
+    /// next offset.
+    pub fn forward<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+    ) -> Result<(Tensor<T>, DropoutState)> {
+        if !self.training {
+            return Ok((x.try_clone()?, DropoutState::identity(x, self.prob)));
+        }
+        let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
+        Ok((new_output(y)?, state))
+    }
+
+    /// [`LayerCore::forward`] writing the output over `x`.
+    pub fn forward_in_place<T: Element>(
+        &self,
+        x: &mut Tensor<T>,
+        train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+    ) -> Result<DropoutState> {
+        if !self.training {
+            return Ok(DropoutState::identity(x, self.prob));
+        }
+        let pos = self.next_pos();
+        train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
+    }
 }
 
-/// Forward of a grouped layer (one decision per `group` elements); identity in eval mode.
-pub(crate) fn grouped_forward<T: Element>(
-    core: &LayerCore,
-    x: &Tensor<T>,
+/// The training forward of a grouped layer with `group` elements per decision.
+pub(crate) fn grouped<T: Element>(
     group: usize,
     kind: GroupedKind,
-) -> Result<(Tensor<T>, DropoutState)> {
-    if !core.training {
-        return Ok((x.try_clone()?, DropoutState::identity(x, core.prob)));
-    }
-    let pos = core.next_pos();
-    let (y, state) =
-        functional::grouped_train(Operand::Input(x), &core.prob, group, kind, pos, core.mode)?;
-    Ok((new_output(y)?, state))
+) -> impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T> {
+    move |x, prob, pos, mode| functional::grouped_train(x, prob, group, kind, pos, mode)
 }
 
-/// [`grouped_forward`] writing the output over `x`.
-pub(crate) fn grouped_forward_in_place<T: Element>(
-    core: &LayerCore,
-    x: &mut Tensor<T>,
-    group: usize,
-    kind: GroupedKind,
-) -> Result<DropoutState> {
-    if !core.training {
-        return Ok(DropoutState::identity(x, core.prob));
-    }
-    let pos = core.next_pos();
-    functional::grouped_train(Operand::InPlace(x), &core.prob, group, kind, pos, core.mode)
-        .map(|(_, state)| state)
-}
-
-/// The builder and mode methods every layer shares (a layer has a `core: LayerCore`).
+/// The builder and mode methods every layer shares (a layer has a `core: LayerCore`);
+/// with `backward`, also the backward of layers whose state is a [`DropoutState`].
 macro_rules! layer_common {
+    ($layer:ident, backward) => {
+        layer_common!($layer);
+
+        impl $layer {
+            /// The input gradient from the upstream gradient and the forward's state:
+            /// `dx = kept ? dy * g : +0` through the saved mask.
+            pub fn backward<T: $crate::Element>(
+                &self,
+                grad: &$crate::Tensor<T>,
+                state: &$crate::DropoutState,
+            ) -> $crate::Result<$crate::Tensor<T>> {
+                $crate::functional::dropout_backward(grad, state)
+            }
+        }
+    };
     ($layer:ident) => {
         impl $layer {
+            /// A layer in training mode using the default generator; p must be in [0, 1].
+            pub fn new(p: f64) -> $crate::Result<Self> {
+                Ok(Self {
+                    core: $crate::layers::LayerCore::new(p)?,
+                })
+            }
+
             /// Uses `generator` instead of the process-wide default.
             pub fn with_generator(mut self, generator: std::sync::Arc<$crate::Generator>) -> Self {
                 self.core.generator = Some(generator);

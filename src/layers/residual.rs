@@ -37,13 +37,6 @@ pub struct BiasDropoutResidual {
 layer_common!(BiasDropoutResidual);
 
 impl BiasDropoutResidual {
-    /// A layer in training mode using the default generator; p must be in [0, 1].
-    pub fn new(p: f64) -> Result<Self> {
-        Ok(Self {
-            core: LayerCore::new(p)?,
-        })
-    }
-
     /// Forward. A training call takes one offset from the generator, an eval call none.
     pub fn forward<T: Element>(
         &self,
