@@ -10,7 +10,9 @@
 // the thread with vector v reads and writes elements v*E .. v*E+E-1 itself, so y may equal
 // x. The loop condition is taken per warp so that every lane reaches the bit-packing
 // shuffles; results do not depend on the grid or on the block size (a multiple of 32).
-#include "dk_common.cuh"
+#include "dk_dtype.cuh"
+#include "dk_vector.cuh"
+#include "philox.cuh"
 
 template <typename T>
 __device__ __forceinline__ void alpha_dropout_fwd(const T* x, T* y, uint32_t* bits, uint64_t n,
@@ -37,13 +39,7 @@ __device__ __forceinline__ void alpha_dropout_fwd(const T* x, T* y, uint32_t* bi
         T val[E];
         if (full) dk_load(x + i0, val);
         uint32_t u[E];
-#pragma unroll
-        for (int q = 0; q < E / 4; ++q) {
-            uint32_t w4[4];
-            dk_words4(seed, offset, index_base + i0 + 4 * q, w4);
-#pragma unroll
-            for (int k = 0; k < 4; ++k) u[4 * q + k] = w4[k];
-        }
+        dk_words<E>(seed, offset, index_base + i0, u);
 
         uint32_t keep = 0;  // bit k: element i0 + k kept (0 past n)
         if (full) {
@@ -51,7 +47,7 @@ __device__ __forceinline__ void alpha_dropout_fwd(const T* x, T* y, uint32_t* bi
             for (int k = 0; k < E; ++k) {
                 const bool kept = !dk_dropped(u[k], threshold);
                 keep |= (uint32_t)kept << k;
-                val[k] = kept ? D::round_t(dk_add(dk_mul(D::to_c(val[k]), a), b)) : dropped;
+                val[k] = kept ? dk_affine(val[k], a, b) : dropped;
             }
             dk_store(y + i0, val);
         } else {
@@ -62,7 +58,7 @@ __device__ __forceinline__ void alpha_dropout_fwd(const T* x, T* y, uint32_t* bi
                     const bool kept = !dk_dropped(u[k], threshold);
                     keep |= (uint32_t)kept << k;
                     const T xi = x[i];
-                    y[i] = kept ? D::round_t(dk_add(dk_mul(D::to_c(xi), a), b)) : dropped;
+                    y[i] = kept ? dk_affine(xi, a, b) : dropped;
                 }
             }
         }

@@ -6,8 +6,11 @@
 //   out = round_T(to_C(residual_i) + m)                     rounded in C, then round_T
 //
 // The decision of local element i is index_base + i, as in elementwise dropout, and the
-// keep bits (SPEC section 4) are written when bits != null.
-#include "dk_common.cuh"
+// keep bits (SPEC section 4) are written when bits != null. The arithmetic is
+// dk_bias_dropout_residual (dk_dtype.cuh).
+#include "dk_dtype.cuh"
+#include "dk_vector.cuh"
+#include "philox.cuh"
 
 // Layout as in alpha_dropout.cu: a grid-stride loop over vectors of E elements (4 for
 // f32/f64, 8 for f16/bf16); the thread with vector v reads x, residual and writes out for
@@ -19,8 +22,6 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
     const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,
     uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,
     typename DkType<T>::C scale) {
-    using D = DkType<T>;
-    using C = typename D::C;
     constexpr int E = DkDrawWidth<T>::E;
     const uint64_t nvec = n / E + (n % E != 0);
     const uint64_t nwords = n / 32 + (n % 32 != 0);
@@ -36,13 +37,7 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
     for (uint64_t v = v0; v - lane < nvec; v += stride) {
         const uint64_t i0 = v * E;
         uint32_t u[E];
-#pragma unroll
-        for (int q = 0; q < E / 4; ++q) {
-            uint32_t w4[4];
-            dk_words4(seed, offset, index_base + i0 + 4 * q, w4);
-#pragma unroll
-            for (int k = 0; k < 4; ++k) u[4 * q + k] = w4[k];
-        }
+        dk_words<E>(seed, offset, index_base + i0, u);
 
         uint32_t keep = 0;  // bit k: element i0 + k kept (0 past n)
         if (wide && i0 + E <= n) {
@@ -64,9 +59,7 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
             for (int k = 0; k < E; ++k) {
                 const bool kept = !dk_dropped(u[k], threshold);
                 keep |= (uint32_t)kept << k;
-                const C z = dk_add(D::to_c(xv[k]), D::to_c(bv[k]));
-                const C m = kept ? dk_mul(z, scale) : (C)0;
-                xv[k] = D::round_t(dk_add(D::to_c(rv[k]), m));
+                xv[k] = dk_bias_dropout_residual(xv[k], bv[k], rv[k], kept, scale);
             }
             dk_store(out + i0, xv);
         } else {
@@ -78,9 +71,7 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
                 const T xi = x[i], ri = residual[i], bi = bias[c];
                 const bool kept = !dk_dropped(u[k], threshold);
                 keep |= (uint32_t)kept << k;
-                const C z = dk_add(D::to_c(xi), D::to_c(bi));
-                const C m = kept ? dk_mul(z, scale) : (C)0;
-                out[i] = D::round_t(dk_add(D::to_c(ri), m));
+                out[i] = dk_bias_dropout_residual(xi, bi, ri, kept, scale);
                 if (++c == h) c = 0;
             }
         }

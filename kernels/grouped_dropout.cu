@@ -8,7 +8,9 @@
 // Local element i belongs to local decision j = (lead + i) / group; lead < group lets a
 // shard start in the middle of a group. Decisions are few (N*C or N), so the mask is
 // drawn once by its own kernel and the elementwise kernels only read bits.
-#include "dk_common.cuh"
+#include "dk_dtype.cuh"
+#include "dk_vector.cuh"
+#include "philox.cuh"
 
 // One thread per 32-decision word: each word is written whole by one thread, so no
 // pre-zeroing and no atomics are needed; bits past n_decisions are 0.
@@ -24,7 +26,7 @@ __device__ __forceinline__ void dk_mask_bits(uint32_t* bits, uint64_t n_decision
 #pragma unroll
         for (int q = 0; q < 8; ++q) {
             uint32_t u[4];
-            dk_words4(seed, offset, first_decision + j0 + 4 * q, u);
+            dk_words<4>(seed, offset, first_decision + j0 + 4 * q, u);
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
                 const uint64_t j = j0 + 4 * q + k;
@@ -45,31 +47,28 @@ extern "C" __global__ void dropout_mask_bits(uint32_t* bits, uint64_t n_decision
 template <typename T>
 struct DkScaleOp {
     typename DkType<T>::C scale;
-    __device__ __forceinline__ T kept(T x) const {
-        return DkType<T>::round_t(dk_mul(DkType<T>::to_c(x), scale));
-    }
-    __device__ __forceinline__ T dropped() const { return dk_zero<T>(); }
+    __device__ __forceinline__ T kept(T x) const { return dk_scaled(x, scale); }
+    __device__ __forceinline__ T dropped() const { return DkType<T>::zero(); }
 };
 
 template <typename T>
 struct DkAlphaOp {
     typename DkType<T>::C a, b;
     T dropped_t;  // round_T(dropped_value)
-    __device__ __forceinline__ T kept(T x) const {
-        return DkType<T>::round_t(dk_add(dk_mul(DkType<T>::to_c(x), a), b));
-    }
+    __device__ __forceinline__ T kept(T x) const { return dk_affine(x, a, b); }
     __device__ __forceinline__ T dropped() const { return dropped_t; }
 };
 
-// Grid-stride loop over vectors of E = 16 / sizeof(T) elements; the thread with vector v
-// reads and writes elements v*E .. v*E+E-1 itself, so y may equal x. The decision of the
-// first element is tracked as (j, r) with lead + v*E = j*group + r and advanced by a
-// precomputed quotient/remainder of the grid stride, so the loop has no 64-bit division.
+// Grid-stride loop over vectors of E = DkPiece<T>::N elements (one 16-byte piece); the
+// thread with vector v reads and writes elements v*E .. v*E+E-1 itself, so y may equal x.
+// The decision of the first element is tracked as (j, r) with lead + v*E = j*group + r and
+// advanced by a precomputed quotient/remainder of the grid stride, so the loop has no
+// 64-bit division.
 template <typename T, typename Op>
 __device__ __forceinline__ void dk_grouped_apply(const T* x, T* y, const uint32_t* bits,
                                                  uint64_t n, uint64_t group, uint64_t lead,
                                                  Op op) {
-    constexpr int E = 16 / sizeof(T);
+    constexpr int E = DkPiece<T>::N;
     const uint64_t nvec = n / E + (n % E != 0);
     const bool wide = dk_aligned16(x) && dk_aligned16(y);
     const uint64_t v0 = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;

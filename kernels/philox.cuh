@@ -1,8 +1,8 @@
 // philox.cuh: the random stream and the drop decision of SPEC sections 1-2, on the device.
 //
 // This header is the device twin of src/philox.rs and src/mask.rs. Every kernel draws its
-// random words through `dk_philox_word`/`dk_philox4` and decides with `dk_dropped`, so the
-// arithmetic of the contract lives in exactly one place on each side.
+// random words through `dk_words` (or `dk_philox_word`) and decides with `dk_dropped`, so
+// the random stream of the contract lives in exactly one place on each side.
 #pragma once
 #include <stdint.h>
 
@@ -41,9 +41,58 @@ __device__ __forceinline__ uint32_t dk_lane(uint4 r, uint32_t lane) {
     return lane == 0 ? r.x : lane == 1 ? r.y : lane == 2 ? r.z : r.w;
 }
 
-// The random word of decision i alone (for scalar tails and grouped layers).
+// The random word of decision i alone: SPEC section 1 literally (kernels draw runs of
+// consecutive decisions with dk_words below).
 __device__ __forceinline__ uint32_t dk_philox_word(uint64_t seed, uint64_t offset, uint64_t i) {
     return dk_lane(dk_philox4(seed, offset, i >> 2), (uint32_t)(i & 3));
+}
+
+// What a caller of dk_words knows about s = d0 % 4.
+enum DkIndexAlign {
+    DK_INDEX_ANY,      // nothing: s is tested at run time
+    DK_INDEX_ALIGNED,  // s == 0
+    DK_INDEX_SHIFTED,  // s is 1, 2 or 3
+};
+
+// The random words u[k] of decisions d0 + k, k = 0 .. E-1 (E a multiple of 4). Decision
+// d0 + k is entry s + k of the outputs of groups d0/4, d0/4 + 1, ... laid end to end, so
+// s == 0 takes E/4 Philox calls (one per 4 decisions) and s != 0 one more and a shift by s.
+// Callers step d0 by multiples of 4 from a per-launch base, so s is the same for every
+// thread and the DK_INDEX_ANY branch does not diverge. A kernel may instead test the base
+// once and instantiate its loop with DK_INDEX_ALIGNED and DK_INDEX_SHIFTED: ptxas sizes a
+// kernel's registers for its worst path, and a loop holding both paths can need more than
+// either alone. Array indices are compile-time constants after unrolling (registers only).
+template <int E, DkIndexAlign A = DK_INDEX_ANY>
+__device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_t d0,
+                                         uint32_t (&u)[E]) {
+    static_assert(E > 0 && E % 4 == 0, "E must be a multiple of 4");
+    const uint64_t g0 = d0 >> 2;
+    const uint32_t s = (uint32_t)d0 & 3u;
+    uint32_t w[E + 4];
+#pragma unroll
+    for (int j = 0; j < E / 4; ++j) {
+        const uint4 r = dk_philox4(seed, offset, g0 + (uint64_t)j);
+        w[4 * j + 0] = r.x;
+        w[4 * j + 1] = r.y;
+        w[4 * j + 2] = r.z;
+        w[4 * j + 3] = r.w;
+    }
+    if constexpr (A != DK_INDEX_SHIFTED) {
+        if (A == DK_INDEX_ALIGNED || s == 0) {
+#pragma unroll
+            for (int k = 0; k < E; ++k) u[k] = w[k];
+            return;
+        }
+    }
+    if constexpr (A != DK_INDEX_ALIGNED) {
+        const uint4 r = dk_philox4(seed, offset, g0 + (uint64_t)(E / 4));
+        w[E + 0] = r.x;
+        w[E + 1] = r.y;
+        w[E + 2] = r.z;
+        w[E + 3] = r.w;
+#pragma unroll
+        for (int k = 0; k < E; ++k) u[k] = s == 1 ? w[k + 1] : s == 2 ? w[k + 2] : w[k + 3];
+    }
 }
 
 // SPEC section 2: dropped <=> u < t, with t = floor(p * 2^32 + 0.5) in [0, 2^32].

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does, assembles
 # each PTX with ptxas for sm_80 and sm_90, prints register use, and fails on any compile
-# error, register spill or non-zero stack frame. Needs no GPU.
+# error, register spill, non-zero stack frame, or kernel using more than 64 registers
+# on sm_80 or sm_90 (DROPKIT_MAX_REGS overrides the limit). 64 is the most a 1024-thread
+# block can have (both give a block at most 64K 32-bit registers); above it a launch with
+# 1024 threads fails with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, so the limit keeps every
+# block size up to 1024 launchable (src/cuda launches 256 today). Needs no GPU.
 #
 # nvcc: $NVCC, else $CUDA_HOME/bin/nvcc, else nvcc on PATH, else scripts/install-nvcc.sh.
 # ptxas is taken from beside that nvcc. PTX and cubins go to a temporary directory.
@@ -45,6 +49,8 @@ if [ "${#sources[@]}" -eq 0 ]; then
     exit 1
 fi
 
+max_regs="${DROPKIT_MAX_REGS:-64}"
+
 status=0
 for cu in "${sources[@]}"; do
     name="$(basename "$cu" .cu)"
@@ -69,7 +75,7 @@ for cu in "${sources[@]}"; do
         #   ptxas info : Function properties for NAME
         #       S bytes stack frame, SS bytes spill stores, SL bytes spill loads
         #   ptxas info : Used R registers, ...
-        if ! awk -v arch="$arch" '
+        if ! awk -v arch="$arch" -v max_regs="$max_regs" '
             /Function properties for/ { fn = $NF; next }
             /bytes stack frame/ {
                 stack = $1; stores = $5; loads = $9
@@ -82,6 +88,12 @@ for cu in "${sources[@]}"; do
             /Used [0-9]+ registers/ {
                 sub(/^.*Used/, "Used")
                 printf "  %s %-28s %s\n", arch, fn, $0
+                regs = $2 + 0
+                if (regs > max_regs) {
+                    printf "check-ptx: FAIL: %s %s: %d registers > %d (no 1024-thread blocks)\n", \
+                        arch, fn, regs, max_regs
+                    bad = 1
+                }
             }
             END { exit bad }
         ' "$log"; then
