@@ -3,7 +3,8 @@
 //!
 //! nvcc is found from `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`. Without nvcc (or
 //! with `DROPKIT_NO_NVCC=1`) the build still succeeds, embeds no PTX and warns; CUDA calls
-//! then return `Error::KernelsNotBuilt`. The target is a virtual architecture (PTX that the
+//! then compile the embedded sources with NVRTC at run time if it is present, else return
+//! `Error::KernelsNotBuilt`. The target is a virtual architecture (PTX that the
 //! driver JIT-compiles): `DROPKIT_CUDA_ARCH` (e.g. `compute_90`) or the lowest the nvcc knows.
 
 use std::env;
@@ -49,7 +50,62 @@ fn main() {
         ));
     }
     code.push_str("];\n");
+    // The sources too, each with its local headers inlined, for run-time NVRTC when no
+    // PTX was built (a few tens of KiB).
+    code.push_str("/// (module name, self-contained CUDA source) for every kernels/*.cu.\n");
+    code.push_str("pub const SOURCE_MODULES: &[(&str, &str)] = &[\n");
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        for src in kernel_sources() {
+            let name = src.file_stem().unwrap().to_string_lossy().into_owned();
+            let path = out_dir.join(format!("{name}.nvrtc.cu"));
+            fs::write(&path, amalgamate(&src)).expect("write amalgamated source");
+            code.push_str(&format!(
+                "    ({name:?}, include_str!({:?})),\n",
+                path.display()
+            ));
+        }
+    }
+    code.push_str("];\n");
     fs::write(&generated, code).expect("write kernels.rs");
+}
+
+/// Every kernels/*.cu, sorted.
+fn kernel_sources() -> Vec<PathBuf> {
+    let mut sources: Vec<PathBuf> = fs::read_dir("kernels")
+        .expect("kernels/ directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    sources.sort();
+    sources
+}
+
+/// One source with `#include "local.cuh"` inlined (once each) and <stdint.h> replaced by
+/// typedefs under NVRTC, which has no C library headers.
+fn amalgamate(src: &Path) -> String {
+    fn inline(path: &Path, seen: &mut Vec<PathBuf>, out: &mut String) {
+        let text = fs::read_to_string(path).expect("read kernel source");
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(rest) = trimmed.strip_prefix("#include \"") {
+                let header = Path::new("kernels").join(rest.trim_end_matches('"'));
+                if !seen.contains(&header) {
+                    seen.push(header.clone());
+                    inline(&header, seen, out);
+                }
+            } else if trimmed != "#pragma once" && trimmed != "#include <stdint.h>" {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    let mut out = String::from(
+        "#ifdef __CUDACC_RTC__\ntypedef unsigned short uint16_t;\ntypedef unsigned int uint32_t;\n\
+         typedef unsigned long long uint64_t;\ntypedef long long int64_t;\n\
+         typedef unsigned long long uintptr_t;\n#else\n#include <stdint.h>\n#endif\n",
+    );
+    inline(src, &mut Vec::new(), &mut out);
+    out
 }
 
 fn find_nvcc() -> Option<PathBuf> {
@@ -90,14 +146,8 @@ fn target_arch(nvcc: &Path) -> String {
 
 fn compile_all(nvcc: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
     let arch = target_arch(nvcc);
-    let mut sources: Vec<PathBuf> = fs::read_dir("kernels")
-        .expect("kernels/ directory")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
-        .collect();
-    sources.sort();
     let mut modules = Vec::new();
-    for src in sources {
+    for src in kernel_sources() {
         let name = src.file_stem().unwrap().to_string_lossy().into_owned();
         let ptx = out_dir.join(format!("{name}.ptx"));
         // Keep these flags in sync with scripts/check-ptx.sh. --fmad=false: SPEC forbids

@@ -9,7 +9,7 @@
 # e.g. <venv>/lib/python3.11/site-packages/nvidia/cu13/bin/nvcc; ptxas is beside it.
 #
 # Why pinned: a newer nvcc emits a PTX ISA version that a CUDA 13.0 driver rejects, and
-# the five wheels must agree with each other. Keep all five versions together.
+# the wheels must agree with each other. Keep all the versions together.
 #
 # No extra environment is needed: the wheels unpack into one tree (nvidia/cu13/{bin,
 # include,nvvm,lib}) and bin/nvcc.profile points nvcc at nvvm/bin/cicc, nvvm/libdevice,
@@ -33,6 +33,9 @@ wheels=(
     nvidia-cuda-crt==13.0.88
     nvidia-nvvm==13.0.88
     nvidia-cuda-cccl==13.0.85
+    # NVRTC (lib/libnvrtc.so.13): the run-time compiler dropkit falls back to when it was
+    # built without nvcc; CI tests that path with it.
+    nvidia-cuda-nvrtc==13.0.88
 )
 
 # Prints the real nvcc under the venv's site-packages, or nothing. Found, not assumed:
@@ -66,7 +69,7 @@ works() {
 }
 
 nvcc="$(find_nvcc)"
-if works "$nvcc"; then
+if works "$nvcc" && [ -e "$(dirname "$nvcc")/../lib/libnvrtc.so.13" ]; then
     log "nvcc already installed in $venv"
     echo "$nvcc"
     exit 0

@@ -31,12 +31,13 @@ impl Device {
         }
     }
 
-    /// CUDA device 0 when one is usable (driver, device and embedded kernels), else the CPU.
+    /// CUDA device 0 when one is usable (driver, device, and kernels that load), else the
+    /// CPU.
     pub fn best_available() -> Device {
         #[cfg(feature = "cuda")]
-        if crate::cuda::kernels_built() {
-            if let Ok(d) = Device::cuda(0) {
-                return d;
+        if let Ok(d) = crate::cuda::CudaDevice::new(0) {
+            if d.kernels_ready().is_ok() {
+                return Device::Cuda(d);
             }
         }
         Device::Cpu

@@ -70,9 +70,10 @@ pub enum Error {
 
     /// The crate was built without PTX (no nvcc at build time).
     #[error(
-        "dropkit was built without CUDA kernels (nvcc was not found at build time). Install \
-         nvcc (for example `bash scripts/install-nvcc.sh`, or a CUDA toolkit), point NVCC or \
-         CUDA_HOME at it, and rebuild dropkit"
+        "dropkit was built without CUDA kernels (nvcc was not found at build time) and NVRTC \
+         could not compile them at run time. Install nvcc (for example `bash \
+         scripts/install-nvcc.sh`, or a CUDA toolkit), point NVCC or CUDA_HOME at it, and \
+         rebuild dropkit; or make libnvrtc and the CUDA headers (DROPKIT_CUDA_INCLUDE) available"
     )]
     KernelsNotBuilt,
 

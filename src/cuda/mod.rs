@@ -5,6 +5,7 @@
 //! panic: `is_culib_present()` is checked before the first driver call. Kernels are the
 //! PTX that build.rs embedded; they are loaded once per context and cached.
 
+pub mod nvrtc;
 pub mod ops;
 
 use crate::element::Element;
@@ -110,6 +111,12 @@ impl CudaDevice {
         })
     }
 
+    /// Loads the kernels (embedded PTX, or NVRTC when built without nvcc): `Ok` means
+    /// dropkit can run on this device.
+    pub fn kernels_ready(&self) -> Result<()> {
+        self.module("dropout").map(|_| ())
+    }
+
     /// The stream dropkit queues work on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
@@ -205,7 +212,17 @@ impl CudaDevice {
         if let Some(m) = modules.get(&key) {
             return Ok(Arc::clone(m));
         }
-        let ptx = embedded_ptx(module)?;
+        let ptx = match embedded_ptx(module) {
+            Ok(ptx) => ptx.to_owned(),
+            // Built without nvcc: NVRTC, for this device's architecture, if it is here.
+            Err(not_built) => {
+                let (major, minor) = ctx
+                    .compute_capability()
+                    .map_err(driver_error("compute capability"))?;
+                nvrtc::compile_module(module, &format!("compute_{major}{minor}"))
+                    .map_err(|_| not_built)?
+            }
+        };
         let loaded = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
             .map_err(|e| {

@@ -6,13 +6,9 @@ use dropkit::{Device, Element};
 /// CUDA device 0, or `None` after printing why the test is skipped. With
 /// `DROPKIT_REQUIRE_CUDA=1` a missing GPU fails the test instead.
 pub fn cuda_or_skip(test: &str) -> Option<Device> {
-    match Device::cuda(0) {
-        Ok(d) if cuda_kernels_built() => Some(d),
-        other => {
-            let why = match other {
-                Ok(_) => "dropkit was built without CUDA kernels (no nvcc)".to_string(),
-                Err(e) => e.to_string(),
-            };
+    match cuda_with_kernels() {
+        Ok(d) => Some(d),
+        Err(why) => {
             if std::env::var("DROPKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
                 panic!("{test}: DROPKIT_REQUIRE_CUDA=1 but no usable GPU: {why}");
             }
@@ -25,14 +21,17 @@ pub fn cuda_or_skip(test: &str) -> Option<Device> {
     }
 }
 
+/// CUDA device 0 if it exists and dropkit's kernels load on it.
 #[cfg(feature = "cuda")]
-fn cuda_kernels_built() -> bool {
-    dropkit::cuda::kernels_built()
+fn cuda_with_kernels() -> Result<Device, String> {
+    let dev = dropkit::cuda::CudaDevice::new(0).map_err(|e| e.to_string())?;
+    dev.kernels_ready().map_err(|e| e.to_string())?;
+    Ok(Device::Cuda(dev))
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_kernels_built() -> bool {
-    false
+fn cuda_with_kernels() -> Result<Device, String> {
+    Err("dropkit was built without its cuda feature".into())
 }
 
 /// Raw bits of every element, for `==` comparisons that see -0.0 and NaN payloads.

@@ -1,0 +1,115 @@
+//! The kernels the Rust side launches exist under their exact names: in the PTX that nvcc
+//! built (when it did), and in what NVRTC compiles from the embedded sources (when NVRTC
+//! and the CUDA headers are here; CI installs both). Without nvcc, a CUDA call gets the
+//! documented error. None of this needs a GPU.
+#![cfg(feature = "cuda")]
+
+use dropkit::cuda::{embedded_ptx, kernels_built, nvrtc};
+use dropkit::{Device, Error};
+use std::collections::BTreeSet;
+
+/// Every kernel src/cuda/ops.rs launches, by module.
+fn expected(module: &str) -> BTreeSet<String> {
+    let per_dtype = |ops: &[&str]| {
+        ops.iter()
+            .flat_map(|op| ["f32", "f64", "f16", "bf16"].map(|dt| format!("{op}_{dt}")))
+            .collect::<BTreeSet<_>>()
+    };
+    match module {
+        "dropout" => per_dtype(&["dropout_fwd", "dropout_bwd_bits"]),
+        "alpha_dropout" => per_dtype(&["alpha_dropout_fwd"]),
+        "grouped_dropout" => {
+            let mut k = per_dtype(&["grouped_scale", "grouped_alpha"]);
+            k.insert("dropout_mask_bits".into());
+            k
+        }
+        "bias_dropout_residual" => per_dtype(&["bias_dropout_residual_fwd", "column_sum"]),
+        other => panic!("unexpected kernel module {other}"),
+    }
+}
+
+fn entries(ptx: &str) -> BTreeSet<String> {
+    ptx.lines()
+        .filter_map(|l| l.split(".entry ").nth(1))
+        .map(|rest| rest.trim_end_matches(['(', ' ']).to_string())
+        .collect()
+}
+
+const MODULES: [&str; 4] = [
+    "alpha_dropout",
+    "bias_dropout_residual",
+    "dropout",
+    "grouped_dropout",
+];
+
+#[test]
+fn embedded_sources_cover_every_module() {
+    assert_eq!(nvrtc::source_modules().collect::<Vec<_>>(), MODULES);
+}
+
+#[test]
+fn nvcc_ptx_has_every_kernel_or_documented_error() {
+    if !kernels_built() {
+        for module in MODULES {
+            assert_eq!(embedded_ptx(module), Err(Error::KernelsNotBuilt));
+        }
+        let msg = Error::KernelsNotBuilt.to_string();
+        assert!(
+            msg.contains("install-nvcc.sh") && msg.contains("NVRTC"),
+            "{msg}"
+        );
+        println!("built without nvcc: every module reports the documented error");
+        return;
+    }
+    for module in MODULES {
+        let ptx = embedded_ptx(module).unwrap();
+        assert_eq!(entries(ptx), expected(module), "{module}");
+        assert!(
+            !ptx.contains("fma.rn"),
+            "{module}: an FMA in the PTX breaks the spec"
+        );
+    }
+}
+
+#[test]
+fn nvrtc_compiles_every_kernel() {
+    let mut compiled = 0;
+    for module in MODULES {
+        match nvrtc::compile_module(module, "compute_90") {
+            Ok(ptx) => {
+                assert_eq!(entries(&ptx), expected(module), "{module}");
+                assert!(!ptx.contains("fma.rn"), "{module}: NVRTC contracted an FMA");
+                compiled += 1;
+            }
+            Err(Error::CudaUnavailable(why)) => {
+                if std::env::var("DROPKIT_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                    panic!("DROPKIT_REQUIRE_NVRTC=1 but NVRTC is unusable: {why}");
+                }
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped nvrtc_compiles_every_kernel: {why}"
+                );
+                return;
+            }
+            Err(e) => panic!("{module}: {e}"),
+        }
+    }
+    assert_eq!(compiled, MODULES.len());
+}
+
+#[test]
+fn no_gpu_means_cpu_and_a_clear_error() {
+    // On a machine without a usable GPU the best device is the CPU and asking for CUDA is
+    // an error value, not a panic; with a GPU both work.
+    match Device::cuda(0) {
+        Ok(dev) => assert!(dev.is_cuda()),
+        Err(e) => {
+            assert!(
+                matches!(e, Error::CudaUnavailable(_) | Error::Cuda { .. }),
+                "{e}"
+            );
+            assert!(matches!(Device::best_available(), Device::Cpu));
+        }
+    }
+}
