@@ -94,6 +94,29 @@ pub(crate) fn dropout_forward<T: Element>(
     Ok((CudaBuffer::new(dev.clone(), y, 0, n), bits))
 }
 
+/// Training forward over device memory that dropkit does not own (candle's buffers): reads
+/// `n` elements at `x_ptr`, writes `n` at `y_ptr`, on `dev`'s stream, saving no mask.
+///
+/// # Safety
+/// `x_ptr` and `y_ptr` must be device addresses in `dev`'s context holding `n` elements of
+/// `T` each, readable and writable in stream order on `dev`'s stream until the kernel ends.
+#[cfg(feature = "candle-cuda")]
+pub(crate) unsafe fn dropout_forward_raw<T: Element>(
+    dev: &CudaDevice,
+    x_ptr: u64,
+    y_ptr: u64,
+    n: usize,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+) -> Result<()> {
+    let _range = op_range("candle_dropout_forward");
+    if n == 0 {
+        return Ok(());
+    }
+    launch_forward::<T>(dev, x_ptr, y_ptr, None, n, pos, prob, scale)
+}
+
 /// Training forward written over `x`.
 pub(crate) fn dropout_forward_in_place<T: Element>(
     x: &mut CudaBuffer<T>,
