@@ -20,6 +20,8 @@
 //! # Ok::<(), dropkit::Error>(())
 //! ```
 
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;

@@ -50,6 +50,19 @@ pub(crate) fn driver_error(context: impl Into<String>) -> impl FnOnce(DriverErro
     }
 }
 
+/// Whether the CUDA driver library can be opened. With `candle-cuda`, cudarc links it
+/// (candle asks for dynamic linking), so a running process has it: there is no probe then.
+#[cfg(not(feature = "candle-cuda"))]
+fn driver_library_present() -> bool {
+    // SAFETY: only probes whether the shared library can be opened.
+    unsafe { sys::is_culib_present() }
+}
+
+#[cfg(feature = "candle-cuda")]
+fn driver_library_present() -> bool {
+    true
+}
+
 /// Runs a driver call that cudarc might answer with a panic (a symbol missing from an old
 /// driver) and turns the panic into an error.
 fn guarded<R>(what: &str, f: impl FnOnce() -> Result<R>) -> Result<R> {
@@ -74,8 +87,7 @@ pub struct CudaDevice {
 impl CudaDevice {
     /// Opens device `ordinal` (its primary context) with a new stream.
     pub fn new(ordinal: usize) -> Result<Self> {
-        // SAFETY: only probes whether the shared library can be opened.
-        if !unsafe { sys::is_culib_present() } {
+        if !driver_library_present() {
             return Err(Error::CudaUnavailable(
                 "no CUDA driver library (libcuda.so / nvcuda.dll) was found".into(),
             ));
@@ -406,7 +418,11 @@ pub(crate) struct OpRange {
 pub(crate) fn op_range(name: &str) -> OpRange {
     #[cfg(feature = "nvtx")]
     {
+        // Under candle's dynamic linking the library is linked, hence present.
+        #[cfg(feature = "candle-cuda")]
+        let present = true;
         // SAFETY: only probes whether the shared library can be opened.
+        #[cfg(not(feature = "candle-cuda"))]
         let present = unsafe { cudarc::nvtx::sys::is_culib_present() };
         OpRange {
             _range: present.then(|| cudarc::nvtx::safe::scoped_range(format!("dropkit::{name}"))),

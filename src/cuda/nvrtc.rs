@@ -14,6 +14,19 @@ pub fn source_modules() -> impl Iterator<Item = &'static str> {
     embedded::SOURCE_MODULES.iter().map(|(name, _)| *name)
 }
 
+/// Whether libnvrtc can be opened. With `candle-cuda`, cudarc links it instead (candle asks
+/// for dynamic linking), so a running process has it: there is no probe then.
+#[cfg(not(feature = "candle-cuda"))]
+fn nvrtc_library_present() -> bool {
+    // SAFETY: only probes whether the shared library can be opened.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+#[cfg(feature = "candle-cuda")]
+fn nvrtc_library_present() -> bool {
+    true
+}
+
 /// The CUDA include directory NVRTC needs for the half-precision headers.
 fn cuda_include() -> Option<PathBuf> {
     let from_env =
@@ -39,8 +52,7 @@ pub fn compile_module(module: &str, arch: &str) -> Result<String> {
         .find(|(name, _)| *name == module)
         .map(|(_, src)| *src)
         .ok_or_else(|| Error::CudaUnavailable(format!("no kernel module named {module}")))?;
-    // SAFETY: only probes whether the shared library can be opened.
-    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+    if !nvrtc_library_present() {
         return Err(Error::CudaUnavailable(
             "no NVRTC library (libnvrtc) was found".into(),
         ));

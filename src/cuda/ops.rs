@@ -68,17 +68,55 @@ pub(crate) fn dropout_forward<T: Element>(
     let dev = x.device().clone();
     let n = x.len() as u64;
     let mut bits = alloc_bits(&dev, x.len(), mode)?;
-    let (f, name) = kernel::<T>(&dev, "dropout", "dropout_fwd")?;
     let y = x.launch_io(|x_ptr, y_ptr| {
         let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
-        let threshold = prob.threshold();
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&x_ptr).arg(&y_ptr).arg(&b_ptr).arg(&n);
-        args.arg(&pos.seed).arg(&pos.offset).arg(&pos.index_base);
-        args.arg(&threshold).arg(&scale);
-        launch(&dev, args, n, &name)
+        launch_dropout_fwd::<T>(&dev, x_ptr, y_ptr, b_ptr, n, pos, prob, scale)
     })?;
     Ok((y, bits))
+}
+
+/// Queues `dropout_fwd_<T>` on raw device addresses (`bits_ptr` 0: no mask written).
+#[allow(clippy::too_many_arguments)]
+fn launch_dropout_fwd<T: Element>(
+    dev: &CudaDevice,
+    x_ptr: u64,
+    y_ptr: u64,
+    bits_ptr: u64,
+    n: u64,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+) -> Result<()> {
+    let (f, name) = kernel::<T>(dev, "dropout", "dropout_fwd")?;
+    let threshold = prob.threshold();
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&x_ptr).arg(&y_ptr).arg(&bits_ptr).arg(&n);
+    args.arg(&pos.seed).arg(&pos.offset).arg(&pos.index_base);
+    args.arg(&threshold).arg(&scale);
+    launch(dev, args, n, &name)
+}
+
+/// Training forward over device memory that dropkit does not own (candle's buffers): reads
+/// `n` elements at `x_ptr`, writes `n` at `y_ptr`, on `dev`'s stream, saving no mask.
+///
+/// # Safety
+/// `x_ptr` and `y_ptr` must be device addresses in `dev`'s context holding `n` elements of
+/// `T` each, readable and writable in stream order on `dev`'s stream until the kernel ends.
+#[cfg(feature = "candle-cuda")]
+pub(crate) unsafe fn dropout_forward_raw<T: Element>(
+    dev: &CudaDevice,
+    x_ptr: u64,
+    y_ptr: u64,
+    n: usize,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+) -> Result<()> {
+    let _range = op_range("candle_dropout_forward");
+    if n == 0 {
+        return Ok(());
+    }
+    launch_dropout_fwd::<T>(dev, x_ptr, y_ptr, 0, n as u64, pos, prob, scale)
 }
 
 /// `alpha_dropout_fwd_<T>`: elementwise alpha dropout.
