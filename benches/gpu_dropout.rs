@@ -27,7 +27,9 @@
 //! Environment: `DROPKIT_GPU_BENCH_SIZES` (exponents, default `20,24,28`),
 //! `DROPKIT_BENCH_DTYPES` (default `f32,bf16,f16,f64`), `DROPKIT_GPU_BENCH_OPS` (default all),
 //! `DROPKIT_GPU_BENCH_ITERS` (timed batches, default 20), `DROPKIT_GPU_BENCH_WS_MIB`,
-//! `DROPKIT_BENCH_P` (default 0.1).
+//! `DROPKIT_BENCH_P` (default 0.1). `DROPKIT_GPU_BENCH_PROFILE=1` runs every case once with
+//! no timing, for a profiler (`ncu -k regex:^dropout_ ...` then sees each kernel once per
+//! case; a backward case also launches the forward that makes its state).
 
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use dropkit::functional::{dropout, dropout_backward};
@@ -53,6 +55,7 @@ struct Config {
     ws_bytes: usize,
     max_sets: usize,
     p: f64,
+    profile: bool,
 }
 
 fn env_list(var: &str, default: &str) -> Vec<String> {
@@ -101,6 +104,7 @@ impl Config {
             ws_bytes: env_num("DROPKIT_GPU_BENCH_WS_MIB", 512usize) << 20,
             max_sets: 128,
             p: env_num("DROPKIT_BENCH_P", 0.1f64),
+            profile: std::env::var("DROPKIT_GPU_BENCH_PROFILE").is_ok_and(|v| v == "1"),
         }
     }
 
@@ -158,13 +162,17 @@ impl Gpu {
     /// cost per call in microseconds.
     fn measure(
         &mut self,
-        iters: usize,
+        cfg: &Config,
         batch: usize,
         mut call: impl FnMut(usize) -> Res<()>,
     ) -> Res<(f64, f64)> {
         // Warm-up (the first call may load the module), then the host cost per call.
         call(0)?;
         self.stream.synchronize()?;
+        if cfg.profile {
+            return Ok((f64::NAN, f64::NAN));
+        }
+        let iters = cfg.iters;
         let warm = batch.max(4);
         let t0 = Instant::now();
         for k in 1..=warm {
@@ -275,6 +283,9 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
     // Sets of inputs (+ a saved mask each) to cover the working set; the outputs of calls
     // in flight and a spare copy destination on top.
     let mut sets = (cfg.ws_bytes.div_ceil(2 * tensor_bytes)).clamp(1, cfg.max_sets);
+    if cfg.profile {
+        sets = 1;
+    }
     let need = |sets: usize| sets * (tensor_bytes + mask_bytes) + 3 * (tensor_bytes + mask_bytes);
     gpu.stream.synchronize()?;
     let (free, _) = gpu.ctx.mem_get_info()?;
@@ -304,6 +315,10 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
     stream.synchronize()?;
 
     let record = |rows: &mut Vec<Row>, op: &'static str, median_s: f64, host_us: f64, bytes| {
+        if cfg.profile {
+            println!("# profiled once: op={op} dtype={dtype} n={n}");
+            return;
+        }
         let row = Row {
             dtype,
             n,
@@ -326,7 +341,7 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
 
     if cfg.wants("copy") {
         let _r = nvtx_range(&format!("gpu_dropout/copy/{dtype}/{n}"));
-        let (t, h) = gpu.measure(cfg.iters, batch, |k| {
+        let (t, h) = gpu.measure(cfg, batch, |k| {
             let (src, dst) = copy_pair(&mut bufs, &mut spare, k);
             stream.memcpy_dtod(src, dst)?;
             Ok(())
@@ -348,7 +363,7 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
             continue;
         }
         let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
-        let (t, h) = gpu.measure(cfg.iters, batch, |k| {
+        let (t, h) = gpu.measure(cfg, batch, |k| {
             let (y, state) = dropout(&xs[k % sets], p, true, pos, mode)?;
             drop((y, state));
             Ok(())
@@ -373,7 +388,7 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
             .map(|x| Ok(dropout(x, p, true, pos, mode)?.1))
             .collect::<Res<Vec<DropoutState>>>()?;
         let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
-        let (t, h) = gpu.measure(cfg.iters, batch, |k| {
+        let (t, h) = gpu.measure(cfg, batch, |k| {
             let dx = dropout_backward(&xs[k % sets], &states[k % sets])?;
             drop(dx);
             Ok(())
