@@ -20,7 +20,7 @@
 //!
 //! Output: one `RESULT impl=dropkit op=<op> device=cuda dtype=<dt> n=<n> median_s=<s>
 //! gbps=<g>` line per case (for scripts/compare.py) and a table at the end. Without a usable
-//! GPU (or without embedded kernels) it prints that it skipped and exits 0 (1 under
+//! GPU (or kernels that load on it) it prints that it skipped and exits 0 (1 under
 //! `DROPKIT_REQUIRE_CUDA=1`). With the `nvtx` feature each case is an NVTX range named
 //! `gpu_dropout/<op>/<dtype>/<n>`.
 //!
@@ -33,7 +33,7 @@
 
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use dropkit::functional::{dropout, dropout_backward};
-use dropkit::{Device, DropoutState, Element, MaskMode, StreamPos, Tensor};
+use dropkit::{DropoutState, Element, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::error::Error;
 use std::sync::Arc;
@@ -437,16 +437,11 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// CUDA device 0 with kernels, or why not.
+/// CUDA device 0 with its kernels loaded (embedded PTX, or NVRTC), or why not.
 fn open() -> Result<dropkit::cuda::CudaDevice, String> {
-    if !dropkit::cuda::kernels_built() {
-        return Err("dropkit was built without CUDA kernels (no nvcc at build time)".into());
-    }
-    match Device::cuda(0) {
-        Ok(Device::Cuda(d)) => Ok(d),
-        Ok(Device::Cpu) => Err("no CUDA device".into()),
-        Err(e) => Err(e.to_string()),
-    }
+    let dev = dropkit::cuda::CudaDevice::new(0).map_err(|e| e.to_string())?;
+    dev.kernels_ready().map_err(|e| e.to_string())?;
+    Ok(dev)
 }
 
 fn setup(dev: &dropkit::cuda::CudaDevice) -> Res<Gpu> {
