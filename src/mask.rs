@@ -92,14 +92,84 @@ pub fn words_at(seed: u64, offset: u64, first: u64) -> [u32; 32] {
     out
 }
 
+/// The 32 keep bits (bit b = decision `first + b` kept) of decisions `first .. first + 32`:
+/// [`pack_keep`] of [`words_at`], computed in vector registers on AVX2 CPUs when `first` is
+/// a multiple of 4 (the usual case: the words of eight whole Philox blocks).
+#[inline(always)]
+pub fn keep_word(seed: u64, offset: u64, first: u64, prob: &Probability) -> u32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if first & 3 == 0 && std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            return unsafe { x86::keep_word_avx2(seed, offset, first >> 2, prob) };
+        }
+    }
+    pack_keep(&words_at(seed, offset, first), prob)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Probability;
+    use crate::philox::x86::blocks8_avx2;
+    use std::arch::x86_64::*;
+
+    /// [`super::fill_keep_bits`] compiled with AVX2, so that the Philox code inlines.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn fill_keep_bits_avx2(
+        seed: u64,
+        offset: u64,
+        first: u64,
+        prob: &Probability,
+        n: usize,
+        bits: &mut [u32],
+    ) {
+        super::fill_keep_bits_impl(seed, offset, first, prob, n, bits)
+    }
+
+    /// [`super::keep_word`] for decisions `4 * group ..`: u >= t as an unsigned compare
+    /// (`max(u, t) == u`), one sign bit per word gathered by `movemask`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2. Fast when inlined into AVX2 code (see `philox::x86`).
+    #[inline(always)]
+    pub(super) unsafe fn keep_word_avx2(
+        seed: u64,
+        offset: u64,
+        group: u64,
+        prob: &Probability,
+    ) -> u32 {
+        if prob.drops_all() {
+            return 0;
+        }
+        // t < 2^32 here.
+        let t = _mm256_set1_epi32(prob.threshold() as u32 as i32);
+        let mut bits = 0u32;
+        for (i, u) in blocks8_avx2(seed, offset, group).into_iter().enumerate() {
+            let kept = _mm256_cmpeq_epi32(_mm256_max_epu32(u, t), u);
+            bits |= (_mm256_movemask_ps(_mm256_castsi256_ps(kept)) as u32) << (8 * i);
+        }
+        bits
+    }
+}
+
 /// Packs the keep decisions of 32 random words into one mask word (bit b = word b kept).
 #[inline(always)]
 pub fn pack_keep(words: &[u32; 32], prob: &Probability) -> u32 {
+    // u >= t as a u32 compare (vectorises); t = 2^32 (drop everything) is the one threshold
+    // that does not fit, and keeps nothing.
+    let t = prob.threshold().min(u64::from(u32::MAX)) as u32;
     let mut bits = 0u32;
     for (b, &u) in words.iter().enumerate() {
-        bits |= u32::from(prob.keeps(u)) << b;
+        bits |= u32::from(u >= t) << b;
     }
-    bits
+    if prob.drops_all() {
+        0
+    } else {
+        bits
+    }
 }
 
 /// The packed keep-mask of SPEC section 4 for `n` elementwise decisions `0..n`.
@@ -132,16 +202,35 @@ pub fn fill_keep_bits(
     n: usize,
     bits: &mut [u32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { x86::fill_keep_bits_avx2(seed, offset, first, prob, n, bits) };
+            return;
+        }
+    }
+    fill_keep_bits_impl(seed, offset, first, prob, n, bits);
+}
+
+#[inline(always)]
+fn fill_keep_bits_impl(
+    seed: u64,
+    offset: u64,
+    first: u64,
+    prob: &Probability,
+    n: usize,
+    bits: &mut [u32],
+) {
     for (w, word) in bits.iter_mut().enumerate() {
         let start = 32 * w;
-        let words = words_at(seed, offset, first + start as u64);
         let valid = (n - start).min(32);
         let live = if valid == 32 {
             u32::MAX
         } else {
             (1u32 << valid) - 1
         };
-        *word = pack_keep(&words, prob) & live;
+        *word = keep_word(seed, offset, first + start as u64, prob) & live;
     }
 }
 
@@ -186,6 +275,22 @@ mod tests {
             let w = words_at(9, 4, first);
             for (k, &u) in w.iter().enumerate() {
                 assert_eq!(u, philox::random_word(9, 4, first + k as u64));
+            }
+        }
+    }
+
+    #[test]
+    fn keep_word_matches_pack_keep() {
+        for p in [0.0, 1e-9, 0.1, 0.5, 0.9, 1.0 - 1e-9, 1.0] {
+            let prob = Probability::new(p).unwrap();
+            for first in [0u64, 4, 32, 1 << 34, u64::MAX - 31, 1, 3, 6] {
+                for (seed, offset) in [(0u64, 0u64), (7, 1 << 40), (u64::MAX, u64::MAX)] {
+                    assert_eq!(
+                        keep_word(seed, offset, first, &prob),
+                        pack_keep(&words_at(seed, offset, first), &prob),
+                        "p {p} first {first} seed {seed} offset {offset}"
+                    );
+                }
             }
         }
     }

@@ -4,9 +4,18 @@
 use dropkit::mask::{keep_bits, Probability};
 use dropkit::philox::random_word;
 
+/// `tests/data`, or `DROPKIT_TEST_DATA` when set: a test binary run away from its source
+/// tree (the GPU bundle) cannot rely on the CARGO_MANIFEST_DIR baked in at build time.
+fn data_dir() -> std::path::PathBuf {
+    std::env::var_os("DROPKIT_TEST_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data"))
+}
+
 fn data_lines(name: &str) -> Vec<Vec<String>> {
-    let path = format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let path = data_dir().join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (DROPKIT_TEST_DATA overrides)", path.display()));
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|l| l.split_whitespace().map(str::to_owned).collect())

@@ -4,7 +4,7 @@
 
 use super::{map_words, Block, KeptOp, Scale, Source};
 use crate::element::{ComputeFloat, Element};
-use crate::mask::{words_at, Probability};
+use crate::mask::{keep_word, Probability};
 
 /// Where a call's random words come from: decision i of this tensor is `index_base + i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +40,16 @@ pub fn forward_with<T: Element, K: KeptOp<T::Compute>>(
         [x],
         y,
         bits,
-        |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
+        #[inline(always)]
+        move |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
             let first = pos.index_base.wrapping_add(32 * w as u64);
-            let words = words_at(pos.seed, pos.offset, first);
+            let keep = keep_word(pos.seed, pos.offset, first, prob);
             let dropped = op.dropped();
-            let mut keep = 0u32;
             for k in 0..32 {
-                let kept = prob.keeps(words[k]);
-                keep |= u32::from(kept) << k;
-                // Select, not multiply: a dropped NaN or inf still gives the dropped value.
-                yb[k] = if kept { op.kept(xb[k]) } else { dropped };
+                // Computed for every element, then selected (never a multiply by 0): the
+                // loop vectorises, and a dropped NaN or inf still gives the dropped value.
+                let kept = op.kept(xb[k]);
+                yb[k] = if keep & (1 << k) != 0 { kept } else { dropped };
             }
             keep
         },
@@ -63,14 +63,12 @@ pub fn backward_bits<T: Element>(dy: Source<'_, T>, dx: &mut [T], bits: &[u32], 
         [dy],
         dx,
         None,
-        |w, [gb]: &[Block<T::Compute>; 1], out: &mut Block<T::Compute>| {
+        #[inline(always)]
+        move |w, [gb]: &[Block<T::Compute>; 1], out: &mut Block<T::Compute>| {
             let word = bits[w];
             for k in 0..32 {
-                out[k] = if word >> k & 1 == 1 {
-                    gb[k].mul(scale)
-                } else {
-                    zero
-                };
+                let kept = gb[k].mul(scale);
+                out[k] = if word & (1 << k) != 0 { kept } else { zero };
             }
             word
         },

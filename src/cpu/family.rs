@@ -5,7 +5,7 @@
 use super::{map_words, Block, KeptOp, Source};
 use crate::cpu::dropout::StreamPos;
 use crate::element::{ComputeFloat, Element};
-use crate::mask::{words_at, Probability};
+use crate::mask::{keep_word, Probability};
 
 /// y_i = bit((lead + i) / group) ? op.kept(x_i) : op.dropped(), reading one bit per
 /// decision from `decision_bits`.
@@ -21,7 +21,8 @@ pub fn grouped_apply<T: Element, K: KeptOp<T::Compute>>(
         [x],
         y,
         None,
-        |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
+        #[inline(always)]
+        move |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
             // Walk the group position instead of dividing per element.
             let start = lead + 32 * w as u64;
             let (mut j, mut r) = (start / group, start % group);
@@ -66,14 +67,13 @@ pub fn bias_dropout_residual<T: Element>(
         [Source::Slice(x), residual],
         out,
         bits,
-        |w, [xb, rb]: &[Block<T::Compute>; 2], ob: &mut Block<T::Compute>| {
+        #[inline(always)]
+        move |w, [xb, rb]: &[Block<T::Compute>; 2], ob: &mut Block<T::Compute>| {
             let first = pos.index_base.wrapping_add(32 * w as u64);
-            let words = words_at(pos.seed, pos.offset, first);
+            let keep = keep_word(pos.seed, pos.offset, first, prob);
             let mut col = (first % h) as usize;
-            let mut keep = 0u32;
             for k in 0..32 {
-                let kept = prob.keeps(words[k]);
-                keep |= u32::from(kept) << k;
+                let kept = keep & (1 << k) != 0;
                 let z = xb[k].add(bias_c[col]);
                 let m = if kept { z.mul(scale) } else { zero };
                 ob[k] = rb[k].add(m);

@@ -124,8 +124,8 @@ fn run_chunk_dispatch<T, const K: usize, F>(
 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+            // SAFETY: the CPU supports AVX2 and F16C, checked just above.
             unsafe { run_chunk_avx2(first_word, inputs, out, bits, word_fn) };
             return;
         }
@@ -133,8 +133,10 @@ fn run_chunk_dispatch<T, const K: usize, F>(
     run_chunk(first_word, inputs, out, bits, word_fn);
 }
 
+/// [`run_chunk`] compiled for AVX2 and F16C: the word function and the `#[inline(always)]`
+/// intrinsics helpers it reaches (Philox, f16 conversions) inline into one vector loop.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn run_chunk_avx2<T, const K: usize, F>(
     first_word: usize,
     inputs: &[Source<'_, T>; K],
@@ -162,26 +164,40 @@ fn run_chunk<T, const K: usize, F>(
     let zero = <T::Compute as ComputeFloat>::ZERO;
     let mut inb = [[zero; 32]; K];
     let mut outb = [zero; 32];
-    for (w, out_word) in out.chunks_mut(32).enumerate() {
-        let len = out_word.len();
+    // Whole words first, with lengths the compiler knows (32), so that the conversions
+    // and the word function unroll and vectorise; then the partial last word, if any.
+    let full = out.len() / 32;
+    let (head, tail) = out.split_at_mut(32 * full);
+    for (w, out_word) in head.chunks_exact_mut(32).enumerate() {
         let base = 32 * w;
         for (k, input) in inputs.iter().enumerate() {
-            let src = match input {
-                Source::Slice(s) => &s[base..base + len],
-                Source::Output => &*out_word,
-            };
-            T::to_compute_block(src, &mut inb[k][..len]);
-            if len < 32 {
-                inb[k][len..].fill(zero);
+            match input {
+                Source::Slice(s) => T::to_compute_block(&s[base..base + 32], &mut inb[k]),
+                Source::Output => T::to_compute_block(out_word, &mut inb[k]),
             }
         }
-        let mut keep = word_fn(first_word + w, &inb, &mut outb);
-        if len < 32 {
-            keep &= (1u32 << len) - 1;
-        }
-        T::from_compute_block(&outb[..len], out_word);
+        let keep = word_fn(first_word + w, &inb, &mut outb);
+        T::from_compute_block(&outb, out_word);
         if let Some(bits) = bits.as_deref_mut() {
             bits[w] = keep;
         }
+    }
+    let len = tail.len();
+    if len == 0 {
+        return;
+    }
+    let base = 32 * full;
+    for (k, input) in inputs.iter().enumerate() {
+        let src = match input {
+            Source::Slice(s) => &s[base..base + len],
+            Source::Output => &*tail,
+        };
+        T::to_compute_block(src, &mut inb[k][..len]);
+        inb[k][len..].fill(zero);
+    }
+    let keep = word_fn(first_word + full, &inb, &mut outb) & ((1u32 << len) - 1);
+    T::from_compute_block(&outb[..len], tail);
+    if let Some(bits) = bits {
+        bits[full] = keep;
     }
 }

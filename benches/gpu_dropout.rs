@@ -1,0 +1,521 @@
+//! GPU throughput of elementwise dropout on CUDA device 0, against a device-to-device copy
+//! of the same bytes measured in the same run.
+//!
+//! Cases, for f32, bf16, f16, f64 at 2^20, 2^24, 2^28 elements: `copy` (`memcpy_dtod`),
+//! `fwd_bits` and `fwd_regen` (`dropkit::functional::dropout` saving bits / nothing),
+//! `bwd_bits` and `bwd_regen` (`dropout_backward` from those states). The dropout ops go
+//! through the public API, so each call allocates its output (stream-ordered, from the
+//! driver's memory pool) as a user's call does.
+//!
+//! Timing: CUDA events around batches of calls, median over batches, divided by the batch
+//! length. Calls rotate over several input buffer sets, enough to touch
+//! `DROPKIT_GPU_BENCH_WS_MIB` (default 512, several times an H100's 50 MB L2) so that every
+//! call reads cold data. Before each batch the stream is given a few large scratch copies
+//! (untimed, sized from the measured host cost per call) so that the host enqueues the
+//! batch while the GPU is busy: the events then time the GPU's work, not the host's launch
+//! rate. The host enqueue cost per call is reported separately.
+//!
+//! Bytes that must move (GB = 1e9 B): read x + write y, plus 4 * ceil(n / 32) mask bytes
+//! written (`fwd_bits`) or read (`bwd_bits`); `copy` reads and writes n elements.
+//!
+//! Output: one `RESULT impl=dropkit op=<op> device=cuda dtype=<dt> n=<n> median_s=<s>
+//! gbps=<g>` line per case (for scripts/compare.py) and a table at the end. Without a usable
+//! GPU (or kernels that load on it) it prints that it skipped and exits 0 (1 under
+//! `DROPKIT_REQUIRE_CUDA=1`). With the `nvtx` feature each case is an NVTX range named
+//! `gpu_dropout/<op>/<dtype>/<n>`.
+//!
+//! Environment: `DROPKIT_GPU_BENCH_SIZES` (exponents, default `20,24,28`),
+//! `DROPKIT_BENCH_DTYPES` (default `f32,bf16,f16,f64`), `DROPKIT_GPU_BENCH_OPS` (default all),
+//! `DROPKIT_GPU_BENCH_ITERS` (timed batches, default 20), `DROPKIT_GPU_BENCH_WS_MIB`,
+//! `DROPKIT_BENCH_P` (default 0.1). `DROPKIT_GPU_BENCH_PROFILE=1` runs every case once with
+//! no timing, for a profiler (`ncu -k regex:^dropout_ ...` then sees each kernel once per
+//! case; a backward case also launches the forward that makes its state).
+
+use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
+use dropkit::functional::{dropout, dropout_backward};
+use dropkit::{DropoutState, Element, MaskMode, StreamPos, Tensor};
+use half::{bf16, f16};
+use std::error::Error;
+use std::sync::Arc;
+use std::time::Instant;
+
+type Res<T> = Result<T, Box<dyn Error>>;
+
+const OPS: [&str; 5] = ["copy", "fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen"];
+const SEED: u64 = 0x5EED;
+const OFFSET: u64 = 7;
+/// Bytes of each of the two scratch buffers used to keep the stream busy before a batch.
+const SCRATCH_BYTES: usize = 128 << 20;
+
+struct Config {
+    sizes: Vec<usize>,
+    dtypes: Vec<String>,
+    ops: Vec<String>,
+    iters: usize,
+    ws_bytes: usize,
+    max_sets: usize,
+    p: f64,
+    profile: bool,
+}
+
+fn env_list(var: &str, default: &str) -> Vec<String> {
+    std::env::var(var)
+        .unwrap_or_else(|_| default.to_owned())
+        .split(',')
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn env_num<T: std::str::FromStr>(var: &str, default: T) -> T {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+impl Config {
+    fn from_env() -> Self {
+        let sizes = env_list("DROPKIT_GPU_BENCH_SIZES", "20,24,28")
+            .iter()
+            .map(|e| {
+                let e: u32 = e.parse().unwrap_or_else(|_| {
+                    panic!("DROPKIT_GPU_BENCH_SIZES: {e:?} is not an exponent")
+                });
+                assert!(e < 40, "DROPKIT_GPU_BENCH_SIZES: 2^{e} is too large");
+                1usize << e
+            })
+            .collect();
+        let ops = env_list("DROPKIT_GPU_BENCH_OPS", &OPS.join(","));
+        for op in &ops {
+            assert!(
+                OPS.contains(&op.as_str()),
+                "unknown op {op:?}; choose from {OPS:?}"
+            );
+        }
+        Config {
+            sizes,
+            dtypes: env_list("DROPKIT_BENCH_DTYPES", "f32,bf16,f16,f64"),
+            ops,
+            iters: env_num("DROPKIT_GPU_BENCH_ITERS", 20usize).max(1),
+            ws_bytes: env_num("DROPKIT_GPU_BENCH_WS_MIB", 512usize) << 20,
+            max_sets: 128,
+            p: env_num("DROPKIT_BENCH_P", 0.1f64),
+            profile: std::env::var("DROPKIT_GPU_BENCH_PROFILE").is_ok_and(|v| v == "1"),
+        }
+    }
+
+    fn wants(&self, op: &str) -> bool {
+        self.ops.iter().any(|o| o == op)
+    }
+}
+
+/// One measured case.
+struct Row {
+    dtype: &'static str,
+    n: usize,
+    op: &'static str,
+    sets: usize,
+    batch: usize,
+    median_s: f64,
+    bytes: u64,
+    host_us: f64,
+}
+
+impl Row {
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 / self.median_s / 1e9
+    }
+}
+
+/// What the GPU bench holds for the whole run: the stream, its context and the scratch
+/// buffers that keep the stream busy while a batch is enqueued.
+struct Gpu {
+    stream: Arc<CudaStream>,
+    ctx: Arc<CudaContext>,
+    scratch: (CudaSlice<u8>, CudaSlice<u8>),
+    /// Seconds one scratch copy takes.
+    scratch_copy_s: f64,
+}
+
+impl Gpu {
+    fn event(&self) -> Res<CudaEvent> {
+        Ok(self
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?)
+    }
+
+    /// Queues about `seconds` of untimed copies on the stream.
+    fn keep_busy(&mut self, seconds: f64) -> Res<()> {
+        let copies = (seconds / self.scratch_copy_s).ceil().clamp(1.0, 256.0) as usize;
+        for _ in 0..copies {
+            self.stream
+                .memcpy_dtod(&self.scratch.0, &mut self.scratch.1)?;
+        }
+        Ok(())
+    }
+
+    /// Median GPU seconds per call of `call(k)` (k counts calls), and the host's enqueue
+    /// cost per call in microseconds.
+    fn measure(
+        &mut self,
+        cfg: &Config,
+        batch: usize,
+        mut call: impl FnMut(usize) -> Res<()>,
+    ) -> Res<(f64, f64)> {
+        // Warm-up (the first call may load the module), then the host cost per call.
+        call(0)?;
+        self.stream.synchronize()?;
+        if cfg.profile {
+            return Ok((f64::NAN, f64::NAN));
+        }
+        let iters = cfg.iters;
+        let warm = batch.max(4);
+        let t0 = Instant::now();
+        for k in 1..=warm {
+            call(k)?;
+        }
+        let host_s = t0.elapsed().as_secs_f64() / warm as f64;
+        self.stream.synchronize()?;
+        // The busy time must cover the enqueueing of a whole batch.
+        let busy_s = (2.0 * host_s * batch as f64).clamp(1e-4, 0.05);
+        let mut k = warm + 1;
+        let mut events = Vec::with_capacity(iters);
+        for _ in 0..iters {
+            self.keep_busy(busy_s)?;
+            let start = self.event()?;
+            start.record(&self.stream)?;
+            for _ in 0..batch {
+                call(k)?;
+                k += 1;
+            }
+            let end = self.event()?;
+            end.record(&self.stream)?;
+            events.push((start, end));
+        }
+        self.stream.synchronize()?;
+        let mut per_call = events
+            .iter()
+            .map(|(s, e)| Ok(f64::from(s.elapsed_ms(e)?) / 1e3 / batch as f64))
+            .collect::<Res<Vec<f64>>>()?;
+        per_call.sort_by(f64::total_cmp);
+        let mid = per_call.len() / 2;
+        let median = if per_call.len() % 2 == 1 {
+            per_call[mid]
+        } else {
+            (per_call[mid - 1] + per_call[mid]) / 2.0
+        };
+        Ok((median, host_s * 1e6))
+    }
+}
+
+#[cfg(feature = "nvtx")]
+fn nvtx_range(name: &str) -> Option<cudarc::nvtx::safe::Range> {
+    // SAFETY: only probes whether the NVTX library can be opened.
+    let present = unsafe { cudarc::nvtx::sys::is_culib_present() };
+    present.then(|| cudarc::nvtx::safe::scoped_range(name))
+}
+
+/// Without the `nvtx` feature: nothing to open or close.
+#[cfg(not(feature = "nvtx"))]
+struct NoRange;
+
+#[cfg(not(feature = "nvtx"))]
+fn nvtx_range(_name: &str) -> NoRange {
+    NoRange
+}
+
+/// `n` elements on the device with a fixed finite pattern (every byte 0x3C: a normal
+/// number in each dtype), written by the device.
+fn pattern<T: Element>(stream: &Arc<CudaStream>, n: usize) -> Res<CudaSlice<T>> {
+    let mut s = stream.alloc_zeros::<T>(n)?;
+    let bytes = n * std::mem::size_of::<T>();
+    {
+        let (ptr, _guard) = s.device_ptr_mut(stream);
+        // SAFETY: `ptr` covers `bytes` bytes of this live allocation, on its own stream;
+        // 0x3C bytes are a valid (finite) value of every dtype.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0x3C, bytes, stream.cu_stream())? };
+    }
+    Ok(s)
+}
+
+/// The source and a distinct destination among `bufs` (or `spare` with a single set).
+fn copy_pair<'a, T>(
+    bufs: &'a mut [CudaSlice<T>],
+    spare: &'a mut Option<CudaSlice<T>>,
+    k: usize,
+) -> (&'a CudaSlice<T>, &'a mut CudaSlice<T>) {
+    let s = bufs.len();
+    let (i, j) = (k % s, (k + 1) % s);
+    if s == 1 {
+        return (
+            &bufs[0],
+            spare.as_mut().expect("a spare buffer with one set"),
+        );
+    }
+    if i < j {
+        let (a, b) = bufs.split_at_mut(j);
+        (&a[i], &mut b[0])
+    } else {
+        let (a, b) = bufs.split_at_mut(i);
+        (&b[0], &mut a[j])
+    }
+}
+
+fn run_dtype<T: Element>(gpu: &mut Gpu, cfg: &Config, rows: &mut Vec<Row>) {
+    let dtype = T::DTYPE.name();
+    for &n in &cfg.sizes {
+        if let Err(e) = run_case::<T>(gpu, cfg, n, rows) {
+            println!("# error: dtype={dtype} n={n}: {e}");
+            let _ = gpu.stream.synchronize();
+        }
+    }
+}
+
+fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Row>) -> Res<()> {
+    let dtype = T::DTYPE.name();
+    let elem = std::mem::size_of::<T>();
+    let tensor_bytes = n * elem;
+    let mask_bytes = 4 * n.div_ceil(32);
+    // Sets of inputs (+ a saved mask each) to cover the working set; the outputs of calls
+    // in flight and a spare copy destination on top.
+    let mut sets = (cfg.ws_bytes.div_ceil(2 * tensor_bytes)).clamp(1, cfg.max_sets);
+    if cfg.profile {
+        sets = 1;
+    }
+    let need = |sets: usize| sets * (tensor_bytes + mask_bytes) + 3 * (tensor_bytes + mask_bytes);
+    gpu.stream.synchronize()?;
+    let (free, _) = gpu.ctx.mem_get_info()?;
+    let budget = free / 10 * 8;
+    while sets > 1 && need(sets) > budget {
+        sets /= 2;
+    }
+    if need(sets) > budget {
+        println!(
+            "# skipped dtype={dtype} n={n}: needs {:.1} GiB, {:.1} GiB free",
+            need(1) as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        );
+        return Ok(());
+    }
+    let batch = sets.max(8);
+    let stream = gpu.stream.clone();
+    let mut bufs = (0..sets)
+        .map(|_| pattern::<T>(&stream, n))
+        .collect::<Res<Vec<_>>>()?;
+    let mut spare = if sets == 1 {
+        Some(pattern::<T>(&stream, n))
+    } else {
+        None
+    }
+    .transpose()?;
+    stream.synchronize()?;
+
+    let record = |rows: &mut Vec<Row>, op: &'static str, median_s: f64, host_us: f64, bytes| {
+        if cfg.profile {
+            println!("# profiled once: op={op} dtype={dtype} n={n}");
+            return;
+        }
+        let row = Row {
+            dtype,
+            n,
+            op,
+            sets,
+            batch,
+            median_s,
+            bytes,
+            host_us,
+        };
+        println!(
+            "RESULT impl=dropkit op={op} device=cuda dtype={dtype} n={n} median_s={:.6e} gbps={:.3}",
+            row.median_s,
+            row.gbps()
+        );
+        rows.push(row);
+    };
+    let plain = (2 * tensor_bytes) as u64;
+    let with_mask = plain + mask_bytes as u64;
+
+    if cfg.wants("copy") {
+        let _r = nvtx_range(&format!("gpu_dropout/copy/{dtype}/{n}"));
+        let (t, h) = gpu.measure(cfg, batch, |k| {
+            let (src, dst) = copy_pair(&mut bufs, &mut spare, k);
+            stream.memcpy_dtod(src, dst)?;
+            Ok(())
+        })?;
+        record(rows, "copy", t, h, plain);
+    }
+    drop(spare);
+
+    let xs = bufs
+        .into_iter()
+        .map(|b| Tensor::from_cuda_slice(b, &[n]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (p, pos) = (cfg.p, StreamPos::new(SEED, OFFSET));
+    for (op, mode) in [
+        ("fwd_bits", MaskMode::Bits),
+        ("fwd_regen", MaskMode::Regenerate),
+    ] {
+        if !cfg.wants(op) {
+            continue;
+        }
+        let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+        let (t, h) = gpu.measure(cfg, batch, |k| {
+            let (y, state) = dropout(&xs[k % sets], p, true, pos, mode)?;
+            drop((y, state));
+            Ok(())
+        })?;
+        let bytes = if mode == MaskMode::Bits {
+            with_mask
+        } else {
+            plain
+        };
+        record(rows, op, t, h, bytes);
+    }
+    for (op, mode) in [
+        ("bwd_bits", MaskMode::Bits),
+        ("bwd_regen", MaskMode::Regenerate),
+    ] {
+        if !cfg.wants(op) {
+            continue;
+        }
+        // The saved state of each set's forward; the gradient is the set's own tensor.
+        let states = xs
+            .iter()
+            .map(|x| Ok(dropout(x, p, true, pos, mode)?.1))
+            .collect::<Res<Vec<DropoutState>>>()?;
+        let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+        let (t, h) = gpu.measure(cfg, batch, |k| {
+            let dx = dropout_backward(&xs[k % sets], &states[k % sets])?;
+            drop(dx);
+            Ok(())
+        })?;
+        let bytes = if mode == MaskMode::Bits {
+            with_mask
+        } else {
+            plain
+        };
+        record(rows, op, t, h, bytes);
+    }
+    drop(xs);
+    stream.synchronize()?;
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!(
+        "| dtype | n | op | sets | batch | time/call | GB/s | % copy | host us/call |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|"
+    );
+    for r in rows {
+        let copy = rows
+            .iter()
+            .find(|c| c.op == "copy" && c.dtype == r.dtype && c.n == r.n)
+            .map(|c| c.gbps());
+        let pct = copy.map_or("-".to_owned(), |c| format!("{:.1}", 100.0 * r.gbps() / c));
+        let time = if r.median_s >= 1e-3 {
+            format!("{:.3} ms", r.median_s * 1e3)
+        } else {
+            format!("{:.2} us", r.median_s * 1e6)
+        };
+        println!(
+            "| {} | 2^{} | {} | {} | {} | {} | {:.1} | {} | {:.1} |",
+            r.dtype,
+            r.n.trailing_zeros(),
+            r.op,
+            r.sets,
+            r.batch,
+            time,
+            r.gbps(),
+            pct,
+            r.host_us
+        );
+    }
+}
+
+/// CUDA device 0 with its kernels loaded (embedded PTX, or NVRTC), or why not.
+fn open() -> Result<dropkit::cuda::CudaDevice, String> {
+    let dev = dropkit::cuda::CudaDevice::new(0).map_err(|e| e.to_string())?;
+    dev.kernels_ready().map_err(|e| e.to_string())?;
+    Ok(dev)
+}
+
+fn setup(dev: &dropkit::cuda::CudaDevice) -> Res<Gpu> {
+    let stream = dev.stream().clone();
+    let ctx = stream.context().clone();
+    let scratch = (
+        stream.alloc_zeros::<u8>(SCRATCH_BYTES)?,
+        stream.alloc_zeros::<u8>(SCRATCH_BYTES)?,
+    );
+    let mut gpu = Gpu {
+        stream,
+        ctx,
+        scratch,
+        scratch_copy_s: 1.0,
+    };
+    // Calibrate one scratch copy.
+    for _ in 0..2 {
+        gpu.stream.memcpy_dtod(&gpu.scratch.0, &mut gpu.scratch.1)?;
+    }
+    let (start, end) = (gpu.event()?, gpu.event()?);
+    start.record(&gpu.stream)?;
+    for _ in 0..8 {
+        gpu.stream.memcpy_dtod(&gpu.scratch.0, &mut gpu.scratch.1)?;
+    }
+    end.record(&gpu.stream)?;
+    gpu.scratch_copy_s = (f64::from(start.elapsed_ms(&end)?) / 1e3 / 8.0).max(1e-6);
+    Ok(gpu)
+}
+
+fn main() {
+    let cfg = Config::from_env();
+    let dev = match open() {
+        Ok(d) => d,
+        Err(why) => {
+            println!("gpu_dropout: skipped: {why}");
+            if std::env::var("DROPKIT_REQUIRE_CUDA").is_ok_and(|v| v == "1") {
+                eprintln!("gpu_dropout: DROPKIT_REQUIRE_CUDA=1 but no usable GPU");
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
+    let mut gpu = match setup(&dev) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("gpu_dropout: setup failed: {e}");
+            std::process::exit(1);
+        }
+    };
+    let (free, total) = gpu.ctx.mem_get_info().unwrap_or((0, 0));
+    println!(
+        "# device: {} (cc {:?}), {:.1} GiB free of {:.1} GiB",
+        dev.name(),
+        gpu.ctx.compute_capability().unwrap_or((0, 0)),
+        free as f64 / (1u64 << 30) as f64,
+        total as f64 / (1u64 << 30) as f64
+    );
+    println!(
+        "# p={} iters={} working_set_mib={} timing: CUDA events, median per batch, \
+         scratch copy {:.1} us",
+        cfg.p,
+        cfg.iters,
+        cfg.ws_bytes >> 20,
+        gpu.scratch_copy_s * 1e6
+    );
+    let mut rows = Vec::new();
+    for dtype in &cfg.dtypes {
+        match dtype.as_str() {
+            "f32" => run_dtype::<f32>(&mut gpu, &cfg, &mut rows),
+            "bf16" => run_dtype::<bf16>(&mut gpu, &cfg, &mut rows),
+            "f16" => run_dtype::<f16>(&mut gpu, &cfg, &mut rows),
+            "f64" => run_dtype::<f64>(&mut gpu, &cfg, &mut rows),
+            other => println!("# unknown dtype {other:?} (f32,bf16,f16,f64)"),
+        }
+    }
+    print_table(&rows);
+}
