@@ -7,6 +7,20 @@
 //! through the public API, so each call allocates its output (stream-ordered, from the
 //! driver's memory pool) as a user's call does.
 //!
+//! The fused bias + dropout + residual family, with x and residual of shape (n / H, H) and
+//! bias of shape (H) (H = `DROPKIT_GPU_BENCH_HIDDEN`, default 4096; a size that is not a
+//! multiple of H is skipped): `fused_fwd_bits` and `fused_fwd_regen`
+//! (`bias_dropout_residual`, one kernel), `fused_bwd` (`bias_dropout_residual_backward`
+//! from the bits state: dx, the dresidual copy and the bias column sums), and dropkit's own
+//! three separate passes `threepass_fwd_bits` / `threepass_fwd_regen`: (1) y = x + bias,
+//! (2) z = dropout(y), (3) out = residual + z. dropkit has no standalone add kernel, so
+//! passes 1 and 3 are the fused kernel in eval mode (nothing dropped, scale 1, same
+//! roundings): pass 3 as z + zero bias + residual (exactly the bytes of a residual add),
+//! pass 1 as x + bias + a shared zero residual, which reads one n-element tensor more than a
+//! plain bias add. So this reference is somewhat slower than an ideal dropkit three-pass;
+//! the issue's 1.5x target is measured against PyTorch's eager three passes
+//! (`benches/torch_baseline.py`, op `torch_bias_dropout_residual_3pass`).
+//!
 //! Timing: CUDA events around batches of calls, median over batches, divided by the batch
 //! length. Calls rotate over several input buffer sets, enough to touch
 //! `DROPKIT_GPU_BENCH_WS_MIB` (default 512, several times an H100's 50 MB L2) so that every
@@ -16,10 +30,15 @@
 //! rate. The host enqueue cost per call is reported separately.
 //!
 //! Bytes that must move (GB = 1e9 B): read x + write y, plus 4 * ceil(n / 32) mask bytes
-//! written (`fwd_bits`) or read (`bwd_bits`); `copy` reads and writes n elements.
+//! written (`fwd_bits`) or read (`bwd_bits`); `copy` reads and writes n elements. Fused
+//! forward: read x and residual, write out (3n elements) + H bias elements read, + the mask
+//! written for the bits form; fused backward: read the gradient, write dx and dresidual (3n
+//! elements) + the mask read + H bias-gradient elements written. The three-pass reference
+//! counts the bytes of the fused op of the same form (what the result must move, not what
+//! its passes move), so its GB/s compare directly with the fused op's.
 //!
 //! Output: one `RESULT impl=dropkit op=<op> device=cuda dtype=<dt> n=<n> median_s=<s>
-//! gbps=<g>` line per case (for scripts/compare.py) and a table at the end. Without a usable
+//! gbps=<g>` line per case (for scripts/compare.py) and tables at the end. Without a usable
 //! GPU (or kernels that load on it) it prints that it skipped and exits 0 (1 under
 //! `DROPKIT_REQUIRE_CUDA=1`). With the `nvtx` feature each case is an NVTX range named
 //! `gpu_dropout/<op>/<dtype>/<n>`.
@@ -27,12 +46,15 @@
 //! Environment: `DROPKIT_GPU_BENCH_SIZES` (exponents, default `20,24,28`),
 //! `DROPKIT_BENCH_DTYPES` (default `f32,bf16,f16,f64`), `DROPKIT_GPU_BENCH_OPS` (default all),
 //! `DROPKIT_GPU_BENCH_ITERS` (timed batches, default 20), `DROPKIT_GPU_BENCH_WS_MIB`,
-//! `DROPKIT_BENCH_P` (default 0.1). `DROPKIT_GPU_BENCH_PROFILE=1` runs every case once with
-//! no timing, for a profiler (`ncu -k regex:^dropout_ ...` then sees each kernel once per
-//! case; a backward case also launches the forward that makes its state).
+//! `DROPKIT_GPU_BENCH_HIDDEN` (default 4096), `DROPKIT_BENCH_P` (default 0.1).
+//! `DROPKIT_GPU_BENCH_PROFILE=1` runs every case once with no timing, for a profiler (`ncu -k
+//! regex:^dropout_ ...` then sees each kernel once per case; a backward case also launches
+//! the forward that makes its state).
 
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
-use dropkit::functional::{dropout, dropout_backward};
+use dropkit::functional::{
+    bias_dropout_residual, bias_dropout_residual_backward, dropout, dropout_backward,
+};
 use dropkit::{DropoutState, Element, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::error::Error;
@@ -41,7 +63,16 @@ use std::time::Instant;
 
 type Res<T> = Result<T, Box<dyn Error>>;
 
-const OPS: [&str; 5] = ["copy", "fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen"];
+/// The elementwise dropout cases (on flat tensors of n elements).
+const ELEMENTWISE_OPS: [&str; 5] = ["copy", "fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen"];
+/// The fused bias + dropout + residual cases (on (n / H, H) tensors).
+const FUSED_OPS: [&str; 5] = [
+    "fused_fwd_bits",
+    "fused_fwd_regen",
+    "fused_bwd",
+    "threepass_fwd_bits",
+    "threepass_fwd_regen",
+];
 const SEED: u64 = 0x5EED;
 const OFFSET: u64 = 7;
 /// Bytes of each of the two scratch buffers used to keep the stream busy before a batch.
@@ -56,6 +87,8 @@ struct Config {
     max_sets: usize,
     p: f64,
     profile: bool,
+    /// H, the last dimension of the fused cases.
+    hidden: usize,
 }
 
 fn env_list(var: &str, default: &str) -> Vec<String> {
@@ -89,13 +122,16 @@ impl Config {
                 1usize << e
             })
             .collect();
-        let ops = env_list("DROPKIT_GPU_BENCH_OPS", &OPS.join(","));
+        let all: Vec<&str> = ELEMENTWISE_OPS.iter().chain(&FUSED_OPS).copied().collect();
+        let ops = env_list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
         for op in &ops {
             assert!(
-                OPS.contains(&op.as_str()),
-                "unknown op {op:?}; choose from {OPS:?}"
+                all.contains(&op.as_str()),
+                "unknown op {op:?}; choose from {all:?}"
             );
         }
+        let hidden = env_num("DROPKIT_GPU_BENCH_HIDDEN", 4096usize);
+        assert!(hidden > 0, "DROPKIT_GPU_BENCH_HIDDEN must be at least 1");
         Config {
             sizes,
             dtypes: env_list("DROPKIT_BENCH_DTYPES", "f32,bf16,f16,f64"),
@@ -105,11 +141,16 @@ impl Config {
             max_sets: 128,
             p: env_num("DROPKIT_BENCH_P", 0.1f64),
             profile: std::env::var("DROPKIT_GPU_BENCH_PROFILE").is_ok_and(|v| v == "1"),
+            hidden,
         }
     }
 
     fn wants(&self, op: &str) -> bool {
         self.ops.iter().any(|o| o == op)
+    }
+
+    fn wants_any(&self, ops: &[&str]) -> bool {
+        ops.iter().any(|op| self.wants(op))
     }
 }
 
@@ -268,11 +309,70 @@ fn copy_pair<'a, T>(
 fn run_dtype<T: Element>(gpu: &mut Gpu, cfg: &Config, rows: &mut Vec<Row>) {
     let dtype = T::DTYPE.name();
     for &n in &cfg.sizes {
-        if let Err(e) = run_case::<T>(gpu, cfg, n, rows) {
-            println!("# error: dtype={dtype} n={n}: {e}");
-            let _ = gpu.stream.synchronize();
+        if cfg.wants_any(&ELEMENTWISE_OPS) {
+            if let Err(e) = run_case::<T>(gpu, cfg, n, rows) {
+                println!("# error: dtype={dtype} n={n}: {e}");
+                let _ = gpu.stream.synchronize();
+            }
+        }
+        if cfg.wants_any(&FUSED_OPS) {
+            if let Err(e) = run_fused_case::<T>(gpu, cfg, n, rows) {
+                println!("# error: fused dtype={dtype} n={n}: {e}");
+                let _ = gpu.stream.synchronize();
+            }
         }
     }
+}
+
+/// Prints a case's RESULT line and keeps its row (in profile mode: only says it ran).
+fn record(cfg: &Config, rows: &mut Vec<Row>, row: Row) {
+    if cfg.profile {
+        println!(
+            "# profiled once: op={} dtype={} n={}",
+            row.op, row.dtype, row.n
+        );
+        return;
+    }
+    println!(
+        "RESULT impl=dropkit op={} device=cuda dtype={} n={} median_s={:.6e} gbps={:.3}",
+        row.op,
+        row.dtype,
+        row.n,
+        row.median_s,
+        row.gbps()
+    );
+    rows.push(row);
+}
+
+/// Buffer sets of `per_set` bytes each that make a round touch the working set, halved
+/// until `need(sets)` fits in 80% of free memory; `None` (after saying so) if even one
+/// set does not fit.
+fn fit_sets(
+    gpu: &Gpu,
+    cfg: &Config,
+    what: &str,
+    per_set: usize,
+    need: impl Fn(usize) -> usize,
+) -> Res<Option<usize>> {
+    let mut sets = cfg.ws_bytes.div_ceil(per_set).clamp(1, cfg.max_sets);
+    if cfg.profile {
+        sets = 1;
+    }
+    gpu.stream.synchronize()?;
+    let (free, _) = gpu.ctx.mem_get_info()?;
+    let budget = free / 10 * 8;
+    while sets > 1 && need(sets) > budget {
+        sets /= 2;
+    }
+    if need(sets) > budget {
+        println!(
+            "# skipped {what}: needs {:.1} GiB, {:.1} GiB free (80% usable)",
+            need(1) as f64 / (1u64 << 30) as f64,
+            free as f64 / (1u64 << 30) as f64
+        );
+        return Ok(None);
+    }
+    Ok(Some(sets))
 }
 
 fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Row>) -> Res<()> {
@@ -282,25 +382,11 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
     let mask_bytes = 4 * n.div_ceil(32);
     // Sets of inputs (+ a saved mask each) to cover the working set; the outputs of calls
     // in flight and a spare copy destination on top.
-    let mut sets = (cfg.ws_bytes.div_ceil(2 * tensor_bytes)).clamp(1, cfg.max_sets);
-    if cfg.profile {
-        sets = 1;
-    }
     let need = |sets: usize| sets * (tensor_bytes + mask_bytes) + 3 * (tensor_bytes + mask_bytes);
-    gpu.stream.synchronize()?;
-    let (free, _) = gpu.ctx.mem_get_info()?;
-    let budget = free / 10 * 8;
-    while sets > 1 && need(sets) > budget {
-        sets /= 2;
-    }
-    if need(sets) > budget {
-        println!(
-            "# skipped dtype={dtype} n={n}: needs {:.1} GiB, {:.1} GiB free",
-            need(1) as f64 / (1u64 << 30) as f64,
-            free as f64 / (1u64 << 30) as f64
-        );
+    let what = format!("dtype={dtype} n={n}");
+    let Some(sets) = fit_sets(gpu, cfg, &what, 2 * tensor_bytes, need)? else {
         return Ok(());
-    }
+    };
     let batch = sets.max(8);
     let stream = gpu.stream.clone();
     let mut bufs = (0..sets)
@@ -315,10 +401,6 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
     stream.synchronize()?;
 
     let record = |rows: &mut Vec<Row>, op: &'static str, median_s: f64, host_us: f64, bytes| {
-        if cfg.profile {
-            println!("# profiled once: op={op} dtype={dtype} n={n}");
-            return;
-        }
         let row = Row {
             dtype,
             n,
@@ -329,12 +411,7 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
             bytes,
             host_us,
         };
-        println!(
-            "RESULT impl=dropkit op={op} device=cuda dtype={dtype} n={n} median_s={:.6e} gbps={:.3}",
-            row.median_s,
-            row.gbps()
-        );
-        rows.push(row);
+        record(cfg, rows, row);
     };
     let plain = (2 * tensor_bytes) as u64;
     let with_mask = plain + mask_bytes as u64;
@@ -403,6 +480,177 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
     drop(xs);
     stream.synchronize()?;
     Ok(())
+}
+
+/// The fused bias + dropout + residual cases at n = rows * H elements.
+fn run_fused_case<T: Element>(
+    gpu: &mut Gpu,
+    cfg: &Config,
+    n: usize,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    let dtype = T::DTYPE.name();
+    let h = cfg.hidden;
+    if n % h != 0 {
+        println!("# skipped fused dtype={dtype} n={n}: n is not a multiple of H={h}");
+        return Ok(());
+    }
+    let shape = [n / h, h];
+    let elem = std::mem::size_of::<T>();
+    let tensor_bytes = n * elem;
+    let mask_bytes = 4 * n.div_ceil(32);
+    let bias_bytes = h * elem;
+    let threepass = cfg.wants_any(&["threepass_fwd_bits", "threepass_fwd_regen"]);
+    // Per set: x and residual (the gradient of the backward is the set's x). On top: the
+    // outputs of calls in flight (out + mask; dx + dresidual), a shared zero tensor and the
+    // two intermediates of the three-pass reference, and the masks of the backward states.
+    let need = |sets: usize| {
+        sets * (2 * tensor_bytes + mask_bytes)
+            + 4 * (tensor_bytes + mask_bytes)
+            + if threepass { 3 * tensor_bytes } else { 0 }
+            + 2 * bias_bytes
+    };
+    // A call reads x and residual and writes out (or reads grad, writes dx and dresidual).
+    let what = format!("fused dtype={dtype} n={n} (x, residual, out: 3 x {tensor_bytes} B)");
+    let Some(sets) = fit_sets(gpu, cfg, &what, 3 * tensor_bytes, need)? else {
+        return Ok(());
+    };
+    let batch = sets.max(8);
+    let stream = gpu.stream.clone();
+    let tensors = |count: usize| {
+        (0..count)
+            .map(|_| Ok(Tensor::from_cuda_slice(pattern::<T>(&stream, n)?, &shape)?))
+            .collect::<Res<Vec<Tensor<T>>>>()
+    };
+    let (xs, residuals) = (tensors(sets)?, tensors(sets)?);
+    let bias = Tensor::from_cuda_slice(pattern::<T>(&stream, h)?, &[h])?;
+    stream.synchronize()?;
+
+    let (p, pos) = (cfg.p, StreamPos::new(SEED, OFFSET));
+    let fwd_bytes = (3 * tensor_bytes + bias_bytes) as u64;
+    let bytes_for = |mode: MaskMode| {
+        if mode == MaskMode::Bits {
+            fwd_bytes + mask_bytes as u64
+        } else {
+            fwd_bytes
+        }
+    };
+    let row = |op: &'static str, median_s: f64, host_us: f64, bytes: u64| Row {
+        dtype,
+        n,
+        op,
+        sets,
+        batch,
+        median_s,
+        bytes,
+        host_us,
+    };
+
+    for (op, mode) in [
+        ("fused_fwd_bits", MaskMode::Bits),
+        ("fused_fwd_regen", MaskMode::Regenerate),
+    ] {
+        if !cfg.wants(op) {
+            continue;
+        }
+        let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+        let (t, host) = gpu.measure(cfg, batch, |k| {
+            let i = k % sets;
+            let (out, state) =
+                bias_dropout_residual(&xs[i], &bias, &residuals[i], p, true, pos, mode)?;
+            drop((out, state));
+            Ok(())
+        })?;
+        record(cfg, rows, row(op, t, host, bytes_for(mode)));
+    }
+
+    if threepass {
+        // Passes 1 and 3 through the fused kernel in eval mode (nothing dropped, s = 1):
+        // y = x + bias + 0, and out = z + 0 + residual.
+        let zero_residual = Tensor::from_cuda_slice(stream.alloc_zeros::<T>(n)?, &shape)?;
+        let zero_bias = Tensor::from_cuda_slice(stream.alloc_zeros::<T>(h)?, &[h])?;
+        for (op, mode) in [
+            ("threepass_fwd_bits", MaskMode::Bits),
+            ("threepass_fwd_regen", MaskMode::Regenerate),
+        ] {
+            if !cfg.wants(op) {
+                continue;
+            }
+            let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+            let eval = MaskMode::Regenerate;
+            let (t, host) = gpu.measure(cfg, batch, |k| {
+                let i = k % sets;
+                let (y, _) =
+                    bias_dropout_residual(&xs[i], &bias, &zero_residual, p, false, pos, eval)?;
+                let (z, state) = dropout(&y, p, true, pos, mode)?;
+                drop(y);
+                let (out, _) =
+                    bias_dropout_residual(&z, &zero_bias, &residuals[i], p, false, pos, eval)?;
+                drop((z, state, out));
+                Ok(())
+            })?;
+            record(cfg, rows, row(op, t, host, bytes_for(mode)));
+        }
+    }
+
+    if cfg.wants("fused_bwd") {
+        // Each set's bits state; the upstream gradient is the set's x.
+        let states = xs
+            .iter()
+            .zip(&residuals)
+            .map(|(x, r)| Ok(bias_dropout_residual(x, &bias, r, p, true, pos, MaskMode::Bits)?.1))
+            .collect::<Res<Vec<_>>>()?;
+        let _r = nvtx_range(&format!("gpu_dropout/fused_bwd/{dtype}/{n}"));
+        let (t, host) = gpu.measure(cfg, batch, |k| {
+            let grads = bias_dropout_residual_backward(&xs[k % sets], &states[k % sets])?;
+            drop(grads);
+            Ok(())
+        })?;
+        let bytes = (3 * tensor_bytes + mask_bytes + bias_bytes) as u64;
+        record(cfg, rows, row("fused_bwd", t, host, bytes));
+    }
+    drop((xs, residuals, bias));
+    stream.synchronize()?;
+    Ok(())
+}
+
+/// Fused forward against dropkit's own three passes, same dtype, size and mask form.
+fn print_fused_table(rows: &[Row]) {
+    let find = |op: &str, dtype: &str, n: usize| {
+        rows.iter()
+            .find(|r| r.op == op && r.dtype == dtype && r.n == n)
+    };
+    let mut lines = Vec::new();
+    for r in rows.iter().filter(|r| r.op.starts_with("fused_fwd_")) {
+        let form = &r.op["fused_fwd_".len()..];
+        if let Some(three) = find(&format!("threepass_fwd_{form}"), r.dtype, r.n) {
+            lines.push(format!(
+                "| {} | 2^{} | {} | {:.3} ms | {:.3} ms | {:.2} |",
+                r.dtype,
+                r.n.trailing_zeros(),
+                form,
+                r.median_s * 1e3,
+                three.median_s * 1e3,
+                three.median_s / r.median_s
+            ));
+        }
+    }
+    if lines.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "Fused bias + dropout + residual against dropkit's three passes (pass 1 reads one \
+         zero tensor more than a bias add; the 1.5x target is against torch's eager three \
+         passes, see scripts/compare.py):\n"
+    );
+    println!(
+        "| dtype | n | mask | fused | three passes | three/fused |\n\
+         |---|---:|---|---:|---:|---:|"
+    );
+    for l in lines {
+        println!("{l}");
+    }
 }
 
 fn print_table(rows: &[Row]) {
@@ -518,4 +766,5 @@ fn main() {
         }
     }
     print_table(&rows);
+    print_fused_table(&rows);
 }

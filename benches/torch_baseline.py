@@ -13,6 +13,20 @@ Ops (names as printed):
     torch_native_dropout_fwd  torch.native_dropout(x, p, True)            (y and a bool mask)
     torch_native_dropout_bwd  torch.ops.aten.native_dropout_backward(grad, mask, 1/(1-p))
     copy                      y.copy_(x)
+    torch_bias_dropout_residual_3pass
+                              y = x + bias; z = F.dropout(y, p, True); out = residual + z
+                              (three separate kernels, as PyTorch eager runs them), with x
+                              and residual of shape (n / H, H) and bias of shape (H)
+    torch_bias_dropout_residual_bwd
+                              what eager autograd runs for the backward of that sequence:
+                              dx = native_dropout_backward(grad, mask, 1/(1-p)) and
+                              dbias = dx.sum(0); dresidual is grad itself (no copy)
+
+The two bias_dropout_residual ops run by default on cuda only (dropkit's CPU bench has no
+fused cases); name them in --ops to run them on cpu. H is --hidden (default 4096, the GPU
+bench's DROPKIT_GPU_BENCH_HIDDEN default); a size that is not a multiple of H is skipped.
+There is no fused eager PyTorch op for this sequence to compare with; torch.compile could
+fuse it, but it needs a working Inductor/Triton toolchain at run time, so it is left out.
 
 GB/s counts only the bytes that must move (1e9 bytes per GB):
     F.dropout: read x + write y             (torch's CUDA path also writes a mask it drops;
@@ -20,6 +34,11 @@ GB/s counts only the bytes that must move (1e9 bytes per GB):
     native fwd: read x + write y + 1 B/elem mask
     native bwd: read grad + read 1 B/elem mask + write out
     copy: read x + write y
+    bias_dropout_residual_3pass: read x + read residual + write out + read H bias elements:
+        the bytes that dropkit's fused forward (`fused_fwd_regen`) must move, NOT what the
+        three passes move, so its GB/s compares directly with dropkit's fused op
+    bias_dropout_residual_bwd: read grad + write dx + write dresidual + 4 * ceil(n / 32)
+        mask bytes + write H bias-gradient elements: the bytes of dropkit's `fused_bwd`
 
 GPU timing: CUDA events around batches of calls after warm-up; the batch cycles through
 several independent buffer sets so that the working set (default 256 MiB) exceeds L2 and
@@ -57,7 +76,12 @@ DTYPES = {
     "f16": torch.float16,
     "f64": torch.float64,
 }
-OPS = ["torch_F_dropout", "torch_native_dropout_fwd", "torch_native_dropout_bwd", "copy"]
+ELEMENTWISE_OPS = ["torch_F_dropout", "torch_native_dropout_fwd", "torch_native_dropout_bwd",
+                   "copy"]
+FUSED_OPS = ["torch_bias_dropout_residual_3pass", "torch_bias_dropout_residual_bwd"]
+OPS = ELEMENTWISE_OPS + FUSED_OPS
+DEFAULT_OPS = {"cuda": OPS, "cpu": ELEMENTWISE_OPS}
+DEFAULT_HIDDEN = 4096
 DEFAULT_SIZES = {"cuda": "2^16,2^20,2^24,2^28", "cpu": "2^16,2^20,2^24"}
 DEFAULT_ITERS = {"cuda": 50, "cpu": 20}
 DEFAULT_WS_MIB = {"cuda": 256, "cpu": 0}
@@ -86,11 +110,16 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def bytes_moved(op: str, n: int, elem: int) -> int:
+def bytes_moved(op: str, n: int, elem: int, hidden: int = DEFAULT_HIDDEN) -> int:
     if op in ("torch_F_dropout", "copy"):
         return 2 * n * elem
     if op in ("torch_native_dropout_fwd", "torch_native_dropout_bwd"):
         return 2 * n * elem + n
+    # The fused family counts the bytes of dropkit's fused op it stands against.
+    if op == "torch_bias_dropout_residual_3pass":
+        return 3 * n * elem + hidden * elem
+    if op == "torch_bias_dropout_residual_bwd":
+        return 3 * n * elem + 4 * ((n + 31) // 32) + hidden * elem
     raise ValueError(op)
 
 
@@ -115,26 +144,46 @@ def make_call(op: str, sets: list[dict], p: float):
         def call(k):
             s = sets[k % nsets]
             return s["y"].copy_(s["x"])
+    elif op == "torch_bias_dropout_residual_3pass":
+        def call(k):
+            s = sets[k % nsets]
+            y = s["x"] + s["bias"]
+            z = F.dropout(y, p, training=True)
+            return s["residual"] + z
+    elif op == "torch_bias_dropout_residual_bwd":
+        def call(k):
+            s = sets[k % nsets]
+            dx = bwd(s["x"], s["mask"], scale)
+            return dx, dx.sum(0)
     else:
         raise ValueError(op)
     return call
 
 
-def build_sets(op: str, n: int, dtype, device: str, nsets: int, p: float) -> list[dict]:
+def build_sets(op: str, n: int, dtype, device: str, nsets: int, p: float,
+               hidden: int = DEFAULT_HIDDEN) -> list[dict]:
+    def randn(*shape):
+        return torch.randn(*shape, device=device, dtype=torch.float32).to(dtype)
+
+    fused = op in FUSED_OPS
     sets = []
     for _ in range(nsets):
-        x = torch.randn(n, device=device, dtype=torch.float32).to(dtype)
+        # The fused family works on (n / H, H); x is the upstream gradient of the backward.
+        x = randn(n // hidden, hidden) if fused else randn(n)
         s = {"x": x}
         if op == "copy":
             s["y"] = torch.empty_like(x)
-        if op == "torch_native_dropout_bwd":
+        if op in ("torch_native_dropout_bwd", "torch_bias_dropout_residual_bwd"):
             s["mask"] = torch.native_dropout(x, p, True)[1]
+        if op == "torch_bias_dropout_residual_3pass":
+            s["residual"] = randn(n // hidden, hidden)
+            s["bias"] = randn(hidden)
         sets.append(s)
     return sets
 
 
-def n_sets_for(op: str, n: int, elem: int, ws_bytes: int) -> int:
-    per_set = max(1, bytes_moved(op, n, elem))
+def n_sets_for(op: str, n: int, elem: int, ws_bytes: int, hidden: int = DEFAULT_HIDDEN) -> int:
+    per_set = max(1, bytes_moved(op, n, elem, hidden))
     return max(1, min(MAX_BUFFER_SETS, math.ceil(ws_bytes / per_set)))
 
 
@@ -209,8 +258,12 @@ def main() -> int:
                          "(default cuda: 2^16,2^20,2^24,2^28; cpu: 2^16,2^20,2^24)")
     ap.add_argument("--dtypes", default="f32,bf16,f16,f64",
                     help="comma-separated subset of f32,bf16,f16,f64")
-    ap.add_argument("--ops", default=",".join(OPS),
-                    help="comma-separated subset of " + ",".join(OPS))
+    ap.add_argument("--ops", default=None,
+                    help="comma-separated subset of " + ",".join(OPS) + " (default cuda: "
+                         "all; cpu: the four elementwise ones)")
+    ap.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN,
+                    help="H, the last dimension of the bias_dropout_residual ops "
+                         f"(default {DEFAULT_HIDDEN}, as DROPKIT_GPU_BENCH_HIDDEN)")
     ap.add_argument("--p", type=float, default=0.1, help="drop probability (default 0.1)")
     ap.add_argument("--iters", type=int, default=None,
                     help="timed runs per case (cuda: batches, default 50; cpu: calls, "
@@ -232,10 +285,14 @@ def main() -> int:
     for d in dtypes:
         if d not in DTYPES:
             ap.error(f"unknown dtype {d!r}; choose from {','.join(DTYPES)}")
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    ops_arg = args.ops if args.ops is not None else ",".join(DEFAULT_OPS[device])
+    ops = [o.strip() for o in ops_arg.split(",") if o.strip()]
     for o in ops:
         if o not in OPS:
             ap.error(f"unknown op {o!r}; choose from {','.join(OPS)}")
+    if args.hidden < 1:
+        ap.error("--hidden must be >= 1")
+    hidden = args.hidden
     iters = args.iters if args.iters is not None else DEFAULT_ITERS[device]
     if iters < 1:
         ap.error("--iters must be >= 1")
@@ -258,7 +315,7 @@ def main() -> int:
         print(f"# cuda: {torch.version.cuda}, timing: CUDA events, "
               f"{'graph replay' if args.graph else 'eager launches'}")
     print(f"# p={args.p!r} iters={iters} warmup={args.warmup} working_set_mib={ws_mib:g} "
-          f"statistic=median")
+          f"hidden={hidden} statistic=median")
     sys.stdout.flush()
 
     for dname in dtypes:
@@ -266,10 +323,14 @@ def main() -> int:
         elem = torch.empty((), dtype=dtype).element_size()
         for n in sizes:
             for op in ops:
-                nsets = n_sets_for(op, n, elem, ws_bytes) if ws_bytes > 0 else 1
+                if op in FUSED_OPS and n % hidden != 0:
+                    print(f"# skipped op={op} device={device} dtype={dname} n={n}: "
+                          f"n is not a multiple of H={hidden}", flush=True)
+                    continue
+                nsets = n_sets_for(op, n, elem, ws_bytes, hidden) if ws_bytes > 0 else 1
                 sets = None
                 try:
-                    sets = build_sets(op, n, dtype, device, nsets, args.p)
+                    sets = build_sets(op, n, dtype, device, nsets, args.p, hidden)
                     call = make_call(op, sets, args.p)
                     # One untimed probe so unsupported dtype/op combinations fail here.
                     call(0)
@@ -290,7 +351,7 @@ def main() -> int:
                     if device == "cuda":
                         torch.cuda.synchronize()
                         torch.cuda.empty_cache()
-                gbps = bytes_moved(op, n, elem) / med / 1e9 if med > 0 else float("inf")
+                gbps = bytes_moved(op, n, elem, hidden) / med / 1e9 if med > 0 else float("inf")
                 extra = f" # sets={nsets}" + (f" mode={mode}" if mode else "")
                 line = (f"RESULT impl=torch op={op} device={device} dtype={dname} n={n} "
                         f"median_s={med:.6e} gbps={gbps:.3f}")

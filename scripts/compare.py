@@ -15,7 +15,17 @@ device, dtype and n (ours against our copy, torch's against torch's copy). torch
 torch_time / our_time, so > 1 means dropkit is faster. Missing values show '-'.
 
 Op mapping: fwd_bits -> torch_native_dropout_fwd, fwd_regen -> torch_F_dropout,
-bwd_bits and bwd_regen -> torch_native_dropout_bwd.
+bwd_bits and bwd_regen -> torch_native_dropout_bwd; the fused bias + dropout + residual
+forwards fused_fwd_bits and fused_fwd_regen, and dropkit's own three-pass reference
+threepass_fwd_bits / threepass_fwd_regen -> torch_bias_dropout_residual_3pass (PyTorch
+eager: x + bias, F.dropout, residual + z); fused_bwd -> torch_bias_dropout_residual_bwd.
+The fused family's lines on both sides count the bytes the fused op must move, so their
+GB/s compare directly.
+
+After the main table, a device with fused forward results gets a second table for the
+issue's target: the fused forward at least FUSED_TARGET (1.5) times faster than PyTorch's
+eager three passes measured in the same run (torch 3-pass time / fused time), with
+dropkit's own three-pass reference beside it when present.
 
 Usage:
     cargo bench ... | tee ours.txt
@@ -31,13 +41,26 @@ from collections import OrderedDict
 
 OUR_IMPL = "dropkit"
 TORCH_IMPL = "torch"
-OUR_OPS = ["fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen"]
+TORCH_3PASS = "torch_bias_dropout_residual_3pass"
+OUR_OPS = ["fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen",
+           "fused_fwd_bits", "fused_fwd_regen", "threepass_fwd_bits", "threepass_fwd_regen",
+           "fused_bwd"]
 TORCH_FOR = {
     "fwd_bits": "torch_native_dropout_fwd",
     "fwd_regen": "torch_F_dropout",
     "bwd_bits": "torch_native_dropout_bwd",
     "bwd_regen": "torch_native_dropout_bwd",
+    "fused_fwd_bits": TORCH_3PASS,
+    "fused_fwd_regen": TORCH_3PASS,
+    "threepass_fwd_bits": TORCH_3PASS,
+    "threepass_fwd_regen": TORCH_3PASS,
+    "fused_bwd": "torch_bias_dropout_residual_bwd",
 }
+# The fused forwards held to the issue's target, and dropkit's own three passes for each.
+FUSED_FWD = {"fused_fwd_bits": "threepass_fwd_bits", "fused_fwd_regen": "threepass_fwd_regen"}
+FUSED_TARGET = 1.5
+# References that get no "(missing)" row when dropkit did not run them.
+OPTIONAL_OPS = set(FUSED_FWD.values())
 COPY_OP = "copy"
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
 REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")
@@ -152,7 +175,7 @@ def render(results: dict) -> str:
                 ours = results.get((OUR_IMPL, op, device, dtype, n))
                 top = TORCH_FOR[op]
                 theirs = results.get((TORCH_IMPL, top, device, dtype, n))
-                if ours is None and theirs is None:
+                if ours is None and (theirs is None or op in OPTIONAL_OPS):
                     continue
                 o_t = ours["median_s"] if ours else None
                 o_g = ours["gbps"] if ours else None
@@ -169,6 +192,7 @@ def render(results: dict) -> str:
                 rows += 1
         if rows == 0:
             out.append("| - | - | - | - | - | - | - | - | - | - | - |")
+        out.extend(render_fused(results, device, pairs))
         # Copy bandwidth of each impl, the denominator of the % columns.
         copies = [(d, n) for d, n in pairs
                   if (OUR_IMPL, COPY_OP, device, d, n) in results
@@ -185,6 +209,49 @@ def render(results: dict) -> str:
                            f"| {fmt_num(tc['gbps'] if tc else None, '.1f')} |")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def render_fused(results: dict, device: str, pairs) -> list[str]:
+    """The fused forward against PyTorch's eager three passes (the issue's 1.5x target)."""
+    rows = []
+    met = total = 0
+    for dtype, n in pairs:
+        for op, own3 in FUSED_FWD.items():
+            ours = results.get((OUR_IMPL, op, device, dtype, n))
+            if ours is None:
+                continue
+            torch3 = results.get((TORCH_IMPL, TORCH_3PASS, device, dtype, n))
+            mine3 = results.get((OUR_IMPL, own3, device, dtype, n))
+            o_t = ours["median_s"]
+            t_t = torch3["median_s"] if torch3 else None
+            m_t = mine3["median_s"] if mine3 else None
+            ratio = t_t / o_t if (t_t is not None and o_t > 0) else None
+            own_ratio = m_t / o_t if (m_t is not None and o_t > 0) else None
+            if ratio is None:
+                verdict = "-"
+            else:
+                total += 1
+                ok = ratio >= FUSED_TARGET
+                met += ok
+                verdict = "yes" if ok else "**no**"
+            rows.append(
+                f"| {dtype} | {fmt_n(n)} | {op} | {fmt_time(o_t)} | {fmt_time(t_t)} | "
+                f"{fmt_num(ratio, '.2f')} | {verdict} | {fmt_time(m_t)} | "
+                f"{fmt_num(own_ratio, '.2f')} |")
+    if not rows:
+        return []
+    out = ["", f"Fused bias + dropout + residual forward on {device} against three separate "
+               f"passes (target: torch 3-pass / fused >= {FUSED_TARGET}):\n",
+           "| dtype | n | fused op | fused time | torch 3-pass time | torch 3-pass / fused | "
+           f">= {FUSED_TARGET} | dropkit 3-pass time | dropkit 3-pass / fused |",
+           "|---|---:|---|---:|---:|---:|---|---:|---:|"]
+    out.extend(rows)
+    out.append("")
+    if total:
+        out.append(f"Target met in {met} of {total} cases with a torch 3-pass time.")
+    else:
+        out.append(f"No {TORCH_3PASS} results to hold the fused forward to the target.")
+    return out
 
 
 def main() -> int:

@@ -7,8 +7,11 @@
 # Steps, each with its own timeout, continuing after a failure; every exit code goes to
 # $OUT/summary.txt ("skipped" when a tool is missing or the time budget is spent):
 #   nvidia-smi; every test binary (DROPKIT_REQUIRE_CUDA=1: a missing GPU fails); the
-#   quickstart; the GPU bench; torch_baseline.py --device cuda (if torch imports) and
-#   compare.py on both; then, time allowing and the tools present: compute-sanitizer
+#   quickstart; the GPU bench (all ops, the fused bias + dropout + residual cases included);
+#   torch_baseline.py --device cuda (if torch imports; all ops, its eager three-pass
+#   bias + dropout + residual included, with the bench's H) and compare.py on both (its
+#   second table holds the fused forward to the 1.5x target against torch's three passes);
+#   then, time allowing and the tools present: compute-sanitizer
 #   memcheck and racecheck on the *_cuda test binaries (filtered), ncu on a short GPU bench
 #   run, and a short CPU bench with the torch CPU baseline.
 #
@@ -18,6 +21,12 @@
 #   PYTHON              python with torch for the baseline (default python3)
 #   SANITIZER_FILTER    test filters for the sanitizer runs (default: f32, f16, errors)
 #   TORCH_ARGS          extra torch_baseline.py options (default none)
+#   DROPKIT_GPU_BENCH_HIDDEN  H of the fused cases, both benches (default 4096)
+#
+# Memory: the largest fused case, f64 at 2^28 elements, holds x, residual and out (3 x 2 GiB)
+# plus the three-pass reference's intermediates; the GPU bench budgets about 18 GiB for it
+# and torch about 11 GiB, both well inside an 80 GB H100. Where a case does not fit, each
+# bench prints a "# skipped ..." line for it and goes on.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -103,7 +112,8 @@ if "$python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else
     >/dev/null 2>&1; then
     # shellcheck disable=SC2086  # TORCH_ARGS is a list of options
     step torch_baseline_cuda 200 30 "$out/torch-cuda.txt" -- \
-        "$python" "$here/torch_baseline.py" --device cuda ${TORCH_ARGS:-}
+        "$python" "$here/torch_baseline.py" --device cuda \
+        --hidden "${DROPKIT_GPU_BENCH_HIDDEN:-4096}" ${TORCH_ARGS:-}
 else
     skip torch_baseline_cuda "$python cannot import torch with CUDA"
 fi
@@ -134,11 +144,13 @@ else
     skip compute-sanitizer "not found"
 fi
 
-# Nsight Compute on a short GPU bench run: every case once at 2^24 (profile mode), so each
-# dropout kernel of each dtype is profiled (24 launches, the -c bound).
+# Nsight Compute on a short GPU bench run: every elementwise case once at 2^24 (profile
+# mode), so each dropout kernel of each dtype is profiled (24 launches, the -c bound). The
+# op list is pinned: the fused cases also launch dropout_* kernels and would shift the count.
 if ncu="$(find_tool ncu)"; then
     step ncu 150 40 "$out/ncu.log" -- env DROPKIT_GPU_BENCH_PROFILE=1 \
-        DROPKIT_GPU_BENCH_SIZES=24 "$ncu" --clock-control none -k 'regex:^dropout_' -c 24 \
+        DROPKIT_GPU_BENCH_SIZES=24 DROPKIT_GPU_BENCH_OPS=copy,fwd_bits,fwd_regen,bwd_bits,bwd_regen \
+        "$ncu" --clock-control none -k 'regex:^dropout_' -c 24 \
         --export "$out/ncu-gpu_dropout" --force-overwrite "$here/bin/gpu_dropout"
     if [ -f "$out/ncu-gpu_dropout.ncu-rep" ]; then
         step ncu_details 60 10 "$out/ncu-details.txt" -- \
