@@ -83,37 +83,75 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
     }
 }
 
-// out[c] = round_T(sum over r = 0 .. rows-1, in increasing r, of (double)g[r*h + c]), the
-// sum starting from +0.0 and every add rounded in double: a fixed order, so the bias
-// gradient is deterministic (no atomics). One thread per column, grid-stride over columns;
-// neighbouring threads read neighbouring columns (coalesced). Loads are issued 8 rows
-// ahead of the adds for memory parallelism; the add order is unchanged. The thread that
-// writes out[c] is the only one that reads column c, so out may even equal g.
+// The column sum (the bias gradient; docs/spec.md, bias-gradient note). Rows are split
+// into blocks of block_rows consecutive rows (the spec's R = 256, passed by the host so
+// its buffer size and the kernels cannot disagree); partial[b][c] is the f64 sum of
+// column c over block b in increasing row order, and out[c] = round_T(f64 sum of
+// partial[b][c] over b in increasing order), every sum starting from +0.0 and every add
+// rounded in double. The order is fixed by the shape alone, so the result does not depend
+// on the launch shape (no atomics) and the CPU (cpu::family::column_sum) gives the same
+// bits. Two kernels: _partial, a thread per (block, column) pair, then _finish, a thread
+// per column; the host allocates partial (blocks * h doubles, row-major [b][c]).
+
+// Sum of (double)p[k * h] for k = 0 .. n-1 in increasing k, from +0.0. Loads are issued
+// 8 ahead of the adds for memory parallelism; the add order is unchanged. S is T for the
+// rows of g and double for the partial sums.
+template <typename S>
+__device__ __forceinline__ double dk_column_run(const S* p, uint64_t n, uint64_t h) {
+    using D = DkType<S>;
+    double acc = 0.0;
+    uint64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        double v[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) v[j] = D::to_double(p[j * h]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc = __dadd_rn(acc, v[j]);
+        p += 8 * h;
+    }
+    for (; k < n; ++k) {
+        acc = __dadd_rn(acc, D::to_double(*p));
+        p += h;
+    }
+    return acc;
+}
+
+__device__ __forceinline__ uint64_t dk_column_blocks(uint64_t rows, uint64_t block_rows) {
+    return rows / block_rows + (rows % block_rows != 0);
+}
+
+// partial[b * h + c] for every pair t = b * h + c, grid-stride: neighbouring threads take
+// neighbouring columns of one block, so each row's loads are coalesced. One 64-bit
+// division per pair, against block_rows loads.
 template <typename T>
-__device__ __forceinline__ void dk_column_sum(const T* g, T* out, uint64_t rows, uint64_t h) {
-    using D = DkType<T>;
+__device__ __forceinline__ void dk_column_sum_partial(const T* g, double* partial,
+                                                      uint64_t rows, uint64_t h,
+                                                      uint64_t block_rows) {
+    const uint64_t pairs = dk_column_blocks(rows, block_rows) * h;
     const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
-    for (uint64_t c = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; c < h; c += stride) {
-        const T* p = g + c;
-        double acc = 0.0;
-        uint64_t r = 0;
-        for (; r + 8 <= rows; r += 8) {
-            double v[8];
-#pragma unroll
-            for (int k = 0; k < 8; ++k) v[k] = D::to_double(p[k * h]);
-#pragma unroll
-            for (int k = 0; k < 8; ++k) acc = __dadd_rn(acc, v[k]);
-            p += 8 * h;
-        }
-        for (; r < rows; ++r) {
-            acc = __dadd_rn(acc, D::to_double(*p));
-            p += h;
-        }
-        out[c] = D::from_double(acc);
+    for (uint64_t t = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; t < pairs; t += stride) {
+        const uint64_t b = t / h;
+        const uint64_t c = t - b * h;
+        const uint64_t r0 = b * block_rows;
+        const uint64_t n = rows - r0 < block_rows ? rows - r0 : block_rows;
+        partial[t] = dk_column_run(g + r0 * h + c, n, h);
     }
 }
 
-// One exported pair per dtype (names and signatures are the contract with the Rust side).
+// out[c] from the blocks partial sums of column c, a thread per column, grid-stride
+// (coalesced as above). partial is read whole before out is written (stream order), so
+// out may even equal g.
+template <typename T>
+__device__ __forceinline__ void dk_column_sum_finish(const double* partial, T* out,
+                                                     uint64_t blocks, uint64_t h) {
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t c = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; c < h; c += stride) {
+        out[c] = DkType<T>::from_double(dk_column_run(partial + c, blocks, h));
+    }
+}
+
+// The exported kernels of one dtype (names and signatures are the contract with the Rust
+// side).
 #define DK_BDR_KERNELS(SUFFIX, T, C)                                                         \
     extern "C" __global__ void bias_dropout_residual_fwd_##SUFFIX(                           \
         const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,     \
@@ -122,9 +160,13 @@ __device__ __forceinline__ void dk_column_sum(const T* g, T* out, uint64_t rows,
         dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, seed, offset,    \
                                         index_base, threshold, scale);                       \
     }                                                                                        \
-    extern "C" __global__ void column_sum_##SUFFIX(const T* g, T* out, uint64_t rows,        \
-                                                   uint64_t h) {                             \
-        dk_column_sum<T>(g, out, rows, h);                                                   \
+    extern "C" __global__ void column_sum_partial_##SUFFIX(                                  \
+        const T* g, double* partial, uint64_t rows, uint64_t h, uint64_t block_rows) {       \
+        dk_column_sum_partial<T>(g, partial, rows, h, block_rows);                           \
+    }                                                                                        \
+    extern "C" __global__ void column_sum_finish_##SUFFIX(const double* partial, T* out,     \
+                                                          uint64_t blocks, uint64_t h) {     \
+        dk_column_sum_finish<T>(partial, out, blocks, h);                                    \
     }
 
 DK_BDR_KERNELS(f32, float, float)

@@ -7,7 +7,7 @@
 //! (elementwise or one per group), and the factor kept gradients are scaled by. So one
 //! backward, [`dropout_backward`], serves them all.
 
-mod family;
+pub(crate) mod family;
 
 pub(crate) use family::{alpha_train, bias_dropout_residual_run, grouped_train};
 

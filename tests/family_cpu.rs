@@ -354,6 +354,11 @@ fn fused_case<T: Element>(rows: usize, h: usize, p: f64) {
                 "db[{c}] {got} vs {exact}"
             );
         }
+        assert_eq!(
+            bits_of(&db),
+            bits_of(&blocked_column_sum(&dx, rows, h)),
+            "db in the documented blocked order"
+        );
         grads.push((bits_of(&dx), bits_of(&db)));
     }
     assert_eq!(grads[0], grads[1], "both saved forms, same gradients");
@@ -369,6 +374,131 @@ fn fused_bias_dropout_residual_for_every_dtype() {
     }
     // Many rows: the f32 bias gradient stays within 1e-5 of f64.
     fused_case::<f32>(4096, 8, 0.1);
+    // Several row blocks with a partial last one, every dtype.
+    fused_case::<f64>(600, 3, 0.2);
+    fused_case::<bf16>(513, 1, 0.5);
+    fused_case::<f16>(300, 17, 0.1);
+}
+
+/// The bias-gradient order of docs/spec.md written out on its own: blocks of R = 256
+/// consecutive rows, each summed in f64 from +0.0 in increasing row order, the block sums
+/// added in f64 from +0.0 in increasing block order, then one rounding to T.
+fn blocked_column_sum<T: Element>(g: &[T], rows: usize, h: usize) -> Vec<T> {
+    const R: usize = 256;
+    (0..h)
+        .map(|c| {
+            let mut total = 0.0f64;
+            let mut r0 = 0;
+            while r0 < rows {
+                let mut part = 0.0f64;
+                for r in r0..(r0 + R).min(rows) {
+                    part += g[r * h + c].to_compute().to_f64();
+                }
+                total += part;
+                r0 += R;
+            }
+            T::from_f64(total)
+        })
+        .collect()
+}
+
+/// Column data on which the order of the f64 adds shows: a huge value first (small adds
+/// after it are lost or rounded while it is in the sum), mid-sized ones of both signs,
+/// and in some columns the huge value cancelled in the last row. `big` must be exact in T.
+fn order_sensitive<T: Element>(rows: usize, h: usize, big: f64) -> Vec<T> {
+    let small = test_data::<T>(rows * h, 40);
+    (0..rows * h)
+        .map(|i| {
+            let (r, c) = (i / h, i % h);
+            if r == 0 {
+                T::from_f64(if c % 2 == 0 { big } else { -big })
+            } else if r == rows - 1 && c % 3 == 0 {
+                T::from_f64(if c % 2 == 0 { -big } else { big })
+            } else if (r + c) % 5 == 0 {
+                // Above half an ulp of big in f64 (2^7 for 2^60): rounded, not lost.
+                T::from_f64(((r * 7 + c) % 61) as f64 * 37.5 - 1100.0)
+            } else {
+                small[i]
+            }
+        })
+        .collect()
+}
+
+fn column_sum_case<T: Element>(rows: usize, h: usize, g: &[T]) -> usize {
+    let want = blocked_column_sum(g, rows, h);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut out = vec![T::from_f64(7.0); h];
+        pool.install(|| dropkit::cpu::family::column_sum(g, &mut out, h));
+        out
+    };
+    for threads in [1, 2, 5] {
+        assert_eq!(
+            bits_of(&run(threads)),
+            bits_of(&want),
+            "{} rows {rows} h {h} threads {threads}",
+            T::DTYPE
+        );
+    }
+    // Columns where plain row order would give other bits (the data does test the order).
+    (0..h)
+        .filter(|&c| {
+            let row_order: f64 = (0..rows).fold(0.0, |a, r| a + g[r * h + c].to_compute().to_f64());
+            T::from_f64(row_order).to_bits_u64() != want[c].to_bits_u64()
+        })
+        .count()
+}
+
+#[test]
+fn column_sum_is_the_documented_blocked_order() {
+    assert_eq!(
+        dropkit::cpu::family::COLUMN_SUM_BLOCK_ROWS,
+        256,
+        "docs/spec.md's R"
+    );
+    // rows < R, = R, just past R, not a multiple of R, several blocks; h = 1, h across
+    // the CPU's 256-column chunks.
+    let shapes = [
+        (0, 3),
+        (1, 1),
+        (7, 3),
+        (255, 2),
+        (256, 1),
+        (257, 4),
+        (700, 1),
+        (700, 300),
+        (1025, 257),
+    ];
+    let mut differs = [0usize; 3];
+    for (rows, h) in shapes {
+        differs[0] += column_sum_case(rows, h, &order_sensitive::<f32>(rows, h, 2f64.powi(60)));
+        differs[1] += column_sum_case(rows, h, &order_sensitive::<f64>(rows, h, 2f64.powi(60)));
+        differs[2] += column_sum_case(rows, h, &order_sensitive::<bf16>(rows, h, 2f64.powi(60)));
+        // f16 sums of few thousand rows are exact in f64 whatever the order (the exponent
+        // range is 40 bits); this checks the blocking and the one rounding.
+        column_sum_case(rows, h, &order_sensitive::<f16>(rows, h, 32768.0));
+        column_sum_case(rows, h, &test_data::<f32>(rows * h, 41));
+    }
+    assert!(
+        differs.iter().all(|&d| d > 0),
+        "order never mattered: {differs:?}"
+    );
+
+    // One rounding from f64: the exact sums are just above a tie, which rounding through
+    // f32 first would lose (and round to even, down).
+    let tie_f16 = [2048.0, 1.0, 2f64.powi(-24)].map(f16::from_f64);
+    column_sum_case(3, 1, &tie_f16);
+    let mut out = [f16::ZERO];
+    dropkit::cpu::family::column_sum(&tie_f16, &mut out, 1);
+    assert_eq!(out[0].to_f64(), 2050.0);
+    let tie_bf16 = [256.0, 1.0, 2f64.powi(-30)].map(bf16::from_f64);
+    column_sum_case(3, 1, &tie_bf16);
+    let mut out = [bf16::ZERO];
+    dropkit::cpu::family::column_sum(&tie_bf16, &mut out, 1);
+    assert_eq!(out[0].to_f64(), 258.0);
 }
 
 #[test]
@@ -625,4 +755,33 @@ fn family_errors_not_panics() {
         .forward(&t(&[0, 3, 4, 4]))
         .unwrap();
     assert!(y.is_empty());
+}
+
+#[test]
+fn fused_eval_shard_keeps_its_bias_columns() {
+    // A shard starting mid-row (element 3 of rows of 4) pairs its elements with bias
+    // columns 3, 0, 1, ... in eval exactly as the whole tensor does.
+    let (x, bias, res) = (
+        tensor::<f32>(&[12], 1),
+        tensor::<f32>(&[4], 2),
+        tensor::<f32>(&[12], 3),
+    );
+    let mut whole = BiasDropoutResidual::new(0.5).unwrap();
+    whole.eval();
+    let (want, _) = whole
+        .forward(
+            &x.try_clone().unwrap().reshape(&[3, 4]).unwrap(),
+            &bias,
+            &res.try_clone().unwrap().reshape(&[3, 4]).unwrap(),
+        )
+        .unwrap();
+    let (xv, rv) = (x.to_vec().unwrap(), res.to_vec().unwrap());
+    let shard = |v: &[f32]| Tensor::from_vec(v[3..11].to_vec(), &[2, 4]).unwrap();
+    let mut part = BiasDropoutResidual::new(0.5).unwrap().with_index_base(3);
+    part.eval();
+    let (got, _) = part.forward(&shard(&xv), &bias, &shard(&rv)).unwrap();
+    assert_eq!(
+        bits_of(&got.to_vec().unwrap()),
+        bits_of(&want.to_vec().unwrap()[3..11])
+    );
 }

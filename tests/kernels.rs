@@ -23,7 +23,11 @@ fn expected(module: &str) -> BTreeSet<String> {
             k.insert("dropout_mask_bits".into());
             k
         }
-        "bias_dropout_residual" => per_dtype(&["bias_dropout_residual_fwd", "column_sum"]),
+        "bias_dropout_residual" => per_dtype(&[
+            "bias_dropout_residual_fwd",
+            "column_sum_partial",
+            "column_sum_finish",
+        ]),
         other => panic!("unexpected kernel module {other}"),
     }
 }

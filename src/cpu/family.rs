@@ -87,22 +87,55 @@ pub fn bias_dropout_residual<T: Element>(
     );
 }
 
-/// out_c = round_T(sum over rows r, in order, of g[r * h + c]), accumulated in f64: the
-/// bias gradient, deterministic whatever the thread count.
+/// Rows per block of the column sum (docs/spec.md, bias-gradient note): a constant, so the
+/// bias gradient depends on neither the device nor the thread count. The CUDA launch
+/// passes this value to its kernels (src/cuda/ops.rs), so both block the rows alike.
+pub const COLUMN_SUM_BLOCK_ROWS: usize = 256;
+
+/// The bias gradient: with rows split into blocks of [`COLUMN_SUM_BLOCK_ROWS`] consecutive
+/// rows, partial_{b,c} = the f64 sum of g[r * h + c] over the rows of block b in increasing
+/// r, and out_c = round_T(the f64 sum of partial_{b,c} over b in increasing b), every sum
+/// from +0.0. The CUDA kernels do exactly these adds, so both give the same bits.
+///
+/// Tasks are (block, column chunk) tiles writing their own partial sums, then column
+/// chunks adding them up in block order: parallel over rows and columns, and the adds
+/// never depend on how rayon splits the work.
 pub fn column_sum<T: Element>(g: &[T], out: &mut [T], h: usize) {
     use rayon::prelude::*;
+    const R: usize = COLUMN_SUM_BLOCK_ROWS;
     const COLS: usize = 256;
     if h == 0 {
         return;
     }
     let rows = g.len() / h;
-    out.par_chunks_mut(COLS).enumerate().for_each(|(blk, out)| {
-        let c0 = blk * COLS;
+    let blocks = rows.div_ceil(R);
+    // blocks * h doubles: n / 32 bytes for n elements.
+    let mut partial = vec![0f64; blocks * h];
+    partial
+        .par_chunks_mut(h)
+        .enumerate()
+        .for_each(|(b, part_row)| {
+            let block = &g[b * R * h..(rows.min((b + 1) * R)) * h];
+            part_row
+                .par_chunks_mut(COLS)
+                .enumerate()
+                .for_each(|(k, part)| {
+                    let c0 = k * COLS;
+                    let mut acc = [0f64; COLS];
+                    for row in block.chunks_exact(h) {
+                        for (a, &v) in acc.iter_mut().zip(&row[c0..c0 + part.len()]) {
+                            *a += v.to_compute().to_f64();
+                        }
+                    }
+                    part.copy_from_slice(&acc[..part.len()]);
+                });
+        });
+    out.par_chunks_mut(COLS).enumerate().for_each(|(k, out)| {
+        let c0 = k * COLS;
         let mut acc = [0f64; COLS];
-        for r in 0..rows {
-            let row = &g[r * h + c0..r * h + c0 + out.len()];
-            for (a, &v) in acc.iter_mut().zip(row) {
-                *a += v.to_compute().to_f64();
+        for part_row in partial.chunks_exact(h) {
+            for (a, &p) in acc.iter_mut().zip(&part_row[c0..c0 + out.len()]) {
+                *a += p;
             }
         }
         for (o, &a) in out.iter_mut().zip(&acc) {

@@ -356,21 +356,183 @@ pub(crate) fn bias_dropout_residual_forward<T: Element>(
     Ok((out, bits))
 }
 
-/// `column_sum_<T>`: sums of each of the `hidden` columns over all rows, in f64.
+/// `column_sum_partial_<T>` then `column_sum_finish_<T>`: the `hidden` column sums of
+/// `rows` rows at `g_ptr` into `out_ptr` in the blocked order of docs/spec.md (the bias
+/// gradient; the same adds as `cpu::family::column_sum`), through a temporary of
+/// ceil(rows / R) * hidden doubles, freed in stream order after both launches. No host
+/// sync. `out_ptr` may equal `g_ptr`.
+///
+/// # Safety
+/// `g_ptr` must hold `rows * hidden` elements of `T` and `out_ptr` `hidden`, device
+/// addresses in `dev`'s context, usable in stream order on `dev`'s stream.
+pub(crate) unsafe fn queue_column_sum<T: Element>(
+    dev: &CudaDevice,
+    g_ptr: u64,
+    out_ptr: u64,
+    rows: usize,
+    hidden: usize,
+) -> Result<()> {
+    if hidden == 0 {
+        return Ok(());
+    }
+    // R comes from one place, so the buffer size and the kernels' blocking agree.
+    let block_rows = crate::cpu::family::COLUMN_SUM_BLOCK_ROWS;
+    let blocks = rows.div_ceil(block_rows);
+    let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
+    let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
+    let (rows, h, block_rows, blocks) =
+        (rows as u64, hidden as u64, block_rows as u64, blocks as u64);
+    let (f, name) = kernel::<T>(dev, "bias_dropout_residual", "column_sum_partial")?;
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&g_ptr)
+        .arg(&p_ptr)
+        .arg(&rows)
+        .arg(&h)
+        .arg(&block_rows);
+    // One thread per (block, column) pair.
+    launch(dev, args, blocks * h * PER_THREAD, &name)?;
+    let (f, name) = kernel::<T>(dev, "bias_dropout_residual", "column_sum_finish")?;
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&p_ptr).arg(&out_ptr).arg(&blocks).arg(&h);
+    // One thread per column.
+    launch(dev, args, h * PER_THREAD, &name)
+}
+
+/// The bias gradient: the `hidden` column sums of `g` ([`queue_column_sum`]).
 pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result<CudaBuffer<T>> {
     let _range = op_range("column_sum");
     let dev = g.device().clone();
     let mut out = dev.alloc_uninit::<T>(hidden)?;
     if let Some(rows) = g.len().checked_div(hidden) {
-        let (f, name) = kernel::<T>(&dev, "bias_dropout_residual", "column_sum")?;
         let gv = g.view();
         let (g_ptr, _gg) = gv.device_ptr(dev.stream());
         let (o_ptr, _go) = out.device_ptr_mut(dev.stream());
-        let (rows, h) = (rows as u64, hidden as u64);
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&g_ptr).arg(&o_ptr).arg(&rows).arg(&h);
-        // One thread per column.
-        launch(&dev, args, h * PER_THREAD, &name)?;
+        // SAFETY: g's view holds rows * hidden elements and out hidden, on dev's stream;
+        // their guards are held until both launches are queued.
+        unsafe { queue_column_sum::<T>(&dev, g_ptr, o_ptr, rows, hidden)? };
     }
     Ok(CudaBuffer::new(dev, out, 0, hidden))
+}
+
+/// Launches of the rest of the family over device memory that dropkit does not own
+/// (candle's buffers), for `dropkit::candle`, as [`dropout_forward_raw`] is for dropout
+/// (and [`queue_column_sum`] for the bias gradient): raw addresses in, no mask saved, on
+/// `dev`'s stream. They sit next to the launches of dropkit's own tensors so that each
+/// kernel's argument list is written in one file.
+#[cfg(feature = "candle-cuda")]
+pub(crate) mod candle_raw {
+    use super::{
+        grouped_apply, kernel, launch, mask_bits, mask_words, op_range, Affine, CudaDevice,
+        Decisions, DevicePtr, Element, Error, GroupedOp, Probability, PushKernelArg, Result,
+        StreamPos,
+    };
+
+    /// `alpha_dropout_fwd_<T>`: n elements at `x_ptr` to n at `y_ptr`.
+    ///
+    /// # Safety
+    /// `x_ptr` and `y_ptr` must be device addresses in `dev`'s context holding `n` elements
+    /// of `T` each, readable and writable in stream order on `dev`'s stream.
+    pub(crate) unsafe fn alpha_forward<T: Element>(
+        dev: &CudaDevice,
+        x_ptr: u64,
+        y_ptr: u64,
+        n: usize,
+        pos: StreamPos,
+        prob: &Probability,
+        op: Affine<T::Compute>,
+    ) -> Result<()> {
+        let _range = op_range("candle_alpha_dropout_forward");
+        if n == 0 {
+            return Ok(());
+        }
+        let (f, name) = kernel::<T>(dev, "alpha_dropout", "alpha_dropout_fwd")?;
+        let (n, no_bits, threshold) = (n as u64, 0u64, prob.threshold());
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&x_ptr).arg(&y_ptr).arg(&no_bits).arg(&n);
+        args.arg(&pos.seed)
+            .arg(&pos.offset)
+            .arg(&pos.index_base)
+            .arg(&threshold);
+        args.arg(&op.a).arg(&op.b).arg(&op.dropped);
+        launch(dev, args, n, &name)
+    }
+
+    /// Grouped dropout: the decision bits into a small temporary, then
+    /// `grouped_scale_<T>` / `grouped_alpha_<T>` from `x_ptr` to `y_ptr`.
+    ///
+    /// # Safety
+    /// As [`alpha_forward`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn grouped_forward<T: Element>(
+        dev: &CudaDevice,
+        x_ptr: u64,
+        y_ptr: u64,
+        n: usize,
+        pos: StreamPos,
+        prob: &Probability,
+        decisions: Decisions,
+        op: GroupedOp<T::Compute>,
+    ) -> Result<()> {
+        let _range = op_range("candle_grouped_dropout_forward");
+        let Decisions::Grouped {
+            group,
+            lead,
+            first,
+            count,
+        } = decisions
+        else {
+            return Err(Error::StateMismatch(
+                "grouped forward without a grouped layout".into(),
+            ));
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        // Freed in stream order after the launch that reads it.
+        let mut bits = dev.alloc_uninit::<u32>(mask_words(count))?;
+        mask_bits(dev, &mut bits, pos, prob, first, count)?;
+        let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+        grouped_apply::<T>(dev, x_ptr, y_ptr, b_ptr, n as u64, group, lead, op)
+    }
+
+    /// `bias_dropout_residual_fwd_<T>`: `out = residual + dropout(x + bias)` over n
+    /// elements, bias of `hidden` elements.
+    ///
+    /// # Safety
+    /// `x_ptr`, `residual_ptr` and `out_ptr` must be device addresses in `dev`'s context
+    /// holding `n` elements of `T` each and `bias_ptr` `hidden` of them, readable (`out`:
+    /// writable) in stream order on `dev`'s stream; `hidden > 0` when `n > 0`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn bias_dropout_residual_forward<T: Element>(
+        dev: &CudaDevice,
+        x_ptr: u64,
+        bias_ptr: u64,
+        residual_ptr: u64,
+        out_ptr: u64,
+        n: usize,
+        hidden: usize,
+        pos: StreamPos,
+        prob: &Probability,
+        scale: T::Compute,
+    ) -> Result<()> {
+        let _range = op_range("candle_bias_dropout_residual_forward");
+        if n == 0 {
+            return Ok(());
+        }
+        let (f, name) = kernel::<T>(dev, "bias_dropout_residual", "bias_dropout_residual_fwd")?;
+        let (n, h, no_bits, threshold) = (n as u64, hidden as u64, 0u64, prob.threshold());
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&x_ptr)
+            .arg(&bias_ptr)
+            .arg(&residual_ptr)
+            .arg(&out_ptr)
+            .arg(&no_bits);
+        args.arg(&n)
+            .arg(&h)
+            .arg(&pos.seed)
+            .arg(&pos.offset)
+            .arg(&pos.index_base);
+        args.arg(&threshold).arg(&scale);
+        launch(dev, args, n, &name)
+    }
 }

@@ -17,7 +17,7 @@ use crate::tensor::{Storage, Tensor};
 pub const SELU_ALPHA_PRIME: f64 = -1.758_099_340_847_376_6;
 
 /// AlphaDropout's a and b for a probability, in f64.
-fn alpha_coefficients(prob: &Probability) -> (f64, f64) {
+pub(crate) fn alpha_coefficients(prob: &Probability) -> (f64, f64) {
     if prob.drops_all() {
         // Everything is dropped: outputs and gradients are +0 (SPEC section 2), which
         // a = b = 0 gives (0 * A + 0 = +0) where the formula would give inf - inf.
@@ -31,7 +31,7 @@ fn alpha_coefficients(prob: &Probability) -> (f64, f64) {
 }
 
 /// a, b and the dropped value a*A + b, rounded to the compute type of `T`.
-fn alpha_op<T: Element>(prob: &Probability) -> Affine<T::Compute> {
+pub(crate) fn alpha_op<T: Element>(prob: &Probability) -> Affine<T::Compute> {
     let (a, b) = alpha_coefficients(prob);
     let (a, b) = (to_compute_f64::<T>(a), to_compute_f64::<T>(b));
     let dropped = to_compute_f64::<T>(SELU_ALPHA_PRIME).mul(a).add(b);

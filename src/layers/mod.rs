@@ -3,7 +3,7 @@
 //! backward needs.
 
 mod alpha;
-mod channel;
+pub(crate) mod channel;
 mod drop_path;
 mod dropout;
 mod residual;

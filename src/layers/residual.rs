@@ -70,7 +70,8 @@ impl BiasDropoutResidual {
         let pos = if core.training {
             core.next_pos()
         } else {
-            crate::StreamPos::new(0, 0)
+            // No offset taken, but a shard still needs its place for the bias column.
+            crate::StreamPos::new(0, 0).with_index_base(core.index_base)
         };
         bias_dropout_residual_run(x, bias, residual, &core.prob, core.training, pos, core.mode)
     }

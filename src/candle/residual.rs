@@ -1,0 +1,337 @@
+//! The fused `out = residual + dropout(x + bias)` for candle tensors (SPEC section 6), as a
+//! candle `CustomOp3` with the three gradients.
+//!
+//! Not a `candle_nn::ModuleT`: that trait's `forward_t(&self, xs, train)` takes one tensor
+//! and this layer needs three (x, bias, residual). Packing them into one tensor would cost
+//! the copies the fusion exists to avoid, and making bias a field would tie the layer to
+//! one parameter; so [`BiasDropoutResidual::forward_t`] takes the three with the same
+//! `train` flag, and callers wrap it in their own module where one is wanted.
+
+use super::op::{Grouping, Kept, MaskOp};
+use super::{
+    candle_layer, check_dtype, contiguous_range, dropkit_dtype, to_candle_error, unsupported_dtype,
+};
+use crate::cpu;
+use crate::element::{to_compute_f64, Element};
+use crate::error::Error;
+use crate::functional::{check_index_range, StreamPos};
+use crate::layers::LayerCore;
+use crate::mask::Probability;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
+
+const OP: &str = "bias_dropout_residual";
+
+/// Fused bias + dropout + residual add for candle tensors, the candle form of
+/// [`crate::BiasDropoutResidual`]: x and residual of shape (..., H), bias of shape (H).
+/// In training, `out = residual + dropout(x + bias)` with one offset per call; with
+/// `train = false`, `out = residual + (x + bias)` with the same roundings (no offset).
+///
+/// Under candle's autograd, `loss.backward()` gives dx (the upstream gradient through the
+/// same mask and scale), dbias (the column sums of dx, accumulated in f64 in dropkit's
+/// fixed order and rounded once: deterministic, and the same bits as dropkit's own bias
+/// gradient) and dresidual (the upstream gradient).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor, Var};
+/// use dropkit::{candle::BiasDropoutResidual, Generator};
+/// use std::sync::Arc;
+///
+/// let layer = BiasDropoutResidual::new(0.1)?.with_generator(Arc::new(Generator::new(9)));
+/// let x = Var::ones((4, 8), DType::F32, &Device::Cpu)?;
+/// let bias = Var::ones(8, DType::F32, &Device::Cpu)?;
+/// let residual = Tensor::zeros((4, 8), DType::F32, &Device::Cpu)?;
+/// let out = layer.forward_t(&x, &bias, &residual, true)?;
+/// let grads = out.sum_all()?.backward()?;
+/// // The bias gradient sums the kept rows of each column, scaled by 1/q.
+/// let kept = out.flatten_all()?.to_vec1::<f32>()?.iter().filter(|&&v| v != 0.0).count();
+/// let total: f32 = grads.get(&bias).unwrap().to_vec1::<f32>()?.iter().sum();
+/// assert!((total - kept as f32 / 0.9).abs() < 1e-3);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct BiasDropoutResidual {
+    core: LayerCore,
+}
+
+candle_layer!(BiasDropoutResidual);
+
+impl BiasDropoutResidual {
+    /// `residual + dropout(x + bias)` in training, `residual + (x + bias)` otherwise. Bad
+    /// shapes, dtypes or devices are refused before an offset is taken.
+    pub fn forward_t(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> candle_core::Result<Tensor> {
+        check_fused(x, bias, residual, self.core.index_base)?;
+        // Eval calls take no offset (SPEC section 5).
+        let pos = if train {
+            self.core.next_pos()
+        } else {
+            // No offset taken, but a shard still needs its place for the bias column.
+            StreamPos::new(0, 0).with_index_base(self.core.index_base)
+        };
+        FusedOp::new(self.core.prob, train, pos)?.apply(x, bias, residual)
+    }
+}
+
+/// The stateless form, like [`crate::functional::bias_dropout_residual`]: the caller gives
+/// (seed, offset) in `pos`.
+pub fn bias_dropout_residual(
+    x: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+) -> candle_core::Result<Tensor> {
+    let prob = Probability::new(p).map_err(to_candle_error)?;
+    check_fused(x, bias, residual, pos.index_base)?;
+    FusedOp::new(prob, training, pos)?.apply(x, bias, residual)
+}
+
+/// dropkit's checks of the fused layer, with its messages: residual shaped like x, x of
+/// rank 1 or more, bias of shape (H); plus one dtype (of the four) and one device.
+fn check_fused(
+    x: &Tensor,
+    bias: &Tensor,
+    residual: &Tensor,
+    index_base: u64,
+) -> candle_core::Result<()> {
+    let expected = check_dtype(x.dtype())?;
+    for t in [bias, residual] {
+        let got = check_dtype(t.dtype())?;
+        if got != expected {
+            let e = Error::DTypeMismatch {
+                op: OP,
+                expected,
+                got,
+            };
+            return Err(to_candle_error(e));
+        }
+    }
+    for (t, what) in [(bias, "bias"), (residual, "residual")] {
+        if !x.device().same_device(t.device()) {
+            return Err(to_candle_error(Error::DeviceMismatch {
+                op: OP,
+                expected: format!("{:?} (x)", x.device().location()),
+                got: format!("{:?} ({what})", t.device().location()),
+            }));
+        }
+    }
+    if residual.dims() != x.dims() {
+        return Err(to_candle_error(Error::ShapeMismatch {
+            op: OP,
+            expected: x.dims().to_vec(),
+            got: residual.dims().to_vec(),
+        }));
+    }
+    let Some(&hidden) = x.dims().last() else {
+        return Err(to_candle_error(Error::InvalidShape {
+            op: OP,
+            shape: x.dims().to_vec(),
+            reason: "x must have at least one dimension (the hidden size H)".into(),
+        }));
+    };
+    if bias.dims() != [hidden] {
+        return Err(to_candle_error(Error::ShapeMismatch {
+            op: OP,
+            expected: vec![hidden],
+            got: bias.dims().to_vec(),
+        }));
+    }
+    check_index_range(index_base, x.elem_count()).map_err(to_candle_error)
+}
+
+/// One call of the fused layer. In eval the probability is 0 and s = 1, so the same
+/// arithmetic runs with nothing dropped (z * 1 = z exactly), as in dropkit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedOp {
+    pub(super) prob: Probability,
+    pub(super) pos: StreamPos,
+    training: bool,
+}
+
+impl FusedOp {
+    fn new(prob: Probability, training: bool, pos: StreamPos) -> candle_core::Result<Self> {
+        let prob = if training {
+            prob
+        } else {
+            Probability::new(0.0).map_err(to_candle_error)?
+        };
+        Ok(Self {
+            prob,
+            pos,
+            training,
+        })
+    }
+
+    /// Inputs are made contiguous first (differentiable copies when they are views), so
+    /// element i of x and residual meets decision i and bias column i mod H.
+    fn apply(self, x: &Tensor, bias: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?
+            .apply_op3(&bias.contiguous()?, &residual.contiguous()?, self)
+    }
+
+    fn cpu<T: Element>(&self, x: &[T], bias: &[T], residual: &[T]) -> Vec<T> {
+        let scale = to_compute_f64::<T>(self.prob.scale_f64());
+        let mut out = vec![T::ZERO; x.len()];
+        let res = cpu::Source::Slice(residual);
+        cpu::family::bias_dropout_residual(
+            x, bias, res, &mut out, None, self.pos, &self.prob, scale,
+        );
+        out
+    }
+}
+
+/// The error for three storages that do not share one of the four dtypes (the checks
+/// before the op make this unreachable for callers of the public API).
+pub(super) fn fused_dtype_error(dtypes: [candle_core::DType; 3]) -> candle_core::Error {
+    match dtypes.map(dropkit_dtype) {
+        [Some(expected), Some(a), Some(b)] => {
+            let got = if a != expected { a } else { b };
+            to_candle_error(Error::DTypeMismatch {
+                op: OP,
+                expected,
+                got,
+            })
+        }
+        _ => {
+            let bad = dtypes.into_iter().find(|d| dropkit_dtype(*d).is_none());
+            unsupported_dtype(bad.unwrap_or(dtypes[0]))
+        }
+    }
+}
+
+impl CustomOp3 for FusedOp {
+    fn name(&self) -> &'static str {
+        "dropkit-bias-dropout-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let ((x0, x1), (b0, b1), (r0, r1)) = (
+            contiguous_range(l1)?,
+            contiguous_range(l2)?,
+            contiguous_range(l3)?,
+        );
+        use CpuStorage as S;
+        let out = match (s1, s2, s3) {
+            (S::F32(x), S::F32(b), S::F32(r)) => {
+                S::F32(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
+            }
+            (S::F64(x), S::F64(b), S::F64(r)) => {
+                S::F64(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
+            }
+            (S::F16(x), S::F16(b), S::F16(r)) => {
+                S::F16(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
+            }
+            (S::BF16(x), S::BF16(b), S::BF16(r)) => {
+                S::BF16(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
+            }
+            _ => return Err(fused_dtype_error([s1.dtype(), s2.dtype(), s3.dtype()])),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::fused_forward(self, [(s1, l1), (s2, l2), (s3, l3)])
+    }
+
+    /// dx = the upstream gradient through the same mask and scale (regenerated); dbias =
+    /// column sums of dx; dresidual = the upstream gradient. As dropkit's
+    /// `bias_dropout_residual_backward`, bit for bit.
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        bias: &Tensor,
+        _residual: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dx = if self.training {
+            let kept = Kept::Scale(self.prob.scale_f64());
+            MaskOp::new(
+                "dropkit-bias-dropout-residual-bwd",
+                self.prob,
+                self.pos,
+                Grouping::Elementwise,
+                kept,
+            )
+            .apply(grad_res)?
+        } else {
+            // Eval: the dropout was the identity, so is its gradient.
+            grad_res.contiguous()?
+        };
+        let hidden = bias.elem_count();
+        let dbias = dx.apply_op1_no_bwd(&ColumnSum { hidden })?;
+        Ok((Some(dx), Some(dbias), Some(grad_res.clone())))
+    }
+}
+
+/// out_c = the sum over rows of g[r * hidden + c], accumulated in f64 in dropkit's fixed
+/// order and rounded once: the bias gradient (dropkit's own column sum on either device,
+/// so the bits match). Applied without a backward of its own (it only ever runs inside a
+/// backward).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ColumnSum {
+    pub(crate) hidden: usize,
+}
+
+impl ColumnSum {
+    fn cpu<T: Element>(&self, g: &[T]) -> Vec<T> {
+        let mut out = vec![T::ZERO; self.hidden];
+        cpu::family::column_sum(g, &mut out, self.hidden);
+        out
+    }
+}
+
+impl CustomOp1 for ColumnSum {
+    fn name(&self) -> &'static str {
+        "dropkit-column-sum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = contiguous_range(layout)?;
+        let out = match storage {
+            CpuStorage::F32(v) => CpuStorage::F32(self.cpu(&v[start..end])),
+            CpuStorage::F64(v) => CpuStorage::F64(self.cpu(&v[start..end])),
+            CpuStorage::F16(v) => CpuStorage::F16(self.cpu(&v[start..end])),
+            CpuStorage::BF16(v) => CpuStorage::BF16(self.cpu(&v[start..end])),
+            other => return Err(unsupported_dtype(other.dtype())),
+        };
+        Ok((out, Shape::from(self.hidden)))
+    }
+
+    #[cfg(feature = "candle-cuda")]
+    fn cuda_fwd(
+        &self,
+        storage: &candle_core::CudaStorage,
+        layout: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::column_sum(self.hidden, storage, layout)
+    }
+}
