@@ -141,7 +141,7 @@ fn family_parity<T: Element>(dev: &Device) {
                     bits_of(&g),
                     "dres {label}"
                 );
-                // Both sum dx in f64 in row order and round once: the same bits here too.
+                // Both sum dx in f64 in the same blocked order and round once: the same bits too.
                 assert_eq!(
                     bits_of(&gg.bias.to_vec().unwrap()),
                     bits_of(&gc.bias.to_vec().unwrap()),

@@ -187,7 +187,8 @@ pub struct BiasDropoutResidualGrads<T: Element> {
     /// d out / d residual: the upstream gradient itself.
     pub residual: Tensor<T>,
     /// d out / d bias: the column sums of `x`'s gradient over all rows, accumulated in f64
-    /// in row order (deterministic; not part of the bit-exact contract).
+    /// in fixed blocks of rows (deterministic, the same bits on CPU and CUDA; outside the
+    /// bit-exact contract of the spec, see docs/spec.md).
     pub bias: Tensor<T>,
 }
 
