@@ -345,7 +345,7 @@ pub(crate) fn run_forward<T: Element, M>(
     let (storage, mask) = match x {
         Operand::Input(t) => match &t.storage {
             Storage::Cpu(xs) => {
-                let mut y = T::zeroed_vec(xs.len());
+                let mut y = cpu::alloc_output::<T>(xs.len());
                 let mask = cpu(cpu::Source::Slice(xs), &mut y)?;
                 (Some(Storage::Cpu(y)), mask)
             }
@@ -385,7 +385,7 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
     let storage = match (&grad.storage, &state.saved) {
         (_, Saved::Identity) => return grad.try_clone(),
         (Storage::Cpu(g), saved) => {
-            let mut dx = T::zeroed_vec(n);
+            let mut dx = cpu::alloc_output::<T>(n);
             let src = cpu::Source::Slice(g);
             match (saved, state.decisions) {
                 (Saved::Regenerate(pos), Decisions::Elementwise) => {
