@@ -131,20 +131,35 @@ pub(crate) fn alpha_forward<T: Element>(
     let dev = x.device().clone();
     let n = x.len() as u64;
     let mut bits = alloc_bits(&dev, x.len(), mode)?;
-    let (f, name) = kernel::<T>(&dev, "alpha_dropout", "alpha_dropout_fwd")?;
     let y = x.launch_io(|x_ptr, y_ptr| {
         let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
-        let threshold = prob.threshold();
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&x_ptr).arg(&y_ptr).arg(&b_ptr).arg(&n);
-        args.arg(&pos.seed)
-            .arg(&pos.offset)
-            .arg(&pos.index_base)
-            .arg(&threshold);
-        args.arg(&op.a).arg(&op.b).arg(&op.dropped);
-        launch(&dev, args, n, &name)
+        launch_alpha_fwd::<T>(&dev, x_ptr, y_ptr, b_ptr, n, pos, prob, op)
     })?;
     Ok((y, bits))
+}
+
+/// Queues `alpha_dropout_fwd_<T>` on raw device addresses (`bits_ptr` 0: no mask written).
+#[allow(clippy::too_many_arguments)]
+fn launch_alpha_fwd<T: Element>(
+    dev: &CudaDevice,
+    x_ptr: u64,
+    y_ptr: u64,
+    bits_ptr: u64,
+    n: u64,
+    pos: StreamPos,
+    prob: &Probability,
+    op: Affine<T::Compute>,
+) -> Result<()> {
+    let (f, name) = kernel::<T>(dev, "alpha_dropout", "alpha_dropout_fwd")?;
+    let threshold = prob.threshold();
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&x_ptr).arg(&y_ptr).arg(&bits_ptr).arg(&n);
+    args.arg(&pos.seed)
+        .arg(&pos.offset)
+        .arg(&pos.index_base)
+        .arg(&threshold);
+    args.arg(&op.a).arg(&op.b).arg(&op.dropped);
+    launch(dev, args, n, &name)
 }
 
 /// What a grouped kernel does to kept elements.
@@ -229,6 +244,37 @@ pub(crate) fn grouped_forward<T: Element>(
     mode: MaskMode,
 ) -> Result<Forward<T>> {
     let _range = op_range("grouped_dropout_forward");
+    let dev = x.device().clone();
+    let n = x.len() as u64;
+    let mut bits = None;
+    let y = x.launch_io(|x_ptr, y_ptr| {
+        bits = Some(queue_grouped::<T>(
+            &dev, x_ptr, y_ptr, n, pos, prob, decisions, op,
+        )?);
+        Ok(())
+    })?;
+    match (mode, bits) {
+        (MaskMode::Bits, Some(bits)) => Ok((y, Some(bits))),
+        // Empty input: no launch, an empty mask.
+        (MaskMode::Bits, None) => Ok((y, Some(dev.alloc_uninit::<u32>(0)?))),
+        (MaskMode::Regenerate, _) => Ok((y, None)),
+    }
+}
+
+/// Queues the decision mask (`dropout_mask_bits`, count / 8 bytes) and the grouped pass
+/// from `x_ptr` to `y_ptr` (n elements); returns the mask (freed in stream order if
+/// dropped).
+#[allow(clippy::too_many_arguments)]
+fn queue_grouped<T: Element>(
+    dev: &CudaDevice,
+    x_ptr: u64,
+    y_ptr: u64,
+    n: u64,
+    pos: StreamPos,
+    prob: &Probability,
+    decisions: Decisions,
+    op: GroupedOp<T::Compute>,
+) -> Result<CudaSlice<u32>> {
     let Decisions::Grouped {
         group,
         lead,
@@ -240,16 +286,12 @@ pub(crate) fn grouped_forward<T: Element>(
             "grouped forward without a grouped layout".into(),
         ));
     };
-    let dev = x.device().clone();
-    let n = x.len() as u64;
-    // The decision mask is needed either way; it is small (count / 8 bytes).
     let mut bits = dev.alloc_uninit::<u32>(mask_words(count))?;
-    mask_bits(&dev, &mut bits, pos, prob, first, count)?;
-    let y = x.launch_io(|x_ptr, y_ptr| {
-        let (b_ptr, _guard) = bits.device_ptr(dev.stream());
-        grouped_apply::<T>(&dev, x_ptr, y_ptr, b_ptr, n, group, lead, op)
-    })?;
-    Ok((y, (mode == MaskMode::Bits).then_some(bits)))
+    mask_bits(dev, &mut bits, pos, prob, first, count)?;
+    let (b_ptr, guard) = bits.device_ptr(dev.stream());
+    grouped_apply::<T>(dev, x_ptr, y_ptr, b_ptr, n, group, lead, op)?;
+    drop(guard);
+    Ok(bits)
 }
 
 /// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
@@ -332,28 +374,43 @@ pub(crate) fn bias_dropout_residual_forward<T: Element>(
     let dev = residual.device().clone();
     let n = residual.len() as u64;
     let mut bits = alloc_bits(&dev, residual.len(), mode)?;
-    let (f, name) = kernel::<T>(&dev, "bias_dropout_residual", "bias_dropout_residual_fwd")?;
     let out = residual.launch_io(|r_ptr, out_ptr| {
         let (xv, bv) = (xb.view(), bb.view());
         let (x_ptr, _gx) = xv.device_ptr(dev.stream());
         let (bias_ptr, _gb) = bv.device_ptr(dev.stream());
         let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
-        let (h, threshold) = (hidden as u64, prob.threshold());
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&x_ptr)
-            .arg(&bias_ptr)
-            .arg(&r_ptr)
-            .arg(&out_ptr)
-            .arg(&b_ptr);
-        args.arg(&n)
-            .arg(&h)
-            .arg(&pos.seed)
-            .arg(&pos.offset)
-            .arg(&pos.index_base);
-        args.arg(&threshold).arg(&scale);
-        launch(&dev, args, n, &name)
+        let ptrs = [x_ptr, bias_ptr, r_ptr, out_ptr, b_ptr];
+        launch_bias_dropout_residual_fwd::<T>(&dev, ptrs, n, hidden, pos, prob, scale)
     })?;
     Ok((out, bits))
+}
+
+/// Queues `bias_dropout_residual_fwd_<T>` on raw device addresses `[x, bias, residual,
+/// out, bits]` (bits 0: no mask written).
+fn launch_bias_dropout_residual_fwd<T: Element>(
+    dev: &CudaDevice,
+    [x_ptr, bias_ptr, r_ptr, out_ptr, bits_ptr]: [u64; 5],
+    n: u64,
+    hidden: usize,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+) -> Result<()> {
+    let (f, name) = kernel::<T>(dev, "bias_dropout_residual", "bias_dropout_residual_fwd")?;
+    let (h, threshold) = (hidden as u64, prob.threshold());
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&x_ptr)
+        .arg(&bias_ptr)
+        .arg(&r_ptr)
+        .arg(&out_ptr)
+        .arg(&bits_ptr);
+    args.arg(&n)
+        .arg(&h)
+        .arg(&pos.seed)
+        .arg(&pos.offset)
+        .arg(&pos.index_base);
+    args.arg(&threshold).arg(&scale);
+    launch(dev, args, n, &name)
 }
 
 /// `column_sum_partial_<T>` then `column_sum_finish_<T>`: the `hidden` column sums of
@@ -417,14 +474,12 @@ pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result
 /// Launches of the rest of the family over device memory that dropkit does not own
 /// (candle's buffers), for `dropkit::candle`, as [`dropout_forward_raw`] is for dropout
 /// (and [`queue_column_sum`] for the bias gradient): raw addresses in, no mask saved, on
-/// `dev`'s stream. They sit next to the launches of dropkit's own tensors so that each
-/// kernel's argument list is written in one file.
+/// `dev`'s stream, through the same launchers as dropkit's own tensors.
 #[cfg(feature = "candle-cuda")]
 pub(crate) mod candle_raw {
     use super::{
-        grouped_apply, kernel, launch, mask_bits, mask_words, op_range, Affine, CudaDevice,
-        Decisions, DevicePtr, Element, Error, GroupedOp, Probability, PushKernelArg, Result,
-        StreamPos,
+        launch_alpha_fwd, launch_bias_dropout_residual_fwd, op_range, queue_grouped, Affine,
+        CudaDevice, Decisions, Element, GroupedOp, Probability, Result, StreamPos,
     };
 
     /// `alpha_dropout_fwd_<T>`: n elements at `x_ptr` to n at `y_ptr`.
@@ -432,6 +487,7 @@ pub(crate) mod candle_raw {
     /// # Safety
     /// `x_ptr` and `y_ptr` must be device addresses in `dev`'s context holding `n` elements
     /// of `T` each, readable and writable in stream order on `dev`'s stream.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn alpha_forward<T: Element>(
         dev: &CudaDevice,
         x_ptr: u64,
@@ -445,20 +501,11 @@ pub(crate) mod candle_raw {
         if n == 0 {
             return Ok(());
         }
-        let (f, name) = kernel::<T>(dev, "alpha_dropout", "alpha_dropout_fwd")?;
-        let (n, no_bits, threshold) = (n as u64, 0u64, prob.threshold());
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&x_ptr).arg(&y_ptr).arg(&no_bits).arg(&n);
-        args.arg(&pos.seed)
-            .arg(&pos.offset)
-            .arg(&pos.index_base)
-            .arg(&threshold);
-        args.arg(&op.a).arg(&op.b).arg(&op.dropped);
-        launch(dev, args, n, &name)
+        launch_alpha_fwd::<T>(dev, x_ptr, y_ptr, 0, n as u64, pos, prob, op)
     }
 
-    /// Grouped dropout: the decision bits into a small temporary, then
-    /// `grouped_scale_<T>` / `grouped_alpha_<T>` from `x_ptr` to `y_ptr`.
+    /// Grouped dropout: the decision bits into a small temporary (freed in stream order),
+    /// then `grouped_scale_<T>` / `grouped_alpha_<T>` from `x_ptr` to `y_ptr`.
     ///
     /// # Safety
     /// As [`alpha_forward`].
@@ -474,25 +521,10 @@ pub(crate) mod candle_raw {
         op: GroupedOp<T::Compute>,
     ) -> Result<()> {
         let _range = op_range("candle_grouped_dropout_forward");
-        let Decisions::Grouped {
-            group,
-            lead,
-            first,
-            count,
-        } = decisions
-        else {
-            return Err(Error::StateMismatch(
-                "grouped forward without a grouped layout".into(),
-            ));
-        };
         if n == 0 {
             return Ok(());
         }
-        // Freed in stream order after the launch that reads it.
-        let mut bits = dev.alloc_uninit::<u32>(mask_words(count))?;
-        mask_bits(dev, &mut bits, pos, prob, first, count)?;
-        let (b_ptr, _guard) = bits.device_ptr(dev.stream());
-        grouped_apply::<T>(dev, x_ptr, y_ptr, b_ptr, n as u64, group, lead, op)
+        queue_grouped::<T>(dev, x_ptr, y_ptr, n as u64, pos, prob, decisions, op).map(drop)
     }
 
     /// `bias_dropout_residual_fwd_<T>`: `out = residual + dropout(x + bias)` over n
@@ -519,20 +551,7 @@ pub(crate) mod candle_raw {
         if n == 0 {
             return Ok(());
         }
-        let (f, name) = kernel::<T>(dev, "bias_dropout_residual", "bias_dropout_residual_fwd")?;
-        let (n, h, no_bits, threshold) = (n as u64, hidden as u64, 0u64, prob.threshold());
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&x_ptr)
-            .arg(&bias_ptr)
-            .arg(&residual_ptr)
-            .arg(&out_ptr)
-            .arg(&no_bits);
-        args.arg(&n)
-            .arg(&h)
-            .arg(&pos.seed)
-            .arg(&pos.offset)
-            .arg(&pos.index_base);
-        args.arg(&threshold).arg(&scale);
-        launch(dev, args, n, &name)
+        let ptrs = [x_ptr, bias_ptr, residual_ptr, out_ptr, 0];
+        launch_bias_dropout_residual_fwd::<T>(dev, ptrs, n as u64, hidden, pos, prob, scale)
     }
 }
