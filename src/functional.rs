@@ -297,30 +297,53 @@ pub(crate) fn dropout_train<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> TrainResult<T> {
+    let scale = to_compute_f64::<T>(prob.scale_f64());
+    elementwise_train(
+        x,
+        prob,
+        pos,
+        mode,
+        cpu::Scale(scale),
+        prob.scale_f64(),
+        #[cfg(feature = "cuda")]
+        |xc| crate::cuda::ops::dropout_forward(xc, pos, prob, scale, mode),
+    )
+}
+
+/// A training forward with elementwise decisions (Dropout, AlphaDropout): `op` is what the
+/// CPU does to kept elements, `cuda` launches the matching kernel, and kept gradients are
+/// scaled by `grad_scale` in backward.
+#[allow(clippy::type_complexity)]
+pub(crate) fn elementwise_train<T: Element, K: cpu::KeptOp<T::Compute>>(
+    x: Operand<'_, T>,
+    prob: &Probability,
+    pos: StreamPos,
+    mode: MaskMode,
+    op: K,
+    grad_scale: f64,
+    #[cfg(feature = "cuda")] cuda: impl FnOnce(
+        crate::cuda::CudaOperand<'_, T>,
+    ) -> Result<(
+        Option<crate::cuda::CudaBuffer<T>>,
+        Option<cudarc::driver::CudaSlice<u32>>,
+    )>,
+) -> TrainResult<T> {
     let n = x.tensor().len();
     check_index_range(pos.index_base, n)?;
-    let scale = to_compute_f64::<T>(prob.scale_f64());
     let (out, mask) = run_forward(
         x,
         |src, y| {
             let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(n)]);
-            cpu::dropout::forward(src, y, bits.as_deref_mut(), pos, prob, scale);
+            cpu::dropout::forward_with(src, y, bits.as_deref_mut(), pos, prob, op);
             Ok(bits.map(MaskBuffer::Cpu))
         },
         #[cfg(feature = "cuda")]
         |xc| {
-            let (y, bits) = crate::cuda::ops::dropout_forward(xc, pos, prob, scale, mode)?;
+            let (y, bits) = cuda(xc)?;
             Ok((y, bits.map(MaskBuffer::Cuda)))
         },
     )?;
-    let state = DropoutState::trained(
-        &out,
-        mask,
-        pos,
-        prob,
-        Decisions::Elementwise,
-        prob.scale_f64(),
-    );
+    let state = DropoutState::trained(&out, mask, pos, prob, Decisions::Elementwise, grad_scale);
     Ok((out.output, state))
 }
 

@@ -65,25 +65,17 @@ pub(crate) fn alpha_train<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> TrainResult<T> {
-    let n = x.tensor().len();
-    check_index_range(pos.index_base, n)?;
     let op = alpha_op::<T>(prob);
-    let (out, mask) = run_forward(
+    super::elementwise_train(
         x,
-        |src, y| {
-            let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(n)]);
-            cpu::dropout::forward_with(src, y, bits.as_deref_mut(), pos, prob, op);
-            Ok(bits.map(MaskBuffer::Cpu))
-        },
+        prob,
+        pos,
+        mode,
+        op,
+        alpha_coefficients(prob).0,
         #[cfg(feature = "cuda")]
-        |xc| {
-            let (y, bits) = crate::cuda::ops::alpha_forward(xc, pos, prob, op, mode)?;
-            Ok((y, bits.map(MaskBuffer::Cuda)))
-        },
-    )?;
-    let grad_scale = alpha_coefficients(prob).0;
-    let state = DropoutState::trained(&out, mask, pos, prob, Decisions::Elementwise, grad_scale);
-    Ok((out.output, state))
+        |xc| crate::cuda::ops::alpha_forward(xc, pos, prob, op, mode),
+    )
 }
 
 /// Dropout with one decision per `group` consecutive elements (SPEC section 6): channel
