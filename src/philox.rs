@@ -5,10 +5,10 @@
 //! structure-of-arrays form; all produce the same bits. `kernels/philox.cuh` is the device
 //! twin.
 
-const M0: u32 = 0xD251_1F53;
-const M1: u32 = 0xCD9E_8D57;
-const W0: u32 = 0x9E37_79B9;
-const W1: u32 = 0xBB67_AE85;
+pub(crate) const M0: u32 = 0xD251_1F53;
+pub(crate) const M1: u32 = 0xCD9E_8D57;
+pub(crate) const W0: u32 = 0x9E37_79B9;
+pub(crate) const W1: u32 = 0xBB67_AE85;
 
 /// One Philox4x32-10 block: ten rounds, the key bumped between rounds.
 #[inline]

@@ -5,6 +5,9 @@
 //! cores with rayon, widens inputs to the compute type and narrows outputs once. Because
 //! each word depends only on its index, the bits do not depend on the thread count.
 
+#[cfg(target_arch = "x86_64")]
+#[allow(dead_code)] // until the dispatch calls it (after the src/ refactor lands)
+pub(crate) mod avx512;
 pub mod dropout;
 pub mod family;
 
