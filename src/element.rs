@@ -252,8 +252,8 @@ impl Element for f16 {
         #[cfg(target_arch = "x86_64")]
         {
             if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-                if std::is_x86_feature_detected!("f16c") {
-                    // SAFETY: the CPU supports F16C, checked just above.
+                if crate::cpu::simd::avx2() {
+                    // SAFETY: the CPU supports F16C (part of the AVX2 level), checked just above.
                     unsafe { f16c::widen32(s, d) };
                     return;
                 }
@@ -267,8 +267,8 @@ impl Element for f16 {
         #[cfg(target_arch = "x86_64")]
         {
             if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-                if std::is_x86_feature_detected!("f16c") {
-                    // SAFETY: the CPU supports F16C, checked just above.
+                if crate::cpu::simd::avx2() {
+                    // SAFETY: the CPU supports F16C (part of the AVX2 level), checked just above.
                     unsafe { f16c::narrow32(s, d) };
                     return;
                 }
@@ -343,7 +343,7 @@ impl Element for bf16 {
         #[cfg(target_arch = "x86_64")]
         {
             if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-                if std::is_x86_feature_detected!("avx2") {
+                if crate::cpu::simd::avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above.
                     unsafe { bf16_avx2::widen32(s, d) };
                     return;
@@ -359,7 +359,7 @@ impl Element for bf16 {
         #[cfg(target_arch = "x86_64")]
         {
             if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-                if std::is_x86_feature_detected!("avx2") {
+                if crate::cpu::simd::avx2() {
                     // SAFETY: the CPU supports AVX2, checked just above.
                     unsafe { bf16_avx2::narrow32(s, d) };
                     return;

@@ -14,20 +14,12 @@
 //!
 //! Needs AVX-512 F, BW, VL and F16C ([`available`]); AVX-512 BF16 is used when present.
 
-use super::Source;
+use super::{for_each_chunk, Kept, Source};
 use crate::element::Element;
 use crate::mask::Probability;
 use half::{bf16, f16};
+use std::any::TypeId;
 use std::arch::x86_64::*;
-
-/// What a kept and a dropped element become, in compute type `C` (SPEC section 6).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Kept<C> {
-    /// x * s, dropped +0.
-    Scale(C),
-    /// a * x + b (two roundings, no FMA), dropped `dropped`.
-    Affine { a: C, b: C, dropped: C },
-}
 
 /// True when the CPU has what these kernels need: AVX-512 F, BW and VL, and F16C.
 pub fn available() -> bool {
@@ -389,9 +381,6 @@ unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
     chunk_body::<T, K, true>(first_word, x, y, bits, keep, op)
 }
 
-/// Elements per parallel task (whole mask words), as the generic driver uses.
-const CHUNK: usize = 32 * 1024;
-
 /// y = keep ? op(x) : dropped over the whole call, chunks on all cores; the keep bits of
 /// each word go to `bits_out` when given. `x` is `y` itself for [`Source::Output`].
 ///
@@ -405,8 +394,7 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
     op: Kept<T::Compute>,
 ) {
     let hw_bf16 = hardware_bf16();
-    let run = |chunk: usize, y: &mut [T], bits: Option<&mut [u32]>| {
-        let start = chunk * CHUNK;
+    for_each_chunk(y, bits_out, |start, y, bits| {
         let xs = match x {
             Source::Slice(s) => Some(&s[start..start + y.len()]),
             Source::Output => None,
@@ -419,23 +407,55 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
                 chunk_avx512(start / 32, xs, y, bits, keep, &op);
             }
         }
-    };
-    if y.len() <= CHUNK {
-        run(0, y, bits_out);
-        return;
+    });
+}
+
+/// True when `T` has a kernel here (all four element types do).
+pub(crate) fn has_kernel<T: Element>() -> bool {
+    [
+        TypeId::of::<f32>(),
+        TypeId::of::<f64>(),
+        TypeId::of::<f16>(),
+        TypeId::of::<bf16>(),
+    ]
+    .contains(&TypeId::of::<T>())
+}
+
+/// [`map_elementwise`] for any element type with a kernel ([`has_kernel`]; nothing is
+/// done for another): the generic backend functions know only `T: Element`, so the type
+/// is matched here.
+///
+/// # Safety
+/// [`available`] must be true.
+pub(crate) unsafe fn map_elementwise_any<T: Element, K: KeepSource>(
+    x: Source<'_, T>,
+    y: &mut [T],
+    bits_out: Option<&mut [u32]>,
+    keep: &K,
+    op: Kept<T::Compute>,
+) {
+    macro_rules! as_type {
+        ($u:ty) => {
+            if TypeId::of::<T>() == TypeId::of::<$u>() {
+                // SAFETY: T is $u (same TypeId), so these casts change no type at all.
+                let (x, y, op) = unsafe {
+                    let x = match x {
+                        Source::Slice(s) => Source::Slice(&*(s as *const [T] as *const [$u])),
+                        Source::Output => Source::Output,
+                    };
+                    let y = &mut *(y as *mut [T] as *mut [$u]);
+                    let op: Kept<<$u as Element>::Compute> = std::mem::transmute_copy(&op);
+                    (x, y, op)
+                };
+                // SAFETY: the caller checked `available`.
+                return unsafe { map_elementwise::<$u, K>(x, y, bits_out, keep, op) };
+            }
+        };
     }
-    use rayon::prelude::*;
-    match bits_out {
-        Some(bits) => y
-            .par_chunks_mut(CHUNK)
-            .zip(bits.par_chunks_mut(CHUNK / 32))
-            .enumerate()
-            .for_each(|(c, (o, b))| run(c, o, Some(b))),
-        None => y
-            .par_chunks_mut(CHUNK)
-            .enumerate()
-            .for_each(|(c, o)| run(c, o, None)),
-    }
+    as_type!(f32);
+    as_type!(f64);
+    as_type!(f16);
+    as_type!(bf16);
 }
 
 #[cfg(test)]

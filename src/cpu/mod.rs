@@ -6,10 +6,10 @@
 //! each word depends only on its index, the bits do not depend on the thread count.
 
 #[cfg(target_arch = "x86_64")]
-#[allow(dead_code)] // until the dispatch calls it (after the src/ refactor lands)
 pub(crate) mod avx512;
 pub mod dropout;
 pub mod family;
+pub mod simd;
 
 use crate::element::{ComputeFloat, Element};
 
@@ -54,6 +54,18 @@ pub type Block<C> = [C; 32];
 pub trait KeptOp<C: ComputeFloat>: Copy + Send + Sync {
     fn kept(&self, x: C) -> C;
     fn dropped(&self) -> C;
+    /// The same map as data, for kernels that apply it to whole vectors.
+    fn as_kept(&self) -> Kept<C>;
+}
+
+/// What a kept and a dropped element become, as data (the vector kernels' form of
+/// [`KeptOp`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kept<C> {
+    /// x * s, dropped +0.
+    Scale(C),
+    /// a * x + b (two roundings, no FMA), dropped `dropped`.
+    Affine { a: C, b: C, dropped: C },
 }
 
 /// Dropout, channel dropout, DropPath and every backward: x * s, or +0.
@@ -68,6 +80,9 @@ impl<C: ComputeFloat> KeptOp<C> for Scale<C> {
     #[inline(always)]
     fn dropped(&self) -> C {
         C::ZERO
+    }
+    fn as_kept(&self) -> Kept<C> {
+        Kept::Scale(self.0)
     }
 }
 
@@ -87,6 +102,13 @@ impl<C: ComputeFloat> KeptOp<C> for Affine<C> {
     #[inline(always)]
     fn dropped(&self) -> C {
         self.dropped
+    }
+    fn as_kept(&self) -> Kept<C> {
+        Kept::Affine {
+            a: self.a,
+            b: self.b,
+            dropped: self.dropped,
+        }
     }
 }
 
@@ -118,15 +140,28 @@ pub fn map_words<T, const K: usize, F>(
             debug_assert_eq!(s.len(), n, "backend called with mismatched lengths");
         }
     }
-    let run = |chunk_index: usize, out: &mut [T], bits: Option<&mut [u32]>| {
-        let start = chunk_index * CHUNK;
+    for_each_chunk(out, bits_out, |start, out, bits| {
         let chunk_inputs = inputs.map(|s| match s {
             Source::Slice(s) => Source::Slice(&s[start..start + out.len()]),
             Source::Output => Source::Output,
         });
         run_chunk_dispatch(start / 32, &chunk_inputs, out, bits, &word_fn);
-    };
-    if n <= CHUNK {
+    });
+}
+
+/// Up to this many elements a call runs on the calling thread: below it, waking the
+/// thread pool costs more than the other cores save.
+pub const SERIAL_MAX: usize = 1 << 16;
+
+/// Splits `out` (and its mask words, one per 32 elements) into chunks of whole words and
+/// runs `run(first_element, out_chunk, bits_chunk)` on each, on all cores for calls above
+/// [`SERIAL_MAX`] elements.
+pub(crate) fn for_each_chunk<T: Send>(
+    out: &mut [T],
+    bits_out: Option<&mut [u32]>,
+    run: impl Fn(usize, &mut [T], Option<&mut [u32]>) + Sync,
+) {
+    if out.len() <= SERIAL_MAX {
         run(0, out, bits_out);
         return;
     }
@@ -136,11 +171,11 @@ pub fn map_words<T, const K: usize, F>(
             .par_chunks_mut(CHUNK)
             .zip(bits.par_chunks_mut(CHUNK / 32))
             .enumerate()
-            .for_each(|(c, (o, b))| run(c, o, Some(b))),
+            .for_each(|(c, (o, b))| run(c * CHUNK, o, Some(b))),
         None => out
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(c, o)| run(c, o, None)),
+            .for_each(|(c, o)| run(c * CHUNK, o, None)),
     }
 }
 
@@ -158,7 +193,7 @@ fn run_chunk_dispatch<T, const K: usize, F>(
 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+        if simd::avx2() {
             // SAFETY: the CPU supports AVX2 and F16C, checked just above.
             unsafe { run_chunk_avx2(first_word, inputs, out, bits, word_fn) };
             return;

@@ -1,8 +1,8 @@
 //! Bit-for-bit checks of the AVX-512 kernels against the generic CPU path and `half`.
 
 use super::*;
-use crate::cpu::dropout::{backward_bits, forward_with, StreamPos};
-use crate::cpu::{Affine, Scale};
+use crate::cpu::dropout::{backward_bits_words, forward_words, StreamPos};
+use crate::cpu::{Affine, Scale, CHUNK};
 use crate::element::{to_compute_f64, ComputeFloat};
 use crate::mask::{keep_bits_from, mask_words};
 
@@ -117,6 +117,7 @@ fn check_dtype<T: Avx512Element>() {
         1000,
         CHUNK + 45,
         2 * CHUNK + 64,
+        3 * CHUNK + 5,
     ];
     let starts = [0usize, 1, 7];
     let bases = [0u64, 4, 1, 3, u64::MAX - 3 * CHUNK as u64];
@@ -142,7 +143,7 @@ fn check_dtype<T: Avx512Element>() {
             for op in [Kept::Scale(s), Kept::Affine { a, b, dropped }] {
                 let (mut want, mut want_bits) = (vec![T::ZERO; len], vec![7u32; mask_words(len)]);
                 match op {
-                    Kept::Scale(s) => forward_with(
+                    Kept::Scale(s) => forward_words(
                         Source::Slice(x),
                         &mut want,
                         Some(&mut want_bits),
@@ -150,7 +151,7 @@ fn check_dtype<T: Avx512Element>() {
                         &prob,
                         Scale(s),
                     ),
-                    Kept::Affine { a, b, dropped } => forward_with(
+                    Kept::Affine { a, b, dropped } => forward_words(
                         Source::Slice(x),
                         &mut want,
                         Some(&mut want_bits),
@@ -179,7 +180,7 @@ fn check_dtype<T: Avx512Element>() {
             // Backward from the bits.
             let bits = keep_bits_from(pos.seed, pos.offset, base, &prob, len);
             let mut want = vec![T::ZERO; len];
-            backward_bits(Source::Slice(x), &mut want, &bits, s);
+            backward_bits_words(Source::Slice(x), &mut want, &bits, s);
             let mut got = vec![T::ONE; len];
             // SAFETY: as above.
             unsafe {
