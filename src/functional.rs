@@ -63,6 +63,17 @@ pub(crate) enum MaskBuffer {
     Cuda(cudarc::driver::CudaSlice<u32>),
 }
 
+/// A CPU mask goes to [`cpu::recycle`], for the next mask of its size.
+impl Drop for MaskBuffer {
+    fn drop(&mut self) {
+        match self {
+            MaskBuffer::Cpu(v) => cpu::recycle::give(std::mem::take(v)),
+            #[cfg(feature = "cuda")]
+            MaskBuffer::Cuda(_) => {}
+        }
+    }
+}
+
 impl MaskBuffer {
     fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
@@ -333,7 +344,7 @@ pub(crate) fn elementwise_train<T: Element, K: cpu::KeptOp<T::Compute>>(
     let (out, mask) = run_forward(
         x,
         |src, y| {
-            let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(n)]);
+            let mut bits = (mode == MaskMode::Bits).then(|| cpu::alloc_mask(n));
             cpu::dropout::forward_with(src, y, bits.as_deref_mut(), pos, prob, op);
             Ok(bits.map(MaskBuffer::Cpu))
         },

@@ -9,20 +9,33 @@
 pub(crate) mod avx512;
 pub mod dropout;
 pub mod family;
+pub mod recycle;
 pub mod simd;
 
 use crate::element::{ComputeFloat, Element};
 
-/// A zeroed output of `n` elements for a forward or backward to overwrite.
+/// An output of `n` elements for a forward or backward to overwrite: every element is
+/// finite zeros or stale values of a recycled buffer, so callers must write them all.
 ///
-/// Large outputs are fresh pages that the kernel first touches, and on small VMs those page
-/// faults can cost more than the dropout itself; asking Linux for transparent huge pages on
-/// the buffer (a hint, ignored where unsupported) cuts their number 512-fold.
+/// Large outputs come from [`recycle`] when a dropped tensor left one of this size there;
+/// otherwise they are fresh pages that the kernel first touches, and on small VMs those
+/// page faults can cost more than the dropout itself; asking Linux for transparent huge
+/// pages on the buffer (a hint, ignored where unsupported) cuts their number 512-fold.
 pub fn alloc_output<T: Element>(n: usize) -> Vec<T> {
+    if let Some(v) = recycle::take(n) {
+        return v;
+    }
     let v = T::zeroed_vec(n);
     #[cfg(target_os = "linux")]
     advise_huge_pages(&v);
     v
+}
+
+/// The packed mask of `n` decisions (one word per 32), for a forward to overwrite: zeros,
+/// or a recycled mask's stale words.
+pub fn alloc_mask(n: usize) -> Vec<u32> {
+    let words = crate::mask::mask_words(n);
+    recycle::take(words).unwrap_or_else(|| vec![0u32; words])
 }
 
 #[cfg(target_os = "linux")]

@@ -10,7 +10,7 @@ use super::{
 use crate::cpu::{self, Affine, Scale};
 use crate::element::{to_compute_f64, ComputeFloat, Element};
 use crate::error::{Error, Result};
-use crate::mask::{fill_keep_bits, mask_words, Probability};
+use crate::mask::{fill_keep_bits, Probability};
 use crate::tensor::{Storage, Tensor};
 
 /// -lambda * alpha of SELU (SPEC section 6).
@@ -127,7 +127,7 @@ pub(crate) fn grouped_train<T: Element>(
         x,
         |src, y| {
             // Few decisions (one per channel or sample): draw them first, then apply.
-            let mut bits = vec![0u32; mask_words(count)];
+            let mut bits = cpu::alloc_mask(count);
             fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
             match kind {
                 GroupedKind::Scale => {
@@ -255,7 +255,7 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
                     got: "cuda (x or bias)".into(),
                 });
             };
-            let mut bits = (mode == MaskMode::Bits).then(|| vec![0u32; mask_words(n)]);
+            let mut bits = (mode == MaskMode::Bits).then(|| cpu::alloc_mask(n));
             cpu::family::bias_dropout_residual(
                 xs,
                 bs,
