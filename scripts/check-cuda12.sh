@@ -6,6 +6,10 @@
 # each PTX's ISA version, and assembles every PTX with ptxas 12 for sm_80 and sm_90 with
 # -v. Fails on a compile error, any spill or stack frame, more than 64 registers (as
 # check-ptx.sh), or a PTX ISA newer than this NVRTC's CUDA release can load.
+# Last, the driver symbols: builds a stand-in libcuda.so.1 (C, gcc) that exports every
+# function cudarc binds, logs each one called and answers as one sm_90 GPU would (no
+# kernel runs), runs the CUDA tests and examples against it, and fails if dropkit's path
+# loads a symbol that CUDA 12.0's headers lack (per the #[cfg] on cudarc's own bindings).
 # Needs no GPU.
 #
 #   DROPKIT_CUDA12_VENV  venv location (default: <repo>/.venv-cuda12)
@@ -98,6 +102,95 @@ for ptx in "${ptx_files[@]}"; do
         fi
     done
 done
+
+log "driver symbols: the CUDA tests and examples against a logging stand-in libcuda"
+cudarc_dir="$(cargo metadata --format-version 1 --locked |
+    "$venv/bin/python" -c 'import json, os, sys
+pkgs = json.load(sys.stdin)["packages"]
+print(os.path.dirname(next(p["manifest_path"] for p in pkgs if p["name"] == "cudarc")))')"
+stub="$tmp/stub"
+mkdir -p "$stub"
+"$venv/bin/python" - "$cudarc_dir/src/driver/sys/mod.rs" "$stub" <<'PY'
+# Writes stub.c (every cudarc driver binding as a logging stand-in) and cuda12.txt (the
+# bindings CUDA 12.0's headers have: no #[cfg], or a #[cfg] naming cuda-12000).
+import re, sys
+source, out = sys.argv[1], sys.argv[2]
+names, cuda12, cfg = set(), set(), None
+for line in open(source):
+    if line.startswith("#[cfg("):
+        cfg = line
+        continue
+    m = re.match(r"pub unsafe fn (cu\w+)\(", line)
+    if m and "dynamic-loading" not in (cfg or ""):
+        names.add(m.group(1))
+        if cfg is None or '"cuda-12000"' in cfg:
+            cuda12.add(m.group(1))
+    cfg = None
+# (parameters, body) of the calls whose outputs cudarc reads; device memory is host memory.
+answers = {
+    "cuDeviceGetCount": ("int *c", "*c = 1;"),
+    "cuDeviceGet": ("int *d, int o", "*d = 0;"),
+    # compute capability 9.0, 132 SMs, memory pools supported, anything else 1
+    "cuDeviceGetAttribute": ("int *v, int a, int d",
+                             "*v = a == 75 ? 9 : a == 76 ? 0 : a == 16 ? 132 : 1;"),
+    "cuDevicePrimaryCtxRetain": ("void **c, int d", "*c = &handles[0];"),
+    "cuCtxGetCurrent": ("void **c", "*c = current;"),
+    "cuCtxSetCurrent": ("void *c", "current = c;"),
+    "cuStreamCreate": ("void **s, unsigned f", "*s = &handles[1];"),
+    "cuDeviceGetName": ("char *n, int len, int d", "strncpy(n, \"stub\", len);"),
+    "cuMemAllocAsync": ("uint64_t *p, size_t b, void *s",
+                        "*p = (uint64_t)(uintptr_t)calloc(1, b ? b : 1);"),
+    "cuMemAlloc_v2": ("uint64_t *p, size_t b", "*p = (uint64_t)(uintptr_t)calloc(1, b ? b : 1);"),
+    "cuMemcpyHtoDAsync_v2": ("uint64_t d, const void *s, size_t b, void *st",
+                             "memcpy((void *)(uintptr_t)d, s, b);"),
+    "cuMemcpyDtoHAsync_v2": ("void *d, uint64_t s, size_t b, void *st",
+                             "memcpy(d, (void *)(uintptr_t)s, b);"),
+    "cuMemcpyDtoDAsync_v2": ("uint64_t d, uint64_t s, size_t b, void *st",
+                             "memcpy((void *)(uintptr_t)d, (void *)(uintptr_t)s, b);"),
+    "cuModuleLoadData": ("void **m, const void *img", "*m = &handles[2];"),
+    "cuModuleGetFunction": ("void **f, void *m, const char *n", "*f = &handles[3];"),
+    "cuEventCreate": ("void **e, unsigned f", "*e = &handles[4];"),
+    "cuGetErrorString": ("int e, const char **s", "*s = \"stub\";"),
+    "cuGetErrorName": ("int e, const char **s", "*s = \"stub\";"),
+    # NVRTC asks the driver for an export table; "not supported" sends it its own way.
+    "cuGetExportTable": ("const void **t, const void *id", "*t = 0; return 801;"),
+}
+lines = ["#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
+         "static char handles[8]; static void *current;",
+         "static void note(const char *name, int *seen) {",
+         "    const char *path = getenv(\"STUB_CUDA_LOG\"); FILE *f;",
+         "    if (*seen || !path) return; *seen = 1;",
+         "    if ((f = fopen(path, \"a\"))) { fprintf(f, \"%s\\n\", name); fclose(f); } }"]
+for name in sorted(names):
+    params, body = answers.get(name, ("void", ""))
+    lines.append(f"int {name}({params}) {{ static int seen; note(\"{name}\", &seen); "
+                 f"{body} return 0; }}")
+open(f"{out}/stub.c", "w").write("\n".join(lines) + "\n")
+open(f"{out}/cuda12.txt", "w").write("\n".join(sorted(cuda12)) + "\n")
+PY
+gcc -shared -fPIC -O1 -w -o "$stub/libcuda.so.1" "$stub/stub.c"
+ln -sf libcuda.so.1 "$stub/libcuda.so"
+export STUB_CUDA_LOG="$stub/called.txt"
+stub_env=("${nvrtc_env[@]}" LD_LIBRARY_PATH="$stub:$nvrtc_lib")
+# The stand-in runs no kernel, so value checks fail: only the symbols called count here.
+"${stub_env[@]}" cargo test --quiet --no-fail-fast --test dropout_cuda --test family_cuda \
+    --test kernels >"$tmp/stub-tests.log" 2>&1 || true
+for example in 03-cudarc-interop quickstart; do
+    "${stub_env[@]}" cargo run --quiet --example "$example" >>"$tmp/stub-tests.log" 2>&1 || true
+done
+unset STUB_CUDA_LOG
+sort -u "$stub/called.txt" >"$tmp/called.txt"
+printf '  driver symbols loaded (%d): %s\n' "$(wc -l <"$tmp/called.txt")" "$(tr '\n' ' ' <"$tmp/called.txt")"
+if ! grep -qx cuLaunchKernel "$tmp/called.txt"; then
+    tail -n 40 "$tmp/stub-tests.log" >&2
+    log "FAIL: no kernel launch reached the stand-in driver"
+    status=1
+fi
+missing="$(comm -23 "$tmp/called.txt" <(sort "$stub/cuda12.txt"))"
+if [ -n "$missing" ]; then
+    log "FAIL: loaded symbols missing from CUDA 12.0: $missing"
+    status=1
+fi
 
 if [ "$status" -ne 0 ]; then
     log "FAILED"
