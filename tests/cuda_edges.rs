@@ -19,11 +19,12 @@ use dropkit::{
 use half::bf16;
 use std::sync::Arc;
 
+/// Each returned tensor's shape and raw bits, or the error's variant name.
+type Outcome = std::result::Result<Vec<(Vec<usize>, Vec<u64>)>, String>;
+
 /// What a call gave, in a form both devices can be compared by: the shape and raw bits of
 /// each returned tensor, or the error's variant name (its message may name the device).
-fn outcome<T: Element>(
-    r: Result<Vec<Tensor<T>>>,
-) -> std::result::Result<Vec<(Vec<usize>, Vec<u64>)>, String> {
+fn outcome<T: Element>(r: Result<Vec<Tensor<T>>>) -> Outcome {
     match r {
         Ok(ts) => Ok(ts
             .iter()
