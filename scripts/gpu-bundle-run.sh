@@ -42,7 +42,7 @@
 #   BUDGET_S     seconds for all steps (default 420, so that a second run fits the session)
 #   STEPS        groups to run, comma-separated (default all): info, quickstart, tests,
 #                maxblocks, bench, torch, compare, ncu, sanitizer
-#   TEST_CAP_S   cap per CUDA test binary (default 90)
+#   TEST_CAP_S   cap per CUDA test binary run, grid-capped reruns too (default 90)
 #   PYTHON       python with torch (default python3)
 #   BENCH_SIZES  exponents for the GPU bench and torch (default 20,24,28)
 #   NCU_DTYPES   dtypes profiled by ncu (default f32,bf16)
@@ -315,7 +315,7 @@ if wants maxblocks; then
     # several passes even on small inputs, and must give the same bits.
     for blocks in 1 2 3; do
         for t in "${parity_tests[@]}"; do
-            step "maxblocks-$blocks-$t" test 60 10 "maxblocks-$blocks-$t.log" -- \
+            step "maxblocks-$blocks-$t" test "$test_cap" 10 "maxblocks-$blocks-$t.log" -- \
                 env DROPKIT_CUDA_MAX_BLOCKS="$blocks" "$here/bin/$t"
         done
     done
