@@ -117,7 +117,7 @@ host_info() {
     fi
     echo "budget: ${budget}s, steps: $steps, scratch: $scratch"
     if [ -f "$here/MANIFEST.txt" ]; then
-        sed -n '2,6p' "$here/MANIFEST.txt" | sed 's/^/bundle /'
+        sed -n '2,7p' "$here/MANIFEST.txt" | sed 's/^/bundle /'
     else
         echo "bundle: no MANIFEST.txt in $here (not a built bundle)"
     fi

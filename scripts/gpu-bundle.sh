@@ -117,6 +117,9 @@ fi
 {
     echo "dropkit GPU bundle"
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -srm), $(ldd --version | head -n 1)"
+    # The newest glibc symbol version the binaries link against: the host needs at least it.
+    echo "needs: $(objdump -T "$bundle"/bin/* 2>/dev/null | grep -o 'GLIBC_[0-9.]*' | sort -uV \
+        | tail -n 1 | sed 's/_/ >= /') (objdump), a CUDA 13.0+ driver"
     echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
     echo "rustc: $(rustc --version)"
     echo "nvcc: $("$NVCC" --version | tail -n 1)"
