@@ -18,7 +18,11 @@ Op mapping: fwd_bits -> torch_native_dropout_fwd, fwd_regen -> torch_F_dropout,
 bwd_bits and bwd_regen -> torch_native_dropout_bwd; the fused bias + dropout + residual
 forwards fused_fwd_bits and fused_fwd_regen, and dropkit's own three-pass reference
 threepass_fwd_bits / threepass_fwd_regen -> torch_bias_dropout_residual_3pass (PyTorch
-eager: x + bias, F.dropout, residual + z); fused_bwd -> torch_bias_dropout_residual_bwd.
+eager: x + bias, F.dropout, residual + z); fused_bwd -> torch_bias_dropout_residual_bwd. The rest of the family: alpha_* ->
+torch_F_alpha_dropout, channel_fwd_* -> torch_F_dropout1d, feature_alpha_fwd_bits ->
+torch_F_feature_alpha_dropout, droppath_fwd_* -> torch_droppath, channel_bwd_bits and
+droppath_bwd_bits -> torch_native_dropout_bwd (torch's backward of any of them is that
+elementwise multiply), colsum -> torch_colsum.
 The fused family's lines on both sides count the bytes the fused op must move, so their
 GB/s compare directly.
 
@@ -44,7 +48,10 @@ TORCH_IMPL = "torch"
 TORCH_3PASS = "torch_bias_dropout_residual_3pass"
 OUR_OPS = ["fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen",
            "fused_fwd_bits", "fused_fwd_regen", "threepass_fwd_bits", "threepass_fwd_regen",
-           "fused_bwd"]
+           "fused_bwd",
+           "alpha_fwd_bits", "alpha_fwd_regen", "channel_fwd_bits", "channel_fwd_regen",
+           "channel_bwd_bits", "feature_alpha_fwd_bits", "droppath_fwd_bits",
+           "droppath_fwd_regen", "droppath_bwd_bits", "colsum"]
 TORCH_FOR = {
     "fwd_bits": "torch_native_dropout_fwd",
     "fwd_regen": "torch_F_dropout",
@@ -55,12 +62,27 @@ TORCH_FOR = {
     "threepass_fwd_bits": TORCH_3PASS,
     "threepass_fwd_regen": TORCH_3PASS,
     "fused_bwd": "torch_bias_dropout_residual_bwd",
+    "alpha_fwd_bits": "torch_F_alpha_dropout",
+    "alpha_fwd_regen": "torch_F_alpha_dropout",
+    "channel_fwd_bits": "torch_F_dropout1d",
+    "channel_fwd_regen": "torch_F_dropout1d",
+    "channel_bwd_bits": "torch_native_dropout_bwd",
+    "feature_alpha_fwd_bits": "torch_F_feature_alpha_dropout",
+    "droppath_fwd_bits": "torch_droppath",
+    "droppath_fwd_regen": "torch_droppath",
+    "droppath_bwd_bits": "torch_native_dropout_bwd",
+    "colsum": "torch_colsum",
 }
 # The fused forwards held to the target, and dropkit's own three passes for each.
 FUSED_FWD = {"fused_fwd_bits": "threepass_fwd_bits", "fused_fwd_regen": "threepass_fwd_regen"}
 FUSED_TARGET = 1.5
 # References that get no "(missing)" row when dropkit did not run them.
-OPTIONAL_OPS = set(FUSED_FWD.values())
+# The family cases too: dropkit's CPU bench has none, yet torch's CPU run has the
+# native backward they map to.
+OPTIONAL_OPS = set(FUSED_FWD.values()) | {
+    "alpha_fwd_bits", "alpha_fwd_regen", "channel_fwd_bits", "channel_fwd_regen",
+    "channel_bwd_bits", "feature_alpha_fwd_bits", "droppath_fwd_bits", "droppath_fwd_regen",
+    "droppath_bwd_bits", "colsum"}
 COPY_OP = "copy"
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
 REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")
