@@ -21,6 +21,21 @@
 //! the 1.5x target is measured against PyTorch's eager three passes
 //! (`benches/torch_baseline.py`, op `torch_bias_dropout_residual_3pass`).
 //!
+//! The rest of the family, on the same flat tensors as the elementwise cases (so each has
+//! the copy of the same bytes beside it): `alpha_fwd_bits` / `alpha_fwd_regen`
+//! (`alpha_dropout`), `channel_fwd_bits` / `channel_fwd_regen` / `channel_bwd_bits`
+//! (`grouped_dropout`, Scale, one decision per `DROPKIT_GPU_BENCH_CHANNEL_GROUP` elements,
+//! default 1024: a 32 x 32 feature map), `feature_alpha_fwd_bits` (grouped, Alpha, same
+//! group), `droppath_fwd_bits` / `droppath_fwd_regen` / `droppath_bwd_bits` (grouped,
+//! Scale, one decision per sample of n / `DROPKIT_GPU_BENCH_SAMPLES` elements, default 64
+//! samples). Bytes: read x + write y, plus 4 * ceil(decisions / 32) mask bytes for a bits
+//! form. And `colsum`, with the fused cases: `bias_dropout_residual_backward` from an
+//! eval-mode state, where dx and dresidual are the upstream gradient itself, so what is
+//! left is the bias column sums; its bytes are one read of the gradient plus H written
+//! (what a column sum must move). Any copies that backward makes for dx and dresidual are
+//! in its time, so `colsum` bounds the column-sum kernels from above; the table's footer
+//! also prints it minus two copies of the same bytes, and ncu times the kernels alone.
+//!
 //! Timing: CUDA events around batches of calls, median over batches, divided by the batch
 //! length. Calls rotate over several input buffer sets, enough to touch
 //! `DROPKIT_GPU_BENCH_WS_MIB` (default 512, several times an H100's 50 MB L2) so that every
@@ -46,14 +61,16 @@
 //! Environment: `DROPKIT_GPU_BENCH_SIZES` (exponents, default `20,24,28`),
 //! `DROPKIT_BENCH_DTYPES` (default `f32,bf16,f16,f64`), `DROPKIT_GPU_BENCH_OPS` (default all),
 //! `DROPKIT_GPU_BENCH_ITERS` (timed batches, default 20), `DROPKIT_GPU_BENCH_WS_MIB`,
-//! `DROPKIT_GPU_BENCH_HIDDEN` (default 4096), `DROPKIT_BENCH_P` (default 0.1).
+//! `DROPKIT_GPU_BENCH_HIDDEN` (default 4096), `DROPKIT_BENCH_P` (default 0.1),
+//! `DROPKIT_GPU_BENCH_CHANNEL_GROUP` (default 1024), `DROPKIT_GPU_BENCH_SAMPLES` (default 64).
 //! `DROPKIT_GPU_BENCH_PROFILE=1` runs every case once with no timing, for a profiler (`ncu -k
 //! regex:^dropout_ ...` then sees each kernel once per case; a backward case also launches
 //! the forward that makes its state).
 
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use dropkit::functional::{
-    bias_dropout_residual, bias_dropout_residual_backward, dropout, dropout_backward,
+    alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
+    dropout_backward, grouped_dropout, GroupedKind,
 };
 use dropkit::{DropoutState, Element, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
@@ -65,14 +82,86 @@ type Res<T> = Result<T, Box<dyn Error>>;
 
 /// The elementwise dropout cases (on flat tensors of n elements).
 const ELEMENTWISE_OPS: [&str; 5] = ["copy", "fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen"];
+/// The rest of the family on the same flat tensors: (op, layer, saved form, backward).
+const FAMILY_OPS: [(&str, Family, MaskMode, bool); 9] = [
+    ("alpha_fwd_bits", Family::Alpha, MaskMode::Bits, false),
+    (
+        "alpha_fwd_regen",
+        Family::Alpha,
+        MaskMode::Regenerate,
+        false,
+    ),
+    ("channel_fwd_bits", Family::Channel, MaskMode::Bits, false),
+    (
+        "channel_fwd_regen",
+        Family::Channel,
+        MaskMode::Regenerate,
+        false,
+    ),
+    ("channel_bwd_bits", Family::Channel, MaskMode::Bits, true),
+    (
+        "feature_alpha_fwd_bits",
+        Family::FeatureAlpha,
+        MaskMode::Bits,
+        false,
+    ),
+    ("droppath_fwd_bits", Family::DropPath, MaskMode::Bits, false),
+    (
+        "droppath_fwd_regen",
+        Family::DropPath,
+        MaskMode::Regenerate,
+        false,
+    ),
+    ("droppath_bwd_bits", Family::DropPath, MaskMode::Bits, true),
+];
 /// The fused bias + dropout + residual cases (on (n / H, H) tensors).
-const FUSED_OPS: [&str; 5] = [
+const FUSED_OPS: [&str; 6] = [
     "fused_fwd_bits",
     "fused_fwd_regen",
     "fused_bwd",
     "threepass_fwd_bits",
     "threepass_fwd_regen",
+    "colsum",
 ];
+
+/// The layers of [`FAMILY_OPS`].
+#[derive(Clone, Copy)]
+enum Family {
+    Alpha,
+    Channel,
+    FeatureAlpha,
+    DropPath,
+}
+
+impl Family {
+    /// Elements per decision for n elements.
+    fn group(self, cfg: &Config, n: usize) -> usize {
+        match self {
+            Family::Alpha => 1,
+            Family::Channel | Family::FeatureAlpha => cfg.channel_group.min(n).max(1),
+            Family::DropPath => n.div_ceil(cfg.samples).max(1),
+        }
+    }
+
+    fn forward<T: Element>(
+        self,
+        cfg: &Config,
+        x: &Tensor<T>,
+        pos: StreamPos,
+        mode: MaskMode,
+    ) -> dropkit::Result<(Tensor<T>, DropoutState)> {
+        let group = self.group(cfg, x.len());
+        match self {
+            Family::Alpha => alpha_dropout(x, cfg.p, true, pos, mode),
+            Family::Channel | Family::DropPath => {
+                grouped_dropout(x, cfg.p, true, group, GroupedKind::Scale, pos, mode)
+            }
+            Family::FeatureAlpha => {
+                grouped_dropout(x, cfg.p, true, group, GroupedKind::Alpha, pos, mode)
+            }
+        }
+    }
+}
 const SEED: u64 = 0x5EED;
 const OFFSET: u64 = 7;
 /// Bytes of each of the two scratch buffers used to keep the stream busy before a batch.
@@ -89,6 +178,10 @@ struct Config {
     profile: bool,
     /// H, the last dimension of the fused cases.
     hidden: usize,
+    /// Elements per decision of the channel cases.
+    channel_group: usize,
+    /// Samples (decisions) of the DropPath cases.
+    samples: usize,
 }
 
 fn env_list(var: &str, default: &str) -> Vec<String> {
@@ -122,7 +215,12 @@ impl Config {
                 1usize << e
             })
             .collect();
-        let all: Vec<&str> = ELEMENTWISE_OPS.iter().chain(&FUSED_OPS).copied().collect();
+        let all: Vec<&str> = ELEMENTWISE_OPS
+            .iter()
+            .chain(FAMILY_OPS.iter().map(|f| &f.0))
+            .chain(&FUSED_OPS)
+            .copied()
+            .collect();
         let ops = env_list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
         for op in &ops {
             assert!(
@@ -142,6 +240,8 @@ impl Config {
             p: env_num("DROPKIT_BENCH_P", 0.1f64),
             profile: std::env::var("DROPKIT_GPU_BENCH_PROFILE").is_ok_and(|v| v == "1"),
             hidden,
+            channel_group: env_num("DROPKIT_GPU_BENCH_CHANNEL_GROUP", 1024usize).max(1),
+            samples: env_num("DROPKIT_GPU_BENCH_SAMPLES", 64usize).max(1),
         }
     }
 
@@ -309,7 +409,8 @@ fn copy_pair<'a, T>(
 fn run_dtype<T: Element>(gpu: &mut Gpu, cfg: &Config, rows: &mut Vec<Row>) {
     let dtype = T::DTYPE.name();
     for &n in &cfg.sizes {
-        if cfg.wants_any(&ELEMENTWISE_OPS) {
+        let family: Vec<&str> = FAMILY_OPS.iter().map(|f| f.0).collect();
+        if cfg.wants_any(&ELEMENTWISE_OPS) || cfg.wants_any(&family) {
             if let Err(e) = run_case::<T>(gpu, cfg, n, rows) {
                 println!("# error: dtype={dtype} n={n}: {e}");
                 let _ = gpu.stream.synchronize();
@@ -477,6 +578,34 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
         };
         record(rows, op, t, h, bytes);
     }
+    for (op, family, mode, backward) in FAMILY_OPS {
+        if !cfg.wants(op) {
+            continue;
+        }
+        let decisions = n.div_ceil(family.group(cfg, n));
+        let bytes = if mode == MaskMode::Bits {
+            plain + 4 * decisions.div_ceil(32) as u64
+        } else {
+            plain
+        };
+        let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+        let (t, h) = if backward {
+            let states = xs
+                .iter()
+                .map(|x| Ok(family.forward(cfg, x, pos, mode)?.1))
+                .collect::<Res<Vec<DropoutState>>>()?;
+            gpu.measure(cfg, batch, |k| {
+                drop(dropout_backward(&xs[k % sets], &states[k % sets])?);
+                Ok(())
+            })?
+        } else {
+            gpu.measure(cfg, batch, |k| {
+                drop(family.forward(cfg, &xs[k % sets], pos, mode)?);
+                Ok(())
+            })?
+        };
+        record(rows, op, t, h, bytes);
+    }
     drop(xs);
     stream.synchronize()?;
     Ok(())
@@ -609,6 +738,28 @@ fn run_fused_case<T: Element>(
         let bytes = (3 * tensor_bytes + mask_bytes + bias_bytes) as u64;
         record(cfg, rows, row("fused_bwd", t, host, bytes));
     }
+
+    if cfg.wants("colsum") {
+        // Eval-mode states: dx and dresidual are the gradient, the bias sums remain.
+        let states = xs
+            .iter()
+            .zip(&residuals)
+            .map(|(x, r)| Ok(bias_dropout_residual(x, &bias, r, p, false, pos, MaskMode::Bits)?.1))
+            .collect::<Res<Vec<_>>>()?;
+        let _r = nvtx_range(&format!("gpu_dropout/colsum/{dtype}/{n}"));
+        let (t, host) = gpu.measure(cfg, batch, |k| {
+            drop(bias_dropout_residual_backward(
+                &xs[k % sets],
+                &states[k % sets],
+            )?);
+            Ok(())
+        })?;
+        record(
+            cfg,
+            rows,
+            row("colsum", t, host, (tensor_bytes + bias_bytes) as u64),
+        );
+    }
     drop((xs, residuals, bias));
     stream.synchronize()?;
     Ok(())
@@ -682,6 +833,21 @@ fn print_table(rows: &[Row]) {
             pct,
             r.host_us
         );
+    }
+    // colsum includes whatever copies the eval backward makes for dx and dresidual.
+    for r in rows.iter().filter(|r| r.op == "colsum") {
+        if let Some(c) = rows
+            .iter()
+            .find(|c| c.op == "copy" && c.dtype == r.dtype && c.n == r.n)
+        {
+            println!(
+                "# colsum {} 2^{}: {:.3} ms, minus two copies of the gradient: {:.3} ms",
+                r.dtype,
+                r.n.trailing_zeros(),
+                r.median_s * 1e3,
+                (r.median_s - 2.0 * c.median_s) * 1e3
+            );
+        }
     }
 }
 

@@ -22,6 +22,17 @@ Ops (names as printed):
                               dx = native_dropout_backward(grad, mask, 1/(1-p)) and
                               dbias = dx.sum(0); dresidual is grad itself (no copy)
 
+The rest of the dropout family, against the GPU bench's cases of the same layout (flat x of
+n elements seen as the shapes below; n must be a multiple of 1024 and of 64):
+    torch_F_alpha_dropout     F.alpha_dropout(x, p, True)
+    torch_F_dropout1d         F.dropout1d(x.view(1, n / 1024, 1024), p, True): one decision
+                              per 1024 elements (dropkit's channel_* cases)
+    torch_F_feature_alpha_dropout
+                              F.feature_alpha_dropout on the same view
+    torch_droppath            timm's drop_path: x.view(64, n / 64) * (bernoulli(q) of
+                              shape (64, 1) / q), one decision per sample of 64
+    torch_colsum              grad.sum(0) of a (n / H, H) gradient (dropkit's colsum case)
+
 The two bias_dropout_residual ops run by default on cuda only (dropkit's CPU bench has no
 fused cases); name them in --ops to run them on cpu. H is --hidden (default 4096, the GPU
 bench's DROPKIT_GPU_BENCH_HIDDEN default); a size that is not a multiple of H is skipped.
@@ -37,6 +48,8 @@ GB/s counts only the bytes that must move (1e9 bytes per GB):
     bias_dropout_residual_3pass: read x + read residual + write out + read H bias elements:
         the bytes that dropkit's fused forward (`fused_fwd_regen`) must move, NOT what the
         three passes move, so its GB/s compares directly with dropkit's fused op
+    family (alpha, dropout1d, feature alpha, drop path): read x + write y
+    colsum: read grad + write H elements
     bias_dropout_residual_bwd: read grad + write dx + write dresidual + 4 * ceil(n / 32)
         mask bytes + write H bias-gradient elements: the bytes of dropkit's `fused_bwd`
 
@@ -78,9 +91,16 @@ DTYPES = {
 }
 ELEMENTWISE_OPS = ["torch_F_dropout", "torch_native_dropout_fwd", "torch_native_dropout_bwd",
                    "copy"]
-FUSED_OPS = ["torch_bias_dropout_residual_3pass", "torch_bias_dropout_residual_bwd"]
-OPS = ELEMENTWISE_OPS + FUSED_OPS
+FAMILY_OPS = ["torch_F_alpha_dropout", "torch_F_dropout1d", "torch_F_feature_alpha_dropout",
+              "torch_droppath"]
+FUSED_OPS = ["torch_bias_dropout_residual_3pass", "torch_bias_dropout_residual_bwd",
+             "torch_colsum"]
+OPS = ELEMENTWISE_OPS + FAMILY_OPS + FUSED_OPS
 DEFAULT_OPS = {"cuda": OPS, "cpu": ELEMENTWISE_OPS}
+# One decision per CHANNEL_GROUP elements (channel cases), DROPPATH_SAMPLES decisions in all
+# (drop path): the GPU bench's defaults.
+CHANNEL_GROUP = 1024
+DROPPATH_SAMPLES = 64
 DEFAULT_HIDDEN = 4096
 DEFAULT_SIZES = {"cuda": "2^16,2^20,2^24,2^28", "cpu": "2^16,2^20,2^24"}
 DEFAULT_ITERS = {"cuda": 50, "cpu": 20}
@@ -111,7 +131,7 @@ def cpu_model() -> str:
 
 
 def bytes_moved(op: str, n: int, elem: int, hidden: int = DEFAULT_HIDDEN) -> int:
-    if op in ("torch_F_dropout", "copy"):
+    if op in ("torch_F_dropout", "copy") or op in FAMILY_OPS:
         return 2 * n * elem
     if op in ("torch_native_dropout_fwd", "torch_native_dropout_bwd"):
         return 2 * n * elem + n
@@ -120,6 +140,8 @@ def bytes_moved(op: str, n: int, elem: int, hidden: int = DEFAULT_HIDDEN) -> int
         return 3 * n * elem + hidden * elem
     if op == "torch_bias_dropout_residual_bwd":
         return 3 * n * elem + 4 * ((n + 31) // 32) + hidden * elem
+    if op == "torch_colsum":
+        return n * elem + hidden * elem
     raise ValueError(op)
 
 
@@ -155,6 +177,28 @@ def make_call(op: str, sets: list[dict], p: float):
             s = sets[k % nsets]
             dx = bwd(s["x"], s["mask"], scale)
             return dx, dx.sum(0)
+    elif op == "torch_F_alpha_dropout":
+        def call(k):
+            return F.alpha_dropout(sets[k % nsets]["x"], p, training=True)
+    elif op == "torch_F_dropout1d":
+        def call(k):
+            return F.dropout1d(sets[k % nsets]["x"].view(1, -1, CHANNEL_GROUP), p, training=True)
+    elif op == "torch_F_feature_alpha_dropout":
+        def call(k):
+            x = sets[k % nsets]["x"].view(1, -1, CHANNEL_GROUP)
+            return F.feature_alpha_dropout(x, p, training=True)
+    elif op == "torch_droppath":
+        q = 1.0 - p
+
+        def call(k):
+            x = sets[k % nsets]["x"].view(DROPPATH_SAMPLES, -1)
+            keep = x.new_empty((DROPPATH_SAMPLES, 1)).bernoulli_(q)
+            if q > 0.0:
+                keep.div_(q)
+            return x * keep
+    elif op == "torch_colsum":
+        def call(k):
+            return sets[k % nsets]["x"].sum(0)
     else:
         raise ValueError(op)
     return call
@@ -326,6 +370,10 @@ def main() -> int:
                 if op in FUSED_OPS and n % hidden != 0:
                     print(f"# skipped op={op} device={device} dtype={dname} n={n}: "
                           f"n is not a multiple of H={hidden}", flush=True)
+                    continue
+                if op in FAMILY_OPS and (n % CHANNEL_GROUP or n % DROPPATH_SAMPLES):
+                    print(f"# skipped op={op} device={device} dtype={dname} n={n}: n is not "
+                          f"a multiple of {CHANNEL_GROUP} and {DROPPATH_SAMPLES}", flush=True)
                     continue
                 nsets = n_sets_for(op, n, elem, ws_bytes, hidden) if ws_bytes > 0 else 1
                 sets = None

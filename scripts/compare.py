@@ -18,7 +18,11 @@ Op mapping: fwd_bits -> torch_native_dropout_fwd, fwd_regen -> torch_F_dropout,
 bwd_bits and bwd_regen -> torch_native_dropout_bwd; the fused bias + dropout + residual
 forwards fused_fwd_bits and fused_fwd_regen, and dropkit's own three-pass reference
 threepass_fwd_bits / threepass_fwd_regen -> torch_bias_dropout_residual_3pass (PyTorch
-eager: x + bias, F.dropout, residual + z); fused_bwd -> torch_bias_dropout_residual_bwd.
+eager: x + bias, F.dropout, residual + z); fused_bwd -> torch_bias_dropout_residual_bwd. The rest of the family: alpha_* ->
+torch_F_alpha_dropout, channel_fwd_* -> torch_F_dropout1d, feature_alpha_fwd_bits ->
+torch_F_feature_alpha_dropout, droppath_fwd_* -> torch_droppath, channel_bwd_bits and
+droppath_bwd_bits -> torch_native_dropout_bwd (torch's backward of any of them is that
+elementwise multiply), colsum -> torch_colsum.
 The fused family's lines on both sides count the bytes the fused op must move, so their
 GB/s compare directly. The CPU bench's layer_fwd (Dropout::forward) and fwd_inplace map to
 torch_F_dropout.
@@ -56,7 +60,10 @@ TORCH_IMPL = "torch"
 TORCH_3PASS = "torch_bias_dropout_residual_3pass"
 OUR_OPS = ["fwd_bits", "fwd_regen", "bwd_bits", "bwd_regen",
            "fused_fwd_bits", "fused_fwd_regen", "threepass_fwd_bits", "threepass_fwd_regen",
-           "fused_bwd"]
+           "fused_bwd",
+           "alpha_fwd_bits", "alpha_fwd_regen", "channel_fwd_bits", "channel_fwd_regen",
+           "channel_bwd_bits", "feature_alpha_fwd_bits", "droppath_fwd_bits",
+           "droppath_fwd_regen", "droppath_bwd_bits", "colsum"]
 TORCH_FOR = {
     "fwd_bits": "torch_native_dropout_fwd",
     "fwd_regen": "torch_F_dropout",
@@ -69,6 +76,16 @@ TORCH_FOR = {
     "fused_bwd": "torch_bias_dropout_residual_bwd",
     "layer_fwd": "torch_F_dropout",
     "fwd_inplace": "torch_F_dropout",
+    "alpha_fwd_bits": "torch_F_alpha_dropout",
+    "alpha_fwd_regen": "torch_F_alpha_dropout",
+    "channel_fwd_bits": "torch_F_dropout1d",
+    "channel_fwd_regen": "torch_F_dropout1d",
+    "channel_bwd_bits": "torch_native_dropout_bwd",
+    "feature_alpha_fwd_bits": "torch_F_feature_alpha_dropout",
+    "droppath_fwd_bits": "torch_droppath",
+    "droppath_fwd_regen": "torch_droppath",
+    "droppath_bwd_bits": "torch_native_dropout_bwd",
+    "colsum": "torch_colsum",
 }
 OUR_OPS[2:2] = ["layer_fwd", "fwd_inplace"]
 # candle's training forward, beside each of our forwards.
@@ -83,7 +100,12 @@ COPY_TARGET = 85.0
 FUSED_FWD = {"fused_fwd_bits": "threepass_fwd_bits", "fused_fwd_regen": "threepass_fwd_regen"}
 FUSED_TARGET = 1.5
 # References that get no "(missing)" row when dropkit did not run them.
-OPTIONAL_OPS = set(FUSED_FWD.values())
+# The family cases too: dropkit's CPU bench has none, yet torch's CPU run has the
+# native backward they map to.
+OPTIONAL_OPS = set(FUSED_FWD.values()) | {
+    "alpha_fwd_bits", "alpha_fwd_regen", "channel_fwd_bits", "channel_fwd_regen",
+    "channel_bwd_bits", "feature_alpha_fwd_bits", "droppath_fwd_bits", "droppath_fwd_regen",
+    "droppath_bwd_bits", "colsum"}
 COPY_OP = "copy"
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
 REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")

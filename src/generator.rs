@@ -2,27 +2,42 @@
 //!
 //! A generator hands each training-mode call the current offset and advances it by one,
 //! so a run can be replayed from (seed, offset). It is cheap to share (`Arc`) and
-//! thread-safe: concurrent calls get distinct offsets.
+//! thread-safe: concurrent calls get distinct offsets. [`GeneratorState`] is that
+//! (seed, offset) pair as a plain value, so a training run can checkpoint it with its
+//! model and resume with the same masks (with the `serde` feature it serialises).
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Seed and offset behind a mutex: reading and advancing is one atomic step.
 #[derive(Debug)]
 pub struct Generator {
-    state: Mutex<State>,
+    state: Mutex<GeneratorState>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct State {
-    seed: u64,
-    offset: u64,
+/// Everything a [`Generator`] holds: the seed and the offset of the next training call.
+/// Restoring it ([`Generator::from_state`], [`Generator::set_state`]) replays the same
+/// masks from that call on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct GeneratorState {
+    /// The Philox key of every call.
+    pub seed: u64,
+    /// The offset the next training call will use.
+    pub offset: u64,
 }
 
 impl Generator {
     /// A generator at offset 0 of `seed`.
     pub fn new(seed: u64) -> Self {
         Self {
-            state: Mutex::new(State { seed, offset: 0 }),
+            state: Mutex::new(GeneratorState { seed, offset: 0 }),
+        }
+    }
+
+    /// A generator that continues from a saved [`GeneratorState`].
+    pub fn from_state(state: GeneratorState) -> Self {
+        Self {
+            state: Mutex::new(state),
         }
     }
 
@@ -31,7 +46,7 @@ impl Generator {
         Self::new(rand::random())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, GeneratorState> {
         // The state is two integers, always valid: a panic elsewhere cannot corrupt it.
         self.state
             .lock()
@@ -70,6 +85,18 @@ impl Generator {
         self.lock().offset
     }
 
+    /// The seed and the offset of the next training call, read together (a concurrent
+    /// call cannot slip between them), to checkpoint with a model.
+    pub fn state(&self) -> GeneratorState {
+        *self.lock()
+    }
+
+    /// Continues from a saved state: the next training call uses `state.offset` of
+    /// `state.seed`.
+    pub fn set_state(&self, state: GeneratorState) {
+        *self.lock() = state;
+    }
+
     /// Sets the offset of the next training call (to replay a run).
     pub fn set_offset(&self, offset: u64) {
         self.lock().offset = offset;
@@ -77,7 +104,7 @@ impl Generator {
 
     /// Restarts at offset 0 of `seed` (what `torch.manual_seed` does).
     pub fn reseed(&self, seed: u64) {
-        *self.lock() = State { seed, offset: 0 };
+        *self.lock() = GeneratorState { seed, offset: 0 };
     }
 
     /// Returns (seed, offset) for one training call and advances the offset by one.
@@ -121,6 +148,54 @@ mod tests {
         assert_eq!(g.offset(), 11);
         g.reseed(6);
         assert_eq!((g.seed(), g.offset()), (6, 0));
+    }
+
+    #[test]
+    fn saved_state_resumes_the_same_calls() {
+        let g = Generator::new(42);
+        g.next_call();
+        g.next_call();
+        let saved = g.state();
+        assert_eq!(
+            saved,
+            GeneratorState {
+                seed: 42,
+                offset: 2
+            }
+        );
+        let after: Vec<_> = (0..3).map(|_| g.next_call()).collect();
+        assert_eq!(after, [(42, 2), (42, 3), (42, 4)]);
+
+        let resumed = Generator::from_state(saved);
+        assert_eq!(
+            (0..3).map(|_| resumed.next_call()).collect::<Vec<_>>(),
+            after
+        );
+
+        let other = Generator::new(1);
+        other.set_state(saved);
+        assert_eq!(other.next_call(), (42, 2));
+        assert_eq!(
+            other.state(),
+            GeneratorState {
+                seed: 42,
+                offset: 3
+            }
+        );
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn state_round_trips_through_serde() {
+        let state = GeneratorState {
+            seed: u64::MAX,
+            offset: 7,
+        };
+        let json = serde_json::to_string(&state).unwrap();
+        assert_eq!(json, r#"{"seed":18446744073709551615,"offset":7}"#);
+        let parsed: GeneratorState = serde_json::from_str(&json).unwrap();
+        assert_eq!(parsed, state);
+        assert_eq!(Generator::from_state(parsed).next_call(), (u64::MAX, 7));
     }
 
     #[test]

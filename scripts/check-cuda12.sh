@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# check-cuda12.sh: the kernels build for CUDA 12.x machines. Installs NVRTC 12 and ptxas 12
+# from pinned PyPI wheels into a venv of their own, compiles every kernel module with
+# that NVRTC through dropkit's own run-time fallback (dropkit::cuda::nvrtc::compile_module,
+# via examples/nvrtc_ptx.rs and tests/kernels.rs) for compute_80 and compute_90, prints
+# each PTX's ISA version, and assembles every PTX with ptxas 12 for sm_80 and sm_90 with
+# -v. Fails on a compile error, any spill or stack frame, more than 64 registers (as
+# check-ptx.sh), or a PTX ISA newer than this NVRTC's CUDA release can load.
+# Last, the driver symbols: builds a stand-in libcuda.so.1 (C, gcc) that exports every
+# function cudarc binds, logs each one called and answers as one sm_90 GPU would (no
+# kernel runs), runs the CUDA tests and examples against it, and fails if dropkit's path
+# loads a symbol that CUDA 12.0's headers lack (per the #[cfg] on cudarc's own bindings).
+# Needs no GPU.
+#
+#   DROPKIT_CUDA12_VENV  venv location (default: <repo>/.venv-cuda12)
+#   PYTHON               interpreter for the venv (default: python3)
+#   DROPKIT_MAX_REGS     register limit (default 64)
+set -euo pipefail
+
+log() { printf 'check-cuda12: %s\n' "$*" >&2; }
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(dirname "$script_dir")"
+cd "$repo"
+venv="${DROPKIT_CUDA12_VENV:-$repo/.venv-cuda12}"
+python="${PYTHON:-python3}"
+max_regs="${DROPKIT_MAX_REGS:-64}"
+
+# Pinned, one CUDA release (12.9 Update 1) for all three. The runtime wheel is only for
+# its headers: NVRTC needs cuda_fp16.h / cuda_bf16.h from an include directory.
+# CUDA 12.9 emits PTX ISA 8.8; a CUDA 12.x driver loads PTX up to its own release's ISA.
+wheels=(
+    nvidia-cuda-nvrtc-cu12==12.9.86
+    nvidia-cuda-nvcc-cu12==12.9.86
+    nvidia-cuda-runtime-cu12==12.9.79
+)
+expected_isa="8.8"
+
+if [ ! -x "$venv/bin/python" ]; then
+    log "creating venv $venv"
+    "$python" -m venv "$venv" >&2
+fi
+log "installing ${wheels[*]}"
+"$venv/bin/python" -m pip install --quiet "${wheels[@]}" >&2
+site="$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+nvrtc_lib="$site/nvidia/cuda_nvrtc/lib"
+include="$site/nvidia/cuda_runtime/include"
+ptxas="$site/nvidia/cuda_nvcc/bin/ptxas"
+for need in "$nvrtc_lib/libnvrtc.so.12" "$include/cuda_fp16.h" "$ptxas"; do
+    [ -e "$need" ] || { log "error: $need missing after install"; exit 1; }
+done
+"$ptxas" --version | tail -n 2 >&2
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+# A build without nvcc, as a CUDA 12 user without nvcc (or docs.rs) gets: the embedded
+# sources are what the fallback compiles. Only NVRTC 12 is on the library path.
+nvrtc_env=(env -u NVCC DROPKIT_NO_NVCC=1 LD_LIBRARY_PATH="$nvrtc_lib"
+    DROPKIT_CUDA_INCLUDE="$include")
+
+log "NVRTC 12: the kernel-name test (every kernel present, no FMA contraction)"
+"${nvrtc_env[@]}" DROPKIT_REQUIRE_NVRTC=1 cargo test --quiet --test kernels nvrtc
+
+log "NVRTC 12: PTX of every module for compute_80 and compute_90"
+"${nvrtc_env[@]}" cargo run --quiet --example nvrtc_ptx -- "$tmp" compute_80 compute_90 |
+    tee "$tmp/versions.txt"
+if grep -v "\.version $expected_isa " "$tmp/versions.txt" | grep -q .; then
+    log "FAIL: PTX ISA other than $expected_isa (NVRTC on the path is not 12.9?)"
+    exit 1
+fi
+
+status=0
+shopt -s nullglob
+ptx_files=("$tmp"/*.ptx)
+[ "${#ptx_files[@]}" -eq 8 ] || { log "FAIL: expected 8 PTX files, got ${#ptx_files[@]}"; exit 1; }
+for ptx in "${ptx_files[@]}"; do
+    base="$(basename "$ptx" .ptx)"
+    for sm in sm_80 sm_90; do
+        # ptxas needs sm >= the PTX target: compute_90 PTX does not assemble for sm_80.
+        case "$base:$sm" in *compute_90:sm_80) continue ;; esac
+        out="$tmp/$base.$sm.log"
+        if ! "$ptxas" -arch="$sm" -v -o "$tmp/$base.$sm.cubin" "$ptx" >"$out" 2>&1; then
+            cat "$out" >&2
+            log "FAIL: ptxas -arch=$sm on $base"
+            status=1
+            continue
+        fi
+        frames="$(grep -c 'bytes stack frame' "$out" || true)"
+        clean="$(grep -c ' 0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads' "$out" || true)"
+        most="$(grep -o 'Used [0-9]* registers' "$out" | awk '$2 > m { m = $2 } END { print m + 0 }')"
+        printf '  %-32s %s  %2d kernels, no spill/stack in %2d, most registers %d\n' \
+            "$base" "$sm" "$frames" "$clean" "$most"
+        if [ "$frames" -eq 0 ] || [ "$clean" -ne "$frames" ]; then
+            grep 'bytes stack frame' "$out" | grep -v ' 0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads' >&2 || true
+            log "FAIL: $base $sm: spills or stack"
+            status=1
+        fi
+        if [ "$most" -gt "$max_regs" ]; then
+            log "FAIL: $base $sm: $most registers > $max_regs"
+            status=1
+        fi
+    done
+done
+
+log "driver symbols: the CUDA tests and examples against a logging stand-in libcuda"
+cudarc_dir="$(cargo metadata --format-version 1 --locked |
+    "$venv/bin/python" -c 'import json, os, sys
+pkgs = json.load(sys.stdin)["packages"]
+print(os.path.dirname(next(p["manifest_path"] for p in pkgs if p["name"] == "cudarc")))')"
+stub="$tmp/stub"
+mkdir -p "$stub"
+"$venv/bin/python" - "$cudarc_dir/src/driver/sys/mod.rs" "$stub" <<'PY'
+# Writes stub.c (every cudarc driver binding as a logging stand-in) and cuda12.txt (the
+# bindings CUDA 12.0's headers have: no #[cfg], or a #[cfg] naming cuda-12000).
+import re, sys
+source, out = sys.argv[1], sys.argv[2]
+names, cuda12, cfg = set(), set(), None
+for line in open(source):
+    if line.startswith("#[cfg("):
+        cfg = line
+        continue
+    m = re.match(r"pub unsafe fn (cu\w+)\(", line)
+    if m and "dynamic-loading" not in (cfg or ""):
+        names.add(m.group(1))
+        if cfg is None or '"cuda-12000"' in cfg:
+            cuda12.add(m.group(1))
+    cfg = None
+# (parameters, body) of the calls whose outputs cudarc reads; device memory is host memory.
+answers = {
+    "cuDeviceGetCount": ("int *c", "*c = 1;"),
+    "cuDeviceGet": ("int *d, int o", "*d = 0;"),
+    # compute capability 9.0, 132 SMs, memory pools supported, anything else 1
+    "cuDeviceGetAttribute": ("int *v, int a, int d",
+                             "*v = a == 75 ? 9 : a == 76 ? 0 : a == 16 ? 132 : 1;"),
+    "cuDevicePrimaryCtxRetain": ("void **c, int d", "*c = &handles[0];"),
+    "cuCtxGetCurrent": ("void **c", "*c = current;"),
+    "cuCtxSetCurrent": ("void *c", "current = c;"),
+    "cuStreamCreate": ("void **s, unsigned f", "*s = &handles[1];"),
+    "cuDeviceGetName": ("char *n, int len, int d", "strncpy(n, \"stub\", len);"),
+    "cuMemAllocAsync": ("uint64_t *p, size_t b, void *s",
+                        "*p = (uint64_t)(uintptr_t)calloc(1, b ? b : 1);"),
+    "cuMemAlloc_v2": ("uint64_t *p, size_t b", "*p = (uint64_t)(uintptr_t)calloc(1, b ? b : 1);"),
+    "cuMemcpyHtoDAsync_v2": ("uint64_t d, const void *s, size_t b, void *st",
+                             "memcpy((void *)(uintptr_t)d, s, b);"),
+    "cuMemcpyDtoHAsync_v2": ("void *d, uint64_t s, size_t b, void *st",
+                             "memcpy(d, (void *)(uintptr_t)s, b);"),
+    "cuMemcpyDtoDAsync_v2": ("uint64_t d, uint64_t s, size_t b, void *st",
+                             "memcpy((void *)(uintptr_t)d, (void *)(uintptr_t)s, b);"),
+    "cuModuleLoadData": ("void **m, const void *img", "*m = &handles[2];"),
+    "cuModuleGetFunction": ("void **f, void *m, const char *n", "*f = &handles[3];"),
+    "cuEventCreate": ("void **e, unsigned f", "*e = &handles[4];"),
+    "cuGetErrorString": ("int e, const char **s", "*s = \"stub\";"),
+    "cuGetErrorName": ("int e, const char **s", "*s = \"stub\";"),
+    # NVRTC asks the driver for an export table; "not supported" sends it its own way.
+    "cuGetExportTable": ("const void **t, const void *id", "*t = 0; return 801;"),
+}
+lines = ["#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
+         "static char handles[8]; static void *current;",
+         "static void note(const char *name, int *seen) {",
+         "    const char *path = getenv(\"STUB_CUDA_LOG\"); FILE *f;",
+         "    if (*seen || !path) return; *seen = 1;",
+         "    if ((f = fopen(path, \"a\"))) { fprintf(f, \"%s\\n\", name); fclose(f); } }"]
+for name in sorted(names):
+    params, body = answers.get(name, ("void", ""))
+    lines.append(f"int {name}({params}) {{ static int seen; note(\"{name}\", &seen); "
+                 f"{body} return 0; }}")
+open(f"{out}/stub.c", "w").write("\n".join(lines) + "\n")
+open(f"{out}/cuda12.txt", "w").write("\n".join(sorted(cuda12)) + "\n")
+PY
+gcc -shared -fPIC -O1 -w -o "$stub/libcuda.so.1" "$stub/stub.c"
+ln -sf libcuda.so.1 "$stub/libcuda.so"
+export STUB_CUDA_LOG="$stub/called.txt"
+stub_env=("${nvrtc_env[@]}" LD_LIBRARY_PATH="$stub:$nvrtc_lib")
+# The stand-in runs no kernel, so value checks fail: only the symbols called count here.
+"${stub_env[@]}" cargo test --quiet --no-fail-fast --test dropout_cuda --test family_cuda \
+    --test kernels >"$tmp/stub-tests.log" 2>&1 || true
+for example in 03-cudarc-interop quickstart; do
+    "${stub_env[@]}" cargo run --quiet --example "$example" >>"$tmp/stub-tests.log" 2>&1 || true
+done
+unset STUB_CUDA_LOG
+sort -u "$stub/called.txt" >"$tmp/called.txt"
+printf '  driver symbols loaded (%d): %s\n' "$(wc -l <"$tmp/called.txt")" "$(tr '\n' ' ' <"$tmp/called.txt")"
+if ! grep -qx cuLaunchKernel "$tmp/called.txt"; then
+    tail -n 40 "$tmp/stub-tests.log" >&2
+    log "FAIL: no kernel launch reached the stand-in driver"
+    status=1
+fi
+missing="$(comm -23 "$tmp/called.txt" <(sort "$stub/cuda12.txt"))"
+if [ -n "$missing" ]; then
+    log "FAIL: loaded symbols missing from CUDA 12.0: $missing"
+    status=1
+fi
+
+if [ "$status" -ne 0 ]; then
+    log "FAILED"
+else
+    log "ok"
+fi
+exit "$status"
