@@ -17,17 +17,10 @@ use candle_core::{DType, Device, Tensor};
 use dropkit::functional::StreamPos;
 use std::time::{Duration, Instant};
 
-const P: f64 = 0.1;
+mod common;
+use common::list;
 
-/// Comma-separated list from `var`, or `default`.
-fn list(var: &str, default: &str) -> Vec<String> {
-    std::env::var(var)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
+const P: f64 = 0.1;
 
 /// Sizes from `DROPKIT_BENCH_SIZES` (exponents of 2); unreadable entries are skipped.
 fn sizes() -> Vec<usize> {

@@ -30,18 +30,11 @@ use dropkit::{Dropout, Element, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::time::Duration;
 
+mod common;
+use common::list;
+
 const SEED: u64 = 0x5EED;
 const OFFSET: u64 = 7;
-
-/// Comma-separated list from `var`, or `default`.
-fn list(var: &str, default: &str) -> Vec<String> {
-    std::env::var(var)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
 
 fn sizes() -> Vec<usize> {
     list("DROPKIT_BENCH_SIZES", "16,20,24")

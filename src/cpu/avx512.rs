@@ -4,7 +4,7 @@
 //!
 //! Per 32-element mask word: Philox4x32-10 for the word's eight counter blocks runs in zmm
 //! registers (each 32-bit state word in the low half of a 64-bit lane, as the AVX2 path
-//! does, so a round is two `vpmuludq`, two shifts and two three-way xors), the keep bits
+//! does, so a round is two `vpmuludq`, two shuffles and two three-way xors), the keep bits
 //! come straight out of an unsigned compare into a k-mask, and the elements are widened,
 //! mapped and selected under that mask. bf16 narrows with `vcvtneps2bf16` where the CPU
 //! has AVX-512 BF16: that instruction rounds to nearest even and quiets NaNs exactly as
@@ -36,6 +36,9 @@ fn hardware_bf16() -> bool {
 
 use crate::philox::{M0, M1, W0, W1};
 
+/// `vpshufd` control that swaps the two 32-bit halves of every 64-bit lane.
+const SWAP_HALVES: _MM_PERM_ENUM = 0b10_11_00_01;
+
 /// The 32 random words of decisions `4 * group .. 4 * group + 32` (eight Philox blocks),
 /// in decision order: words 0..16 in the first register, 16..32 in the second.
 ///
@@ -63,14 +66,16 @@ unsafe fn philox_blocks8(seed: u64, offset: u64, group: u64) -> [__m512i; 2] {
         }
         let p0 = _mm512_mul_epu32(c0, m0);
         let p1 = _mm512_mul_epu32(c2, m1);
-        // 0x96: a ^ b ^ c.
+        // The high words moved to the low halves by swapping each lane's two halves: a
+        // shuffle (port 5) rather than a shift, which would queue behind the multiplies
+        // on port 0. 0x96: a ^ b ^ c.
         c0 = _mm512_ternarylogic_epi64::<0x96>(
-            _mm512_srli_epi64::<32>(p1),
+            _mm512_shuffle_epi32::<SWAP_HALVES>(p1),
             c1,
             _mm512_set1_epi64(i64::from(k0)),
         );
         c2 = _mm512_ternarylogic_epi64::<0x96>(
-            _mm512_srli_epi64::<32>(p0),
+            _mm512_shuffle_epi32::<SWAP_HALVES>(p0),
             c3,
             _mm512_set1_epi64(i64::from(k1)),
         );
