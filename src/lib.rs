@@ -25,6 +25,9 @@ pub mod candle;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_off.rs"]
+mod cuda;
 pub mod device;
 pub mod element;
 pub mod error;
@@ -33,15 +36,17 @@ pub mod generator;
 pub mod layers;
 pub mod mask;
 pub mod philox;
+pub mod plan;
 pub mod tensor;
 
 pub use device::Device;
 pub use element::{DType, Element};
 pub use error::{Error, Result};
-pub use functional::{DropoutState, MaskMode, StreamPos};
+pub use functional::DropoutState;
 pub use generator::{default_generator, manual_seed, Generator};
 pub use layers::{
     AlphaDropout, BiasDropoutResidual, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
     FeatureAlphaDropout,
 };
+pub use plan::{MaskMode, StreamPos};
 pub use tensor::Tensor;

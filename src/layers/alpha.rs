@@ -5,7 +5,8 @@
 use super::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{alpha_train, DropoutState, GroupedKind};
+use crate::functional::{alpha_train, DropoutState};
+use crate::plan::GroupedKind;
 use crate::tensor::Tensor;
 
 /// Elementwise alpha dropout: kept a*x + b, dropped a*A + b with A = -lambda*alpha of SELU;

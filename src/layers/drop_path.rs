@@ -4,7 +4,8 @@
 use super::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{DropoutState, GroupedKind};
+use crate::functional::DropoutState;
+use crate::plan::GroupedKind;
 use crate::tensor::Tensor;
 
 /// Drops each sample (index of the first dimension) with probability p and scales kept

@@ -16,11 +16,10 @@ pub use residual::BiasDropoutResidual;
 
 use crate::element::Element;
 use crate::error::Result;
-use crate::functional::{
-    self, new_output, DropoutState, GroupedKind, MaskMode, Operand, StreamPos, TrainResult,
-};
+use crate::functional::{self, new_output, DropoutState, Operand, TrainResult};
 use crate::generator::{default_generator, Generator};
 use crate::mask::Probability;
+use crate::plan::{GroupedKind, MaskMode, StreamPos};
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
