@@ -94,7 +94,7 @@ impl<T: Element> Tensor<T> {
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
-            Storage::Cuda(b) => b.location(),
+            Storage::Cuda(b) => Device::of_cuda_buffer(b),
         }
     }
 

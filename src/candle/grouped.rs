@@ -31,7 +31,7 @@ pub fn grouped_dropout(
         return Ok(x.clone());
     }
     if group == 0 && x.elem_count() > 0 {
-        return Err(to_candle_error(crate::Error::InvalidShape {
+        return Err(to_candle_error(crate::error::Error::InvalidShape {
             op: "grouped dropout",
             shape: x.dims().to_vec(),
             reason: "a decision must cover at least one element".into(),

@@ -7,7 +7,7 @@ use crate::functional::check_index_range;
 use candle_core::{CpuStorage, Layout, Tensor};
 
 /// Turns a dropkit error into a candle error whose message says where it came from.
-pub fn to_candle_error(e: crate::Error) -> candle_core::Error {
+pub fn to_candle_error(e: crate::error::Error) -> candle_core::Error {
     candle_core::Error::Msg(format!("dropkit dropout: {e}")).bt()
 }
 
@@ -62,12 +62,15 @@ macro_rules! candle_layer {
             pub fn new(p: f64) -> candle_core::Result<Self> {
                 Ok(Self {
                     core: $crate::layers::LayerCore::new(p)
-                        .map_err($crate::candle::to_candle_error)?,
+                        .map_err($crate::candle::util::to_candle_error)?,
                 })
             }
 
             /// Uses `generator` instead of the process-wide default.
-            pub fn with_generator(mut self, generator: std::sync::Arc<$crate::Generator>) -> Self {
+            pub fn with_generator(
+                mut self,
+                generator: std::sync::Arc<$crate::generator::Generator>,
+            ) -> Self {
                 self.core.generator = Some(generator);
                 self
             }

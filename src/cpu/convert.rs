@@ -192,7 +192,6 @@ fn f32_bits_to_bf16_bits(x: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::element::Element;
 
     #[test]
     fn bf16_block_conversions_match_half() {
@@ -225,9 +224,9 @@ mod tests {
         for chunk in patterns.chunks_exact(32) {
             let f: Vec<f32> = chunk.iter().map(|&x| f32::from_bits(x)).collect();
             let mut h = [bf16::ZERO; 32];
-            bf16::from_compute_block(&f, &mut h);
+            f32_to_bf16_block(&f, &mut h);
             let mut back = [0f32; 32];
-            bf16::to_compute_block(&h, &mut back);
+            bf16_to_f32_block(&h, &mut back);
             for k in 0..32 {
                 let want = bf16::from_f32(f[k]).to_bits();
                 assert_eq!(h[k].to_bits(), want, "{:#010x}", chunk[k]);
@@ -247,8 +246,8 @@ mod tests {
             for (k, v) in f.iter_mut().enumerate() {
                 *v = f32::from_bits(((hi << 5) | k as u64) as u32);
             }
-            f16::from_compute_block(&f, &mut h);
-            bf16::from_compute_block(&f, &mut b);
+            f32_to_f16_block(&f, &mut h);
+            f32_to_bf16_block(&f, &mut b);
             for k in 0..32 {
                 assert_eq!(h[k].to_bits(), f16::from_f32(f[k]).to_bits(), "{:?}", f[k]);
                 assert_eq!(b[k].to_bits(), bf16::from_f32(f[k]).to_bits(), "{:?}", f[k]);
@@ -261,9 +260,9 @@ mod tests {
         let all: Vec<f16> = (0..=u16::MAX).map(f16::from_bits).collect();
         for chunk in all.chunks_exact(32) {
             let mut f = [0f32; 32];
-            f16::to_compute_block(chunk, &mut f);
+            f16_to_f32_block(chunk, &mut f);
             let mut back = [f16::ZERO; 32];
-            f16::from_compute_block(&f, &mut back);
+            f32_to_f16_block(&f, &mut back);
             for k in 0..32 {
                 assert_eq!(f[k].to_bits(), chunk[k].to_f32().to_bits());
                 assert_eq!(back[k].to_bits(), f16::from_f32(f[k]).to_bits());
@@ -274,7 +273,7 @@ mod tests {
             *v = 1.0 + k as f32 * 2f32.powi(-12) + 2f32.powi(-20);
         }
         let mut h = [f16::ZERO; 32];
-        f16::from_compute_block(&f, &mut h);
+        f32_to_f16_block(&f, &mut h);
         for k in 0..32 {
             assert_eq!(h[k].to_bits(), f16::from_f32(f[k]).to_bits());
         }

@@ -7,6 +7,34 @@ use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView};
 use std::fmt;
 
+impl CudaDevice {
+    /// Uploads host data into a new device buffer.
+    pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaBuffer<T>> {
+        let slice = if data.is_empty() {
+            self.stream()
+                .null()
+                .map_err(driver_error("empty allocation"))?
+        } else {
+            self.stream()
+                .clone_htod(data)
+                .map_err(driver_error("host to device copy"))?
+        };
+        Ok(CudaBuffer::new(self.clone(), slice, 0, data.len()))
+    }
+
+    /// Device-to-device copy of a buffer (its live range only).
+    pub(crate) fn copy_from<T: Element>(&self, src: &CudaBuffer<T>) -> Result<CudaBuffer<T>> {
+        if src.is_empty() {
+            return self.upload::<T>(&[]);
+        }
+        let slice = self
+            .stream()
+            .clone_dtod(&src.view())
+            .map_err(driver_error("device to device copy"))?;
+        Ok(CudaBuffer::new(self.clone(), slice, 0, src.len()))
+    }
+}
+
 /// A tensor's device data: a cudarc slice and the element range `[start, start + len)` of
 /// it that the tensor covers (a view may start at any element, aligned or not).
 pub struct CudaBuffer<T> {
@@ -46,11 +74,6 @@ impl<T: Element> CudaBuffer<T> {
 
     pub(crate) fn device(&self) -> &CudaDevice {
         &self.device
-    }
-
-    /// The tensor-level device this buffer is on.
-    pub(crate) fn location(&self) -> crate::device::Device {
-        crate::device::Device::Cuda(self.device.clone())
     }
 
     pub(crate) fn view(&self) -> CudaView<'_, T> {

@@ -4,10 +4,8 @@
 //! A machine without a driver gets [`Error::CudaUnavailable`], never a panic:
 //! `is_culib_present()` is checked before the first driver call.
 
-use super::buffer::CudaBuffer;
 use super::kernels::{self, KernelModule};
 use super::nvrtc;
-use crate::element::Element;
 use crate::error::{Error, Result};
 use cudarc::driver::{
     result::DriverError, sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream,
@@ -148,20 +146,6 @@ impl CudaDevice {
         self.stream.context().cu_ctx() == other.stream.context().cu_ctx()
     }
 
-    /// Uploads host data into a new device buffer.
-    pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaBuffer<T>> {
-        let slice = if data.is_empty() {
-            self.stream
-                .null()
-                .map_err(driver_error("empty allocation"))?
-        } else {
-            self.stream
-                .clone_htod(data)
-                .map_err(driver_error("host to device copy"))?
-        };
-        Ok(CudaBuffer::new(self.clone(), slice, 0, data.len()))
-    }
-
     /// A new buffer of `len` elements whose contents the caller overwrites in full.
     pub(crate) fn alloc_uninit<T: cudarc::driver::DeviceRepr>(
         &self,
@@ -173,18 +157,6 @@ impl CudaDevice {
         // SAFETY: every caller launches a kernel that writes all `len` elements before any
         // read, on this same stream.
         unsafe { self.stream.alloc::<T>(len) }.map_err(driver_error("allocation"))
-    }
-
-    /// Device-to-device copy of a buffer (its live range only).
-    pub(crate) fn copy_from<T: Element>(&self, src: &CudaBuffer<T>) -> Result<CudaBuffer<T>> {
-        if src.is_empty() {
-            return self.upload::<T>(&[]);
-        }
-        let slice = self
-            .stream
-            .clone_dtod(&src.view())
-            .map_err(driver_error("device to device copy"))?;
-        Ok(CudaBuffer::new(self.clone(), slice, 0, src.len()))
     }
 
     /// The kernel `name` from `module`, loaded once per context.

@@ -1,8 +1,9 @@
 //! Alpha dropout (SPEC section 6): the elementwise forward of [`super::dropout`] with the
 //! affine map of self-normalising networks; its backward is [`super::dropout_backward`].
 
+use super::dispatch::{train_or_identity, Operand, TrainResult};
 use super::dropout::elementwise_train;
-use super::{train_or_identity, DropoutState, Operand, TrainResult};
+use super::state::DropoutState;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::Probability;

@@ -1,11 +1,12 @@
 //! Elementwise dropout (SPEC section 3), the elementwise training forward that alpha
 //! dropout shares, and the backward of the whole family.
 
-use super::state::{regenerate_bits, MaskBuffer, Saved};
-use super::{
-    check_index_range, mask_elsewhere, run_forward, train_or_identity, DropoutState, ForwardOp,
-    Operand, TrainResult,
+use super::dispatch::{
+    check_index_range, mask_elsewhere, run_forward, train_or_identity, ForwardOp, Operand,
+    TrainResult,
 };
+use super::state::DropoutState;
+use super::state::{regenerate_bits, MaskBuffer, Saved};
 use crate::cpu;
 use crate::cuda;
 use crate::element::{to_compute_f64, Element};

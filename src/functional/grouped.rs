@@ -2,10 +2,10 @@
 //! channel dropout, DropPath and FeatureAlphaDropout. Its backward is
 //! [`super::dropout_backward`].
 
-use super::{
-    check_index_range, run_forward, train_or_identity, DropoutState, ForwardOp, Operand,
-    TrainResult,
+use super::dispatch::{
+    check_index_range, run_forward, train_or_identity, ForwardOp, Operand, TrainResult,
 };
+use super::state::DropoutState;
 use crate::cpu;
 use crate::cuda;
 use crate::element::Element;

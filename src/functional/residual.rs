@@ -1,8 +1,9 @@
 //! The fused `out = residual + dropout(x + bias)` (SPEC section 6) and its backward, which
 //! also returns the bias and residual gradients.
 
-use super::state::Saved;
-use super::{check_index_range, new_output, run_forward, DropoutState, ForwardOp, Operand};
+use super::dispatch::{check_index_range, new_output, run_forward, ForwardOp, Operand};
+use super::dropout::dropout_backward;
+use super::state::{DropoutState, Saved};
 use crate::cpu;
 use crate::cuda;
 use crate::element::{to_compute_f64, Element};
@@ -167,7 +168,7 @@ pub fn bias_dropout_residual_backward<T: Element>(
     grad: &Tensor<T>,
     state: &BiasDropoutResidualState,
 ) -> Result<BiasDropoutResidualGrads<T>> {
-    let dx = super::dropout_backward(grad, &state.dropout)?;
+    let dx = dropout_backward(grad, &state.dropout)?;
     let h = state.hidden;
     let bias_storage = match &dx.storage {
         Storage::Cpu(g) => {

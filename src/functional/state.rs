@@ -2,7 +2,6 @@
 //! the device that made them, or the stream position to regenerate them), how elements map
 //! to decisions, and the gradient factor of kept elements.
 
-use super::ForwardOut;
 use crate::cuda;
 use crate::device::Device;
 use crate::element::{DType, Element};
@@ -10,6 +9,13 @@ use crate::error::{Error, Result};
 use crate::mask::{fill_keep_bits, mask_words, Probability};
 use crate::plan::{Decisions, MaskMode, StreamPos};
 use crate::tensor::Tensor;
+
+/// A forward's output (`None` when written in place) with the input's shape and device.
+pub(crate) struct ForwardOut<T: Element> {
+    pub output: Option<Tensor<T>>,
+    pub shape: Vec<usize>,
+    pub device: Device,
+}
 
 /// Packed keep bits on the device that produced them.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! elements take SELU's negative saturation value and an affine map keeps the mean and
 //! variance of a standard-normal input (SPEC section 6).
 
-use super::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::functional::{alpha_train, DropoutState};

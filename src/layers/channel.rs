@@ -1,7 +1,7 @@
 //! Channel dropout, `Dropout1d` / `Dropout2d` / `Dropout3d`: one decision per (sample,
 //! channel), the whole feature map kept or zeroed (SPEC section 6, decision j = n*C + c).
 
-use super::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::functional::DropoutState;

@@ -1,7 +1,7 @@
 //! `DropPath` (stochastic depth): a whole sample of a residual branch is dropped, one
 //! decision per index along the first dimension (SPEC section 6, j = n).
 
-use super::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::functional::DropoutState;
