@@ -4,9 +4,15 @@
 //! CUDA kernels produce the same bits for the same seed and offset, whatever the launch
 //! shape or thread count. The contract is `docs/spec.md`.
 //!
-//! Layout: [`philox`] and [`mask`] hold the spec's arithmetic; `cpu` and `cuda` are the
-//! backends; [`functional`] validates a call and picks the backend; [`layers`] are what
-//! users hold.
+//! Layout, each layer depending only on those below it (`scripts/import-graph.py` checks
+//! there is no import cycle between files):
+//! - [`philox`] and [`mask`] hold the spec's arithmetic; [`element`], [`error`] and
+//!   [`plan`] the vocabulary of a call (stream position, mask mode, decision layout, what a
+//!   kept element becomes);
+//! - [`cpu`] and `cuda` are the backends, which know only those leaf modules (without the
+//!   `cuda` feature, a stand-in whose buffers cannot exist takes the place of `cuda`);
+//! - [`functional`] validates a call and dispatches on where its tensor lives;
+//! - [`layers`] are what users hold, and `candle` the same layers for candle tensors.
 //!
 //! ```
 //! use dropkit::{Device, Dropout, Tensor};
