@@ -120,7 +120,8 @@ pub(crate) mod residual {
         x: &CudaBuffer<T>,
         _: &CudaBuffer<T>,
         _: CudaOperand<'_, T>,
-        _: (StreamPos, &Probability),
+        _: StreamPos,
+        _: &Probability,
         _: T::Compute,
         _: MaskMode,
     ) -> Result<Forward<T>> {

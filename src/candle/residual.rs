@@ -342,7 +342,8 @@ mod cuda_forward {
     use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
 
     impl FusedOp {
-        fn cuda(
+        /// The fused forward on candle's CUDA storages `[x, bias, residual]`.
+        pub(super) fn cuda(
             &self,
             args: [(&CudaStorage, &Layout); 3],
         ) -> candle_core::Result<(CudaStorage, Shape)> {

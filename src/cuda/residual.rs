@@ -27,7 +27,8 @@ pub(crate) fn forward<T: Element>(
     x: &CudaBuffer<T>,
     bias: &CudaBuffer<T>,
     residual: CudaOperand<'_, T>,
-    (pos, prob): (StreamPos, &Probability),
+    pos: StreamPos,
+    prob: &Probability,
     scale: T::Compute,
     mode: MaskMode,
 ) -> Result<Forward<T>> {

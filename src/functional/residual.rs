@@ -113,8 +113,8 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
     fn cuda(self, residual: cuda::CudaOperand<'_, T>) -> Result<cuda::Forward<T>> {
         let (x, bias) = (on_cuda(self.x, "x")?, on_cuda(self.bias, "bias")?);
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
-        let draw = (self.pos, self.prob);
-        cuda::residual::forward(x, bias, residual, draw, scale, self.mode)
+        let (pos, prob) = (self.pos, self.prob);
+        cuda::residual::forward(x, bias, residual, pos, prob, scale, self.mode)
     }
 }
 
