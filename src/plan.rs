@@ -1,6 +1,6 @@
 //! The vocabulary of one dropout call, shared by every layer and every backend: where its
 //! random words start ([`StreamPos`]), how the mask is saved ([`MaskMode`]), how elements
-//! map to decisions ([`Decisions`]), what a kept or dropped element becomes ([`Kept`]),
+//! map to decisions (`Decisions`), what a kept or dropped element becomes (`Kept`),
 //! alpha dropout's coefficients and the column-sum block size of the bias gradient.
 //!
 //! A leaf: it imports only the element and probability types, never a backend, so the CPU

@@ -1,6 +1,6 @@
 //! Elementwise decisions on the CPU (SPEC sections 3 and 6): dropout and alpha dropout
 //! forward with optional packed bits, and backward from bits. Backward by regeneration is
-//! the forward (with [`Kept::Scale`]) applied to the gradient.
+//! the forward (with `Kept::Scale`) applied to the gradient.
 
 use super::{map_words, with_kept, Block, Source};
 use crate::element::{ComputeFloat, Element};
