@@ -5,8 +5,10 @@
 //! cores with rayon, widens inputs to the compute type and narrows outputs once. Because
 //! each word depends only on its index, the bits do not depend on the thread count.
 
+pub(crate) mod convert;
 pub mod dropout;
-pub mod family;
+pub mod grouped;
+pub mod residual;
 
 use crate::element::{ComputeFloat, Element};
 
@@ -47,44 +49,45 @@ const CHUNK: usize = 32 * 1024;
 /// A block of 32 compute values: one mask word's worth of elements.
 pub type Block<C> = [C; 32];
 
-/// What a kept and a dropped element become (the per-layer arithmetic of SPEC section 6).
-pub trait KeptOp<C: ComputeFloat>: Copy + Send + Sync {
-    fn kept(&self, x: C) -> C;
-    fn dropped(&self) -> C;
+/// Binds `$kept` and `$dropped` to what a kept element becomes (a closure) and the dropped
+/// value, for each arm of a [`crate::plan::Kept`], then runs `$body`: each arm compiles to
+/// its own word loop, so the per-element select vectorises with no match inside it.
+macro_rules! with_kept {
+    ($op:expr, |$kept:ident, $dropped:ident| $body:expr) => {
+        match $op {
+            $crate::plan::Kept::Scale(s) => {
+                let $kept = $crate::cpu::kept_fn(
+                    #[inline(always)]
+                    move |x| $crate::element::ComputeFloat::mul(x, s),
+                );
+                let $dropped = $crate::element::ComputeFloat::ZERO;
+                $body
+            }
+            $crate::plan::Kept::Affine { a, b, dropped } => {
+                let $kept = $crate::cpu::kept_fn(
+                    #[inline(always)]
+                    move |x| {
+                        $crate::element::ComputeFloat::add(
+                            $crate::element::ComputeFloat::mul(x, a),
+                            b,
+                        )
+                    },
+                );
+                let $dropped = dropped;
+                $body
+            }
+        }
+    };
 }
+pub(crate) use with_kept;
 
-/// Dropout, channel dropout, DropPath and every backward: x * s, or +0.
-#[derive(Debug, Clone, Copy)]
-pub struct Scale<C>(pub C);
-
-impl<C: ComputeFloat> KeptOp<C> for Scale<C> {
-    #[inline(always)]
-    fn kept(&self, x: C) -> C {
-        x.mul(self.0)
-    }
-    #[inline(always)]
-    fn dropped(&self) -> C {
-        C::ZERO
-    }
-}
-
-/// AlphaDropout: a * x + b (multiply rounded, then add rounded: no FMA), or a*A + b.
-#[derive(Debug, Clone, Copy)]
-pub struct Affine<C> {
-    pub a: C,
-    pub b: C,
-    pub dropped: C,
-}
-
-impl<C: ComputeFloat> KeptOp<C> for Affine<C> {
-    #[inline(always)]
-    fn kept(&self, x: C) -> C {
-        x.mul(self.a).add(self.b)
-    }
-    #[inline(always)]
-    fn dropped(&self) -> C {
-        self.dropped
-    }
+/// Types a kept map as a function of the compute type (closures as arguments may carry
+/// `#[inline(always)]`, which the word loops rely on).
+#[inline(always)]
+pub(crate) fn kept_fn<C: ComputeFloat>(
+    f: impl Fn(C) -> C + Copy + Sync,
+) -> impl Fn(C) -> C + Copy + Sync {
+    f
 }
 
 /// Where an operand comes from: a separate slice, or the output itself (in-place).
