@@ -10,6 +10,7 @@
 // the thread with vector v reads and writes elements v*E .. v*E+E-1 itself, so y may equal
 // x. The loop condition is taken per warp so that every lane reaches the bit-packing
 // shuffles; results do not depend on the grid or on the block size (a multiple of 32).
+#include "dk_draw.cuh"
 #include "dk_dtype.cuh"
 #include "dk_vector.cuh"
 #include "philox.cuh"
@@ -70,10 +71,10 @@ __device__ __forceinline__ void alpha_dropout_fwd(const T* x, T* y, uint32_t* bi
 // One exported kernel per dtype (names and signatures are the contract with the Rust side).
 #define DK_ALPHA_DROPOUT_FWD(SUFFIX, T, C)                                                  \
     extern "C" __global__ void alpha_dropout_fwd_##SUFFIX(                                  \
-        const T* x, T* y, uint32_t* bits, uint64_t n, uint64_t seed, uint64_t offset,        \
-        uint64_t index_base, uint64_t threshold, C a, C b, C dropped_value) {                \
-        alpha_dropout_fwd<T>(x, y, bits, n, seed, offset, index_base, threshold, a, b,       \
-                             dropped_value);                                                 \
+        const T* x, T* y, uint32_t* bits, uint64_t n, DkDraw draw, C a, C b,                 \
+        C dropped_value) {                                                                   \
+        alpha_dropout_fwd<T>(x, y, bits, n, draw.seed, draw.offset, draw.index_base,         \
+                             draw.threshold, a, b, dropped_value);                           \
     }
 
 DK_ALPHA_DROPOUT_FWD(f32, float, float)

@@ -34,6 +34,7 @@
 // same thread.
 #include <stdint.h>
 
+#include "dk_draw.cuh"
 #include "dk_dtype.cuh"
 #include "dk_vector.cuh"
 #include "philox.cuh"
@@ -142,9 +143,10 @@ __device__ __forceinline__ void dk_dropout_bwd_bits(const T* dy, T* dx,
 // __launch_bounds__(1024) keeps every block size up to 1024 launchable.
 #define DK_DROPOUT_KERNELS(DT, T, C)                                                         \
     extern "C" __global__ void __launch_bounds__(1024)                                      \
-        dropout_fwd_##DT(const T* x, T* y, uint32_t* bits, uint64_t n, uint64_t seed,       \
-                         uint64_t offset, uint64_t index_base, uint64_t threshold, C scale) { \
-        dk_dropout_fwd<T>(x, y, bits, n, seed, offset, index_base, threshold, scale);        \
+        dropout_fwd_##DT(const T* x, T* y, uint32_t* bits, uint64_t n, DkDraw draw,         \
+                         C scale) {                                                          \
+        dk_dropout_fwd<T>(x, y, bits, n, draw.seed, draw.offset, draw.index_base,            \
+                          draw.threshold, scale);                                            \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(1024)                                      \
         dropout_bwd_bits_##DT(const T* dy, T* dx, const uint32_t* bits, uint64_t n, C scale) { \
