@@ -23,7 +23,7 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
     const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,
     uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,
     typename DkType<T>::C scale) {
-    constexpr int E = DkDrawWidth<T>::E;
+    constexpr int E = DkPiece<T>::N > 4 ? DkPiece<T>::N : 4;  // one 16-byte piece
     const uint64_t nvec = n / E + (n % E != 0);
     const uint64_t nwords = n / 32 + (n % 32 != 0);
     const bool wide = dk_aligned16(x) && dk_aligned16(residual) && dk_aligned16(out);

@@ -95,6 +95,26 @@ __device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_
     }
 }
 
+// dk_words for a shift s = d0 % 4 known at compile time (S): the words are a fixed
+// window of the E/4 (+1 when S != 0) Philox outputs, so the shift costs no instructions
+// and only the E words in use stay live. Main loops are instantiated once per S.
+template <int E, int S>
+__device__ __forceinline__ void dk_words_at(uint64_t seed, uint64_t offset, uint64_t d0,
+                                            uint32_t (&u)[E]) {
+    static_assert(E > 0 && E % 4 == 0 && S >= 0 && S < 4, "E % 4 == 0, S in 0..3");
+    const uint64_t g0 = d0 >> 2;
+#pragma unroll
+    for (int j = 0; j < E / 4 + (S != 0); ++j) {
+        const uint4 r = dk_philox4(seed, offset, g0 + (uint64_t)j);
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int k = 4 * j + q - S;  // word q of call j is decision d0 + k
+            if (k >= 0 && k < E) u[k] = w[q];
+        }
+    }
+}
+
 // SPEC section 2: dropped <=> u < t, with t = floor(p * 2^32 + 0.5) in [0, 2^32].
 // t is passed as u64 so that p = 1 (t = 2^32) drops every word.
 __device__ __forceinline__ bool dk_dropped(uint32_t u, uint64_t threshold) {

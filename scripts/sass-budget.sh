@@ -12,10 +12,12 @@
 #
 # Main loop = a loop (a backward branch and the code from its target) that holds 16-byte
 # global stores; the kernels keep the scalar tail out of it, so the count is exact for the
-# full-vector path. A kernel with a mask has one loop that writes bits (it holds warp
-# shuffles) and one that does not (the regenerate form); with an index base that is not a
-# multiple of 4 each also has a second, "shifted" loop with one more Philox call, which the
-# table lists beside the aligned one (the budget applies to both).
+# full-vector path (dropout and alpha dropout; the fused and grouped kernels are not split
+# yet, see their budgets). A kernel with a mask has one loop that writes bits (it holds warp
+# shuffles) and one that does not (the regenerate form); each comes once for an index base
+# that is a multiple of 4 and once per other remainder ("shifted": one more Philox call
+# per step). The table shows the aligned loop and the dearest shifted one; the budget
+# applies to all.
 #
 # Environment: NVCC as in check-ptx.sh; DROPKIT_CUDA_ARCH the PTX target (default
 # compute_80: what a GPU of sm_80 or newer loads); DROPKIT_SASS_VENV where cuobjdump is
@@ -76,21 +78,23 @@ import re
 import sys
 
 # Budgets in SASS instructions per element, per (kernel without dtype, dtype). The
-# forwards' limits come from the issue (bf16/f16 <= 32, f32 <= 48); the others are what
-# was measured, rounded up a little, so that a regression shows.
+# forwards' limits come from issue 10 (bf16/f16 <= 32, f32 <= 48); the others are what
+# was measured (PTX compute_80), rounded up a little, so that a regression shows.
 BUDGET = {
     ("dropout_fwd", "bf16"): 32, ("dropout_fwd", "f16"): 32,
-    ("dropout_fwd", "f32"): 48, ("dropout_fwd", "f64"): 64,
+    ("dropout_fwd", "f32"): 48, ("dropout_fwd", "f64"): 44,
     ("dropout_bwd_bits", "bf16"): 8, ("dropout_bwd_bits", "f16"): 8,
-    ("dropout_bwd_bits", "f32"): 10, ("dropout_bwd_bits", "f64"): 14,
-    ("alpha_dropout_fwd", "bf16"): 34, ("alpha_dropout_fwd", "f16"): 34,
-    ("alpha_dropout_fwd", "f32"): 50, ("alpha_dropout_fwd", "f64"): 66,
-    ("bias_dropout_residual_fwd", "bf16"): 40, ("bias_dropout_residual_fwd", "f16"): 40,
-    ("bias_dropout_residual_fwd", "f32"): 56, ("bias_dropout_residual_fwd", "f64"): 72,
-    ("grouped_scale", "bf16"): 14, ("grouped_scale", "f16"): 14,
-    ("grouped_scale", "f32"): 20, ("grouped_scale", "f64"): 30,
-    ("grouped_alpha", "bf16"): 16, ("grouped_alpha", "f16"): 16,
-    ("grouped_alpha", "f32"): 22, ("grouped_alpha", "f64"): 32,
+    ("dropout_bwd_bits", "f32"): 8, ("dropout_bwd_bits", "f64"): 12,
+    ("alpha_dropout_fwd", "bf16"): 32, ("alpha_dropout_fwd", "f16"): 32,
+    ("alpha_dropout_fwd", "f32"): 48, ("alpha_dropout_fwd", "f64"): 48,
+    # Not split yet: their loops still hold the scalar tail, so these counts are upper
+    # bounds of the vector path (budgets = today's count plus a little).
+    ("bias_dropout_residual_fwd", "bf16"): 85, ("bias_dropout_residual_fwd", "f16"): 85,
+    ("bias_dropout_residual_fwd", "f32"): 90, ("bias_dropout_residual_fwd", "f64"): 92,
+    ("grouped_scale", "bf16"): 58, ("grouped_scale", "f16"): 58,
+    ("grouped_scale", "f32"): 55, ("grouped_scale", "f64"): 64,
+    ("grouped_alpha", "bf16"): 61, ("grouped_alpha", "f16"): 61,
+    ("grouped_alpha", "f32"): 59, ("grouped_alpha", "f64"): 70,
 }
 SIZE = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8}
 
@@ -109,12 +113,20 @@ for path in sys.argv[1:]:
 
 
 def loops(code):
-    """(first, last) addresses of every loop: a branch back to an earlier address."""
-    found = []
+    """(first, last) addresses of every innermost loop: a branch back to an earlier
+    address whose range holds no other such branch and no EXIT (a branch back from
+    out-of-line code after the end, such as a warp-divergence fallback, is not a loop)."""
+    back = []
     for addr, text in code:
         m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)\s*$", text)
         if m and int(m.group(1), 16) < addr:
-            found.append((int(m.group(1), 16), addr))
+            back.append((int(m.group(1), 16), addr))
+    found = []
+    for lo, hi in back:
+        nested = any(lo <= lo2 and hi2 < hi for lo2, hi2 in back if (lo2, hi2) != (lo, hi))
+        exits = any(lo <= a <= hi and re.search(r"\bEXIT\b", t) for a, t in code)
+        if not nested and not exits:
+            found.append((lo, hi))
     return found
 
 
@@ -138,10 +150,17 @@ for fn in sorted(functions):
         continue
     budget = BUDGET[(kernel, dtype)]
     for form in sorted({f for f, _, _ in main}):
-        # The cheapest loop of a form is the aligned one; a dearer one is the shifted.
+        # The cheapest loop of a form is the aligned one (index_base % 4 == 0); dearer
+        # ones are the shifted instantiations (one more Philox call per step).
+        # The table shows the aligned loop and the dearest shifted one; all are checked.
         variants = sorted((n / e, n, e) for f, n, e in main if f == form)
-        labels = ["aligned"] + ["shifted"] * (len(variants) - 1) if len(variants) > 1 else ["-"]
-        for label, (per, n, e) in zip(labels, variants):
+        for per, n, e in variants:
+            failed |= per > budget
+        if len(variants) == 1:
+            shown = [("-", variants[0])]
+        else:
+            shown = [("aligned", variants[0]), (f"worst of {len(variants) - 1} shifted", variants[-1])]
+        for label, (per, n, e) in shown:
             ok = per <= budget
             failed |= not ok
             rows.append((kernel, dtype, form, label, n, e, per, budget, "ok" if ok else "OVER"))
