@@ -58,10 +58,10 @@ enum DkIndexAlign {
 // d0 + k is entry s + k of the outputs of groups d0/4, d0/4 + 1, ... laid end to end, so
 // s == 0 takes E/4 Philox calls (one per 4 decisions) and s != 0 one more and a shift by s.
 // Callers step d0 by multiples of 4 from a per-launch base, so s is the same for every
-// thread and the DK_INDEX_ANY branch does not diverge. A kernel may instead test the base
-// once and instantiate its loop with DK_INDEX_ALIGNED and DK_INDEX_SHIFTED: ptxas sizes a
-// kernel's registers for its worst path, and a loop holding both paths can need more than
-// either alone. Array indices are compile-time constants after unrolling (registers only).
+// thread and the DK_INDEX_ANY branch does not diverge. Hot loops use dk_words_at below
+// instead (the shift a compile-time constant, one loop per shift): ptxas sizes a kernel's
+// registers for its worst path, and a loop holding every shift needs more than each
+// alone. Array indices are compile-time constants after unrolling (registers only).
 template <int E, DkIndexAlign A = DK_INDEX_ANY>
 __device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_t d0,
                                          uint32_t (&u)[E]) {
