@@ -9,13 +9,13 @@
 //! emulated architecture); without it the test prints that it skipped, and with
 //! DROPKIT_REQUIRE_EMULATOR=1 it fails instead. Only dropkit's public API is used.
 
-use dropkit::plan::COLUMN_SUM_BLOCK_ROWS;
 use dropkit::element::{to_compute_f64, ComputeFloat};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
     dropout_backward, grouped_dropout, GroupedKind,
 };
 use dropkit::mask::{keep_bits_from, Probability};
+use dropkit::plan::COLUMN_SUM_BLOCK_ROWS;
 use dropkit::{DType, Element, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::path::{Path, PathBuf};
