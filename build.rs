@@ -1,5 +1,5 @@
 //! Compiles every `kernels/*.cu` to PTX with nvcc and generates `kernels.rs` in OUT_DIR,
-//! which the crate includes to embed the PTX.
+//! which the crate includes to embed the PTX: one typed constant per module.
 //!
 //! nvcc is found from `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`. Without nvcc (or
 //! with `DROPKIT_NO_NVCC=1`) the build still succeeds, embeds no PTX and warns; CUDA calls
@@ -41,31 +41,36 @@ fn main() {
         Vec::new()
     };
 
-    let mut code = String::from("/// (module name, PTX) for every kernels/*.cu.\n");
-    code.push_str("pub const PTX_MODULES: &[(&str, &str)] = &[\n");
-    for (name, path) in &modules {
-        code.push_str(&format!(
-            "    ({name:?}, include_str!({:?})),\n",
-            path.display()
-        ));
-    }
-    code.push_str("];\n");
-    // The sources too, each with its local headers inlined, for run-time NVRTC when no
-    // PTX was built (a few tens of KiB).
-    code.push_str("/// (module name, self-contained CUDA source) for every kernels/*.cu.\n");
-    code.push_str("pub const SOURCE_MODULES: &[(&str, &str)] = &[\n");
+    // One typed constant per kernels/*.cu (`DROPOUT` for dropout.cu), so a launch that
+    // names a module that does not exist fails to compile. Each holds the PTX nvcc built
+    // (`None` without nvcc) and the source with its local headers inlined, for run-time
+    // NVRTC when no PTX was built (a few tens of KiB). `KernelModule` is defined by the
+    // file that includes this one (src/cuda/kernels.rs).
+    let mut code = String::new();
+    let mut names = Vec::new();
     if env::var_os("CARGO_FEATURE_CUDA").is_some() {
         for src in kernel_sources() {
             let name = src.file_stem().unwrap().to_string_lossy().into_owned();
-            let path = out_dir.join(format!("{name}.nvrtc.cu"));
-            fs::write(&path, amalgamate(&src)).expect("write amalgamated source");
+            let source = out_dir.join(format!("{name}.nvrtc.cu"));
+            fs::write(&source, amalgamate(&src)).expect("write amalgamated source");
+            let ptx = match modules.iter().find(|(m, _)| *m == name) {
+                Some((_, path)) => format!("Some(include_str!({:?}))", path.display()),
+                None => "None".to_owned(),
+            };
+            let constant = name.to_uppercase();
             code.push_str(&format!(
-                "    ({name:?}, include_str!({:?})),\n",
-                path.display()
+                "/// kernels/{name}.cu.\npub const {constant}: KernelModule = KernelModule {{\n    \
+                 name: {name:?},\n    ptx: {ptx},\n    source: include_str!({:?}),\n}};\n",
+                source.display()
             ));
+            names.push(constant);
         }
     }
-    code.push_str("];\n");
+    code.push_str("/// Every kernels/*.cu, sorted by name.\n");
+    code.push_str(&format!(
+        "pub const ALL: &[KernelModule] = &[{}];\n",
+        names.join(", ")
+    ));
     fs::write(&generated, code).expect("write kernels.rs");
 }
 

@@ -8,6 +8,7 @@
 // The decision of local element i is index_base + i, as in elementwise dropout, and the
 // keep bits (SPEC section 4) are written when bits != null. The arithmetic is
 // dk_bias_dropout_residual (dk_dtype.cuh).
+#include "dk_draw.cuh"
 #include "dk_dtype.cuh"
 #include "dk_vector.cuh"
 #include "philox.cuh"
@@ -22,7 +23,7 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(
     const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,
     uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,
     typename DkType<T>::C scale) {
-    constexpr int E = DkDrawWidth<T>::E;
+    constexpr int E = DkPiece<T>::N > 4 ? DkPiece<T>::N : 4;  // one 16-byte piece
     const uint64_t nvec = n / E + (n % E != 0);
     const uint64_t nwords = n / 32 + (n % 32 != 0);
     const bool wide = dk_aligned16(x) && dk_aligned16(residual) && dk_aligned16(out);
@@ -155,10 +156,9 @@ __device__ __forceinline__ void dk_column_sum_finish(const double* partial, T* o
 #define DK_BDR_KERNELS(SUFFIX, T, C)                                                         \
     extern "C" __global__ void bias_dropout_residual_fwd_##SUFFIX(                           \
         const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,     \
-        uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,  \
-        C scale) {                                                                           \
-        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, seed, offset,    \
-                                        index_base, threshold, scale);                       \
+        uint64_t h, DkDraw draw, C scale) {                                                  \
+        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, draw.seed,       \
+                                        draw.offset, draw.index_base, draw.threshold, scale); \
     }                                                                                        \
     extern "C" __global__ void column_sum_partial_##SUFFIX(                                  \
         const T* g, double* partial, uint64_t rows, uint64_t h, uint64_t block_rows) {       \

@@ -23,6 +23,10 @@ struct DkType<float> {
     using C = float;
     static __device__ __forceinline__ float to_c(float x) { return x; }
     static __device__ __forceinline__ float round_t(float c) { return c; }
+    static __device__ __forceinline__ void round_pair(float a, float b, float& ta, float& tb) {
+        ta = a;
+        tb = b;
+    }
     static __device__ __forceinline__ double to_double(float x) { return (double)x; }
     static __device__ __forceinline__ float from_double(double d) { return __double2float_rn(d); }
     static __device__ __forceinline__ float zero() { return 0.0f; }
@@ -33,6 +37,11 @@ struct DkType<double> {
     using C = double;
     static __device__ __forceinline__ double to_c(double x) { return x; }
     static __device__ __forceinline__ double round_t(double c) { return c; }
+    static __device__ __forceinline__ void round_pair(double a, double b, double& ta,
+                                                      double& tb) {
+        ta = a;
+        tb = b;
+    }
     static __device__ __forceinline__ double to_double(double x) { return x; }
     static __device__ __forceinline__ double from_double(double d) { return d; }
     static __device__ __forceinline__ double zero() { return 0.0; }
@@ -43,18 +52,50 @@ struct DkType<__half> {
     using C = float;
     static __device__ __forceinline__ float to_c(__half x) { return __half2float(x); }
     static __device__ __forceinline__ __half round_t(float c) { return __float2half_rn(c); }
+    // Two at a time: one cvt.rn.f16x2.f32 on sm_80 and newer (.x from a).
+    static __device__ __forceinline__ void round_pair(float a, float b, __half& ta, __half& tb) {
+        const __half2 r = __floats2half2_rn(a, b);
+        ta = r.x;
+        tb = r.y;
+    }
     static __device__ __forceinline__ double to_double(__half x) { return (double)__half2float(x); }
     // cvt.rn.f16.f64: one rounding straight from double (no double rounding through float).
     static __device__ __forceinline__ __half from_double(double d) { return __double2half(d); }
     static __device__ __forceinline__ __half zero() { return __ushort_as_half((unsigned short)0); }
 };
 
+// float -> bf16 bits, round to nearest even, in integer arithmetic: add half an ulp of
+// bf16 minus one, plus the lowest kept bit (ties to even), and truncate; a NaN becomes
+// the canonical 0x7fff, as cvt.rn.bf16.f32 gives. Overflow carries into the exponent and
+// yields inf, as it must. For GPUs without the hardware conversion (below sm_80).
+__device__ __forceinline__ unsigned short dk_bf16_rn_bits(float f) {
+    const uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 template <>
 struct DkType<__nv_bfloat16> {
     using C = float;
     static __device__ __forceinline__ float to_c(__nv_bfloat16 x) { return __bfloat162float(x); }
     static __device__ __forceinline__ __nv_bfloat16 round_t(float c) {
-        return __float2bfloat16_rn(c);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        return __float2bfloat16_rn(c);  // cvt.rn.bf16.f32
+#else
+        return __ushort_as_bfloat16(dk_bf16_rn_bits(c));
+#endif
+    }
+    // Two at a time: one cvt.rn.bf16x2.f32 on sm_80 and newer (.x from a).
+    static __device__ __forceinline__ void round_pair(float a, float b, __nv_bfloat16& ta,
+                                                      __nv_bfloat16& tb) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+        const __nv_bfloat162 r = __floats2bfloat162_rn(a, b);
+        ta = r.x;
+        tb = r.y;
+#else
+        ta = round_t(a);
+        tb = round_t(b);
+#endif
     }
     static __device__ __forceinline__ double to_double(__nv_bfloat16 x) {
         return (double)__bfloat162float(x);
@@ -99,4 +140,13 @@ __device__ __forceinline__ T dk_bias_dropout_residual(T x, T bias, T residual, b
     const C z = dk_add(DkType<T>::to_c(x), DkType<T>::to_c(bias));
     const C m = kept ? dk_mul(z, s) : (C)0;
     return DkType<T>::round_t(dk_add(DkType<T>::to_c(residual), m));
+}
+
+// round_T of E compute values (E even), in pairs: the paired conversions halve the
+// conversion instructions of f16 and bf16.
+template <typename T, int E>
+__device__ __forceinline__ void dk_round_all(const typename DkType<T>::C (&c)[E], T (&t)[E]) {
+    static_assert(E % 2 == 0, "E must be even");
+#pragma unroll
+    for (int k = 0; k < E; k += 2) DkType<T>::round_pair(c[k], c[k + 1], t[k], t[k + 1]);
 }

@@ -16,10 +16,13 @@ struct alignas(16) DkPiece {
 };
 
 // Elements per thread per step for kernels that draw random words: a multiple of 4 (one
-// Philox call per 4 decisions) and of the 16-byte piece: 4 for f32/f64, 8 for f16/bf16.
+// Philox call per 4 decisions) and of the 16-byte piece. 16 for f16/bf16 (two pieces, two
+// lanes per mask word), 8 for f32 (two pieces), 4 for f64 (two pieces): more elements
+// per step spread the loop's fixed cost (addresses, the branch, the mask word's
+// shuffles) over more elements, within 64 registers.
 template <typename T>
 struct DkDrawWidth {
-    static constexpr int E = DkPiece<T>::N > 4 ? DkPiece<T>::N : 4;
+    static constexpr int E = sizeof(T) == 2 ? 16 : sizeof(T) == 4 ? 8 : 4;
 };
 
 // Loads/stores E consecutive elements at a 16-byte aligned address, as 16-byte pieces.
@@ -48,22 +51,30 @@ __device__ __forceinline__ void dk_store(T* p, const T (&v)[E]) {
     }
 }
 
-// Writes the SPEC section 4 keep bits of a warp step. The thread handling run v
-// (elements v*E .. v*E+E-1) holds their keep bits in bits 0..E-1 of `keep`; L = 32/E
-// consecutive lanes cover one 32-element word, so an OR across those lanes builds it and
-// the first of them stores it (if the word exists). This needs v % L == lane % L, which
-// holds for v = blockIdx.x * blockDim.x + threadIdx.x + k * stride when the block size is a
+// The SPEC section 4 mask word of a warp step. The thread handling run v (elements v*E ..
+// v*E+E-1) holds their keep bits in bits 0..E-1 of `keep`; L = 32/E consecutive lanes
+// cover one 32-element word, so an OR across those lanes builds it; the first of them
+// (lane % L == 0) holds it for word v / L. This needs v % L == lane % L, which holds for
+// v = blockIdx.x * blockDim.x + threadIdx.x + k * stride when the block size is a
 // multiple of 32. Every lane of the warp must call this (full-mask shuffles): callers keep
 // their loop trip counts warp-uniform.
 template <int E>
-__device__ __forceinline__ void dk_store_bits(uint32_t* bits, uint64_t nwords, uint64_t v,
-                                              uint32_t keep) {
+__device__ __forceinline__ uint32_t dk_pack_word(uint32_t keep) {
     static_assert(E > 0 && E <= 32 && 32 % E == 0, "E must divide 32");
     constexpr uint32_t L = 32 / E;
     const uint32_t lane = threadIdx.x & 31u;
     uint32_t word = keep << (E * (lane % L));
 #pragma unroll
     for (uint32_t m = 1; m < L; m <<= 1) word |= __shfl_xor_sync(0xffffffffu, word, m);
+    return word;
+}
+
+// Packs (dk_pack_word) and stores word v / L if it exists (w < nwords).
+template <int E>
+__device__ __forceinline__ void dk_store_bits(uint32_t* bits, uint64_t nwords, uint64_t v,
+                                              uint32_t keep) {
+    constexpr uint32_t L = 32 / E;
+    const uint32_t word = dk_pack_word<E>(keep);
     const uint64_t w = v / L;
-    if (lane % L == 0 && w < nwords) bits[w] = word;
+    if ((threadIdx.x & 31u) % L == 0 && w < nwords) bits[w] = word;
 }

@@ -8,6 +8,7 @@
 // Local element i belongs to local decision j = (lead + i) / group; lead < group lets a
 // shard start in the middle of a group. Decisions are few (N*C or N), so the mask is
 // drawn once by its own kernel and the elementwise kernels only read bits.
+#include "dk_draw.cuh"
 #include "dk_dtype.cuh"
 #include "dk_vector.cuh"
 #include "philox.cuh"
@@ -37,10 +38,9 @@ __device__ __forceinline__ void dk_mask_bits(uint32_t* bits, uint64_t n_decision
     }
 }
 
-extern "C" __global__ void dropout_mask_bits(uint32_t* bits, uint64_t n_decisions,
-                                             uint64_t seed, uint64_t offset,
-                                             uint64_t first_decision, uint64_t threshold) {
-    dk_mask_bits(bits, n_decisions, seed, offset, first_decision, threshold);
+// draw.index_base carries the first decision.
+extern "C" __global__ void dropout_mask_bits(uint32_t* bits, uint64_t n_decisions, DkDraw draw) {
+    dk_mask_bits(bits, n_decisions, draw.seed, draw.offset, draw.index_base, draw.threshold);
 }
 
 // Kept/dropped values of the two elementwise kernels.

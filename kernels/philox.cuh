@@ -58,10 +58,10 @@ enum DkIndexAlign {
 // d0 + k is entry s + k of the outputs of groups d0/4, d0/4 + 1, ... laid end to end, so
 // s == 0 takes E/4 Philox calls (one per 4 decisions) and s != 0 one more and a shift by s.
 // Callers step d0 by multiples of 4 from a per-launch base, so s is the same for every
-// thread and the DK_INDEX_ANY branch does not diverge. A kernel may instead test the base
-// once and instantiate its loop with DK_INDEX_ALIGNED and DK_INDEX_SHIFTED: ptxas sizes a
-// kernel's registers for its worst path, and a loop holding both paths can need more than
-// either alone. Array indices are compile-time constants after unrolling (registers only).
+// thread and the DK_INDEX_ANY branch does not diverge. Hot loops use dk_words_at below
+// instead (the shift a compile-time constant, one loop per shift): ptxas sizes a kernel's
+// registers for its worst path, and a loop holding every shift needs more than each
+// alone. Array indices are compile-time constants after unrolling (registers only).
 template <int E, DkIndexAlign A = DK_INDEX_ANY>
 __device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_t d0,
                                          uint32_t (&u)[E]) {
@@ -92,6 +92,26 @@ __device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_
         w[E + 3] = r.w;
 #pragma unroll
         for (int k = 0; k < E; ++k) u[k] = s == 1 ? w[k + 1] : s == 2 ? w[k + 2] : w[k + 3];
+    }
+}
+
+// dk_words for a shift s = d0 % 4 known at compile time (S): the words are a fixed
+// window of the E/4 (+1 when S != 0) Philox outputs, so the shift costs no instructions
+// and only the E words in use stay live. Main loops are instantiated once per S.
+template <int E, int S>
+__device__ __forceinline__ void dk_words_at(uint64_t seed, uint64_t offset, uint64_t d0,
+                                            uint32_t (&u)[E]) {
+    static_assert(E > 0 && E % 4 == 0 && S >= 0 && S < 4, "E % 4 == 0, S in 0..3");
+    const uint64_t g0 = d0 >> 2;
+#pragma unroll
+    for (int j = 0; j < E / 4 + (S != 0); ++j) {
+        const uint4 r = dk_philox4(seed, offset, g0 + (uint64_t)j);
+        const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int k = 4 * j + q - S;  // word q of call j is decision d0 + k
+            if (k >= 0 && k < E) u[k] = w[q];
+        }
     }
 }
 

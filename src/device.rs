@@ -59,6 +59,20 @@ impl Device {
         }
     }
 
+    /// The device a CUDA buffer lives on (there is none without the `cuda` feature).
+    pub(crate) fn of_cuda_buffer<T: crate::element::Element>(
+        buffer: &crate::cuda::CudaBuffer<T>,
+    ) -> Device {
+        #[cfg(feature = "cuda")]
+        {
+            Device::Cuda(buffer.device().clone())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            buffer.unreachable()
+        }
+    }
+
     pub(crate) fn expect_same(&self, other: &Device, op: &'static str) -> Result<()> {
         if self.same_as(other) {
             Ok(())

@@ -4,9 +4,15 @@
 //! CUDA kernels produce the same bits for the same seed and offset, whatever the launch
 //! shape or thread count. The contract is `docs/spec.md`.
 //!
-//! Layout: [`philox`] and [`mask`] hold the spec's arithmetic; `cpu` and `cuda` are the
-//! backends; [`functional`] validates a call and picks the backend; [`layers`] are what
-//! users hold.
+//! Layout, each layer depending only on those below it (`scripts/import-graph.py` checks
+//! there is no import cycle between files):
+//! - [`philox`] and [`mask`] hold the spec's arithmetic; [`element`], [`error`] and
+//!   [`plan`] the vocabulary of a call (stream position, mask mode, decision layout, what a
+//!   kept element becomes);
+//! - [`cpu`] and `cuda` are the backends, which know only those leaf modules (without the
+//!   `cuda` feature, a stand-in whose buffers cannot exist takes the place of `cuda`);
+//! - [`functional`] validates a call and dispatches on where its tensor lives;
+//! - [`layers`] are what users hold, and `candle` the same layers for candle tensors.
 //!
 //! ```
 //! use dropkit::{Device, Dropout, Tensor};
@@ -25,6 +31,9 @@ pub mod candle;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(not(feature = "cuda"))]
+#[path = "cuda_off.rs"]
+mod cuda;
 pub mod device;
 pub mod element;
 pub mod error;
@@ -33,15 +42,17 @@ pub mod generator;
 pub mod layers;
 pub mod mask;
 pub mod philox;
+pub mod plan;
 pub mod tensor;
 
 pub use device::Device;
 pub use element::{DType, Element};
 pub use error::{Error, Result};
-pub use functional::{DropoutState, MaskMode, StreamPos};
+pub use functional::DropoutState;
 pub use generator::{default_generator, manual_seed, Generator};
 pub use layers::{
     AlphaDropout, BiasDropoutResidual, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
     FeatureAlphaDropout,
 };
+pub use plan::{MaskMode, StreamPos};
 pub use tensor::Tensor;

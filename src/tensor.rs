@@ -18,7 +18,8 @@ pub struct Tensor<T: Element> {
 #[derive(Debug)]
 pub(crate) enum Storage<T: Element> {
     Cpu(Vec<T>),
-    #[cfg(feature = "cuda")]
+    /// Without the `cuda` feature this variant holds a type with no values (never built).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     Cuda(crate::cuda::CudaBuffer<T>),
 }
 
@@ -80,7 +81,6 @@ impl<T: Element> Tensor<T> {
     pub fn len(&self) -> usize {
         match &self.storage {
             Storage::Cpu(v) => v.len(),
-            #[cfg(feature = "cuda")]
             Storage::Cuda(b) => b.len(),
         }
     }
@@ -94,8 +94,7 @@ impl<T: Element> Tensor<T> {
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::Cpu(_) => Device::Cpu,
-            #[cfg(feature = "cuda")]
-            Storage::Cuda(b) => Device::Cuda(b.device().clone()),
+            Storage::Cuda(b) => Device::of_cuda_buffer(b),
         }
     }
 
@@ -117,7 +116,6 @@ impl<T: Element> Tensor<T> {
     pub fn as_slice(&self) -> Option<&[T]> {
         match &self.storage {
             Storage::Cpu(v) => Some(v),
-            #[cfg(feature = "cuda")]
             Storage::Cuda(_) => None,
         }
     }
@@ -126,7 +124,6 @@ impl<T: Element> Tensor<T> {
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match &self.storage {
             Storage::Cpu(v) => Ok(v.clone()),
-            #[cfg(feature = "cuda")]
             Storage::Cuda(b) => b.to_host(),
         }
     }
@@ -135,7 +132,6 @@ impl<T: Element> Tensor<T> {
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         let storage = match (device, &self.storage) {
             (Device::Cpu, Storage::Cpu(v)) => Storage::Cpu(v.clone()),
-            #[cfg(feature = "cuda")]
             (Device::Cpu, Storage::Cuda(b)) => Storage::Cpu(b.to_host()?),
             #[cfg(feature = "cuda")]
             (Device::Cuda(d), Storage::Cpu(v)) => Storage::Cuda(d.upload(v)?),
@@ -227,7 +223,6 @@ impl<T: Element> Drop for Tensor<T> {
     fn drop(&mut self) {
         match &mut self.storage {
             Storage::Cpu(v) => crate::cpu::recycle::give(std::mem::take(v)),
-            #[cfg(feature = "cuda")]
             Storage::Cuda(_) => {}
         }
     }

@@ -8,7 +8,7 @@ use dropkit::cuda::{embedded_ptx, kernels_built, nvrtc};
 use dropkit::{Device, Error};
 use std::collections::BTreeSet;
 
-/// Every kernel src/cuda/ops.rs launches, by module.
+/// Every kernel src/cuda/ launches, by module.
 fn expected(module: &str) -> BTreeSet<String> {
     let per_dtype = |ops: &[&str]| {
         ops.iter()

@@ -1,106 +1,86 @@
 //! The one candle custom op behind every single-input layer: decisions elementwise or one
-//! per group of elements, kept elements scaled or mapped affinely (SPEC sections 3 and 6).
+//! per group of elements, kept elements scaled or mapped affinely (SPEC sections 3 and 6),
+//! on the CPU (dropkit's CPU backend) or on CUDA (dropkit's kernels on candle's stream).
 //!
 //! Backward is the same op again on the incoming gradient with the same (seed, offset,
 //! p, grouping, index base) and the layer's gradient factor (1/q, or alpha dropout's a):
 //! what dropkit's `dropout_backward` does from a regenerate-form state, so the gradient
 //! has the bits of dropkit's own backward (which equals the bits form).
 
-use super::{check_input, contiguous_range, unsupported_dtype};
-use crate::cpu::{self, Scale};
-use crate::element::{to_compute_f64, Element};
-use crate::functional::{Decisions, GroupedKind, StreamPos};
-use crate::mask::{fill_keep_bits, mask_words, Probability};
-use candle_core::backend::BackendStorage;
+use super::util::{check_input, map_cpu_storage, CpuMap};
+use crate::cpu;
+use crate::element::Element;
+use crate::layers::LayerCore;
+use crate::mask::Probability;
+use crate::plan::{Decisions, GroupLayout, GroupedKind, Kept, StreamPos};
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-
-pub(super) use crate::functional::family::{alpha_coefficients, alpha_op as alpha_affine};
-
-/// How elements map to decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Grouping {
-    /// Element i uses decision `index_base + i` (Dropout, AlphaDropout).
-    Elementwise,
-    /// One decision per this many consecutive elements (channel dropout, DropPath,
-    /// FeatureAlphaDropout).
-    Grouped(usize),
-}
-
-/// What a kept element becomes.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Kept {
-    /// x * f (f in f64, rounded once to the compute type), dropped +0: the forward of the
-    /// scaling layers (f = 1/q) and every backward (f = 1/q or alpha's a).
-    Scale(f64),
-    /// a*x + b, dropped a*A + b.
-    Alpha,
-}
 
 /// One training call of a layer: everything its forward and backward need.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct MaskOp {
+pub(super) struct MaskOp {
     name: &'static str,
-    pub(super) prob: Probability,
-    pub(super) pos: StreamPos,
-    grouping: Grouping,
-    pub(super) kept: Kept,
+    prob: Probability,
+    pos: StreamPos,
+    /// Elements per decision; `None`: elementwise (decision `index_base + i`).
+    group: Option<usize>,
+    kept: Kept<f64>,
 }
 
 impl MaskOp {
-    pub(crate) fn new(
+    pub(super) fn new(
         name: &'static str,
         prob: Probability,
         pos: StreamPos,
-        grouping: Grouping,
-        kept: Kept,
+        group: Option<usize>,
+        kept: Kept<f64>,
     ) -> Self {
         Self {
             name,
             prob,
             pos,
-            grouping,
+            group,
             kept,
         }
     }
 
     /// Elementwise dropout: x / q or +0.
-    pub(crate) fn dropout(prob: Probability, pos: StreamPos) -> Self {
-        let kept = Kept::Scale(prob.scale_f64());
-        Self::new("dropkit-dropout", prob, pos, Grouping::Elementwise, kept)
+    pub(super) fn dropout(prob: Probability, pos: StreamPos) -> Self {
+        Self::new("dropkit-dropout", prob, pos, None, Kept::dropout(&prob))
+    }
+
+    /// Elementwise alpha dropout: a*x + b, or a*A + b.
+    pub(super) fn alpha(prob: Probability, pos: StreamPos) -> Self {
+        Self::new("dropkit-alpha-dropout", prob, pos, None, Kept::alpha(&prob))
     }
 
     /// One decision per `group` elements: x / q or +0, or the alpha map.
-    pub(crate) fn grouped(
+    pub(super) fn grouped(
         prob: Probability,
         pos: StreamPos,
         group: usize,
         kind: GroupedKind,
     ) -> Self {
-        let (name, kept) = match kind {
-            GroupedKind::Scale => ("dropkit-grouped-dropout", Kept::Scale(prob.scale_f64())),
-            GroupedKind::Alpha => ("dropkit-feature-alpha-dropout", Kept::Alpha),
+        let name = match kind {
+            GroupedKind::Scale => "dropkit-grouped-dropout",
+            GroupedKind::Alpha => "dropkit-feature-alpha-dropout",
         };
-        Self::new(name, prob, pos, Grouping::Grouped(group), kept)
+        Self::new(name, prob, pos, Some(group), Kept::grouped(kind, &prob))
     }
 
     /// The decision layout of a call over `n` elements (dropkit's own, so shards and
     /// partial groups are cut the same way).
-    pub(crate) fn decisions(&self, n: usize) -> Decisions {
-        match self.grouping {
-            Grouping::Elementwise => Decisions::Elementwise,
-            Grouping::Grouped(group) => Decisions::grouped(group, self.pos.index_base, n),
+    fn decisions(&self, n: usize) -> Decisions {
+        match self.group {
+            None => Decisions::Elementwise,
+            Some(group) => Decisions::Grouped(GroupLayout::new(group, self.pos.index_base, n)),
         }
     }
 
     /// The op that gives the input gradient: the same decisions, kept gradients times the
     /// layer's factor, dropped ones +0 (dropout is linear, alpha dropout affine).
     fn backward_op(&self) -> Self {
-        let factor = match self.kept {
-            Kept::Scale(f) => f,
-            Kept::Alpha => alpha_coefficients(&self.prob).0,
-        };
         Self {
-            kept: Kept::Scale(factor),
+            kept: Kept::Scale(self.kept.grad_factor()),
             ..*self
         }
     }
@@ -109,45 +89,35 @@ impl MaskOp {
     /// so a strided input is made contiguous first (candle's copy, itself
     /// differentiable): the op then sees elements in logical row-major order, which is the
     /// decision order.
-    pub(crate) fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn apply(self, x: &Tensor) -> candle_core::Result<Tensor> {
         check_input(x, self.pos.index_base)?;
         x.contiguous()?.apply_op1(self)
     }
+}
 
-    fn cpu<T: Element>(&self, x: &[T]) -> Vec<T> {
+/// A training call of a single-input layer: bad input is refused before the layer's
+/// generator moves, then exactly one offset is taken (SPEC section 5).
+pub(super) fn train_call(
+    core: &LayerCore,
+    xs: &Tensor,
+    op: impl FnOnce(StreamPos) -> MaskOp,
+) -> candle_core::Result<Tensor> {
+    check_input(xs, core.index_base)?;
+    op(core.next_pos()).apply(xs)
+}
+
+impl CpuMap for MaskOp {
+    fn apply<T: Element>(&self, x: &[T]) -> Vec<T> {
         let mut y = vec![T::ZERO; x.len()];
         let src = cpu::Source::Slice(x);
         let (pos, prob) = (self.pos, &self.prob);
-        match (self.decisions(x.len()), self.kept) {
-            (Decisions::Elementwise, Kept::Scale(f)) => {
-                let op = Scale(to_compute_f64::<T>(f));
-                cpu::dropout::forward_with(src, &mut y, None, pos, prob, op)
+        let kept = self.kept.for_element::<T>();
+        match self.decisions(x.len()) {
+            Decisions::Elementwise => {
+                cpu::dropout::forward_with(src, &mut y, None, pos, prob, kept)
             }
-            (Decisions::Elementwise, Kept::Alpha) => {
-                cpu::dropout::forward_with(src, &mut y, None, pos, prob, alpha_affine::<T>(prob))
-            }
-            (
-                Decisions::Grouped {
-                    group,
-                    lead,
-                    first,
-                    count,
-                },
-                kept,
-            ) => {
-                // Few decisions (one per channel or sample): draw them, then apply.
-                let mut bits = vec![0u32; mask_words(count)];
-                fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
-                match kept {
-                    Kept::Scale(f) => {
-                        let op = Scale(to_compute_f64::<T>(f));
-                        cpu::family::grouped_apply(src, &mut y, &bits, group, lead, op)
-                    }
-                    Kept::Alpha => {
-                        let op = alpha_affine::<T>(prob);
-                        cpu::family::grouped_apply(src, &mut y, &bits, group, lead, op)
-                    }
-                }
+            Decisions::Grouped(layout) => {
+                cpu::grouped::forward(src, &mut y, pos, prob, &layout, kept);
             }
         }
         y
@@ -164,14 +134,7 @@ impl CustomOp1 for MaskOp {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = contiguous_range(layout)?;
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.cpu(&v[start..end])),
-            CpuStorage::F64(v) => CpuStorage::F64(self.cpu(&v[start..end])),
-            CpuStorage::F16(v) => CpuStorage::F16(self.cpu(&v[start..end])),
-            CpuStorage::BF16(v) => CpuStorage::BF16(self.cpu(&v[start..end])),
-            other => return Err(unsupported_dtype(other.dtype())),
-        };
+        let out = map_cpu_storage(self, storage, layout)?;
         Ok((out, layout.shape().clone()))
     }
 
@@ -181,7 +144,8 @@ impl CustomOp1 for MaskOp {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::mask_forward(self, storage, layout)
+        let out = super::util::map_cuda_storage(self, storage, layout)?;
+        Ok((out, layout.shape().clone()))
     }
 
     fn bwd(
@@ -193,5 +157,54 @@ impl CustomOp1 for MaskOp {
         // Gradients are often broadcast views (the gradient of a sum is a stride-0 tensor
         // of ones); `apply` makes them contiguous so that element i meets decision i.
         self.backward_op().apply(grad_res).map(Some)
+    }
+}
+
+/// The CUDA forward: dropkit's kernels launched on candle's stream over candle's buffer,
+/// writing a new buffer that candle then owns. The kernels are the ones dropkit's own
+/// tensors use, so the bits are the same.
+#[cfg(feature = "candle-cuda")]
+impl super::util::CudaMap for MaskOp {
+    fn apply<T: Element>(
+        &self,
+        dev: &crate::cuda::CudaDevice,
+        x: &cudarc::driver::CudaView<'_, T>,
+    ) -> candle_core::Result<cudarc::driver::CudaSlice<T>> {
+        use super::util::to_candle_error;
+        use crate::cuda::launch::{DkDraw, Io};
+        use crate::cuda::{dropout, grouped};
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let n = x.len();
+        let mut y = dev.alloc_uninit::<T>(n).map_err(to_candle_error)?;
+        if n == 0 {
+            return Ok(y);
+        }
+        let draw = DkDraw::new(self.pos, &self.prob);
+        let kept = self.kept.for_element::<T>();
+        {
+            // The guards record the read and the write for cudarc's event tracking; they
+            // live until the launch is queued, and end before `y` is handed over.
+            let (x_ptr, _gx) = x.device_ptr(dev.stream());
+            let (y_ptr, _gy) = y.device_ptr_mut(dev.stream());
+            let io = Io {
+                x: x_ptr,
+                y: y_ptr,
+                bits: 0,
+                n: n as u64,
+            };
+            // SAFETY: x_ptr covers the n live input elements and y_ptr a fresh n-element
+            // allocation, both in the context of `dev`'s stream and alive until the
+            // launches are queued.
+            unsafe {
+                match self.decisions(n) {
+                    Decisions::Elementwise => dropout::forward_raw::<T>(dev, io, draw, kept),
+                    Decisions::Grouped(layout) => {
+                        grouped::forward_raw::<T>(dev, io, draw, &layout, kept)
+                    }
+                }
+            }
+            .map_err(to_candle_error)?;
+        }
+        Ok(y)
     }
 }

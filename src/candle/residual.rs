@@ -7,16 +7,18 @@
 //! one parameter; so [`BiasDropoutResidual::forward_t`] takes the three with the same
 //! `train` flag, and callers wrap it in their own module where one is wanted.
 
-use super::op::{Grouping, Kept, MaskOp};
-use super::{
-    candle_layer, check_dtype, contiguous_range, dropkit_dtype, to_candle_error, unsupported_dtype,
+use super::op::MaskOp;
+use super::util::{
+    candle_layer, check_dtype, contiguous_range, dropkit_dtype, map_cpu_storage, to_candle_error,
+    unsupported_dtype, CpuMap,
 };
 use crate::cpu;
 use crate::element::{to_compute_f64, Element};
 use crate::error::Error;
-use crate::functional::{check_index_range, StreamPos};
+use crate::functional::check_index_range;
 use crate::layers::LayerCore;
 use crate::mask::Probability;
+use crate::plan::{Kept, StreamPos};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Shape, Tensor};
 
@@ -149,9 +151,9 @@ fn check_fused(
 /// One call of the fused layer. In eval the probability is 0 and s = 1, so the same
 /// arithmetic runs with nothing dropped (z * 1 = z exactly), as in dropkit.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct FusedOp {
-    pub(super) prob: Probability,
-    pub(super) pos: StreamPos,
+struct FusedOp {
+    prob: Probability,
+    pos: StreamPos,
     training: bool,
 }
 
@@ -179,17 +181,16 @@ impl FusedOp {
     fn cpu<T: Element>(&self, x: &[T], bias: &[T], residual: &[T]) -> Vec<T> {
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
         let mut out = vec![T::ZERO; x.len()];
-        let res = cpu::Source::Slice(residual);
-        cpu::family::bias_dropout_residual(
-            x, bias, res, &mut out, None, self.pos, &self.prob, scale,
-        );
+        let residual = cpu::Source::Slice(residual);
+        let inputs = cpu::residual::FusedInputs { x, bias, residual };
+        cpu::residual::bias_dropout_residual(inputs, &mut out, None, self.pos, &self.prob, scale);
         out
     }
 }
 
 /// The error for three storages that do not share one of the four dtypes (the checks
 /// before the op make this unreachable for callers of the public API).
-pub(super) fn fused_dtype_error(dtypes: [candle_core::DType; 3]) -> candle_core::Error {
+fn fused_dtype_error(dtypes: [candle_core::DType; 3]) -> candle_core::Error {
     match dtypes.map(dropkit_dtype) {
         [Some(expected), Some(a), Some(b)] => {
             let got = if a != expected { a } else { b };
@@ -254,7 +255,7 @@ impl CustomOp3 for FusedOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::fused_forward(self, [(s1, l1), (s2, l2), (s3, l3)])
+        self.cuda([(s1, l1), (s2, l2), (s3, l3)])
     }
 
     /// dx = the upstream gradient through the same mask and scale (regenerated); dbias =
@@ -269,15 +270,9 @@ impl CustomOp3 for FusedOp {
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dx = if self.training {
-            let kept = Kept::Scale(self.prob.scale_f64());
-            MaskOp::new(
-                "dropkit-bias-dropout-residual-bwd",
-                self.prob,
-                self.pos,
-                Grouping::Elementwise,
-                kept,
-            )
-            .apply(grad_res)?
+            let kept = Kept::dropout(&self.prob);
+            let name = "dropkit-bias-dropout-residual-bwd";
+            MaskOp::new(name, self.prob, self.pos, None, kept).apply(grad_res)?
         } else {
             // Eval: the dropout was the identity, so is its gradient.
             grad_res.contiguous()?
@@ -293,14 +288,14 @@ impl CustomOp3 for FusedOp {
 /// so the bits match). Applied without a backward of its own (it only ever runs inside a
 /// backward).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ColumnSum {
-    pub(crate) hidden: usize,
+struct ColumnSum {
+    hidden: usize,
 }
 
-impl ColumnSum {
-    fn cpu<T: Element>(&self, g: &[T]) -> Vec<T> {
+impl CpuMap for ColumnSum {
+    fn apply<T: Element>(&self, g: &[T]) -> Vec<T> {
         let mut out = vec![T::ZERO; self.hidden];
-        cpu::family::column_sum(g, &mut out, self.hidden);
+        cpu::residual::column_sum(g, &mut out, self.hidden);
         out
     }
 }
@@ -315,14 +310,7 @@ impl CustomOp1 for ColumnSum {
         storage: &CpuStorage,
         layout: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = contiguous_range(layout)?;
-        let out = match storage {
-            CpuStorage::F32(v) => CpuStorage::F32(self.cpu(&v[start..end])),
-            CpuStorage::F64(v) => CpuStorage::F64(self.cpu(&v[start..end])),
-            CpuStorage::F16(v) => CpuStorage::F16(self.cpu(&v[start..end])),
-            CpuStorage::BF16(v) => CpuStorage::BF16(self.cpu(&v[start..end])),
-            other => return Err(unsupported_dtype(other.dtype())),
-        };
+        let out = map_cpu_storage(self, storage, layout)?;
         Ok((out, Shape::from(self.hidden)))
     }
 
@@ -332,6 +320,126 @@ impl CustomOp1 for ColumnSum {
         storage: &candle_core::CudaStorage,
         layout: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::column_sum(self.hidden, storage, layout)
+        let out = super::util::map_cuda_storage(self, storage, layout)?;
+        Ok((out, Shape::from(self.hidden)))
+    }
+}
+
+/// The CUDA forwards: dropkit's kernels launched on candle's stream over candle's buffers
+/// (read at each layout's start offset), each writing a new buffer that candle then owns.
+/// The launchers are the ones dropkit's own tensors use, so the bits are the same.
+#[cfg(feature = "candle-cuda")]
+mod cuda_forward {
+    use super::{contiguous_range, fused_dtype_error, to_candle_error, ColumnSum, FusedOp};
+    use crate::candle::util::{device_of, CudaMap};
+    use crate::cuda::launch::DkDraw;
+    use crate::cuda::residual::{forward_raw, queue_column_sum, FusedPtrs};
+    use crate::cuda::CudaDevice;
+    use crate::element::{to_compute_f64, Element};
+    use candle_core::backend::BackendStorage;
+    use candle_core::cuda_backend::CudaStorageSlice;
+    use candle_core::{CudaStorage, Layout, Shape};
+    use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut};
+
+    impl FusedOp {
+        /// The fused forward on candle's CUDA storages `[x, bias, residual]`.
+        pub(super) fn cuda(
+            &self,
+            args: [(&CudaStorage, &Layout); 3],
+        ) -> candle_core::Result<(CudaStorage, Shape)> {
+            let [(sx, lx), (sb, lb), (sr, lr)] = args;
+            let ((x0, x1), (b0, b1), (r0, r1)) = (
+                contiguous_range(lx)?,
+                contiguous_range(lb)?,
+                contiguous_range(lr)?,
+            );
+            let dev = device_of(sx)?;
+            let owner = sx.device.clone();
+            use CudaStorageSlice as S;
+            macro_rules! launch {
+                ($x:expr, $b:expr, $r:expr) => {
+                    CudaStorage::wrap_cuda_slice(
+                        self.launch(
+                            &dev,
+                            &$x.slice(x0..x1),
+                            &$b.slice(b0..b1),
+                            &$r.slice(r0..r1),
+                        )?,
+                        owner,
+                    )
+                };
+            }
+            let out = match (&sx.slice, &sb.slice, &sr.slice) {
+                (S::F32(x), S::F32(b), S::F32(r)) => launch!(x, b, r),
+                (S::F64(x), S::F64(b), S::F64(r)) => launch!(x, b, r),
+                (S::F16(x), S::F16(b), S::F16(r)) => launch!(x, b, r),
+                (S::BF16(x), S::BF16(b), S::BF16(r)) => launch!(x, b, r),
+                _ => return Err(fused_dtype_error([sx.dtype(), sb.dtype(), sr.dtype()])),
+            };
+            Ok((out, lx.shape().clone()))
+        }
+
+        fn launch<T: Element>(
+            &self,
+            dev: &CudaDevice,
+            x: &CudaView<'_, T>,
+            bias: &CudaView<'_, T>,
+            residual: &CudaView<'_, T>,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let (n, hidden) = (x.len(), bias.len());
+            let mut out = dev.alloc_uninit::<T>(n).map_err(to_candle_error)?;
+            if n == 0 {
+                return Ok(out);
+            }
+            let scale = to_compute_f64::<T>(self.prob.scale_f64());
+            let stream = dev.stream();
+            {
+                let (x_ptr, _gx) = x.device_ptr(stream);
+                let (b_ptr, _gb) = bias.device_ptr(stream);
+                let (r_ptr, _gr) = residual.device_ptr(stream);
+                let (o_ptr, _go) = out.device_ptr_mut(stream);
+                let ptrs = FusedPtrs {
+                    x: x_ptr,
+                    bias: b_ptr,
+                    residual: r_ptr,
+                    out: o_ptr,
+                    bits: 0,
+                };
+                let draw = DkDraw::new(self.pos, &self.prob);
+                // SAFETY: x, residual and out hold n elements, bias `hidden` (checked to be
+                // x's last dimension before the op, so nonzero when n is), all in the
+                // context of `dev`'s stream and alive until the launch is queued.
+                unsafe { forward_raw::<T>(dev, ptrs, [n, hidden], draw, scale) }
+                    .map_err(to_candle_error)?;
+            }
+            Ok(out)
+        }
+    }
+
+    impl CudaMap for ColumnSum {
+        fn apply<T: Element>(
+            &self,
+            dev: &CudaDevice,
+            g: &CudaView<'_, T>,
+        ) -> candle_core::Result<CudaSlice<T>> {
+            let hidden = self.hidden;
+            let mut out = dev.alloc_uninit::<T>(hidden).map_err(to_candle_error)?;
+            if hidden == 0 {
+                return Ok(out);
+            }
+            let rows = g.len() / hidden;
+            let stream = dev.stream();
+            {
+                let (g_ptr, _gg) = g.device_ptr(stream);
+                let (o_ptr, _go) = out.device_ptr_mut(stream);
+                // SAFETY: g holds rows * hidden elements and out a fresh `hidden`-element
+                // allocation, in the context of `dev`'s stream and alive until the launches are
+                // queued. Every column is written, zero rows included. The launcher is the one
+                // dropkit's own bias gradient uses, so the order of the adds is the same.
+                unsafe { queue_column_sum::<T>(dev, g_ptr, o_ptr, rows, hidden) }
+                    .map_err(to_candle_error)?;
+            }
+            Ok(out)
+        }
     }
 }

@@ -12,22 +12,15 @@
 //! a subnormal goes through the integer rounding instead. f16 converts with the AVX-512
 //! forms of the F16C instructions.
 //!
-//! Needs AVX-512 F, BW, VL and F16C ([`available`]); AVX-512 BF16 is used when present.
+//! Needs AVX-512 F, BW, VL and F16C ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
 
-use super::{for_each_chunk, Kept, Source};
+use super::{for_each_chunk, Source};
 use crate::element::Element;
 use crate::mask::Probability;
+use crate::plan::Kept;
 use half::{bf16, f16};
 use std::any::TypeId;
 use std::arch::x86_64::*;
-
-/// True when the CPU has what these kernels need: AVX-512 F, BW and VL, and F16C.
-pub fn available() -> bool {
-    std::is_x86_feature_detected!("avx512f")
-        && std::is_x86_feature_detected!("avx512bw")
-        && std::is_x86_feature_detected!("avx512vl")
-        && std::is_x86_feature_detected!("f16c")
-}
 
 /// True when bf16 outputs narrow in hardware (AVX-512 BF16).
 fn hardware_bf16() -> bool {
@@ -390,7 +383,7 @@ unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
 /// each word go to `bits_out` when given. `x` is `y` itself for [`Source::Output`].
 ///
 /// # Safety
-/// [`available`] must be true.
+/// [`has_avx512`](super::simd::has_avx512) must be true.
 pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
     x: Source<'_, T>,
     y: &mut [T],
@@ -404,7 +397,7 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
             Source::Slice(s) => Some(&s[start..start + y.len()]),
             Source::Output => None,
         };
-        // SAFETY: the caller checked `available`; BF16 checked just above.
+        // SAFETY: the caller checked `has_avx512`; BF16 checked just above.
         unsafe {
             if hw_bf16 {
                 chunk_avx512_bf16(start / 32, xs, y, bits, keep, &op);
@@ -431,7 +424,7 @@ pub(crate) fn has_kernel<T: Element>() -> bool {
 /// is matched here.
 ///
 /// # Safety
-/// [`available`] must be true.
+/// [`has_avx512`](super::simd::has_avx512) must be true.
 pub(crate) unsafe fn map_elementwise_any<T: Element, K: KeepSource>(
     x: Source<'_, T>,
     y: &mut [T],
@@ -452,7 +445,7 @@ pub(crate) unsafe fn map_elementwise_any<T: Element, K: KeepSource>(
                     let op: Kept<<$u as Element>::Compute> = std::mem::transmute_copy(&op);
                     (x, y, op)
                 };
-                // SAFETY: the caller checked `available`.
+                // SAFETY: the caller checked `has_avx512`.
                 return unsafe { map_elementwise::<$u, K>(x, y, bits_out, keep, op) };
             }
         };

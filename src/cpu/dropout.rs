@@ -1,18 +1,11 @@
 //! Elementwise decisions on the CPU (SPEC sections 3 and 6): dropout and alpha dropout
 //! forward with optional packed bits, and backward from bits. Backward by regeneration is
-//! the forward (with [`Scale`]) applied to the gradient.
+//! the forward (with `Kept::Scale`) applied to the gradient.
 
-use super::{map_words, Block, KeptOp, Scale, Source};
+use super::{map_words, with_kept, Block, Source};
 use crate::element::{ComputeFloat, Element};
 use crate::mask::{keep_word, Probability};
-
-/// Where a call's random words come from: decision i of this tensor is `index_base + i`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamPos {
-    pub seed: u64,
-    pub offset: u64,
-    pub index_base: u64,
-}
+use crate::plan::{Kept, StreamPos};
 
 /// y = dropped ? +0 : x * s, writing the keep bits when asked.
 pub fn forward<T: Element>(
@@ -23,39 +16,39 @@ pub fn forward<T: Element>(
     prob: &Probability,
     scale: T::Compute,
 ) {
-    forward_with(x, y, bits, pos, prob, Scale(scale));
+    forward_with(x, y, bits, pos, prob, Kept::Scale(scale));
 }
 
-/// y = dropped ? op.dropped() : op.kept(x) for elementwise decisions, writing the keep
-/// bits when asked.
-pub fn forward_with<T: Element, K: KeptOp<T::Compute>>(
+/// y = dropped ? the dropped value : the kept map of x, for elementwise decisions, writing
+/// the keep bits when asked.
+pub(crate) fn forward_with<T: Element>(
     x: Source<'_, T>,
     y: &mut [T],
     bits: Option<&mut [u32]>,
     pos: StreamPos,
     prob: &Probability,
-    op: K,
+    op: Kept<T::Compute>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() == super::simd::SimdLevel::Avx512 && super::avx512::has_kernel::<T>() {
         let keep = super::avx512::Regenerate::new(pos.seed, pos.offset, pos.index_base, prob);
-        // SAFETY: the AVX-512 level is chosen only when `avx512::available()`.
-        unsafe { super::avx512::map_elementwise_any(x, y, bits, &keep, op.as_kept()) };
+        // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
+        unsafe { super::avx512::map_elementwise_any(x, y, bits, &keep, op) };
         return;
     }
     forward_words(x, y, bits, pos, prob, op);
 }
 
 /// [`forward_with`] through the generic word driver (portable or AVX2 code).
-pub(crate) fn forward_words<T: Element, K: KeptOp<T::Compute>>(
+pub(crate) fn forward_words<T: Element>(
     x: Source<'_, T>,
     y: &mut [T],
     bits: Option<&mut [u32]>,
     pos: StreamPos,
     prob: &Probability,
-    op: K,
+    op: Kept<T::Compute>,
 ) {
-    map_words(
+    with_kept!(op, |kept_map, dropped| map_words(
         [x],
         y,
         bits,
@@ -63,16 +56,15 @@ pub(crate) fn forward_words<T: Element, K: KeptOp<T::Compute>>(
         move |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
             let first = pos.index_base.wrapping_add(32 * w as u64);
             let keep = keep_word(pos.seed, pos.offset, first, prob);
-            let dropped = op.dropped();
             for k in 0..32 {
                 // Computed for every element, then selected (never a multiply by 0): the
                 // loop vectorises, and a dropped NaN or inf still gives the dropped value.
-                let kept = op.kept(xb[k]);
+                let kept = kept_map(xb[k]);
                 yb[k] = if keep & (1 << k) != 0 { kept } else { dropped };
             }
             keep
         },
-    );
+    ))
 }
 
 /// dx = bit ? dy * s : +0, from packed keep bits (bit i of the mask is element i).
@@ -80,8 +72,8 @@ pub fn backward_bits<T: Element>(dy: Source<'_, T>, dx: &mut [T], bits: &[u32], 
     #[cfg(target_arch = "x86_64")]
     if super::simd::level() == super::simd::SimdLevel::Avx512 && super::avx512::has_kernel::<T>() {
         let keep = super::avx512::Saved(bits);
-        // SAFETY: the AVX-512 level is chosen only when `avx512::available()`.
-        unsafe { super::avx512::map_elementwise_any(dy, dx, None, &keep, Scale(scale).as_kept()) };
+        // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
+        unsafe { super::avx512::map_elementwise_any(dy, dx, None, &keep, Kept::Scale(scale)) };
         return;
     }
     backward_bits_words(dy, dx, bits, scale);

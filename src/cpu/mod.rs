@@ -7,9 +7,11 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+pub(crate) mod convert;
 pub mod dropout;
-pub mod family;
+pub mod grouped;
 pub mod recycle;
+pub mod residual;
 pub mod simd;
 
 use crate::element::{ComputeFloat, Element};
@@ -63,66 +65,45 @@ const CHUNK: usize = 32 * 1024;
 /// A block of 32 compute values: one mask word's worth of elements.
 pub type Block<C> = [C; 32];
 
-/// What a kept and a dropped element become (the per-layer arithmetic of SPEC section 6).
-pub trait KeptOp<C: ComputeFloat>: Copy + Send + Sync {
-    fn kept(&self, x: C) -> C;
-    fn dropped(&self) -> C;
-    /// The same map as data, for kernels that apply it to whole vectors.
-    fn as_kept(&self) -> Kept<C>;
-}
-
-/// What a kept and a dropped element become, as data (the vector kernels' form of
-/// [`KeptOp`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kept<C> {
-    /// x * s, dropped +0.
-    Scale(C),
-    /// a * x + b (two roundings, no FMA), dropped `dropped`.
-    Affine { a: C, b: C, dropped: C },
-}
-
-/// Dropout, channel dropout, DropPath and every backward: x * s, or +0.
-#[derive(Debug, Clone, Copy)]
-pub struct Scale<C>(pub C);
-
-impl<C: ComputeFloat> KeptOp<C> for Scale<C> {
-    #[inline(always)]
-    fn kept(&self, x: C) -> C {
-        x.mul(self.0)
-    }
-    #[inline(always)]
-    fn dropped(&self) -> C {
-        C::ZERO
-    }
-    fn as_kept(&self) -> Kept<C> {
-        Kept::Scale(self.0)
-    }
-}
-
-/// AlphaDropout: a * x + b (multiply rounded, then add rounded: no FMA), or a*A + b.
-#[derive(Debug, Clone, Copy)]
-pub struct Affine<C> {
-    pub a: C,
-    pub b: C,
-    pub dropped: C,
-}
-
-impl<C: ComputeFloat> KeptOp<C> for Affine<C> {
-    #[inline(always)]
-    fn kept(&self, x: C) -> C {
-        x.mul(self.a).add(self.b)
-    }
-    #[inline(always)]
-    fn dropped(&self) -> C {
-        self.dropped
-    }
-    fn as_kept(&self) -> Kept<C> {
-        Kept::Affine {
-            a: self.a,
-            b: self.b,
-            dropped: self.dropped,
+/// Binds `$kept` and `$dropped` to what a kept element becomes (a closure) and the dropped
+/// value, for each arm of a [`crate::plan::Kept`], then runs `$body`: each arm compiles to
+/// its own word loop, so the per-element select vectorises with no match inside it.
+macro_rules! with_kept {
+    ($op:expr, |$kept:ident, $dropped:ident| $body:expr) => {
+        match $op {
+            $crate::plan::Kept::Scale(s) => {
+                let $kept = $crate::cpu::kept_fn(
+                    #[inline(always)]
+                    move |x| $crate::element::ComputeFloat::mul(x, s),
+                );
+                let $dropped = $crate::element::ComputeFloat::ZERO;
+                $body
+            }
+            $crate::plan::Kept::Affine { a, b, dropped } => {
+                let $kept = $crate::cpu::kept_fn(
+                    #[inline(always)]
+                    move |x| {
+                        $crate::element::ComputeFloat::add(
+                            $crate::element::ComputeFloat::mul(x, a),
+                            b,
+                        )
+                    },
+                );
+                let $dropped = dropped;
+                $body
+            }
         }
-    }
+    };
+}
+pub(crate) use with_kept;
+
+/// Types a kept map as a function of the compute type (closures as arguments may carry
+/// `#[inline(always)]`, which the word loops rely on).
+#[inline(always)]
+pub(crate) fn kept_fn<C: ComputeFloat>(
+    f: impl Fn(C) -> C + Copy + Sync,
+) -> impl Fn(C) -> C + Copy + Sync {
+    f
 }
 
 /// Where an operand comes from: a separate slice, or the output itself (in-place).
@@ -192,8 +173,8 @@ pub(crate) fn for_each_chunk<T: Send>(
     }
 }
 
-/// Picks the widest instruction set the CPU has; the arithmetic (and so the bits) is the
-/// same either way, only the vector width changes.
+/// Picks the widest instruction set in use ([`simd::level`]); the arithmetic (and so the
+/// bits) is the same either way, only the vector width changes.
 fn run_chunk_dispatch<T, const K: usize, F>(
     first_word: usize,
     inputs: &[Source<'_, T>; K],

@@ -3,6 +3,9 @@
 //! read once per process. Every level computes the same bits; forcing one is for tests
 //! and benchmarks that compare them. A level the CPU lacks falls back to the widest one
 //! below it that it has, and an unknown value means `auto`.
+//!
+//! A leaf: the spec modules (`philox`, `mask`) and the backend's conversions ask it which
+//! code may run, so it imports nothing of the crate.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -40,18 +43,38 @@ impl SimdLevel {
     }
 }
 
-/// The widest level this CPU supports.
-pub fn detected() -> SimdLevel {
+/// True when the CPU has AVX2 and F16C.
+fn has_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if super::avx512::available() {
-            return SimdLevel::Avx512;
-        }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
-            return SimdLevel::Avx2;
-        }
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c")
     }
-    SimdLevel::Scalar
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// True when the CPU has what the AVX-512 kernels need: AVX-512 F, BW and VL, and F16C.
+pub fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512vl")
+            && std::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// The widest level this CPU supports.
+pub fn detected() -> SimdLevel {
+    if has_avx2() && has_avx512() {
+        SimdLevel::Avx512
+    } else if has_avx2() {
+        SimdLevel::Avx2
+    } else {
+        SimdLevel::Scalar
+    }
 }
 
 /// The level in use: [`detected`], lowered to `DROPKIT_CPU_SIMD` when that names a lower

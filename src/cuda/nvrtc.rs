@@ -5,13 +5,13 @@
 //! either, so it needs a CUDA include directory: `DROPKIT_CUDA_INCLUDE`, else
 //! `CUDA_HOME`/`CUDA_PATH` + `/include`, else `/usr/local/cuda/include`.
 
-use super::embedded;
+use super::kernels::{self, KernelModule};
 use crate::error::{Error, Result};
 use std::path::PathBuf;
 
 /// Names of the kernel modules (kernels/*.cu stems) whose sources are embedded.
 pub fn source_modules() -> impl Iterator<Item = &'static str> {
-    embedded::SOURCE_MODULES.iter().map(|(name, _)| *name)
+    kernels::ALL.iter().map(|m| m.name)
 }
 
 /// Whether libnvrtc can be opened. With `candle-cuda`, cudarc links it instead (candle asks
@@ -47,11 +47,14 @@ fn cuda_include() -> Option<PathBuf> {
 ///
 /// [`Error::CudaUnavailable`] when NVRTC or the CUDA headers are missing.
 pub fn compile_module(module: &str, arch: &str) -> Result<String> {
-    let source = embedded::SOURCE_MODULES
-        .iter()
-        .find(|(name, _)| *name == module)
-        .map(|(_, src)| *src)
+    let module = kernels::by_name(module)
         .ok_or_else(|| Error::CudaUnavailable(format!("no kernel module named {module}")))?;
+    compile(module, arch)
+}
+
+/// [`compile_module`] for a module known at compile time.
+pub(crate) fn compile(module: &KernelModule, arch: &str) -> Result<String> {
+    let (source, module) = (module.source, module.name);
     if !nvrtc_library_present() {
         return Err(Error::CudaUnavailable(
             "no NVRTC library (libnvrtc) was found".into(),

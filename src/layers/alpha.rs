@@ -2,10 +2,11 @@
 //! elements take SELU's negative saturation value and an affine map keeps the mean and
 //! variance of a standard-normal input (SPEC section 6).
 
-use super::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{alpha_train, DropoutState, GroupedKind};
+use crate::functional::{alpha_train, DropoutState};
+use crate::plan::GroupedKind;
 use crate::tensor::Tensor;
 
 /// Elementwise alpha dropout: kept a*x + b, dropped a*A + b with A = -lambda*alpha of SELU;

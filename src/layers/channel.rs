@@ -1,10 +1,11 @@
 //! Channel dropout, `Dropout1d` / `Dropout2d` / `Dropout3d`: one decision per (sample,
 //! channel), the whole feature map kept or zeroed (SPEC section 6, decision j = n*C + c).
 
-use super::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{DropoutState, GroupedKind};
+use crate::functional::DropoutState;
+use crate::plan::GroupedKind;
 use crate::tensor::Tensor;
 
 /// Elements per decision for an input with `spatial` trailing spatial dimensions, batched

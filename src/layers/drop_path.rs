@@ -1,10 +1,11 @@
 //! `DropPath` (stochastic depth): a whole sample of a residual branch is dropped, one
 //! decision per index along the first dimension (SPEC section 6, j = n).
 
-use super::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{DropoutState, GroupedKind};
+use crate::functional::DropoutState;
+use crate::plan::GroupedKind;
 use crate::tensor::Tensor;
 
 /// Drops each sample (index of the first dimension) with probability p and scales kept

@@ -1,6 +1,6 @@
 //! `Dropout`: elementwise dropout with PyTorch's module semantics.
 
-use super::{layer_common, LayerCore};
+use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{dropout_train, DropoutState};

@@ -1,7 +1,7 @@
 //! `BiasDropoutResidual`: the transformer epilogue `out = residual + dropout(x + bias)` in
 //! one pass (SPEC section 6), with the gradients for x, residual and bias.
 
-use super::{layer_common, LayerCore};
+use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
@@ -71,7 +71,7 @@ impl BiasDropoutResidual {
             core.next_pos()
         } else {
             // No offset taken, but a shard still needs its place for the bias column.
-            crate::StreamPos::new(0, 0).with_index_base(core.index_base)
+            crate::plan::StreamPos::new(0, 0).with_index_base(core.index_base)
         };
         bias_dropout_residual_run(x, bias, residual, &core.prob, core.training, pos, core.mode)
     }

@@ -1,13 +1,14 @@
 //! Bit-for-bit checks of the AVX-512 kernels against the generic CPU path and `half`.
 
 use super::*;
-use crate::cpu::dropout::{backward_bits_words, forward_words, StreamPos};
-use crate::cpu::{Affine, Scale, CHUNK};
+use crate::cpu::dropout::{backward_bits_words, forward_words};
+use crate::cpu::CHUNK;
 use crate::element::{to_compute_f64, ComputeFloat};
 use crate::mask::{keep_bits_from, mask_words};
+use crate::plan::StreamPos;
 
 fn skip() -> bool {
-    if available() {
+    if crate::cpu::simd::has_avx512() {
         return false;
     }
     eprintln!("skipped: this CPU lacks AVX-512 F/BW/VL or F16C");
@@ -142,24 +143,14 @@ fn check_dtype<T: Avx512Element>() {
             let keep = Regenerate::new(pos.seed, pos.offset, pos.index_base, &prob);
             for op in [Kept::Scale(s), Kept::Affine { a, b, dropped }] {
                 let (mut want, mut want_bits) = (vec![T::ZERO; len], vec![7u32; mask_words(len)]);
-                match op {
-                    Kept::Scale(s) => forward_words(
-                        Source::Slice(x),
-                        &mut want,
-                        Some(&mut want_bits),
-                        pos,
-                        &prob,
-                        Scale(s),
-                    ),
-                    Kept::Affine { a, b, dropped } => forward_words(
-                        Source::Slice(x),
-                        &mut want,
-                        Some(&mut want_bits),
-                        pos,
-                        &prob,
-                        Affine { a, b, dropped },
-                    ),
-                }
+                forward_words(
+                    Source::Slice(x),
+                    &mut want,
+                    Some(&mut want_bits),
+                    pos,
+                    &prob,
+                    op,
+                );
                 assert_eq!(
                     want_bits,
                     keep_bits_from(pos.seed, pos.offset, base, &prob, len)

@@ -1,17 +1,44 @@
-//! candle forms of the rest of the single-input family (SPEC section 6): channel dropout
-//! (`Dropout1d`/`2d`/`3d`), `DropPath`, `AlphaDropout` and `FeatureAlphaDropout`, each a
-//! `candle_nn::ModuleT` over [`MaskOp`].
+//! Grouped dropout of candle tensors (SPEC section 6): the stateless [`grouped_dropout`],
+//! channel dropout (`Dropout1d`/`2d`/`3d`) and `DropPath`, each a `candle_nn::ModuleT` over
+//! [`MaskOp`].
 //!
 //! Shapes are checked as dropkit's layers check them, with the same messages, in training
 //! and in eval alike (a wrong rank is a usage error whatever the mode), and before any
 //! offset is taken.
 
-use super::op::{Grouping, Kept, MaskOp};
-use super::{candle_layer, to_candle_error, train_call};
+use super::op::{train_call, MaskOp};
+use super::util::{candle_layer, to_candle_error};
 use crate::error::Error;
-use crate::functional::GroupedKind;
 use crate::layers::LayerCore;
+use crate::mask::Probability;
+use crate::plan::{GroupedKind, StreamPos};
 use candle_core::Tensor;
+
+/// Dropout with one decision per `group` consecutive elements of a candle tensor, like
+/// [`crate::functional::grouped_dropout`]: channel dropout (group = the spatial size),
+/// DropPath (group = one sample's size), or feature alpha dropout with
+/// [`GroupedKind::Alpha`]. The identity when `training` is false.
+pub fn grouped_dropout(
+    x: &Tensor,
+    p: f64,
+    training: bool,
+    group: usize,
+    kind: GroupedKind,
+    pos: StreamPos,
+) -> candle_core::Result<Tensor> {
+    let prob = Probability::new(p).map_err(to_candle_error)?;
+    if !training {
+        return Ok(x.clone());
+    }
+    if group == 0 && x.elem_count() > 0 {
+        return Err(to_candle_error(crate::error::Error::InvalidShape {
+            op: "grouped dropout",
+            shape: x.dims().to_vec(),
+            reason: "a decision must cover at least one element".into(),
+        }));
+    }
+    MaskOp::grouped(prob, pos, group, kind).apply(x)
+}
 
 /// Elements per decision for channel dropout (dropkit's rank check and message).
 fn channel_group(shape: &[usize], spatial: usize, op: &'static str) -> candle_core::Result<usize> {
@@ -114,89 +141,6 @@ impl candle_nn::ModuleT for DropPath {
         }
         train_call(&self.core, xs, |pos| {
             MaskOp::grouped(self.core.prob, pos, group, GroupedKind::Scale)
-        })
-    }
-}
-
-/// Alpha dropout for candle tensors (self-normalising SELU networks), the candle form of
-/// [`crate::AlphaDropout`]: kept elements become a*x + b, dropped ones a*A + b with
-/// A = -lambda*alpha of SELU; the identity with `train = false`. Its gradient is the
-/// upstream gradient times a where kept, +0 where dropped.
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// use candle_nn::ModuleT;
-/// use dropkit::{candle::AlphaDropout, Generator};
-/// use std::sync::Arc;
-///
-/// let layer = AlphaDropout::new(0.2)?.with_generator(Arc::new(Generator::new(3)));
-/// let x = Tensor::zeros(1000, DType::F64, &Device::Cpu)?;
-/// let y = layer.forward_t(&x, true)?.to_vec1::<f64>()?;
-/// // Two values only: b for kept zeros, a*A + b for dropped ones.
-/// let kept = y.iter().copied().fold(f64::MIN, f64::max);
-/// assert!(y.iter().all(|&v| v == kept || v < kept));
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct AlphaDropout {
-    core: LayerCore,
-}
-
-candle_layer!(AlphaDropout);
-
-impl candle_nn::ModuleT for AlphaDropout {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        if !train {
-            return Ok(xs.clone());
-        }
-        train_call(&self.core, xs, |pos| {
-            let (prob, all) = (self.core.prob, Grouping::Elementwise);
-            MaskOp::new("dropkit-alpha-dropout", prob, pos, all, Kept::Alpha)
-        })
-    }
-}
-
-/// Alpha dropout with one decision per (sample, channel) of an (N, C, *spatial) candle
-/// tensor (rank 2 or more), the candle form of [`crate::FeatureAlphaDropout`]: whole
-/// feature maps take the dropped value. A rank below 2 is an error.
-///
-/// ```
-/// use candle_core::{DType, Device, Tensor};
-/// use candle_nn::ModuleT;
-/// use dropkit::{candle::FeatureAlphaDropout, Generator};
-/// use std::sync::Arc;
-///
-/// let layer = FeatureAlphaDropout::new(0.5)?.with_generator(Arc::new(Generator::new(3)));
-/// let x = Tensor::zeros((4, 8, 16), DType::F32, &Device::Cpu)?;
-/// let y = layer.forward_t(&x, true)?;
-/// for map in y.flatten_all()?.to_vec1::<f32>()?.chunks(16) {
-///     assert!(map.iter().all(|&v| v == map[0]));
-/// }
-/// # Ok::<(), candle_core::Error>(())
-/// ```
-#[derive(Debug, Clone)]
-pub struct FeatureAlphaDropout {
-    core: LayerCore,
-}
-
-candle_layer!(FeatureAlphaDropout);
-
-impl candle_nn::ModuleT for FeatureAlphaDropout {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let dims = xs.dims();
-        if dims.len() < 2 {
-            return Err(to_candle_error(Error::InvalidShape {
-                op: "FeatureAlphaDropout",
-                shape: dims.to_vec(),
-                reason: "expected (N, C, *spatial): rank 2 or more".into(),
-            }));
-        }
-        let group = dims[2..].iter().product();
-        if !train {
-            return Ok(xs.clone());
-        }
-        train_call(&self.core, xs, |pos| {
-            MaskOp::grouped(self.core.prob, pos, group, GroupedKind::Alpha)
         })
     }
 }

@@ -1,58 +1,24 @@
-//! The rest of the family on the CPU (SPEC section 6): grouped decisions (channel dropout,
-//! DropPath, FeatureAlphaDropout), fused bias + dropout + residual, and the column sum
-//! that gives the bias gradient.
+//! The fused bias + dropout + residual on the CPU (SPEC section 6), elementwise decisions,
+//! and the column sum that gives its bias gradient.
 
-use super::{map_words, Block, KeptOp, Source};
-use crate::cpu::dropout::StreamPos;
+use super::{map_words, Block, Source};
 use crate::element::{ComputeFloat, Element};
 use crate::mask::{keep_word, Probability};
+use crate::plan::{StreamPos, COLUMN_SUM_BLOCK_ROWS};
 
-/// y_i = bit((lead + i) / group) ? op.kept(x_i) : op.dropped(), reading one bit per
-/// decision from `decision_bits`.
-pub fn grouped_apply<T: Element, K: KeptOp<T::Compute>>(
-    x: Source<'_, T>,
-    y: &mut [T],
-    decision_bits: &[u32],
-    group: u64,
-    lead: u64,
-    op: K,
-) {
-    map_words(
-        [x],
-        y,
-        None,
-        #[inline(always)]
-        move |w, [xb]: &[Block<T::Compute>; 1], yb: &mut Block<T::Compute>| {
-            // Walk the group position instead of dividing per element.
-            let start = lead + 32 * w as u64;
-            let (mut j, mut r) = (start / group, start % group);
-            let dropped = op.dropped();
-            for k in 0..32 {
-                // Past the tail j may point one word beyond the mask: read nothing there.
-                let word = decision_bits.get((j / 32) as usize).copied().unwrap_or(0);
-                yb[k] = if word >> (j % 32) & 1 == 1 {
-                    op.kept(xb[k])
-                } else {
-                    dropped
-                };
-                r += 1;
-                if r == group {
-                    r = 0;
-                    j += 1;
-                }
-            }
-            0
-        },
-    );
+/// The three inputs of the fused layer: x and residual of n elements, bias of h.
+#[derive(Clone, Copy)]
+pub struct FusedInputs<'a, T> {
+    pub x: &'a [T],
+    pub bias: &'a [T],
+    /// A separate slice, or the output itself (written in place over the residual).
+    pub residual: Source<'a, T>,
 }
 
 /// out_i = round_T(residual_i + (dropped ? 0 : (x_i + bias_{(index_base + i) mod h}) * s)),
 /// each operation rounded in the compute type, with elementwise decisions.
-#[allow(clippy::too_many_arguments)]
 pub fn bias_dropout_residual<T: Element>(
-    x: &[T],
-    bias: &[T],
-    residual: Source<'_, T>,
+    FusedInputs { x, bias, residual }: FusedInputs<'_, T>,
     out: &mut [T],
     bits: Option<&mut [u32]>,
     pos: StreamPos,
@@ -86,11 +52,6 @@ pub fn bias_dropout_residual<T: Element>(
         },
     );
 }
-
-/// Rows per block of the column sum (docs/spec.md, bias-gradient note): a constant, so the
-/// bias gradient depends on neither the device nor the thread count. The CUDA launch
-/// passes this value to its kernels (src/cuda/ops.rs), so both block the rows alike.
-pub const COLUMN_SUM_BLOCK_ROWS: usize = 256;
 
 /// The bias gradient: with rows split into blocks of [`COLUMN_SUM_BLOCK_ROWS`] consecutive
 /// rows, partial_{b,c} = the f64 sum of g[r * h + c] over the rows of block b in increasing

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Import graph of the files of src/: which file's code names which other file's module,
+through `use crate::...` / `use super::...` / `use self::...` trees and inline `crate::`
+(or `$crate::`) paths. Prints the cycles between files (strongly connected components of
+more than one file) and exits 1 if there are any; `--edges` also prints every edge.
+
+`mod x;` declarations are ownership, not use, and are not edges. A path resolves to the
+longest prefix of it that is a module file (src/a/b.rs or src/a/b/mod.rs); inline `mod x {`
+blocks belong to their file. src/cuda_off.rs (the `cuda` module when that feature is off)
+is its own node; paths through `crate::cuda` resolve to src/cuda/.
+"""
+import re
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def module_of(path):
+    rel = path.relative_to(SRC).with_suffix("")
+    parts = list(rel.parts)
+    if parts == ["lib"]:
+        return ("crate",)
+    if parts[-1] == "mod":
+        parts = parts[:-1]
+    return ("crate", *parts)
+
+
+def strip(text):
+    """Drops comments, string and char literals (so braces inside them do not count)."""
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    text = re.sub(r'r#*"(?:.|\n)*?"#*', '""', text)
+    text = re.sub(r'"(?:\\.|[^"\\])*"', '""', text)
+    text = re.sub(r"'(?:\\.|[^'\\])'", "' '", text)
+    # Visibility (`pub(in crate::x)`) names a module without using it.
+    text = re.sub(r"pub\(in\s+[\w:]+\)", "pub", text)
+    return text
+
+
+def use_paths(tree):
+    """Expands a use tree (`a::{b, c::{d, e}}`) into its paths."""
+    tree = re.sub(r"\s+as\s+\w+", "", tree)
+    tree = re.sub(r"\s+", "", tree)
+    out = []
+
+    def walk(prefix, s):
+        parts, depth, cur = [], 0, ""
+        for ch in s:
+            if ch == "," and depth == 0:
+                parts.append(cur)
+                cur = ""
+                continue
+            depth += ch == "{"
+            depth -= ch == "}"
+            cur += ch
+        parts.append(cur)
+        for p in filter(None, parts):
+            if "{" in p:
+                head, rest = p.split("{", 1)
+                walk(prefix + [x for x in head.split("::") if x], rest[:-1])
+            else:
+                out.append(prefix + [x for x in p.split("::") if x])
+
+    walk([], tree)
+    return out
+
+
+def main():
+    files = sorted(SRC.rglob("*.rs"))
+    modules = {}
+    for f in files:
+        if f.name == "cuda_off.rs":
+            modules[("crate", "cuda_off")] = f
+        else:
+            modules[module_of(f)] = f
+    edges = {f: set() for f in files}
+    for f in files:
+        base = ("crate", "cuda_off") if f.name == "cuda_off.rs" else module_of(f)
+        text = strip(f.read_text())
+        # Inline `mod name {` blocks: the module a `use` sits in.
+        stack, depth = [], 0
+        tokens = re.finditer(r"\bmod\s+(\w+)\s*\{|\{|\}|\buse\s+([^;]+);|\$?crate(?:::\w+)+", text)
+        pending_mod = None
+        for m in tokens:
+            tok = m.group(0)
+            if m.group(1):
+                depth += 1
+                stack.append((m.group(1), depth))
+                continue
+            if tok == "{":
+                depth += 1
+                continue
+            if tok == "}":
+                if stack and stack[-1][1] == depth:
+                    stack.pop()
+                depth -= 1
+                continue
+            here = list(base) + [name for name, _ in stack]
+            if m.group(2):
+                paths = use_paths(m.group(2))
+            else:
+                paths = [tok.lstrip("$").split("::")]
+            for p in paths:
+                if not p:
+                    continue
+                if p[0] == "crate":
+                    absolute = p
+                elif p[0] in ("super", "self"):
+                    cur = list(here)
+                    rest = list(p)
+                    while rest and rest[0] in ("super", "self"):
+                        if rest.pop(0) == "super":
+                            cur = cur[:-1]
+                    absolute = cur + rest
+                elif tuple(here + [p[0]]) in modules:
+                    absolute = here + list(p)  # a child module, named relatively
+                else:
+                    continue  # an external crate or a name in scope
+                for k in range(len(absolute), 0, -1):
+                    target = modules.get(tuple(absolute[:k]))
+                    if target is not None:
+                        if target != f:
+                            edges[f].add(target)
+                        break
+    if "--edges" in sys.argv:
+        for f in files:
+            for t in sorted(edges[f]):
+                print(f"{f.relative_to(SRC.parent)} -> {t.relative_to(SRC.parent)}")
+    # Tarjan's strongly connected components.
+    index, low, on_stack, stack, sccs = {}, {}, set(), [], []
+    counter = [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            sccs.append(comp)
+
+    sys.setrecursionlimit(10000)
+    for v in files:
+        if v not in index:
+            visit(v)
+    cycles = [c for c in sccs if len(c) > 1]
+    n_edges = sum(len(e) for e in edges.values())
+    print(f"{len(files)} files, {n_edges} import edges, {len(cycles)} cycle(s)")
+    for c in cycles:
+        print("cycle: " + ", ".join(sorted(str(x.relative_to(SRC.parent)) for x in c)))
+    return 1 if cycles else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+//! Device memory as dropkit's tensors hold it: a cudarc slice and the element range a
+//! tensor covers, and the operand of a forward (a separate input or the output itself).
+
+use super::device::{driver_error, CudaDevice};
+use crate::element::Element;
+use crate::error::Result;
+use cudarc::driver::{CudaSlice, CudaView};
+use std::fmt;
+
+impl CudaDevice {
+    /// Uploads host data into a new device buffer.
+    pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaBuffer<T>> {
+        let slice = if data.is_empty() {
+            self.stream()
+                .null()
+                .map_err(driver_error("empty allocation"))?
+        } else {
+            self.stream()
+                .clone_htod(data)
+                .map_err(driver_error("host to device copy"))?
+        };
+        Ok(CudaBuffer::new(self.clone(), slice, 0, data.len()))
+    }
+
+    /// Device-to-device copy of a buffer (its live range only).
+    pub(crate) fn copy_from<T: Element>(&self, src: &CudaBuffer<T>) -> Result<CudaBuffer<T>> {
+        if src.is_empty() {
+            return self.upload::<T>(&[]);
+        }
+        let slice = self
+            .stream()
+            .clone_dtod(&src.view())
+            .map_err(driver_error("device to device copy"))?;
+        Ok(CudaBuffer::new(self.clone(), slice, 0, src.len()))
+    }
+}
+
+/// A tensor's device data: a cudarc slice and the element range `[start, start + len)` of
+/// it that the tensor covers (a view may start at any element, aligned or not).
+pub struct CudaBuffer<T> {
+    device: CudaDevice,
+    slice: CudaSlice<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T> fmt::Debug for CudaBuffer<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "CudaBuffer({} elements at {} on {})",
+            self.len, self.start, self.device
+        )
+    }
+}
+
+impl<T: Element> CudaBuffer<T> {
+    pub(crate) fn new(device: CudaDevice, slice: CudaSlice<T>, start: usize, len: usize) -> Self {
+        Self {
+            device,
+            slice,
+            start,
+            len,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn device(&self) -> &CudaDevice {
+        &self.device
+    }
+
+    pub(crate) fn view(&self) -> CudaView<'_, T> {
+        self.slice.slice(self.start..self.start + self.len)
+    }
+
+    pub(crate) fn slice_mut(&mut self) -> &mut CudaSlice<T> {
+        &mut self.slice
+    }
+
+    pub(crate) fn start(&self) -> usize {
+        self.start
+    }
+
+    pub(crate) fn into_parts(self) -> (CudaSlice<T>, usize) {
+        (self.slice, self.start)
+    }
+
+    /// Copies the live range to the host (synchronises the stream).
+    pub(crate) fn to_host(&self) -> Result<Vec<T>> {
+        if self.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.device
+            .stream()
+            .clone_dtoh(&self.view())
+            .map_err(driver_error("device to host copy"))
+    }
+}
+
+/// The tensor a CUDA forward reads: a separate input or the output itself (in place).
+pub(crate) enum CudaOperand<'a, T> {
+    Input(&'a CudaBuffer<T>),
+    InPlace(&'a mut CudaBuffer<T>),
+}
+
+impl<T: Element> CudaOperand<'_, T> {
+    pub(crate) fn device(&self) -> &CudaDevice {
+        match self {
+            CudaOperand::Input(b) => b.device(),
+            CudaOperand::InPlace(b) => b.device(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CudaOperand::Input(b) => b.len(),
+            CudaOperand::InPlace(b) => b.len(),
+        }
+    }
+
+    /// Runs `launch(x_ptr, y_ptr)` (skipped when empty) with the device pointers of the
+    /// input and the output; allocates the output for a separate input and returns it.
+    pub(crate) fn launch_io(
+        self,
+        launch: impl FnOnce(u64, u64) -> Result<()>,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        use cudarc::driver::{DevicePtr, DevicePtrMut};
+        let dev = self.device().clone();
+        let n = self.len();
+        match self {
+            CudaOperand::Input(x) => {
+                let mut y = dev.alloc_uninit::<T>(n)?;
+                if n > 0 {
+                    let xv = x.view();
+                    let (x_ptr, _x_guard) = xv.device_ptr(dev.stream());
+                    let (y_ptr, _y_guard) = y.device_ptr_mut(dev.stream());
+                    launch(x_ptr, y_ptr)?;
+                }
+                Ok(Some(CudaBuffer::new(dev, y, 0, n)))
+            }
+            CudaOperand::InPlace(x) => {
+                if n > 0 {
+                    let start = x.start();
+                    let (base, _guard) = x.slice_mut().device_ptr_mut(dev.stream());
+                    let ptr = base + (start * std::mem::size_of::<T>()) as u64;
+                    launch(ptr, ptr)?;
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Downloads a mask buffer (synchronises the stream).
+pub(crate) fn download_u32(slice: &CudaSlice<u32>) -> Result<Vec<u32>> {
+    if slice.is_empty() {
+        return Ok(Vec::new());
+    }
+    slice
+        .stream()
+        .clone_dtoh(slice)
+        .map_err(driver_error("device to host copy"))
+}
+
+/// A forward's new output (`None` when in place) and its saved mask (`None` for the
+/// regenerate form).
+pub(crate) type Forward<T> = (Option<CudaBuffer<T>>, Option<CudaSlice<u32>>);

@@ -1,0 +1,146 @@
+//! Elementwise kernels: `dropout_fwd_<T>` and `alpha_dropout_fwd_<T>` (forwards, and the
+//! regenerate-form backward), `dropout_bwd_bits_<T>` (backward from saved bits), and the
+//! backward of every layer, which picks among these and the grouped pass. Each is one
+//! launch on the tensor's stream, asynchronous, with no host round trip.
+
+use super::buffer::{CudaBuffer, CudaOperand, Forward};
+use super::device::CudaDevice;
+use super::grouped;
+use super::kernels::{ALPHA_DROPOUT, DROPOUT};
+use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io};
+use crate::element::Element;
+use crate::error::{Error, Result};
+use crate::mask::Probability;
+use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
+use cudarc::driver::{CudaSlice, DevicePtr, PushKernelArg};
+
+/// Elementwise forward: kept elements become `kept` of themselves (dropout's scale or
+/// alpha dropout's affine map), with the keep bits saved for [`MaskMode::Bits`].
+pub(crate) fn forward<T: Element>(
+    x: CudaOperand<'_, T>,
+    pos: StreamPos,
+    prob: &Probability,
+    kept: Kept<T::Compute>,
+    mode: MaskMode,
+) -> Result<Forward<T>> {
+    let draw = DkDraw::new(pos, prob);
+    let _range = op_range(match kept {
+        Kept::Scale(_) => "dropout_forward",
+        Kept::Affine { .. } => "alpha_dropout_forward",
+    });
+    let dev = x.device().clone();
+    let n = x.len() as u64;
+    let mut bits = alloc_bits(&dev, x.len(), mode)?;
+    let y = x.launch_io(|x_ptr, y_ptr| {
+        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+        let io = Io {
+            x: x_ptr,
+            y: y_ptr,
+            bits: b_ptr,
+            n,
+        };
+        launch_forward::<T>(&dev, io, draw, &kept)
+    })?;
+    Ok((y, bits))
+}
+
+/// Queues `dropout_fwd_<T>` (a scale) or `alpha_dropout_fwd_<T>` (an affine map) on raw
+/// device addresses.
+fn launch_forward<T: Element>(
+    dev: &CudaDevice,
+    io: Io,
+    draw: DkDraw,
+    kept: &Kept<T::Compute>,
+) -> Result<()> {
+    let (f, name) = match kept {
+        Kept::Scale(_) => kernel::<T>(dev, &DROPOUT, "dropout_fwd")?,
+        Kept::Affine { .. } => kernel::<T>(dev, &ALPHA_DROPOUT, "alpha_dropout_fwd")?,
+    };
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&io.x)
+        .arg(&io.y)
+        .arg(&io.bits)
+        .arg(&io.n)
+        .arg(&draw);
+    push_kept(&mut args, kept);
+    launch(dev, args, io.n, &name)
+}
+
+/// Training forward over device memory that dropkit does not own (candle's buffers):
+/// `io.n` elements from `io.x` to `io.y` on `dev`'s stream, saving no mask (`io.bits` 0).
+///
+/// # Safety
+/// `io.x` and `io.y` must be device addresses in `dev`'s context holding `io.n` elements of
+/// `T` each, readable and writable in stream order on `dev`'s stream until the kernel ends.
+#[cfg(feature = "candle-cuda")]
+pub(crate) unsafe fn forward_raw<T: Element>(
+    dev: &CudaDevice,
+    io: Io,
+    draw: DkDraw,
+    kept: Kept<T::Compute>,
+) -> Result<()> {
+    let _range = op_range(match kept {
+        Kept::Scale(_) => "candle_dropout_forward",
+        Kept::Affine { .. } => "candle_alpha_dropout_forward",
+    });
+    if io.n == 0 {
+        return Ok(());
+    }
+    launch_forward::<T>(dev, Io { bits: 0, ..io }, draw, &kept)
+}
+
+/// The decisions a backward reads: saved bits on this device, or the stream position to
+/// regenerate them from.
+pub(crate) enum SavedMask<'a> {
+    Bits(&'a CudaSlice<u32>),
+    Regenerate(StreamPos),
+}
+
+/// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
+pub(crate) fn backward<T: Element>(
+    dy: &CudaBuffer<T>,
+    saved: SavedMask<'_>,
+    prob: &Probability,
+    decisions: &Decisions,
+    scale: T::Compute,
+) -> Result<CudaBuffer<T>> {
+    let _range = op_range("dropout_backward");
+    let dev = dy.device().clone();
+    let n = dy.len() as u64;
+    let input = CudaOperand::Input(dy);
+    let kept = Kept::Scale(scale);
+    let dx = match (saved, decisions) {
+        (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
+            forward(input, pos, prob, kept, MaskMode::Regenerate)?.0
+        }
+        (SavedMask::Bits(bits), Decisions::Elementwise) => {
+            let (f, name) = kernel::<T>(&dev, &DROPOUT, "dropout_bwd_bits")?;
+            input.launch_io(|dy_ptr, dx_ptr| {
+                let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+                let mut args = dev.stream().launch_builder(&f);
+                args.arg(&dy_ptr)
+                    .arg(&dx_ptr)
+                    .arg(&b_ptr)
+                    .arg(&n)
+                    .arg(&scale);
+                launch(&dev, args, n, &name)
+            })?
+        }
+        (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
+            input.launch_io(|dy_ptr, dx_ptr| {
+                let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+                let io = Io {
+                    x: dy_ptr,
+                    y: dx_ptr,
+                    bits: b_ptr,
+                    n,
+                };
+                grouped::apply::<T>(&dev, io, layout, &kept)
+            })?
+        }
+        (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
+            grouped::forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
+        }
+    };
+    dx.ok_or_else(|| Error::StateMismatch("backward produced no gradient".into()))
+}

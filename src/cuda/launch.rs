@@ -1,0 +1,170 @@
+//! What every kernel launch shares: the per-call random draw ([`DkDraw`], one kernel
+//! parameter), the device addresses of a pass ([`Io`]), kernel lookup by typed module,
+//! the grid, and NVTX ranges.
+//!
+//! Kernel names follow `<op>_<dtype>` (`dropout_fwd_f32`), so the dtype picks the kernel.
+
+use super::device::{driver_error, CudaDevice};
+use super::kernels::KernelModule;
+use crate::element::Element;
+use crate::error::Result;
+use crate::mask::{mask_words, Probability};
+use crate::plan::{Kept, MaskMode, StreamPos};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, DevicePtrMut, DeviceRepr, LaunchArgs, PushKernelArg,
+};
+
+/// The random draw of one call as every kernel takes it, by value: Philox (seed, offset),
+/// the global index of the first decision, and the keep threshold. The same layout as
+/// `struct DkDraw` in kernels/dk_draw.cuh, so the contract is a struct, not an argument
+/// order. For `dropout_mask_bits`, `index_base` is the first decision of the mask.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DkDraw {
+    pub seed: u64,
+    pub offset: u64,
+    pub index_base: u64,
+    pub threshold: u64,
+}
+
+// SAFETY: `DkDraw` is `#[repr(C)]` with four `u64` fields, so it has C's layout: 32 bytes,
+// 8-byte aligned, fields at offsets 0, 8, 16 and 24 and no padding (asserted in the tests
+// below), exactly `struct DkDraw` of kernels/dk_draw.cuh. It is plain data (no pointers,
+// no drop), so cudarc may copy its bytes into the kernel's parameter buffer.
+unsafe impl DeviceRepr for DkDraw {}
+
+impl DkDraw {
+    /// The draw of a call at `pos` with drop probability `prob`.
+    pub(crate) fn new(pos: StreamPos, prob: &Probability) -> Self {
+        Self {
+            seed: pos.seed,
+            offset: pos.offset,
+            index_base: pos.index_base,
+            threshold: prob.threshold(),
+        }
+    }
+
+    /// The same draw starting at decision `index_base`.
+    pub(crate) fn at(self, index_base: u64) -> Self {
+        Self { index_base, ..self }
+    }
+}
+
+/// Device addresses of one elementwise pass: `n` elements read at `x`, written at `y` (may
+/// equal `x`), and the packed keep bits written or read at `bits` (0: none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Io {
+    pub x: u64,
+    pub y: u64,
+    pub bits: u64,
+    pub n: u64,
+}
+
+/// Elements one thread handles per loop iteration in the elementwise kernels.
+pub(crate) const PER_THREAD: u64 = 4;
+
+/// The kernel `<op>_<dtype of T>` of `module`, and its name for messages.
+pub(crate) fn kernel<T: Element>(
+    dev: &CudaDevice,
+    module: &KernelModule,
+    op: &str,
+) -> Result<(CudaFunction, String)> {
+    let name = format!("{op}_{}", T::DTYPE.name());
+    Ok((dev.function(module, &name)?, name))
+}
+
+/// Queues a built launch over `items` work items.
+pub(crate) fn launch(
+    dev: &CudaDevice,
+    mut args: LaunchArgs<'_>,
+    items: u64,
+    name: &str,
+) -> Result<()> {
+    // SAFETY: every caller pushes exactly the arguments of the kernel's extern "C"
+    // signature in kernels/*.cu, with device pointers that cover the sizes it passes and
+    // stay alive (their guards are held) until this returns; kernels bound-check by n.
+    unsafe { args.launch(dev.launch_config(items, PER_THREAD)) }
+        .map_err(driver_error(format!("launching {name}")))?;
+    Ok(())
+}
+
+/// Pushes the parameters of a kept map: `scale`, or `a, b, dropped`.
+pub(crate) fn push_kept<'a, C: DeviceRepr>(args: &mut LaunchArgs<'a>, kept: &'a Kept<C>) {
+    match kept {
+        Kept::Scale(s) => {
+            args.arg(s);
+        }
+        Kept::Affine { a, b, dropped } => {
+            args.arg(a).arg(b).arg(dropped);
+        }
+    }
+}
+
+/// A new mask of `count` decisions for [`MaskMode::Bits`], `None` for the regenerate form.
+pub(crate) fn alloc_bits(
+    dev: &CudaDevice,
+    count: usize,
+    mode: MaskMode,
+) -> Result<Option<CudaSlice<u32>>> {
+    match mode {
+        MaskMode::Bits => dev.alloc_uninit::<u32>(mask_words(count)).map(Some),
+        MaskMode::Regenerate => Ok(None),
+    }
+}
+
+/// The device address of an optional mask (0 = no mask) and the guard that keeps it.
+pub(crate) fn bits_ptr<'a>(
+    dev: &'a CudaDevice,
+    bits: Option<&'a mut CudaSlice<u32>>,
+) -> (u64, Option<impl Drop + 'a>) {
+    match bits {
+        Some(b) => {
+            let (p, g) = b.device_ptr_mut(dev.stream());
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// NVTX range for an op when the `nvtx` feature is on and libnvToolsExt loads; a no-op
+/// otherwise.
+pub(crate) struct OpRange {
+    #[cfg(feature = "nvtx")]
+    _range: Option<cudarc::nvtx::safe::Range>,
+}
+
+pub(crate) fn op_range(name: &str) -> OpRange {
+    #[cfg(feature = "nvtx")]
+    {
+        // Under candle's dynamic linking the library is linked, hence present.
+        #[cfg(feature = "candle-cuda")]
+        let present = true;
+        // SAFETY: only probes whether the shared library can be opened.
+        #[cfg(not(feature = "candle-cuda"))]
+        let present = unsafe { cudarc::nvtx::sys::is_culib_present() };
+        OpRange {
+            _range: present.then(|| cudarc::nvtx::safe::scoped_range(format!("dropkit::{name}"))),
+        }
+    }
+    #[cfg(not(feature = "nvtx"))]
+    {
+        let _ = name;
+        OpRange {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DkDraw;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn draw_has_the_layout_of_the_kernels_struct() {
+        assert_eq!(size_of::<DkDraw>(), 32);
+        assert_eq!(align_of::<DkDraw>(), 8);
+        assert_eq!(offset_of!(DkDraw, seed), 0);
+        assert_eq!(offset_of!(DkDraw, offset), 8);
+        assert_eq!(offset_of!(DkDraw, index_base), 16);
+        assert_eq!(offset_of!(DkDraw, threshold), 24);
+    }
+}

@@ -1,0 +1,156 @@
+//! The fused `bias_dropout_residual_fwd_<T>` (out = residual + dropout(x + bias) in one
+//! pass) and the two column-sum kernels of its bias gradient.
+
+use super::buffer::{CudaBuffer, CudaOperand, Forward};
+use super::device::CudaDevice;
+use super::kernels::BIAS_DROPOUT_RESIDUAL;
+use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, PER_THREAD};
+use crate::element::Element;
+use crate::error::Result;
+use crate::mask::Probability;
+use crate::plan::{MaskMode, StreamPos, COLUMN_SUM_BLOCK_ROWS};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+
+/// Device addresses of the fused pass: x, residual and out hold n elements, bias `hidden`,
+/// bits one bit per element (0: no mask written). `out` may equal `residual`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FusedPtrs {
+    pub x: u64,
+    pub bias: u64,
+    pub residual: u64,
+    pub out: u64,
+    pub bits: u64,
+}
+
+/// `bias_dropout_residual_fwd_<T>` over dropkit's buffers; the bias has `hidden` elements.
+pub(crate) fn forward<T: Element>(
+    x: &CudaBuffer<T>,
+    bias: &CudaBuffer<T>,
+    residual: CudaOperand<'_, T>,
+    pos: StreamPos,
+    prob: &Probability,
+    scale: T::Compute,
+    mode: MaskMode,
+) -> Result<Forward<T>> {
+    let _range = op_range("bias_dropout_residual_forward");
+    let draw = DkDraw::new(pos, prob);
+    let dev = residual.device().clone();
+    let n = residual.len() as u64;
+    let hidden = bias.len() as u64;
+    let mut bits = alloc_bits(&dev, residual.len(), mode)?;
+    let out = residual.launch_io(|r_ptr, out_ptr| {
+        let (xv, bv) = (x.view(), bias.view());
+        let (x_ptr, _gx) = xv.device_ptr(dev.stream());
+        let (bias_ptr, _gb) = bv.device_ptr(dev.stream());
+        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+        let ptrs = FusedPtrs {
+            x: x_ptr,
+            bias: bias_ptr,
+            residual: r_ptr,
+            out: out_ptr,
+            bits: b_ptr,
+        };
+        launch_forward::<T>(&dev, ptrs, [n, hidden], draw, scale)
+    })?;
+    Ok((out, bits))
+}
+
+/// Queues `bias_dropout_residual_fwd_<T>` on raw device addresses for `[n, hidden]`.
+fn launch_forward<T: Element>(
+    dev: &CudaDevice,
+    ptrs: FusedPtrs,
+    [n, hidden]: [u64; 2],
+    draw: DkDraw,
+    scale: T::Compute,
+) -> Result<()> {
+    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "bias_dropout_residual_fwd")?;
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&ptrs.x)
+        .arg(&ptrs.bias)
+        .arg(&ptrs.residual)
+        .arg(&ptrs.out)
+        .arg(&ptrs.bits);
+    args.arg(&n).arg(&hidden).arg(&draw).arg(&scale);
+    launch(dev, args, n, &name)
+}
+
+/// The fused forward over device memory that dropkit does not own (candle's buffers):
+/// `n` elements, bias of `hidden`, no mask saved (`ptrs.bits` is ignored).
+///
+/// # Safety
+/// `ptrs.x`, `ptrs.residual` and `ptrs.out` must be device addresses in `dev`'s context
+/// holding `n` elements of `T` each and `ptrs.bias` `hidden` of them, readable (`out`:
+/// writable) in stream order on `dev`'s stream; `hidden > 0` when `n > 0`.
+#[cfg(feature = "candle-cuda")]
+pub(crate) unsafe fn forward_raw<T: Element>(
+    dev: &CudaDevice,
+    ptrs: FusedPtrs,
+    [n, hidden]: [usize; 2],
+    draw: DkDraw,
+    scale: T::Compute,
+) -> Result<()> {
+    let _range = op_range("candle_bias_dropout_residual_forward");
+    if n == 0 {
+        return Ok(());
+    }
+    let ptrs = FusedPtrs { bits: 0, ..ptrs };
+    launch_forward::<T>(dev, ptrs, [n as u64, hidden as u64], draw, scale)
+}
+
+/// `column_sum_partial_<T>` then `column_sum_finish_<T>`: the `hidden` column sums of
+/// `rows` rows at `g_ptr` into `out_ptr` in the blocked order of docs/spec.md (the bias
+/// gradient; the same adds as `cpu::residual::column_sum`), through a temporary of
+/// ceil(rows / R) * hidden doubles, freed in stream order after both launches. No host
+/// sync. `out_ptr` may equal `g_ptr`.
+///
+/// # Safety
+/// `g_ptr` must hold `rows * hidden` elements of `T` and `out_ptr` `hidden`, device
+/// addresses in `dev`'s context, usable in stream order on `dev`'s stream.
+pub(crate) unsafe fn queue_column_sum<T: Element>(
+    dev: &CudaDevice,
+    g_ptr: u64,
+    out_ptr: u64,
+    rows: usize,
+    hidden: usize,
+) -> Result<()> {
+    if hidden == 0 {
+        return Ok(());
+    }
+    // R comes from one place, so the buffer size and the kernels' blocking agree.
+    let block_rows = COLUMN_SUM_BLOCK_ROWS;
+    let blocks = rows.div_ceil(block_rows);
+    let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
+    let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
+    let (rows, h, block_rows, blocks) =
+        (rows as u64, hidden as u64, block_rows as u64, blocks as u64);
+    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "column_sum_partial")?;
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&g_ptr)
+        .arg(&p_ptr)
+        .arg(&rows)
+        .arg(&h)
+        .arg(&block_rows);
+    // One thread per (block, column) pair.
+    launch(dev, args, blocks * h * PER_THREAD, &name)?;
+    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "column_sum_finish")?;
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&p_ptr).arg(&out_ptr).arg(&blocks).arg(&h);
+    // One thread per column.
+    launch(dev, args, h * PER_THREAD, &name)
+}
+
+/// The bias gradient: the `hidden` column sums of `g` ([`queue_column_sum`]).
+pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result<CudaBuffer<T>> {
+    let _range = op_range("column_sum");
+    let dev = g.device().clone();
+    let mut out = dev.alloc_uninit::<T>(hidden)?;
+    if let Some(rows) = g.len().checked_div(hidden) {
+        let gv = g.view();
+        let (g_ptr, _gg) = gv.device_ptr(dev.stream());
+        let (o_ptr, _go) = out.device_ptr_mut(dev.stream());
+        // SAFETY: g's view holds rows * hidden elements and out hidden, on dev's stream;
+        // their guards are held until both launches are queued.
+        unsafe { queue_column_sum::<T>(&dev, g_ptr, o_ptr, rows, hidden)? };
+    }
+    Ok(CudaBuffer::new(dev, out, 0, hidden))
+}

@@ -1,0 +1,32 @@
+//! Alpha dropout (SPEC section 6): the elementwise forward of [`super::dropout`] with the
+//! affine map of self-normalising networks; its backward is [`super::dropout_backward`].
+
+use super::dispatch::{train_or_identity, Operand, TrainResult};
+use super::dropout::elementwise_train;
+use super::state::DropoutState;
+use crate::element::Element;
+use crate::error::Result;
+use crate::mask::Probability;
+use crate::plan::{Kept, MaskMode, StreamPos};
+use crate::tensor::Tensor;
+
+/// AlphaDropout (SPEC section 6): keeps the mean and variance of a SELU network's
+/// activations. Kept: a*x + b; dropped: a*A + b. Eval mode is the identity.
+pub fn alpha_dropout<T: Element>(
+    x: &Tensor<T>,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<(Tensor<T>, DropoutState)> {
+    train_or_identity(x, p, training, pos, mode, alpha_train)
+}
+
+pub(crate) fn alpha_train<T: Element>(
+    x: Operand<'_, T>,
+    prob: &Probability,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> TrainResult<T> {
+    elementwise_train(x, prob, pos, mode, Kept::alpha(prob))
+}

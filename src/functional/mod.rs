@@ -1,0 +1,45 @@
+//! Stateless dropout functions: the caller supplies (seed, offset) and keeps the saved
+//! state. The layers in [`crate::layers`] call these; users who manage their own random
+//! state can too. This is where a call is validated and handed to a backend, by matching
+//! on where its tensor lives (the CPU backend, or the CUDA backend: a stub whose buffers
+//! cannot exist when the `cuda` feature is off, so the match arms need no `cfg`).
+//!
+//! Every layer of the family saves the same kind of [`DropoutState`]: which decisions were
+//! kept (packed bits, or how to regenerate them), how elements map to decisions
+//! (elementwise or one per group), and the factor kept gradients are scaled by. So one
+//! backward, [`dropout_backward`], serves them all.
+//!
+//! | file | what |
+//! |---|---|
+//! | `dispatch.rs` | the operand of a forward, validation, the match on where a tensor lives |
+//! | `state.rs` | [`DropoutState`]: what a forward saves for its backward |
+//! | `dropout.rs` | [`dropout`], the elementwise forward shared with alpha dropout, [`dropout_backward`] |
+//! | `alpha.rs` | [`alpha_dropout`] |
+//! | `grouped.rs` | [`grouped_dropout`] (channel dropout, DropPath, feature alpha dropout) |
+//! | `residual.rs` | [`bias_dropout_residual`] and its backward |
+
+mod alpha;
+mod dispatch;
+mod dropout;
+mod grouped;
+mod residual;
+mod state;
+
+pub use crate::plan::{GroupedKind, MaskMode, StreamPos};
+pub use alpha::alpha_dropout;
+pub use dropout::{dropout, dropout_backward};
+pub use grouped::grouped_dropout;
+pub use residual::{
+    bias_dropout_residual, bias_dropout_residual_backward, BiasDropoutResidualGrads,
+    BiasDropoutResidualState,
+};
+pub use state::DropoutState;
+
+pub(crate) use alpha::alpha_train;
+/// The candle ops check decision indices as dropkit's own calls do.
+#[cfg(feature = "candle")]
+pub(crate) use dispatch::check_index_range;
+pub(crate) use dispatch::{new_output, Operand, TrainResult};
+pub(crate) use dropout::dropout_train;
+pub(crate) use grouped::grouped_train;
+pub(crate) use residual::bias_dropout_residual_run;

@@ -1,0 +1,186 @@
+//! The fused `out = residual + dropout(x + bias)` (SPEC section 6) and its backward, which
+//! also returns the bias and residual gradients.
+
+use super::dispatch::{check_index_range, new_output, run_forward, ForwardOp, Operand};
+use super::dropout::dropout_backward;
+use super::state::{DropoutState, Saved};
+use crate::cpu;
+use crate::cuda;
+use crate::element::{to_compute_f64, Element};
+use crate::error::{Error, Result};
+use crate::mask::Probability;
+use crate::plan::{Decisions, MaskMode, StreamPos};
+use crate::tensor::{Storage, Tensor};
+
+/// What the fused forward saves: the dropout state of `x + bias` and the bias length.
+#[derive(Debug)]
+pub struct BiasDropoutResidualState {
+    pub(crate) dropout: DropoutState,
+    pub(crate) hidden: usize,
+}
+
+impl BiasDropoutResidualState {
+    /// The dropout part of the state (mask, probability, saved form).
+    pub fn dropout_state(&self) -> &DropoutState {
+        &self.dropout
+    }
+}
+
+/// The three gradients of the fused layer.
+#[derive(Debug)]
+pub struct BiasDropoutResidualGrads<T: Element> {
+    /// d out / d x: the upstream gradient through the mask and scale.
+    pub x: Tensor<T>,
+    /// d out / d residual: the upstream gradient itself.
+    pub residual: Tensor<T>,
+    /// d out / d bias: the column sums of `x`'s gradient over all rows, accumulated in f64
+    /// in fixed blocks of rows (deterministic, the same bits on CPU and CUDA; outside the
+    /// bit-exact contract of the spec, see docs/spec.md).
+    pub bias: Tensor<T>,
+}
+
+const OP: &str = "bias_dropout_residual";
+
+fn check_fused_shapes<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: &Tensor<T>,
+) -> Result<usize> {
+    residual.expect_shape(x.shape(), OP)?;
+    let hidden = *x.shape().last().ok_or_else(|| Error::InvalidShape {
+        op: OP,
+        shape: x.shape().to_vec(),
+        reason: "x must have at least one dimension (the hidden size H)".into(),
+    })?;
+    bias.expect_shape(&[hidden], OP)?;
+    x.device().expect_same(&bias.device(), OP)?;
+    x.device().expect_same(&residual.device(), OP)?;
+    Ok(hidden)
+}
+
+/// `out = residual + dropout(x + bias)` in one pass (SPEC section 6): x and residual of
+/// shape (..., H), bias of shape (H). In eval mode the dropout is the identity (the sum is
+/// still computed with the same roundings).
+pub fn bias_dropout_residual<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: &Tensor<T>,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<(Tensor<T>, BiasDropoutResidualState)> {
+    let prob = Probability::new(p)?;
+    let (out, state) = bias_dropout_residual_run(
+        x,
+        bias,
+        Operand::Input(residual),
+        &prob,
+        training,
+        pos,
+        mode,
+    )?;
+    Ok((new_output(out)?, state))
+}
+
+/// One fused training (or eval) forward over x and bias, reading the residual operand.
+struct Fused<'a, T: Element> {
+    x: &'a Tensor<T>,
+    bias: &'a Tensor<T>,
+    prob: &'a Probability,
+    pos: StreamPos,
+    mode: MaskMode,
+}
+
+impl<T: Element> ForwardOp<T> for Fused<'_, T> {
+    fn cpu(self, residual: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
+        let (Storage::Cpu(x), Storage::Cpu(bias)) = (&self.x.storage, &self.bias.storage) else {
+            return Err(Error::DeviceMismatch {
+                op: OP,
+                expected: "cpu".into(),
+                got: "cuda (x or bias)".into(),
+            });
+        };
+        let n = out.len();
+        let mut bits = (self.mode == MaskMode::Bits).then(|| cpu::alloc_mask(n));
+        let scale = to_compute_f64::<T>(self.prob.scale_f64());
+        let inputs = cpu::residual::FusedInputs { x, bias, residual };
+        let (pos, prob) = (self.pos, self.prob);
+        cpu::residual::bias_dropout_residual(inputs, out, bits.as_deref_mut(), pos, prob, scale);
+        Ok(bits)
+    }
+
+    fn cuda(self, residual: cuda::CudaOperand<'_, T>) -> Result<cuda::Forward<T>> {
+        let (x, bias) = (on_cuda(self.x, "x")?, on_cuda(self.bias, "bias")?);
+        let scale = to_compute_f64::<T>(self.prob.scale_f64());
+        let (pos, prob) = (self.pos, self.prob);
+        cuda::residual::forward(x, bias, residual, pos, prob, scale, self.mode)
+    }
+}
+
+/// The device buffer of an input of the fused layer on CUDA.
+fn on_cuda<'a, T: Element>(t: &'a Tensor<T>, what: &str) -> Result<&'a cuda::CudaBuffer<T>> {
+    match &t.storage {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Cpu(_) => Err(Error::DeviceMismatch {
+            op: OP,
+            expected: "cuda".into(),
+            got: format!("cpu ({what})"),
+        }),
+    }
+}
+
+/// The fused forward; with `Operand::InPlace` the output is written over the residual.
+pub(crate) fn bias_dropout_residual_run<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: Operand<'_, T>,
+    prob: &Probability,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
+    let hidden = check_fused_shapes(x, bias, residual.tensor())?;
+    check_index_range(pos.index_base, x.len())?;
+    // Eval: the same arithmetic with nothing dropped and s = 1 (z * 1 = z exactly).
+    let eval = Probability::new(0.0)?;
+    let applied = if training { prob } else { &eval };
+    let mode = if training { mode } else { MaskMode::Regenerate };
+    let op = Fused {
+        x,
+        bias,
+        prob: applied,
+        pos,
+        mode,
+    };
+    let (out, mask) = run_forward(residual, op)?;
+    let grad_scale = applied.scale_f64();
+    let mut dropout =
+        DropoutState::trained(&out, mask, pos, applied, Decisions::Elementwise, grad_scale);
+    if !training {
+        dropout.saved = Saved::Identity;
+    }
+    Ok((out.output, BiasDropoutResidualState { dropout, hidden }))
+}
+
+/// Gradients of [`bias_dropout_residual`] for the upstream gradient `grad`.
+pub fn bias_dropout_residual_backward<T: Element>(
+    grad: &Tensor<T>,
+    state: &BiasDropoutResidualState,
+) -> Result<BiasDropoutResidualGrads<T>> {
+    let dx = dropout_backward(grad, &state.dropout)?;
+    let h = state.hidden;
+    let bias_storage = match &dx.storage {
+        Storage::Cpu(g) => {
+            let mut db = vec![T::ZERO; h];
+            cpu::residual::column_sum(g, &mut db, h);
+            Storage::Cpu(db)
+        }
+        Storage::Cuda(g) => Storage::Cuda(cuda::residual::column_sum(g, h)?),
+    };
+    Ok(BiasDropoutResidualGrads {
+        residual: grad.try_clone()?,
+        bias: Tensor::from_storage(bias_storage, vec![h]),
+        x: dx,
+    })
+}

@@ -1,0 +1,163 @@
+//! What a forward saves for its backward ([`DropoutState`]): the decisions (packed bits on
+//! the device that made them, or the stream position to regenerate them), how elements map
+//! to decisions, and the gradient factor of kept elements.
+
+use crate::cuda;
+use crate::device::Device;
+use crate::element::{DType, Element};
+use crate::error::{Error, Result};
+use crate::mask::{fill_keep_bits, mask_words, Probability};
+use crate::plan::{Decisions, MaskMode, StreamPos};
+use crate::tensor::Tensor;
+
+/// A forward's output (`None` when written in place) with the input's shape and device.
+pub(crate) struct ForwardOut<T: Element> {
+    pub output: Option<Tensor<T>>,
+    pub shape: Vec<usize>,
+    pub device: Device,
+}
+
+/// Packed keep bits on the device that produced them.
+#[derive(Debug)]
+pub(crate) enum MaskBuffer {
+    Cpu(Vec<u32>),
+    Cuda(cuda::MaskSlice),
+}
+
+/// A CPU mask goes to [`crate::cpu::recycle`], for the next mask of its size.
+impl Drop for MaskBuffer {
+    fn drop(&mut self) {
+        match self {
+            MaskBuffer::Cpu(v) => crate::cpu::recycle::give(std::mem::take(v)),
+            MaskBuffer::Cuda(_) => {}
+        }
+    }
+}
+
+impl MaskBuffer {
+    fn to_vec(&self) -> Result<Vec<u32>> {
+        match self {
+            MaskBuffer::Cpu(v) => Ok(v.clone()),
+            MaskBuffer::Cuda(s) => cuda::download_u32(s),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum Saved {
+    /// Eval mode: backward is the identity.
+    Identity,
+    Bits(MaskBuffer),
+    Regenerate(StreamPos),
+}
+
+/// What a forward saves for its backward: the mask (bits or how to regenerate it), how
+/// elements map to decisions, the gradient factor of kept elements, and the shape, dtype
+/// and device it applies to (all checked by backward).
+#[derive(Debug)]
+pub struct DropoutState {
+    pub(crate) saved: Saved,
+    pub(crate) prob: Probability,
+    pub(crate) decisions: Decisions,
+    /// dx = kept ? dy * grad_scale : +0 (s for dropout, a for alpha dropout), in f64,
+    /// rounded once to the compute type when used.
+    pub(crate) grad_scale: f64,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
+}
+
+impl DropoutState {
+    pub(crate) fn identity<T: Element>(x: &Tensor<T>, prob: Probability) -> Self {
+        Self {
+            saved: Saved::Identity,
+            prob,
+            decisions: Decisions::Elementwise,
+            grad_scale: 1.0,
+            shape: x.shape().to_vec(),
+            dtype: T::DTYPE,
+            device: x.device(),
+        }
+    }
+
+    /// The state of a training forward.
+    pub(crate) fn trained<T: Element>(
+        out: &ForwardOut<T>,
+        mask: Option<MaskBuffer>,
+        pos: StreamPos,
+        prob: &Probability,
+        decisions: Decisions,
+        grad_scale: f64,
+    ) -> Self {
+        Self {
+            saved: mask.map_or(Saved::Regenerate(pos), Saved::Bits),
+            prob: *prob,
+            decisions,
+            grad_scale,
+            shape: out.shape.clone(),
+            dtype: T::DTYPE,
+            device: out.device.clone(),
+        }
+    }
+
+    /// The saved form, `None` for an eval-mode forward.
+    pub fn mask_mode(&self) -> Option<MaskMode> {
+        match self.saved {
+            Saved::Identity => None,
+            Saved::Bits(_) => Some(MaskMode::Bits),
+            Saved::Regenerate(_) => Some(MaskMode::Regenerate),
+        }
+    }
+
+    /// The packed keep bits, one per decision (per element for elementwise layers, per
+    /// channel or sample for grouped ones), downloaded or regenerated; `None` in eval mode.
+    pub fn keep_bits(&self) -> Result<Option<Vec<u32>>> {
+        let n = crate::tensor::element_count(&self.shape)?;
+        match &self.saved {
+            Saved::Identity => Ok(None),
+            Saved::Bits(m) => m.to_vec().map(Some),
+            Saved::Regenerate(pos) => Ok(Some(regenerate_bits(pos, &self.prob, self.decisions, n))),
+        }
+    }
+
+    /// The drop probability of the forward.
+    pub fn p(&self) -> f64 {
+        self.prob.p()
+    }
+
+    /// Bytes held by the saved mask (0 for the regenerate form and eval mode).
+    pub fn saved_bytes(&self) -> usize {
+        match &self.saved {
+            Saved::Bits(_) => {
+                let n = self.shape.iter().product();
+                4 * mask_words(self.decisions.span(0, n).1)
+            }
+            _ => 0,
+        }
+    }
+
+    pub(crate) fn check_grad<T: Element>(&self, grad: &Tensor<T>, op: &'static str) -> Result<()> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::DTypeMismatch {
+                op,
+                expected: self.dtype,
+                got: T::DTYPE,
+            });
+        }
+        grad.expect_shape(&self.shape, op)?;
+        self.device.expect_same(&grad.device(), op)
+    }
+}
+
+/// The decision bits of a regenerate-form state, recomputed on the host.
+pub(crate) fn regenerate_bits(
+    pos: &StreamPos,
+    prob: &Probability,
+    decisions: Decisions,
+    n: usize,
+) -> Vec<u32> {
+    let (first, count) = decisions.span(pos.index_base, n);
+    let mut bits = vec![0u32; mask_words(count)];
+    fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
+    bits
+}

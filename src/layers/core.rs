@@ -1,0 +1,160 @@
+//! What every layer shares: [`LayerCore`] (probability, mask mode, train/eval flag,
+//! generator, shard position), the grouped layers' training forward, and the
+//! `layer_common!` macro with the builder and mode methods.
+
+use crate::element::Element;
+use crate::error::Result;
+use crate::functional::{self, new_output, DropoutState, Operand, TrainResult};
+use crate::generator::{default_generator, Generator};
+use crate::mask::Probability;
+use crate::plan::{GroupedKind, MaskMode, StreamPos};
+use crate::tensor::Tensor;
+use std::sync::Arc;
+
+/// What every layer of the family carries.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerCore {
+    pub prob: Probability,
+    pub mode: MaskMode,
+    pub training: bool,
+    pub generator: Option<Arc<Generator>>,
+    pub index_base: u64,
+}
+
+impl LayerCore {
+    pub fn new(p: f64) -> Result<Self> {
+        Ok(Self {
+            prob: Probability::new(p)?,
+            mode: MaskMode::default(),
+            training: true,
+            generator: None,
+            index_base: 0,
+        })
+    }
+
+    /// The stream position of one training call, advancing the layer's generator.
+    pub fn next_pos(&self) -> StreamPos {
+        let generator = self
+            .generator
+            .as_ref()
+            .unwrap_or_else(|| default_generator());
+        let (seed, offset) = generator.next_call();
+        StreamPos::new(seed, offset).with_index_base(self.index_base)
+    }
+
+    /// A layer's forward: the identity in eval mode (no offset taken), else `train` at the
+    /// next offset.
+    pub fn forward<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+    ) -> Result<(Tensor<T>, DropoutState)> {
+        if !self.training {
+            return Ok((x.try_clone()?, DropoutState::identity(x, self.prob)));
+        }
+        let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
+        Ok((new_output(y)?, state))
+    }
+
+    /// [`LayerCore::forward`] writing the output over `x`.
+    pub fn forward_in_place<T: Element>(
+        &self,
+        x: &mut Tensor<T>,
+        train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+    ) -> Result<DropoutState> {
+        if !self.training {
+            return Ok(DropoutState::identity(x, self.prob));
+        }
+        let pos = self.next_pos();
+        train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
+    }
+}
+
+/// The training forward of a grouped layer with `group` elements per decision.
+pub(crate) fn grouped<T: Element>(
+    group: usize,
+    kind: GroupedKind,
+) -> impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T> {
+    move |x, prob, pos, mode| functional::grouped_train(x, prob, group, kind, pos, mode)
+}
+
+/// The builder and mode methods every layer shares (a layer has a `core: LayerCore`);
+/// with `backward`, also the backward of layers whose state is a [`DropoutState`].
+macro_rules! layer_common {
+    ($layer:ident, backward) => {
+        layer_common!($layer);
+
+        impl $layer {
+            /// The input gradient from the upstream gradient and the forward's state:
+            /// `dx = kept ? dy * g : +0` through the saved mask.
+            pub fn backward<T: $crate::element::Element>(
+                &self,
+                grad: &$crate::tensor::Tensor<T>,
+                state: &$crate::functional::DropoutState,
+            ) -> $crate::error::Result<$crate::tensor::Tensor<T>> {
+                $crate::functional::dropout_backward(grad, state)
+            }
+        }
+    };
+    ($layer:ident) => {
+        impl $layer {
+            /// A layer in training mode using the default generator; p must be in [0, 1].
+            pub fn new(p: f64) -> $crate::error::Result<Self> {
+                Ok(Self {
+                    core: $crate::layers::core::LayerCore::new(p)?,
+                })
+            }
+
+            /// Uses `generator` instead of the process-wide default.
+            pub fn with_generator(
+                mut self,
+                generator: std::sync::Arc<$crate::generator::Generator>,
+            ) -> Self {
+                self.core.generator = Some(generator);
+                self
+            }
+
+            /// How the mask is saved for backward (bits by default).
+            pub fn with_mask_mode(mut self, mode: $crate::plan::MaskMode) -> Self {
+                self.core.mode = mode;
+                self
+            }
+
+            /// For a shard holding elements `[index_base, index_base + n)` of a larger
+            /// tensor: the shard gets exactly its slice of the whole tensor's mask.
+            pub fn with_index_base(mut self, index_base: u64) -> Self {
+                self.core.index_base = index_base;
+                self
+            }
+
+            /// The drop probability.
+            pub fn p(&self) -> f64 {
+                self.core.prob.p()
+            }
+
+            /// Training mode (the default).
+            pub fn train(&mut self) -> &mut Self {
+                self.core.training = true;
+                self
+            }
+
+            /// Eval mode: forward is the identity.
+            pub fn eval(&mut self) -> &mut Self {
+                self.core.training = false;
+                self
+            }
+
+            /// Sets the mode.
+            pub fn set_training(&mut self, training: bool) -> &mut Self {
+                self.core.training = training;
+                self
+            }
+
+            /// True in training mode.
+            pub fn is_training(&self) -> bool {
+                self.core.training
+            }
+        }
+    };
+}
+pub(crate) use layer_common;
