@@ -106,6 +106,9 @@ OPTIONAL_OPS = set(FUSED_FWD.values()) | {
     "alpha_fwd_bits", "alpha_fwd_regen", "channel_fwd_bits", "channel_fwd_regen",
     "channel_bwd_bits", "feature_alpha_fwd_bits", "droppath_fwd_bits", "droppath_fwd_regen",
     "droppath_bwd_bits", "colsum"}
+# Ops that one API of the CPU bench runs and the other does not (layer_fwd: func,
+# fwd_inplace: raw).
+OPTIONAL_OPS |= {"layer_fwd", "fwd_inplace"}
 COPY_OP = "copy"
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
 REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")
