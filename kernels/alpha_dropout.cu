@@ -15,14 +15,6 @@
 #include "dk_elementwise.cuh"
 #include "dk_vector.cuh"
 
-// Kept a*x + b (multiply, then add, each rounded in C), dropped the host's a*A + b.
-template <typename C>
-struct DkAffineKept {
-    C a, b, dropped_value;
-    __device__ __forceinline__ C kept(C c) const { return dk_add(dk_mul(c, a), b); }
-    __device__ __forceinline__ C dropped() const { return dropped_value; }
-};
-
 // One exported kernel per dtype (names and signatures are the contract with the Rust side).
 #define DK_ALPHA_DROPOUT_FWD(SUFFIX, T, C)                                                  \
     extern "C" __global__ void __launch_bounds__(1024) alpha_dropout_fwd_##SUFFIX(          \
