@@ -135,9 +135,9 @@ __device__ __forceinline__ void dk_elementwise(Op op, uint32_t* bits, uint64_t n
 // alpha dropout): F gives the kept value in C, F::kept(to_C(x)), and the dropped one,
 // F::dropped() (a constant of C). The choice is a select in C, rounded like a kept value
 // (round_T(+0) = +0), never arithmetic on a dropped input, so NaN/inf inputs cannot leak.
-template <typename T, typename F>
+template <typename T, typename F, int E_ = DkDrawWidth<T>::E>
 struct DkMapOp {
-    static constexpr int E = DkDrawWidth<T>::E;
+    static constexpr int E = E_;
     static constexpr bool SHIFTED = true;
     using C = typename DkType<T>::C;
     const T* x;

@@ -84,7 +84,7 @@ BUDGET = {
     ("dropout_fwd", "f32"): 48, ("dropout_fwd", "f64"): 44,
     ("dropout_bwd_bits", "bf16"): 8, ("dropout_bwd_bits", "f16"): 8,
     ("dropout_bwd_bits", "f32"): 8, ("dropout_bwd_bits", "f64"): 12,
-    ("alpha_dropout_fwd", "bf16"): 32, ("alpha_dropout_fwd", "f16"): 32,
+    ("alpha_dropout_fwd", "bf16"): 34, ("alpha_dropout_fwd", "f16"): 34,
     ("alpha_dropout_fwd", "f32"): 48, ("alpha_dropout_fwd", "f64"): 48,
     # Moves 4*S + 1/8 bytes per element (x, residual, out, bits; bias stays in cache).
     ("bias_dropout_residual_fwd", "bf16"): 40, ("bias_dropout_residual_fwd", "f16"): 40,
