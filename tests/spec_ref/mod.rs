@@ -229,7 +229,9 @@ pub fn data<T: RefFloat>(n: usize, salt: u64, specials: bool) -> Vec<T> {
                     f64::from(f32::MAX),
                     5.960_464_477_539_063e-8, // smallest f16 subnormal
                 ];
-                return T::data(special[((i / 7) as usize + salt as usize) % special.len()]);
+                return T::data(
+                    special[((i / 7).wrapping_add(salt) % special.len() as u64) as usize],
+                );
             }
             let h = (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
             let v = (h as f64 / (1u64 << 24) as f64 - 0.5) * 2f64.powi((i % 11) as i32 - 5);
