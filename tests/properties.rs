@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 /// Cases per property in CI: about a minute on 2 cores in the dev profile (see
 /// docs/RELIABILITY.md for the measured time).
-const CI_CASES: u32 = 50_000;
+const CI_CASES: u32 = 100_000;
 /// The fixed seed of CI's runs, so a failure in CI replays on any machine.
 const CI_SEED: u64 = 0x6472_6f70_6b69_7413;
 /// Most cases stay under this many elements, so thousands of cases run in seconds.
