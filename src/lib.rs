@@ -26,6 +26,7 @@
 //! # Ok::<(), dropkit::Error>(())
 //! ```
 
+mod alloc;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod cpu;

@@ -201,7 +201,6 @@ macro_rules! index_overflow_test {
 }
 
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     dropout_index_overflow,
     Dropout,
     [2, 4],
@@ -209,7 +208,6 @@ index_overflow_test!(
     |x: &Tensor<f32>, pos, mode| dropout(x, P, true, pos, mode).unwrap().0
 );
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     alpha_index_overflow,
     AlphaDropout,
     [2, 4],
@@ -217,7 +215,6 @@ index_overflow_test!(
     |x: &Tensor<f32>, pos, mode| alpha_dropout(x, P, true, pos, mode).unwrap().0
 );
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     dropout1d_index_overflow,
     Dropout1d,
     [2, 4],
@@ -227,7 +224,6 @@ index_overflow_test!(
         .0
 );
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     dropout2d_index_overflow,
     Dropout2d,
     [2, 2, 2],
@@ -237,7 +233,6 @@ index_overflow_test!(
         .0
 );
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     dropout3d_index_overflow,
     Dropout3d,
     [1, 2, 2, 2],
@@ -247,7 +242,6 @@ index_overflow_test!(
         .0
 );
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     drop_path_index_overflow,
     DropPath,
     [4, 2],
@@ -257,7 +251,6 @@ index_overflow_test!(
         .0
 );
 index_overflow_test!(
-    #[ignore = "issue 13: the layer takes its offset before the index_base + n check"]
     feature_alpha_index_overflow,
     FeatureAlphaDropout,
     [2, 2, 2],
@@ -323,7 +316,6 @@ fn fused_error_keeps_offset(
 }
 
 #[test]
-#[ignore = "issue 13: BiasDropoutResidual takes its offset before validating shapes"]
 fn fused_residual_shape_mismatch() {
     fused_error_keeps_offset(
         0,
@@ -334,7 +326,6 @@ fn fused_residual_shape_mismatch() {
 }
 
 #[test]
-#[ignore = "issue 13: BiasDropoutResidual takes its offset before validating shapes"]
 fn fused_bias_shape_mismatch() {
     fused_error_keeps_offset(
         0,
@@ -345,7 +336,6 @@ fn fused_bias_shape_mismatch() {
 }
 
 #[test]
-#[ignore = "issue 13: BiasDropoutResidual takes its offset before validating shapes"]
 fn fused_scalar_input() {
     fused_error_keeps_offset(
         0,
@@ -356,7 +346,6 @@ fn fused_scalar_input() {
 }
 
 #[test]
-#[ignore = "issue 13: BiasDropoutResidual takes its offset before validating the index range"]
 fn fused_index_overflow() {
     fused_error_keeps_offset(
         u64::MAX - 2,
