@@ -27,7 +27,7 @@ pub(crate) enum MaskBuffer {
 impl MaskBuffer {
     fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
-            MaskBuffer::Cpu(v) => Ok(v.clone()),
+            MaskBuffer::Cpu(v) => crate::alloc::copied(v),
             MaskBuffer::Cuda(s) => cuda::download_u32(s),
         }
     }
