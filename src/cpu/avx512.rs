@@ -114,6 +114,8 @@ impl Regenerate {
 
 impl KeepSource for Regenerate {
     #[inline(always)]
+    /// # Safety
+    /// As [`KeepSource::word`].
     unsafe fn word(&self, w: usize) -> u32 {
         let first = self.index_base.wrapping_add(32 * w as u64);
         if self.prob.drops_all() {
@@ -137,6 +139,8 @@ pub(crate) struct Saved<'a>(pub(crate) &'a [u32]);
 
 impl KeepSource for Saved<'_> {
     #[inline(always)]
+    /// # Safety
+    /// As [`KeepSource::word`].
     unsafe fn word(&self, w: usize) -> u32 {
         self.0[w]
     }
@@ -172,6 +176,8 @@ fn live(len: usize) -> u32 {
 
 /// 16 f32 lanes through `op`, kept where `k` has a 1.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
 unsafe fn map_ps(v: __m512, k: __mmask16, op: &Kept<f32>) -> __m512 {
     match *op {
         // The masked multiply writes +0 (all bits clear) in dropped lanes.
@@ -185,6 +191,8 @@ unsafe fn map_ps(v: __m512, k: __mmask16, op: &Kept<f32>) -> __m512 {
 
 /// 8 f64 lanes through `op`, kept where `k` has a 1.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
 unsafe fn map_pd(v: __m512d, k: __mmask8, op: &Kept<f64>) -> __m512d {
     match *op {
         Kept::Scale(s) => _mm512_maskz_mul_pd(k, v, _mm512_set1_pd(s)),
@@ -207,6 +215,8 @@ trait Lanes16: Element<Compute = f32> {
 
 impl<T: Lanes16> Avx512Element for T {
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`].
     unsafe fn word<const HW_BF16: bool>(
         x: *const T,
         y: *mut T,
@@ -225,10 +235,14 @@ impl<T: Lanes16> Avx512Element for T {
 
 impl Lanes16 for f32 {
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn load16(x: *const f32, lanes: __mmask16) -> __m512 {
         _mm512_maskz_loadu_ps(lanes, x)
     }
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut f32, lanes: __mmask16, r: __m512) {
         _mm512_mask_storeu_ps(y, lanes, r)
     }
@@ -236,6 +250,8 @@ impl Lanes16 for f32 {
 
 impl Avx512Element for f64 {
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`].
     unsafe fn word<const HW_BF16: bool>(
         x: *const f64,
         y: *mut f64,
@@ -254,10 +270,14 @@ impl Avx512Element for f64 {
 
 impl Lanes16 for f16 {
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn load16(x: *const f16, lanes: __mmask16) -> __m512 {
         _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, x as *const i16))
     }
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut f16, lanes: __mmask16, r: __m512) {
         // Round to nearest even, as F16C's form and `f16::from_f32`.
         let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(r);
@@ -267,6 +287,8 @@ impl Lanes16 for f16 {
 
 /// bf16 bits (in the low halves of 32-bit lanes) to f32, NaNs quieted as `half` does.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
 unsafe fn widen_bf16(h: __m256i) -> __m512 {
     let h = _mm512_cvtepu16_epi32(h);
     let nan = _mm512_cmpgt_epu32_mask(
@@ -280,6 +302,8 @@ unsafe fn widen_bf16(h: __m256i) -> __m512 {
 /// f32 to bf16 with integer operations: round to nearest even (add 0x7FFF plus the last
 /// kept bit, then truncate), a NaN keeps its top bits and gets the quiet bit.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
 unsafe fn narrow_bf16_integer(r: __m512) -> __m256i {
     let x = _mm512_castps_si512(r);
     let nan = _mm512_cmpgt_epu32_mask(
@@ -297,6 +321,8 @@ unsafe fn narrow_bf16_integer(r: __m512) -> __m256i {
 /// f32 to bf16, the spec's rounding; `vcvtneps2bf16` when `HW_BF16`, except for vectors
 /// holding an f32 subnormal, which the instruction would flush to zero.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL, and AVX-512 BF16 when `HW_BF16`.
 unsafe fn narrow_bf16<const HW_BF16: bool>(r: __m512) -> __m256i {
     if HW_BF16 {
         let x = _mm512_castps_si512(r);
@@ -311,6 +337,8 @@ unsafe fn narrow_bf16<const HW_BF16: bool>(r: __m512) -> __m256i {
 
 /// `vcvtneps2bf16`; a separate function so that its feature does not leak into callers.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F and AVX-512 BF16.
 unsafe fn hardware_narrow_bf16(r: __m512) -> __m256i {
     // SAFETY (layout): __m256bh and __m256i are both 32 bytes of plain bits.
     std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(r))
@@ -318,10 +346,14 @@ unsafe fn hardware_narrow_bf16(r: __m512) -> __m256i {
 
 impl Lanes16 for bf16 {
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn load16(x: *const bf16, lanes: __mmask16) -> __m512 {
         widen_bf16(_mm256_maskz_loadu_epi16(lanes, x as *const i16))
     }
     #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut bf16, lanes: __mmask16, r: __m512) {
         _mm256_mask_storeu_epi16(y as *mut i16, lanes, narrow_bf16::<HW_BF16>(r));
     }
@@ -330,6 +362,10 @@ impl Lanes16 for bf16 {
 /// One chunk: words `first_word ..` of the call over `y` (and `x`, or `y` itself in
 /// place), writing the keep bits of each word to `bits` when given.
 #[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
+/// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
     first_word: usize,
     x: Option<&[T]>,
@@ -356,6 +392,10 @@ unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
+/// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
     first_word: usize,
     x: Option<&[T]>,
@@ -368,6 +408,10 @@ unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,avx512bf16")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
+/// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
     first_word: usize,
     x: Option<&[T]>,

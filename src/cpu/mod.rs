@@ -16,28 +16,34 @@ pub mod simd;
 
 use crate::element::{ComputeFloat, Element};
 
-/// An output of `n` elements for a forward or backward to overwrite: every element is
-/// finite zeros or stale values of a recycled buffer, so callers must write them all.
+/// An output of `n` elements for a forward or backward to overwrite, or
+/// [`crate::error::Error::OutOfMemory`] when the allocator refuses it. Every element is +0.0
+/// or a stale value of a recycled buffer, so callers must write them all.
 ///
-/// Large outputs come from [`recycle`] when a dropped tensor left one of this size there;
-/// otherwise they are fresh pages that the kernel first touches, and on small VMs those
-/// page faults can cost more than the dropout itself; asking Linux for transparent huge
-/// pages on the buffer (a hint, ignored where unsupported) cuts their number 512-fold.
-pub fn alloc_output<T: Element>(n: usize) -> Vec<T> {
+/// Large outputs come from [`recycle`] when a dropped tensor left one of this size there.
+/// Otherwise zeroed allocation (calloc) leaves fresh pages unwritten, so the kernel
+/// touches them first; on small VMs those page faults can cost more than the dropout
+/// itself, and asking Linux for transparent huge pages on the buffer (a hint, ignored where
+/// unsupported) cuts their number 512-fold.
+pub fn alloc_output<T: Element>(n: usize) -> crate::error::Result<Vec<T>> {
     if let Some(v) = recycle::take(n) {
-        return v;
+        return Ok(v);
     }
-    let v = T::zeroed_vec(n);
+    let v = crate::alloc::zeroed::<T>(n)?;
     #[cfg(target_os = "linux")]
     advise_huge_pages(&v);
-    v
+    Ok(v)
 }
 
 /// The packed mask of `n` decisions (one word per 32), for a forward to overwrite: zeros,
-/// or a recycled mask's stale words.
-pub fn alloc_mask(n: usize) -> Vec<u32> {
+/// or a recycled mask's stale words; [`crate::error::Error::OutOfMemory`] when the
+/// allocator refuses it.
+pub fn alloc_mask(n: usize) -> crate::error::Result<Vec<u32>> {
     let words = crate::mask::mask_words(n);
-    recycle::take(words).unwrap_or_else(|| vec![0u32; words])
+    match recycle::take(words) {
+        Some(v) => Ok(v),
+        None => crate::alloc::zeroed_words(words),
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -198,6 +204,9 @@ fn run_chunk_dispatch<T, const K: usize, F>(
 
 /// [`run_chunk`] compiled for AVX2 and F16C: the word function and the `#[inline(always)]`
 /// intrinsics helpers it reaches (Philox, f16 conversions) inline into one vector loop.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn run_chunk_avx2<T, const K: usize, F>(

@@ -146,7 +146,9 @@ impl CudaDevice {
         self.stream.context().cu_ctx() == other.stream.context().cu_ctx()
     }
 
-    /// A new buffer of `len` elements whose contents the caller overwrites in full.
+    /// A new buffer of `len` elements whose contents the caller overwrites in full. A byte
+    /// size past usize is [`Error::OutOfRange`]; memory the driver refuses is
+    /// [`Error::OutOfMemory`] with the bytes asked for (the context stays usable).
     pub(crate) fn alloc_uninit<T: cudarc::driver::DeviceRepr>(
         &self,
         len: usize,
@@ -154,9 +156,39 @@ impl CudaDevice {
         if len == 0 {
             return self.stream.null().map_err(driver_error("empty allocation"));
         }
+        let bytes = self.byte_size::<T>(len)?;
         // SAFETY: every caller launches a kernel that writes all `len` elements before any
-        // read, on this same stream.
-        unsafe { self.stream.alloc::<T>(len) }.map_err(driver_error("allocation"))
+        // read, on this same stream; `len * size_of::<T>()` fits usize (checked above).
+        unsafe { self.stream.alloc::<T>(len) }.map_err(self.alloc_error(bytes, "allocation"))
+    }
+
+    /// `len` elements of `T` in bytes, or [`Error::OutOfRange`].
+    pub(crate) fn byte_size<T>(&self, len: usize) -> Result<usize> {
+        len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            Error::OutOfRange(format!(
+                "{len} elements of {} bytes overflow a device allocation size",
+                std::mem::size_of::<T>()
+            ))
+        })
+    }
+
+    /// Maps a driver error of an allocation of `bytes`: out of memory becomes
+    /// [`Error::OutOfMemory`] naming this device, anything else [`Error::Cuda`].
+    pub(crate) fn alloc_error(
+        &self,
+        bytes: usize,
+        context: &'static str,
+    ) -> impl FnOnce(DriverError) -> Error + '_ {
+        move |e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::OutOfMemory {
+                    bytes,
+                    device: self.to_string(),
+                }
+            } else {
+                driver_error(context)(e)
+            }
+        }
     }
 
     /// The kernel `name` from `module`, loaded once per context.

@@ -5,7 +5,7 @@ use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    bias_dropout_residual_backward, bias_dropout_residual_run, new_output,
+    bias_dropout_residual_backward, bias_dropout_residual_run, check_fused, new_output,
     BiasDropoutResidualGrads, BiasDropoutResidualState, Operand,
 };
 use crate::tensor::Tensor;
@@ -66,6 +66,8 @@ impl BiasDropoutResidual {
         residual: Operand<'_, T>,
     ) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
         let core = &self.core;
+        // A call that fails takes no offset: validate first.
+        check_fused(x, bias, residual.tensor(), core.index_base)?;
         // Eval calls take no offset (SPEC section 5).
         let pos = if core.training {
             core.next_pos()

@@ -153,7 +153,7 @@ fn check_dtype<T: Avx512Element>() {
                 );
                 assert_eq!(
                     want_bits,
-                    keep_bits_from(pos.seed, pos.offset, base, &prob, len)
+                    keep_bits_from(pos.seed, pos.offset, base, &prob, len).unwrap()
                 );
                 let (mut got, mut got_bits) = (vec![T::ONE; len], vec![9u32; mask_words(len)]);
                 // SAFETY: checked by `skip`.
@@ -169,7 +169,7 @@ fn check_dtype<T: Avx512Element>() {
                 same_bits(&inplace, &want, &format!("{what} in place"));
             }
             // Backward from the bits.
-            let bits = keep_bits_from(pos.seed, pos.offset, base, &prob, len);
+            let bits = keep_bits_from(pos.seed, pos.offset, base, &prob, len).unwrap();
             let mut want = vec![T::ZERO; len];
             backward_bits_words(Source::Slice(x), &mut want, &bits, s);
             let mut got = vec![T::ONE; len];
@@ -217,6 +217,8 @@ fn bf16_matches_the_generic_path() {
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and BF16.
 unsafe fn narrow_both(src: &[f32; 16]) -> ([u16; 16], [u16; 16]) {
     let r = _mm512_loadu_ps(src.as_ptr());
     let (mut hw, mut int) = ([0u16; 16], [0u16; 16]);
