@@ -121,7 +121,7 @@ fn check_dtype<T: Avx512Element>() {
         3 * CHUNK + 5,
     ];
     let starts = [0usize, 1, 7];
-    let bases = [0u64, 4, 1, 3, u64::MAX - 3 * CHUNK as u64];
+    let bases = [0u64, 4, 1, 3, u64::MAX - 4 * CHUNK as u64 - 3];
     for (case, &p) in ps.iter().enumerate() {
         let prob = Probability::new(p).unwrap();
         let s = to_compute_f64::<T>(prob.scale_f64());
