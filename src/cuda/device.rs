@@ -146,17 +146,18 @@ impl CudaDevice {
         self.stream.context().cu_ctx() == other.stream.context().cu_ctx()
     }
 
-    /// A new buffer of `len` elements whose contents the caller overwrites in full.
+    /// A new buffer of `len` elements whose contents the caller overwrites in full. For
+    /// `len == 0` it holds one element, unused: cudarc's `CudaStream::null` asks the driver
+    /// for 0 bytes (`cuMemAllocAsync(0)`), which `cuMemAlloc` documents as
+    /// `CUDA_ERROR_INVALID_VALUE`, so an empty tensor never asks for that. Callers keep
+    /// the logical length themselves ([`CudaBuffer`](super::CudaBuffer), `MaskSlice`).
     pub(crate) fn alloc_uninit<T: cudarc::driver::DeviceRepr>(
         &self,
         len: usize,
     ) -> Result<CudaSlice<T>> {
-        if len == 0 {
-            return self.stream.null().map_err(driver_error("empty allocation"));
-        }
         // SAFETY: every caller launches a kernel that writes all `len` elements before any
-        // read, on this same stream.
-        unsafe { self.stream.alloc::<T>(len) }.map_err(driver_error("allocation"))
+        // read, on this same stream (the spare element of an empty buffer is never read).
+        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(driver_error("allocation"))
     }
 
     /// The kernel `name` from `module`, loaded once per context.

@@ -34,7 +34,5 @@ pub(crate) mod residual;
 
 pub use buffer::CudaBuffer;
 pub(crate) use buffer::Forward;
-pub(crate) use buffer::{download_u32, CudaOperand};
+pub(crate) use buffer::{download_u32, CudaOperand, MaskSlice};
 pub use device::{embedded_ptx, kernels_built, CudaDevice};
-/// Packed keep bits on a device.
-pub(crate) type MaskSlice = cudarc::driver::CudaSlice<u32>;
