@@ -214,17 +214,53 @@ impl CudaDevice {
     }
 
     /// A grid for `items` work items of `per_thread` each: enough blocks to fill the GPU,
-    /// no more (kernels use grid-stride loops, so any grid gives the same bits).
+    /// no more, and no more than `DROPKIT_CUDA_MAX_BLOCKS` (kernels use grid-stride loops,
+    /// so any grid gives the same bits).
     pub(crate) fn launch_config(&self, items: u64, per_thread: u64) -> LaunchConfig {
-        const BLOCK: u32 = 256;
-        let needed = items.div_ceil(per_thread * u64::from(BLOCK)).max(1);
-        let cap = u64::from(self.sm_count) * 16;
         LaunchConfig {
-            grid_dim: (needed.min(cap) as u32, 1, 1),
-            block_dim: (BLOCK, 1, 1),
+            grid_dim: (
+                grid_blocks(items, per_thread, self.sm_count, max_blocks_from_env()),
+                1,
+                1,
+            ),
+            block_dim: (BLOCK_THREADS, 1, 1),
             shared_mem_bytes: 0,
         }
     }
+}
+
+/// Threads per block of every launch.
+const BLOCK_THREADS: u32 = 256;
+
+/// Blocks for `items` work items of `per_thread` each: enough to cover them, at most 16
+/// per SM, at most `max_blocks` when set, at least 1.
+fn grid_blocks(items: u64, per_thread: u64, sm_count: u32, max_blocks: Option<u32>) -> u32 {
+    let needed = items.div_ceil(per_thread.max(1) * u64::from(BLOCK_THREADS));
+    let fill = u64::from(sm_count.max(1)) * 16;
+    let cap = max_blocks.map_or(fill, |m| fill.min(u64::from(m)));
+    // cap <= 16 * u32::MAX fits u64; the min with a u32 value fits u32.
+    needed.min(cap).clamp(1, u64::from(u32::MAX)) as u32
+}
+
+/// `DROPKIT_CUDA_MAX_BLOCKS`: a positive integer caps the grid of every launch, so that the
+/// grid-stride loops take several passes even on small inputs (the parity tests run with
+/// 1, 2 and 3). Anything else (unset, empty, 0, not a number) means no cap.
+fn parse_max_blocks(value: Option<&str>) -> Option<u32> {
+    value?.trim().parse::<u32>().ok().filter(|&m| m > 0)
+}
+
+/// [`parse_max_blocks`] of the environment, read once per process. An invalid value is
+/// ignored, with one line on stderr saying so (never a panic).
+fn max_blocks_from_env() -> Option<u32> {
+    static MAX_BLOCKS: OnceLock<Option<u32>> = OnceLock::new();
+    *MAX_BLOCKS.get_or_init(|| {
+        let raw = std::env::var("DROPKIT_CUDA_MAX_BLOCKS").ok();
+        let parsed = parse_max_blocks(raw.as_deref());
+        if let (Some(raw), None) = (&raw, parsed) {
+            eprintln!("dropkit: ignoring DROPKIT_CUDA_MAX_BLOCKS={raw:?} (not a positive integer)");
+        }
+        parsed
+    })
 }
 
 impl fmt::Debug for CudaDevice {
@@ -236,5 +272,39 @@ impl fmt::Debug for CudaDevice {
 impl fmt::Display for CudaDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "cuda:{} ({})", self.ordinal(), self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{grid_blocks, parse_max_blocks};
+
+    #[test]
+    fn max_blocks_parses_positive_integers_only() {
+        assert_eq!(parse_max_blocks(None), None);
+        assert_eq!(parse_max_blocks(Some("1")), Some(1));
+        assert_eq!(parse_max_blocks(Some(" 3 ")), Some(3));
+        assert_eq!(parse_max_blocks(Some("4294967295")), Some(u32::MAX));
+        for bad in ["", "0", "-2", "1.5", "two", "4294967296", "0x10"] {
+            assert_eq!(parse_max_blocks(Some(bad)), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn grid_covers_the_work_up_to_the_caps() {
+        // 256 threads x 4 elements per block.
+        assert_eq!(grid_blocks(0, 4, 132, None), 1);
+        assert_eq!(grid_blocks(1, 4, 132, None), 1);
+        assert_eq!(grid_blocks(1024, 4, 132, None), 1);
+        assert_eq!(grid_blocks(1025, 4, 132, None), 2);
+        // 16 blocks per SM at most.
+        assert_eq!(grid_blocks(1 << 40, 4, 132, None), 132 * 16);
+        // The environment's cap wins when smaller, never raises the grid.
+        assert_eq!(grid_blocks(1 << 40, 4, 132, Some(3)), 3);
+        assert_eq!(grid_blocks(1025, 4, 132, Some(1)), 1);
+        assert_eq!(grid_blocks(1025, 4, 132, Some(100)), 2);
+        assert_eq!(grid_blocks(1 << 40, 4, 2, Some(100)), 32);
+        // per_thread 0 (a caller's mistake) still gives a grid, no division by zero.
+        assert_eq!(grid_blocks(10, 0, 1, None), 1);
     }
 }
