@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does, assembles
-# each PTX with ptxas for sm_80 and sm_90, prints register use, and fails on any compile
+# check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does, in both of
+# its flavours (the portable PTX, assembled for its own sm_XY, sm_80 and sm_90; and the
+# compute_80 PTX that GPUs of compute capability 8.0+ load, for sm_80 and sm_90), assembles
+# each with ptxas, prints register use, and fails on any compile
 # error, register spill, non-zero stack frame, or kernel using more than 64 registers
 # on sm_80 or sm_90 (DROPKIT_MAX_REGS overrides the limit). 64 is the most a 1024-thread
 # block can have (both give a block at most 64K 32-bit registers); above it a launch with
@@ -51,19 +53,29 @@ fi
 
 max_regs="${DROPKIT_MAX_REGS:-64}"
 
+# The PTX flavours build.rs embeds, as "VIRTUAL:REAL REAL ...": the portable one (its own
+# architecture and the two we target) and, when it is older, compute_80.
+portable="${DROPKIT_CUDA_ARCH:-compute_75}"
+flavours=("$portable:sm_${portable#compute_} sm_80 sm_90")
+if [ "${portable#compute_}" -lt 80 ]; then
+    flavours+=("compute_80:sm_80 sm_90")
+fi
+
 status=0
+for flavour in "${flavours[@]}"; do
+virt="${flavour%%:*}"
 for cu in "${sources[@]}"; do
-    name="$(basename "$cu" .cu)"
+    name="$(basename "$cu" .cu).$virt"
     ptx="$tmp/$name.ptx"
-    echo "== $cu"
+    echo "== $cu ($virt)"
     # Keep in sync with build.rs: the same flags, so that what passes here is what ships.
-    if ! "$nvcc" -ptx -O3 -std=c++17 --fmad=false -arch="${DROPKIT_CUDA_ARCH:-compute_75}" \
+    if ! "$nvcc" -ptx -O3 -std=c++17 --fmad=false -arch="$virt" \
         -I kernels -o "$ptx" "$cu"; then
         echo "check-ptx: FAIL: nvcc on $cu" >&2
         status=1
         continue
     fi
-    for arch in sm_80 sm_90; do
+    for arch in ${flavour#*:}; do
         log="$tmp/$name.$arch.log"
         if ! "$ptxas" -arch="$arch" -v -o "$tmp/$name.$arch.cubin" "$ptx" >"$log" 2>&1; then
             cat "$log"
@@ -100,6 +112,7 @@ for cu in "${sources[@]}"; do
             status=1
         fi
     done
+done
 done
 
 if [ "$status" -ne 0 ]; then

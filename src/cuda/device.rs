@@ -17,15 +17,49 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 /// True when build.rs embedded PTX (nvcc was found at build time).
 pub fn kernels_built() -> bool {
-    kernels::ALL.iter().any(|m| m.ptx.is_some())
+    kernels::ALL.iter().any(|m| !m.ptx.is_empty())
 }
 
-/// The embedded PTX of module `module` (a kernels/*.cu file stem), or
-/// [`Error::KernelsNotBuilt`] when the crate was built without nvcc.
+/// The portable embedded PTX of module `module` (a kernels/*.cu file stem), or
+/// [`Error::KernelsNotBuilt`] when the crate was built without nvcc. Every flavour is in
+/// [`kernels::by_name`]`(module).ptx`.
 pub fn embedded_ptx(module: &str) -> Result<&'static str> {
     kernels::by_name(module)
-        .and_then(|m| m.ptx)
+        .and_then(|m| m.portable_ptx())
+        .map(|p| p.text)
         .ok_or(Error::KernelsNotBuilt)
+}
+
+/// Whether a module load failed because the driver cannot use this code for this GPU (PTX
+/// too new for the driver, PTX it cannot parse, nothing for this architecture), which
+/// compiling the sources at run time may cure; any other failure is returned as it is.
+fn load_rejected(code: sys::CUresult) -> bool {
+    use sys::CUresult::*;
+    matches!(
+        code,
+        CUDA_ERROR_UNSUPPORTED_PTX_VERSION
+            | CUDA_ERROR_INVALID_PTX
+            | CUDA_ERROR_NO_BINARY_FOR_GPU
+            | CUDA_ERROR_INVALID_IMAGE
+    )
+}
+
+/// The driver's CUDA version as `major.minor` (`cuDriverGetVersion`), for messages.
+fn driver_version() -> String {
+    let mut version = 0;
+    // SAFETY: writes one int; the symbol is in every CUDA driver.
+    match unsafe { sys::cuDriverGetVersion(&mut version) }.result() {
+        Ok(()) => format!("{}.{}", version / 1000, version % 1000 / 10),
+        Err(_) => "unknown".into(),
+    }
+}
+
+/// The reason inside an NVRTC error, for a message that lists several.
+fn reason(e: Error) -> String {
+    match e {
+        Error::CudaUnavailable(why) => why,
+        other => other.to_string(),
+    }
 }
 
 /// Maps a driver error to [`Error::Cuda`] with its code and name.
@@ -180,37 +214,101 @@ impl CudaDevice {
         Ok(f)
     }
 
+    /// Module `module` in this context, loaded once: the failures that retrying cannot
+    /// cure (no usable code for this device) are cached too, so a process does not rerun
+    /// NVRTC on every call.
     fn module(&self, module: &KernelModule) -> Result<Arc<CudaModule>> {
-        static MODULES: OnceLock<Mutex<PerContext<Arc<CudaModule>>>> = OnceLock::new();
+        static MODULES: OnceLock<Mutex<PerContext<Result<Arc<CudaModule>>>>> = OnceLock::new();
         let ctx = self.stream.context();
         let key = (ctx.cu_ctx() as usize, module.name.to_owned());
         let modules = MODULES.get_or_init(Default::default);
         let mut modules = modules.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(m) = modules.get(&key) {
-            return Ok(Arc::clone(m));
+            return m.clone();
         }
-        let ptx = match module.ptx {
-            Some(ptx) => ptx.to_owned(),
-            // Built without nvcc: NVRTC, for this device's architecture, if it is here.
-            None => {
-                let (major, minor) = ctx
-                    .compute_capability()
-                    .map_err(driver_error("compute capability"))?;
-                nvrtc::compile(module, &format!("compute_{major}{minor}"))
-                    .map_err(|_| Error::KernelsNotBuilt)?
+        let loaded = self.load(module);
+        if matches!(
+            loaded,
+            Ok(_) | Err(Error::UnsupportedPtx(_) | Error::KernelsNotBuilt)
+        ) {
+            modules.insert(key, loaded.clone());
+        }
+        loaded
+    }
+
+    /// Loads the newest embedded PTX this device can run; when there is none, or the driver
+    /// rejects it, compiles the sources with NVRTC for this device ([`Self::load_nvrtc`]).
+    fn load(&self, module: &KernelModule) -> Result<Arc<CudaModule>> {
+        let ctx = self.stream.context();
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(driver_error("compute capability"))?;
+        let (major, minor) = (major.max(0) as u32, minor.max(0) as u32);
+        let rejected = match (module.ptx_for(major, minor), module.portable_ptx()) {
+            (Some(ptx), _) => {
+                let code = cudarc::nvrtc::Ptx::from_src(ptx.text);
+                match ctx.load_module(code) {
+                    Ok(m) => return Ok(m),
+                    Err(e) if load_rejected(e.0) => format!(
+                        "the driver (CUDA {}) rejected the embedded compute_{} PTX of {} \
+                         with {:?}",
+                        driver_version(),
+                        ptx.arch,
+                        module.name,
+                        e.0
+                    ),
+                    Err(e) => {
+                        return Err(driver_error(format!("loading PTX module {}", module.name))(
+                            e,
+                        ))
+                    }
+                }
+            }
+            (None, Some(oldest)) => format!(
+                "the embedded PTX (compute_{} and newer) is too new for this GPU (compute \
+                 capability {major}.{minor})",
+                oldest.arch
+            ),
+            // Built without nvcc: NVRTC is the only way, and its failure is KernelsNotBuilt.
+            (None, None) => {
+                return self
+                    .load_nvrtc(module, major, minor)
+                    .map_err(|_| Error::KernelsNotBuilt)
             }
         };
-        let loaded = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| {
-                if e.0 == sys::CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION {
-                    Error::UnsupportedPtx
-                } else {
-                    driver_error(format!("loading PTX module {}", module.name))(e)
-                }
-            })?;
-        modules.insert(key, Arc::clone(&loaded));
-        Ok(loaded)
+        self.load_nvrtc(module, major, minor)
+            .map_err(|nvrtc| Error::UnsupportedPtx(format!("{rejected}; then {nvrtc}")))
+    }
+
+    /// Compiles `module` with the machine's NVRTC for this device and loads it: a cubin for
+    /// `sm_XY` first (no PTX JIT, so an NVRTC newer than the driver is fine), then PTX for
+    /// `compute_XY`. The error says what each try gave.
+    fn load_nvrtc(
+        &self,
+        module: &KernelModule,
+        major: u32,
+        minor: u32,
+    ) -> std::result::Result<Arc<CudaModule>, String> {
+        let ctx = self.stream.context();
+        let sm = format!("sm_{major}{minor}");
+        let cubin_failure = match nvrtc::compile_cubin(module, &sm) {
+            Ok(cubin) => match ctx.load_module(cudarc::nvrtc::Ptx::from_binary(cubin)) {
+                Ok(m) => return Ok(m),
+                Err(e) => format!("the driver rejected NVRTC's {sm} cubin with {:?}", e.0),
+            },
+            // No NVRTC, or no headers: PTX would need them too.
+            Err(e) if !nvrtc::usable() => return Err(format!("NVRTC: {}", reason(e))),
+            Err(e) => reason(e),
+        };
+        let compute = format!("compute_{major}{minor}");
+        let ptx_failure = match nvrtc::compile(module, &compute) {
+            Ok(ptx) => match ctx.load_module(cudarc::nvrtc::Ptx::from_src(ptx)) {
+                Ok(m) => return Ok(m),
+                Err(e) => format!("the driver rejected NVRTC's {compute} PTX with {:?}", e.0),
+            },
+            Err(e) => reason(e),
+        };
+        Err(format!("NVRTC: {cubin_failure}; {ptx_failure}"))
     }
 
     /// A grid for `items` work items of `per_thread` each: enough blocks to fill the GPU,
@@ -277,7 +375,27 @@ impl fmt::Display for CudaDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::{grid_blocks, parse_max_blocks};
+    use super::{grid_blocks, load_rejected, parse_max_blocks};
+    use cudarc::driver::sys::CUresult;
+
+    #[test]
+    fn only_code_the_driver_cannot_use_falls_back_to_nvrtc() {
+        for code in [
+            CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+            CUresult::CUDA_ERROR_INVALID_PTX,
+            CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU,
+            CUresult::CUDA_ERROR_INVALID_IMAGE,
+        ] {
+            assert!(load_rejected(code), "{code:?}");
+        }
+        for code in [
+            CUresult::CUDA_ERROR_OUT_OF_MEMORY,
+            CUresult::CUDA_ERROR_INVALID_CONTEXT,
+            CUresult::CUDA_ERROR_NOT_INITIALIZED,
+        ] {
+            assert!(!load_rejected(code), "{code:?}");
+        }
+    }
 
     #[test]
     fn max_blocks_parses_positive_integers_only() {
