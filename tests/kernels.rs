@@ -28,6 +28,7 @@ fn expected(module: &str) -> BTreeSet<String> {
             "column_sum_partial",
             "column_sum_finish",
         ]),
+        "bias_dropout_residual_bwd" => per_dtype(&["bias_dropout_residual_bwd"]),
         other => panic!("unexpected kernel module {other}"),
     }
 }
@@ -39,9 +40,10 @@ fn entries(ptx: &str) -> BTreeSet<String> {
         .collect()
 }
 
-const MODULES: [&str; 4] = [
+const MODULES: [&str; 5] = [
     "alpha_dropout",
     "bias_dropout_residual",
+    "bias_dropout_residual_bwd",
     "dropout",
     "grouped_dropout",
 ];

@@ -1,5 +1,6 @@
 //! The kernel modules build.rs embedded: one typed constant per kernels/*.cu
-//! ([`DROPOUT`], [`ALPHA_DROPOUT`], [`GROUPED_DROPOUT`], [`BIAS_DROPOUT_RESIDUAL`]), so
+//! ([`DROPOUT`], [`ALPHA_DROPOUT`], [`GROUPED_DROPOUT`], [`BIAS_DROPOUT_RESIDUAL`],
+//! [`BIAS_DROPOUT_RESIDUAL_BWD`]), so
 //! launches name their module by a constant that must exist, never by a string, and the
 //! choice among a module's PTX flavours for a device ([`KernelModule::ptx_for`]).
 
