@@ -231,3 +231,44 @@ fn input_gradients<T: Element>(
     };
     Ok((dx, Tensor::from_storage(bias_storage, vec![h])))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_backward_hands_the_gradient_over_with_the_same_gradients() {
+        let (rows, h) = (300, 5);
+        let n = rows * h;
+        let x = Tensor::from_vec((0..n).map(|i| i as f32 * 0.25).collect(), &[rows, h]).unwrap();
+        let bias = Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 0.0, 3.5], &[h]).unwrap();
+        let residual = Tensor::from_vec(vec![1.0f32; n], &[rows, h]).unwrap();
+        let grad =
+            Tensor::from_vec((0..n).map(|i| (i % 7) as f32 - 3.5).collect(), &[rows, h]).unwrap();
+        for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+            let pos = StreamPos::new(11, 3);
+            let (_, state) =
+                bias_dropout_residual(&x, &bias, &residual, 0.3, true, pos, mode).unwrap();
+            let copied = bias_dropout_residual_backward(&grad, &state).unwrap();
+            let moved_grad = grad.try_clone().unwrap();
+            let address = moved_grad.as_slice().unwrap().as_ptr();
+            let owned = bias_dropout_residual_backward_owned(moved_grad, &state).unwrap();
+            // The residual gradient is the very buffer passed in: no copy.
+            assert_eq!(owned.residual.as_slice().unwrap().as_ptr(), address);
+            assert_eq!(owned.residual.to_vec().unwrap(), grad.to_vec().unwrap());
+            assert_eq!(copied.residual.to_vec().unwrap(), grad.to_vec().unwrap());
+            assert_eq!(owned.x.to_vec().unwrap(), copied.x.to_vec().unwrap());
+            let bits = |t: &Tensor<f32>| {
+                t.to_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&owned.bias), bits(&copied.bias));
+            // Some gradient was dropped and some kept, so the sums are not trivial.
+            let dx = owned.x.to_vec().unwrap();
+            assert!(dx.iter().any(|&v| v == 0.0) && dx.iter().any(|&v| v != 0.0));
+        }
+    }
+}
