@@ -171,8 +171,7 @@ pub(crate) fn backward<T: Element>(
     let n = dy.len();
     let mut dx = dev.alloc_uninit::<T>(n)?;
     let mut db = dev.alloc_uninit::<T>(hidden)?;
-    if hidden > 0 {
-        let rows = n / hidden;
+    if let Some(rows) = n.checked_div(hidden) {
         let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
         let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
         let dyv = dy.view();
