@@ -7,7 +7,7 @@
 // elementwise dropout kernels with scale = a.
 //
 // The loops are dk_elementwise's (dk_elementwise.cuh: a full-vector main loop and a scalar
-// tail, 16 elements per thread and step for f16/bf16, 8 for f32, 4 for f64); the thread
+// tail, 8 elements per thread and step for f16/bf16 and f32, 4 for f64); the thread
 // with group g reads and writes its elements itself, so y may equal x. The dropped value
 // is selected in C and rounded like a kept one: round_T of the host's constant.
 #include "dk_draw.cuh"
@@ -15,21 +15,18 @@
 #include "dk_elementwise.cuh"
 #include "dk_vector.cuh"
 
-// Kept a*x + b (multiply, then add, each rounded in C), dropped the host's a*A + b.
-template <typename C>
-struct DkAffineKept {
-    C a, b, dropped_value;
-    __device__ __forceinline__ C kept(C c) const { return dk_add(dk_mul(c, a), b); }
-    __device__ __forceinline__ C dropped() const { return dropped_value; }
-};
+// Elements per thread and step: 8 for f16/bf16 (one 16-byte piece; 16 needs more than 64
+// registers on sm_90 with the sm_80+ conversions, for the extra constant b), else as
+// dropout.
+#define DK_ALPHA_WIDTH(T) (sizeof(T) == 2 ? 8 : DkDrawWidth<T>::E)
 
 // One exported kernel per dtype (names and signatures are the contract with the Rust side).
 #define DK_ALPHA_DROPOUT_FWD(SUFFIX, T, C)                                                  \
     extern "C" __global__ void __launch_bounds__(1024) alpha_dropout_fwd_##SUFFIX(          \
         const T* x, T* y, uint32_t* bits, uint64_t n, DkDraw draw, C a, C b,                 \
         C dropped_value) {                                                                   \
-        dk_elementwise(DkMapOp<T, DkAffineKept<C>>{x, y, {a, b, dropped_value}}, bits, n,    \
-                       draw);                                                                \
+        dk_elementwise(DkMapOp<T, DkAffineKept<C>, DK_ALPHA_WIDTH(T)>{x, y, {a, b, dropped_value}}, \
+                       bits, n, draw);                                                       \
     }
 
 DK_ALPHA_DROPOUT_FWD(f32, float, float)

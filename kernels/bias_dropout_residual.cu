@@ -11,76 +11,86 @@
 #include "dk_draw.cuh"
 #include "dk_dtype.cuh"
 #include "dk_vector.cuh"
-#include "philox.cuh"
+#include "dk_elementwise.cuh"
 
-// Layout as in alpha_dropout.cu: a grid-stride loop over vectors of E elements (4 for
-// f32/f64, 8 for f16/bf16); the thread with vector v reads x, residual and writes out for
-// elements v*E .. v*E+E-1 itself, so out may equal x or residual. The loop condition is
-// per warp so every lane reaches the bit-packing shuffles. The bias column of the first
-// element is advanced by the grid stride modulo h, so the loop has no 64-bit division.
-template <typename T>
-__device__ __forceinline__ void dk_bias_dropout_residual_fwd(
-    const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,
-    uint64_t h, uint64_t seed, uint64_t offset, uint64_t index_base, uint64_t threshold,
-    typename DkType<T>::C scale) {
-    constexpr int E = DkPiece<T>::N > 4 ? DkPiece<T>::N : 4;  // one 16-byte piece
-    const uint64_t nvec = n / E + (n % E != 0);
-    const uint64_t nwords = n / 32 + (n % 32 != 0);
-    const bool wide = dk_aligned16(x) && dk_aligned16(residual) && dk_aligned16(out);
-    const bool bias_wide = dk_aligned16(bias);
-    const uint32_t lane = threadIdx.x & 31u;
-    const uint64_t v0 = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
-    const uint64_t step_r = (stride * E) % h;
-    uint64_t col = (index_base + v0 * E) % h;  // bias column of element v*E
+// The loops are dk_elementwise's (dk_elementwise.cuh): a full-vector main loop and a
+// scalar tail, with E = 8 elements per thread and step for f16/bf16 and 4 for f32/f64
+// (one 16-byte piece of x, residual, bias and out; more would pass 64 registers). The
+// thread with group g reads x and residual and writes out for its elements itself, so out
+// may equal x or residual. The bias column of the group's first element is tracked from
+// step to step (+ the grid stride modulo h), so the loops have no 64-bit division.
+//
+// BIAS_VEC (uniform over the kernel): bias 16-byte aligned, h % E == 0 and index_base % E
+// == 0, so every group's E bias values are one aligned run that does not wrap: only then
+// does the main loop run (a gathering main loop would pass 64 registers); otherwise every
+// element takes the tail. BIAS_VEC implies index_base % 4 == 0: no shifted main loops.
+template <typename T, bool BIAS_VEC>
+struct DkBiasDropoutResidualOp {
+    static constexpr int E = DkPiece<T>::N > 4 ? DkPiece<T>::N : 4;
+    static constexpr bool SHIFTED = false;  // BIAS_VEC needs index_base % E == 0
+    using C = typename DkType<T>::C;
+    const T* x;
+    const T* bias;
+    const T* residual;
+    T* out;
+    uint64_t h;
+    C scale;
+    uint64_t col = 0;       // bias column of the current group's first element
+    uint64_t step_r = 0;    // (grid stride * E) % h
+    uint64_t tail_col = 0;  // column of the tail's current element
 
-    // v - lane is the warp's first vector: the same for all its lanes.
-    for (uint64_t v = v0; v - lane < nvec; v += stride) {
-        const uint64_t i0 = v * E;
-        uint32_t u[E];
-        dk_words<E>(seed, offset, index_base + i0, u);
-
-        uint32_t keep = 0;  // bit k: element i0 + k kept (0 past n)
-        if (wide && i0 + E <= n) {
-            T xv[E], rv[E], bv[E];
-            dk_load(x + i0, xv);
-            dk_load(residual + i0, rv);
-            // col % E == 0 keeps bias + col 16-byte aligned (E*sizeof(T) >= 16).
-            if (bias_wide && col % E == 0 && col + E <= h) {
-                dk_load(bias + col, bv);
-            } else {
-                uint64_t c = col;
-#pragma unroll
-                for (int k = 0; k < E; ++k) {
-                    bv[k] = bias[c];
-                    if (++c == h) c = 0;
-                }
-            }
-#pragma unroll
-            for (int k = 0; k < E; ++k) {
-                const bool kept = !dk_dropped(u[k], threshold);
-                keep |= (uint32_t)kept << k;
-                xv[k] = dk_bias_dropout_residual(xv[k], bv[k], rv[k], kept, scale);
-            }
-            dk_store(out + i0, xv);
-        } else {
-            uint64_t c = col;
-#pragma unroll
-            for (int k = 0; k < E; ++k) {
-                const uint64_t i = i0 + k;
-                if (i >= n) break;
-                const T xi = x[i], ri = residual[i], bi = bias[c];
-                const bool kept = !dk_dropped(u[k], threshold);
-                keep |= (uint32_t)kept << k;
-                out[i] = dk_bias_dropout_residual(xi, bi, ri, kept, scale);
-                if (++c == h) c = 0;
-            }
-        }
-
-        if (bits != nullptr) dk_store_bits<E>(bits, nwords, v, keep);
-
+    __device__ __forceinline__ bool vec_ok() const {
+        return BIAS_VEC && dk_aligned16(x) && dk_aligned16(residual) && dk_aligned16(out);
+    }
+    __device__ __forceinline__ void begin(uint64_t g, const DkDraw& d) {
+        step_r = ((uint64_t)gridDim.x * blockDim.x * E) % h;
+        col = (d.index_base + g * E) % h;
+    }
+    __device__ __forceinline__ void next() {
         col += step_r;
         if (col >= h) col -= h;
+    }
+    __device__ __forceinline__ uint32_t vec(uint64_t i0, const uint32_t (&u)[E], uint32_t t) {
+        T xv[E], rv[E], bv[E];
+        dk_load(x + i0, xv);
+        dk_load(residual + i0, rv);
+        dk_load(bias + col, bv);
+        C o[E];
+        uint32_t keep = 0;
+#pragma unroll
+        for (int k = 0; k < E; ++k) {
+            const bool kept = u[k] >= t;
+            keep |= (uint32_t)kept << k;
+            const C z = dk_add(DkType<T>::to_c(xv[k]), DkType<T>::to_c(bv[k]));
+            o[k] = dk_add(DkType<T>::to_c(rv[k]), kept ? dk_mul(z, scale) : (C)0);
+        }
+        dk_round_all(o, xv);
+        dk_store(out + i0, xv);
+        return keep;
+    }
+    __device__ __forceinline__ void one(uint64_t i, int k, bool kept) {
+        // The tail calls this for k = 0, 1, ... of a group: the column steps along (h may
+        // be below E, so it can wrap more than once).
+        if (k == 0) tail_col = col;
+        const T xi = x[i], ri = residual[i], bi = bias[tail_col];
+        out[i] = dk_bias_dropout_residual(xi, bi, ri, kept, scale);
+        if (++tail_col == h) tail_col = 0;
+    }
+};
+
+template <typename T>
+__device__ __forceinline__ void dk_bias_dropout_residual_fwd(const T* x, const T* bias,
+                                                             const T* residual, T* out,
+                                                             uint32_t* bits, uint64_t n,
+                                                             uint64_t h, const DkDraw& d,
+                                                             typename DkType<T>::C scale) {
+    constexpr int E = DkBiasDropoutResidualOp<T, true>::E;
+    if (dk_aligned16(bias) && h % E == 0 && d.index_base % E == 0) {
+        DkBiasDropoutResidualOp<T, true> op{x, bias, residual, out, h, scale};
+        dk_elementwise(op, bits, n, d);
+    } else {
+        DkBiasDropoutResidualOp<T, false> op{x, bias, residual, out, h, scale};
+        dk_elementwise(op, bits, n, d);
     }
 }
 
@@ -154,11 +164,10 @@ __device__ __forceinline__ void dk_column_sum_finish(const double* partial, T* o
 // The exported kernels of one dtype (names and signatures are the contract with the Rust
 // side).
 #define DK_BDR_KERNELS(SUFFIX, T, C)                                                         \
-    extern "C" __global__ void bias_dropout_residual_fwd_##SUFFIX(                           \
+    extern "C" __global__ void __launch_bounds__(1024) bias_dropout_residual_fwd_##SUFFIX(                           \
         const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,     \
         uint64_t h, DkDraw draw, C scale) {                                                  \
-        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, draw.seed,       \
-                                        draw.offset, draw.index_base, draw.threshold, scale); \
+        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, draw, scale);    \
     }                                                                                        \
     extern "C" __global__ void column_sum_partial_##SUFFIX(                                  \
         const T* g, double* partial, uint64_t rows, uint64_t h, uint64_t block_rows) {       \

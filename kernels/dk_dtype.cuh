@@ -150,3 +150,21 @@ __device__ __forceinline__ void dk_round_all(const typename DkType<T>::C (&c)[E]
 #pragma unroll
     for (int k = 0; k < E; k += 2) DkType<T>::round_pair(c[k], c[k + 1], t[k], t[k + 1]);
 }
+
+// Kept and dropped values in C of the dropout family, for loops that select in C and round
+// once (dk_round_all): Dropout, channel dropout and DropPath keep x * s and drop +0
+// (round_T(+0) = +0); AlphaDropout keeps a*x + b (multiply, then add, each rounded in C)
+// and drops the host's a*A + b.
+template <typename C>
+struct DkScaleKept {
+    C scale;
+    __device__ __forceinline__ C kept(C c) const { return dk_mul(c, scale); }
+    __device__ __forceinline__ C dropped() const { return (C)0; }
+};
+
+template <typename C>
+struct DkAffineKept {
+    C a, b, dropped_value;
+    __device__ __forceinline__ C kept(C c) const { return dk_add(dk_mul(c, a), b); }
+    __device__ __forceinline__ C dropped() const { return dropped_value; }
+};

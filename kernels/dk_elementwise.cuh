@@ -26,6 +26,7 @@
 //
 // The Op (see dropout.cu for the simplest), one copy per thread:
 //   static constexpr int E;
+//   static constexpr bool SHIFTED;  the main loop may run with index_base % 4 != 0
 //   bool vec_ok() const;  all pointers 16-byte aligned (dk_load/dk_store can be used)
 //   void begin(uint64_t g, const DkDraw& d);  before a loop, with the thread's first group
 //   uint32_t vec(uint64_t i0, const uint32_t (&u)[E], uint32_t t);
@@ -108,15 +109,18 @@ __device__ __forceinline__ void dk_elementwise(Op op, uint32_t* bits, uint64_t n
         full = (n / E) & ~(uint64_t)31;
         // Every group starts at a multiple of E (itself a multiple of 4), so index_base
         // % 4 alone says how groups sit on Philox outputs: one main loop per case.
+        // An Op whose main loop needs index_base % 4 == 0 anyway (SHIFTED = false) gets
+        // no shifted loops: the constant 0 makes them dead code.
+        const uint32_t shift = Op::SHIFTED ? (uint32_t)d.index_base & 3u : 0u;
         if (bits != nullptr) {
-            switch (d.index_base & 3) {
+            switch (shift) {
                 case 0: dk_main_loop<E, true, 0>(op, bits, full, d); break;
                 case 1: dk_main_loop<E, true, 1>(op, bits, full, d); break;
                 case 2: dk_main_loop<E, true, 2>(op, bits, full, d); break;
                 default: dk_main_loop<E, true, 3>(op, bits, full, d); break;
             }
         } else {
-            switch (d.index_base & 3) {
+            switch (shift) {
                 case 0: dk_main_loop<E, false, 0>(op, bits, full, d); break;
                 case 1: dk_main_loop<E, false, 1>(op, bits, full, d); break;
                 case 2: dk_main_loop<E, false, 2>(op, bits, full, d); break;
@@ -131,9 +135,10 @@ __device__ __forceinline__ void dk_elementwise(Op op, uint32_t* bits, uint64_t n
 // alpha dropout): F gives the kept value in C, F::kept(to_C(x)), and the dropped one,
 // F::dropped() (a constant of C). The choice is a select in C, rounded like a kept value
 // (round_T(+0) = +0), never arithmetic on a dropped input, so NaN/inf inputs cannot leak.
-template <typename T, typename F>
+template <typename T, typename F, int E_ = DkDrawWidth<T>::E>
 struct DkMapOp {
-    static constexpr int E = DkDrawWidth<T>::E;
+    static constexpr int E = E_;
+    static constexpr bool SHIFTED = true;
     using C = typename DkType<T>::C;
     const T* x;
     T* y;

@@ -3,7 +3,8 @@
 // DkType<T>::zero, dk_round_all) comes from dk_dtype.cuh, the loops, random words and
 // mask packing from dk_elementwise.cuh, the 16-byte loads/stores from dk_vector.cuh.
 //
-// The forward is dk_elementwise with DkMapOp and DkScaleKept: a full-vector main loop (E = 16
+// The forward (also the regenerate-form backward, x = dy, y = dx, bits = null) is
+// dk_elementwise with DkMapOp and DkScaleKept: a full-vector main loop (E = 16
 // elements per thread and step for f16/bf16, 8 for f32, 4 for f64) and a scalar tail
 // loop; see dk_elementwise.cuh for the work split and the warp-collective rules. The
 // backward reads bits instead of drawing words; it has the same two loops without the
@@ -23,15 +24,6 @@
 #include "dk_dtype.cuh"
 #include "dk_elementwise.cuh"
 #include "dk_vector.cuh"
-
-// Forward (and regenerate-backward with x = dy, y = dx, bits = null): kept x * s, dropped
-// +0.
-template <typename C>
-struct DkScaleKept {
-    C scale;
-    __device__ __forceinline__ C kept(C c) const { return dk_mul(c, scale); }
-    __device__ __forceinline__ C dropped() const { return (C)0; }
-};
 
 // Backward from the saved bit mask: dx = bit set ? dy * scale : +0. Main loop over the
 // full E-element groups when both pointers are 16-byte aligned, then the rest one element

@@ -43,82 +43,31 @@ extern "C" __global__ void dropout_mask_bits(uint32_t* bits, uint64_t n_decision
     dk_mask_bits(bits, n_decisions, draw.seed, draw.offset, draw.index_base, draw.threshold);
 }
 
-// Kept/dropped values of the two elementwise kernels.
-template <typename T>
-struct DkScaleOp {
-    typename DkType<T>::C scale;
-    __device__ __forceinline__ T kept(T x) const { return dk_scaled(x, scale); }
-    __device__ __forceinline__ T dropped() const { return DkType<T>::zero(); }
-};
-
-template <typename T>
-struct DkAlphaOp {
-    typename DkType<T>::C a, b;
-    T dropped_t;  // round_T(dropped_value)
-    __device__ __forceinline__ T kept(T x) const { return dk_affine(x, a, b); }
-    __device__ __forceinline__ T dropped() const { return dropped_t; }
-};
-
-// Grid-stride loop over vectors of E = DkPiece<T>::N elements (one 16-byte piece); the
+// Grid-stride loops over vectors of E = DkPiece<T>::N elements (one 16-byte piece); the
 // thread with vector v reads and writes elements v*E .. v*E+E-1 itself, so y may equal x.
 // The decision of the first element is tracked as (j, r) with lead + v*E = j*group + r and
-// advanced by a precomputed quotient/remainder of the grid stride, so the loop has no
-// 64-bit division.
-template <typename T, typename Op>
-__device__ __forceinline__ void dk_grouped_apply(const T* x, T* y, const uint32_t* bits,
-                                                 uint64_t n, uint64_t group, uint64_t lead,
-                                                 Op op) {
-    constexpr int E = DkPiece<T>::N;
-    const uint64_t nvec = n / E + (n % E != 0);
-    const bool wide = dk_aligned16(x) && dk_aligned16(y);
-    const uint64_t v0 = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (v0 >= nvec) return;
-    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
-    const uint64_t step = stride * E;  // elements per grid-stride step
-    const uint64_t step_q = step / group, step_r = step % group;
-    uint64_t j = (lead + v0 * E) / group;
-    uint64_t r = (lead + v0 * E) % group;
+// advanced by a precomputed quotient/remainder of the grid stride, so the loops have no
+// 64-bit division. F gives the kept and dropped values in C (dk_dtype.cuh).
+//
+// Two loops, as in dk_elementwise.cuh: the main loop takes the full vectors when both
+// pointers are 16-byte aligned and group >= E (a vector then meets at most two decisions:
+// its keep bits are two masks, no per-element walk), with no bound checks; the tail takes
+// the rest one element at a time.
+template <typename T>
+struct DkGroupedPos {
+    uint64_t j, r, step_q, step_r, group;
 
-    for (uint64_t v = v0; v < nvec; v += stride) {
-        const uint64_t i0 = v * E;
-        // Keep bits of elements i0 .. i0+E-1 (those < n). A word is reloaded only when
-        // the decision crosses into the next word; every decision read belongs to an
-        // element < n, so it lies inside the bits buffer.
-        uint32_t keep = 0;
-        {
-            uint64_t jj = j, rr = r;
-            uint32_t word = bits[jj >> 5];
-#pragma unroll
-            for (int k = 0; k < E; ++k) {
-                if (i0 + k >= n) break;
-                if (k > 0 && ++rr == group) {
-                    rr = 0;
-                    ++jj;
-                    if ((jj & 31) == 0) word = bits[jj >> 5];
-                }
-                keep |= ((word >> (uint32_t)(jj & 31)) & 1u) << k;
-            }
-        }
+    __device__ __forceinline__ DkGroupedPos(uint64_t v, uint64_t group_, uint64_t lead) {
+        group = group_;
+        const uint64_t step = (uint64_t)gridDim.x * blockDim.x * DkPiece<T>::N;
+        step_q = step / group;
+        step_r = step % group;
+        j = (lead + v * DkPiece<T>::N) / group;
+        r = (lead + v * DkPiece<T>::N) % group;
+    }
 
-        if (wide && i0 + E <= n) {
-            T val[E];
-            // A fully dropped vector does not need x (dropped values are constants).
-            if (keep != 0) dk_load(x + i0, val);
-#pragma unroll
-            for (int k = 0; k < E; ++k) val[k] = (keep >> k) & 1u ? op.kept(val[k]) : op.dropped();
-            dk_store(y + i0, val);
-        } else {
-#pragma unroll
-            for (int k = 0; k < E; ++k) {
-                const uint64_t i = i0 + k;
-                if (i < n) {
-                    const T xi = x[i];
-                    y[i] = (keep >> k) & 1u ? op.kept(xi) : op.dropped();
-                }
-            }
-        }
-
-        // (j, r) of the next vector of this thread: lead + (v + stride)*E.
+    // (j, r) of the thread's next vector: lead + (v + stride) * E.
+    __device__ __forceinline__ void next() {
         j += step_q;
         r += step_r;
         if (r >= group) {
@@ -126,26 +75,87 @@ __device__ __forceinline__ void dk_grouped_apply(const T* x, T* y, const uint32_
             ++j;
         }
     }
+};
+
+template <typename T, typename F>
+__device__ __forceinline__ void dk_grouped_apply(const T* x, T* y, const uint32_t* bits,
+                                                 uint64_t n, uint64_t group, uint64_t lead,
+                                                 F f) {
+    using C = typename DkType<T>::C;
+    constexpr int E = DkPiece<T>::N;
+    constexpr uint32_t ALL = (1u << E) - 1;
+    const uint64_t nvec = n / E + (n % E != 0);
+    const uint64_t tid = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    uint64_t done = 0;  // vectors done by the main loop
+
+    if (dk_aligned16(x) && dk_aligned16(y) && group >= (uint64_t)E) {
+        const uint64_t full = n / E;
+        if (tid < full) {
+            DkGroupedPos<T> pos(tid, group, lead);
+            for (uint64_t v = tid; v < full; v += stride) {
+                const uint64_t i0 = v * E;
+                // Elements k < k0 belong to decision j, the rest (if any) to j + 1, which
+                // exists because element i0 + k0 < n.
+                const uint32_t k0 = pos.r + E <= group ? E : (uint32_t)(group - pos.r);
+                const uint32_t lo = (1u << k0) - 1;
+                uint32_t keep = (bits[pos.j >> 5] >> (uint32_t)(pos.j & 31)) & 1u ? lo : 0u;
+                if (k0 < E) {
+                    const uint64_t j1 = pos.j + 1;
+                    if ((bits[j1 >> 5] >> (uint32_t)(j1 & 31)) & 1u) keep |= ALL & ~lo;
+                }
+                T val[E];
+                // A fully dropped vector does not need x (dropped values are constants).
+                if (keep != 0) dk_load(x + i0, val);
+                C c[E];
+#pragma unroll
+                for (int k = 0; k < E; ++k) {
+                    c[k] = (keep >> k) & 1u ? f.kept(DkType<T>::to_c(val[k])) : f.dropped();
+                }
+                dk_round_all(c, val);
+                dk_store(y + i0, val);
+                pos.next();
+            }
+        }
+        done = full;
+    }
+
+    // The tail: one element at a time, any group size.
+    const uint64_t v0 = done + tid;
+    if (v0 >= nvec) return;
+    DkGroupedPos<T> pos(v0, group, lead);
+    for (uint64_t v = v0; v < nvec; v += stride) {
+        const uint64_t i0 = v * E;
+        uint64_t jj = pos.j, rr = pos.r;
+        uint32_t word = bits[jj >> 5];
+#pragma unroll
+        for (int k = 0; k < E; ++k) {
+            if (i0 + k >= n) break;
+            if (k > 0 && ++rr == group) {
+                rr = 0;
+                ++jj;
+                if ((jj & 31) == 0) word = bits[jj >> 5];
+            }
+            const T xi = x[i0 + k];
+            const C c = (word >> (uint32_t)(jj & 31)) & 1u ? f.kept(DkType<T>::to_c(xi))
+                                                           : f.dropped();
+            y[i0 + k] = DkType<T>::round_t(c);
+        }
+        pos.next();
+    }
 }
 
 // One exported kernel per dtype (names and signatures are the contract with the Rust side).
 #define DK_GROUPED_KERNELS(SUFFIX, T, C)                                                    \
-    extern "C" __global__ void grouped_scale_##SUFFIX(const T* x, T* y, const uint32_t* bits, \
-                                                      uint64_t n, uint64_t group,           \
-                                                      uint64_t lead, C scale) {             \
-        DkScaleOp<T> op;                                                                    \
-        op.scale = scale;                                                                   \
-        dk_grouped_apply<T>(x, y, bits, n, group, lead, op);                                \
+    extern "C" __global__ void __launch_bounds__(1024) grouped_scale_##SUFFIX(               \
+        const T* x, T* y, const uint32_t* bits, uint64_t n, uint64_t group, uint64_t lead,   \
+        C scale) {                                                                          \
+        dk_grouped_apply<T>(x, y, bits, n, group, lead, DkScaleKept<C>{scale});             \
     }                                                                                       \
-    extern "C" __global__ void grouped_alpha_##SUFFIX(const T* x, T* y, const uint32_t* bits, \
-                                                      uint64_t n, uint64_t group,           \
-                                                      uint64_t lead, C a, C b,              \
-                                                      C dropped_value) {                    \
-        DkAlphaOp<T> op;                                                                    \
-        op.a = a;                                                                           \
-        op.b = b;                                                                           \
-        op.dropped_t = DkType<T>::round_t(dropped_value);                                   \
-        dk_grouped_apply<T>(x, y, bits, n, group, lead, op);                                \
+    extern "C" __global__ void __launch_bounds__(1024) grouped_alpha_##SUFFIX(               \
+        const T* x, T* y, const uint32_t* bits, uint64_t n, uint64_t group, uint64_t lead,   \
+        C a, C b, C dropped_value) {                                                        \
+        dk_grouped_apply<T>(x, y, bits, n, group, lead, DkAffineKept<C>{a, b, dropped_value}); \
     }
 
 DK_GROUPED_KERNELS(f32, float, float)

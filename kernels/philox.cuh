@@ -47,22 +47,16 @@ __device__ __forceinline__ uint32_t dk_philox_word(uint64_t seed, uint64_t offse
     return dk_lane(dk_philox4(seed, offset, i >> 2), (uint32_t)(i & 3));
 }
 
-// What a caller of dk_words knows about s = d0 % 4.
-enum DkIndexAlign {
-    DK_INDEX_ANY,      // nothing: s is tested at run time
-    DK_INDEX_ALIGNED,  // s == 0
-    DK_INDEX_SHIFTED,  // s is 1, 2 or 3
-};
-
 // The random words u[k] of decisions d0 + k, k = 0 .. E-1 (E a multiple of 4). Decision
-// d0 + k is entry s + k of the outputs of groups d0/4, d0/4 + 1, ... laid end to end, so
-// s == 0 takes E/4 Philox calls (one per 4 decisions) and s != 0 one more and a shift by s.
-// Callers step d0 by multiples of 4 from a per-launch base, so s is the same for every
-// thread and the DK_INDEX_ANY branch does not diverge. Hot loops use dk_words_at below
-// instead (the shift a compile-time constant, one loop per shift): ptxas sizes a kernel's
-// registers for its worst path, and a loop holding every shift needs more than each
-// alone. Array indices are compile-time constants after unrolling (registers only).
-template <int E, DkIndexAlign A = DK_INDEX_ANY>
+// d0 + k is entry s + k (s = d0 % 4, tested at run time) of the outputs of groups d0/4,
+// d0/4 + 1, ... laid end to end, so s == 0 takes E/4 Philox calls (one per 4 decisions)
+// and s != 0 one more and a shift by s. Callers step d0 by multiples of 4 from a
+// per-launch base, so s is the same for every thread and the branch does not diverge.
+// Hot loops use dk_words_at below instead (the shift a compile-time constant, one loop
+// per shift): ptxas sizes a kernel's registers for its worst path, and a loop holding
+// every shift needs more than each alone. Array indices are compile-time constants after
+// unrolling (registers only).
+template <int E>
 __device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_t d0,
                                          uint32_t (&u)[E]) {
     static_assert(E > 0 && E % 4 == 0, "E must be a multiple of 4");
@@ -77,22 +71,18 @@ __device__ __forceinline__ void dk_words(uint64_t seed, uint64_t offset, uint64_
         w[4 * j + 2] = r.z;
         w[4 * j + 3] = r.w;
     }
-    if constexpr (A != DK_INDEX_SHIFTED) {
-        if (A == DK_INDEX_ALIGNED || s == 0) {
+    if (s == 0) {
 #pragma unroll
-            for (int k = 0; k < E; ++k) u[k] = w[k];
-            return;
-        }
+        for (int k = 0; k < E; ++k) u[k] = w[k];
+        return;
     }
-    if constexpr (A != DK_INDEX_ALIGNED) {
-        const uint4 r = dk_philox4(seed, offset, g0 + (uint64_t)(E / 4));
-        w[E + 0] = r.x;
-        w[E + 1] = r.y;
-        w[E + 2] = r.z;
-        w[E + 3] = r.w;
+    const uint4 r = dk_philox4(seed, offset, g0 + (uint64_t)(E / 4));
+    w[E + 0] = r.x;
+    w[E + 1] = r.y;
+    w[E + 2] = r.z;
+    w[E + 3] = r.w;
 #pragma unroll
-        for (int k = 0; k < E; ++k) u[k] = s == 1 ? w[k + 1] : s == 2 ? w[k + 2] : w[k + 3];
-    }
+    for (int k = 0; k < E; ++k) u[k] = s == 1 ? w[k + 1] : s == 2 ? w[k + 2] : w[k + 3];
 }
 
 // dk_words for a shift s = d0 % 4 known at compile time (S): the words are a fixed

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does, in both of
-# its flavours (the portable PTX, assembled for its own sm_XY, sm_80 and sm_90; and the
-# compute_80 PTX that GPUs of compute capability 8.0+ load, for sm_80 and sm_90), assembles
-# each with ptxas, prints register use, and fails on any compile
+# check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does (for its
+# default target and for compute_80), assembles each PTX with ptxas for sm_80 and sm_90
+# (the portable one for its own sm_XY too), prints register use, and fails on any compile
 # error, register spill, non-zero stack frame, or kernel using more than 64 registers
 # on sm_80 or sm_90 (DROPKIT_MAX_REGS overrides the limit). 64 is the most a 1024-thread
 # block can have (both give a block at most 64K 32-bit registers); above it a launch with
@@ -53,30 +52,34 @@ fi
 
 max_regs="${DROPKIT_MAX_REGS:-64}"
 
-# The PTX flavours build.rs embeds, as "VIRTUAL:REAL REAL ...": the portable one (its own
-# architecture and the two we target) and, when it is older, compute_80.
-portable="${DROPKIT_CUDA_ARCH:-compute_75}"
-flavours=("$portable:sm_${portable#compute_} sm_80 sm_90")
-if [ "${portable#compute_}" -lt 80 ]; then
-    flavours+=("compute_80:sm_80 sm_90")
-fi
-
 status=0
-for flavour in "${flavours[@]}"; do
-virt="${flavour%%:*}"
+# Two PTX targets: the portable one (build.rs's default) and compute_80, whose code paths
+# differ (hardware bf16/f16 pair conversions behind __CUDA_ARCH__ >= 800) and which GPUs of
+# sm_80 or newer should load.
+ptx_archs=("${DROPKIT_CUDA_ARCH:-compute_75}")
+if [ "${ptx_archs[0]}" != compute_80 ]; then
+    ptx_archs+=(compute_80)
+fi
 for cu in "${sources[@]}"; do
-    name="$(basename "$cu" .cu).$virt"
-    ptx="$tmp/$name.ptx"
-    echo "== $cu ($virt)"
+  name="$(basename "$cu" .cu)"
+  for ptx_arch in "${ptx_archs[@]}"; do
+    ptx="$tmp/$name.$ptx_arch.ptx"
+    echo "== $cu ($ptx_arch)"
     # Keep in sync with build.rs: the same flags, so that what passes here is what ships.
-    if ! "$nvcc" -ptx -O3 -std=c++17 --fmad=false -arch="$virt" \
+    if ! "$nvcc" -ptx -O3 -std=c++17 --fmad=false -arch="$ptx_arch" \
         -I kernels -o "$ptx" "$cu"; then
         echo "check-ptx: FAIL: nvcc on $cu" >&2
         status=1
         continue
     fi
-    for arch in ${flavour#*:}; do
-        log="$tmp/$name.$arch.log"
+    # The portable PTX also for its own architecture (sm_75 by default): the oldest GPUs
+    # that load it.
+    real_archs=(sm_80 sm_90)
+    if [ "$ptx_arch" = "${ptx_archs[0]}" ] && [ "${ptx_arch#compute_}" -lt 80 ]; then
+        real_archs=("sm_${ptx_arch#compute_}" "${real_archs[@]}")
+    fi
+    for arch in "${real_archs[@]}"; do
+        log="$tmp/$name.$ptx_arch.$arch.log"
         if ! "$ptxas" -arch="$arch" -v -o "$tmp/$name.$arch.cubin" "$ptx" >"$log" 2>&1; then
             cat "$log"
             echo "check-ptx: FAIL: ptxas -arch=$arch on $ptx" >&2
@@ -112,7 +115,7 @@ for cu in "${sources[@]}"; do
             status=1
         fi
     done
-done
+  done
 done
 
 if [ "$status" -ne 0 ]; then
