@@ -73,7 +73,11 @@ fi
 status=0
 shopt -s nullglob
 ptx_files=("$tmp"/*.ptx)
-[ "${#ptx_files[@]}" -eq 8 ] || { log "FAIL: expected 8 PTX files, got ${#ptx_files[@]}"; exit 1; }
+# One PTX per kernels/*.cu for each of compute_80 and compute_90.
+sources=(kernels/*.cu)
+expected=$((2 * ${#sources[@]}))
+[ "${#ptx_files[@]}" -eq "$expected" ] ||
+    { log "FAIL: expected $expected PTX files, got ${#ptx_files[@]}"; exit 1; }
 for ptx in "${ptx_files[@]}"; do
     base="$(basename "$ptx" .ptx)"
     for sm in sm_80 sm_90; do
