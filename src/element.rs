@@ -133,16 +133,6 @@ pub trait Element:
     /// The raw bits, widened to u64, for bit-exact comparisons.
     fn to_bits_u64(self) -> u64;
 
-    /// A vector of `n` zeros (+0.0). The default is `vec![ZERO; n]`, which the standard
-    /// library already turns into zeroed allocation (calloc: fresh pages need no writing)
-    /// for f32 and f64; f16 and bf16 get the same through a `Vec<u16>`, instead of a pass
-    /// that writes every element before the backend overwrites it.
-    #[doc(hidden)]
-    #[inline]
-    fn zeroed_vec(n: usize) -> Vec<Self> {
-        vec![Self::ZERO; n]
-    }
-
     /// Widens a block; f16 and bf16 override this with half's vectorised slice conversion.
     #[inline(always)]
     fn to_compute_block(src: &[Self], dst: &mut [Self::Compute]) {
@@ -227,12 +217,6 @@ impl Element for f16 {
     type Compute = f32;
     const ZERO: Self = f16::ZERO;
     const ONE: Self = f16::ONE;
-    #[inline]
-    fn zeroed_vec(n: usize) -> Vec<Self> {
-        use half::vec::HalfBitsVecExt;
-        // +0.0 is the all-zero bit pattern.
-        vec![0u16; n].reinterpret_into()
-    }
     #[inline(always)]
     fn to_compute(self) -> f32 {
         self.to_f32()
@@ -263,12 +247,6 @@ impl Element for bf16 {
     type Compute = f32;
     const ZERO: Self = bf16::ZERO;
     const ONE: Self = bf16::ONE;
-    #[inline]
-    fn zeroed_vec(n: usize) -> Vec<Self> {
-        use half::vec::HalfBitsVecExt;
-        // +0.0 is the all-zero bit pattern.
-        vec![0u16; n].reinterpret_into()
-    }
     #[inline(always)]
     fn to_compute(self) -> f32 {
         self.to_f32()

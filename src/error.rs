@@ -60,9 +60,15 @@ pub enum Error {
     #[error("saved state does not match this call: {0}")]
     StateMismatch(String),
 
-    /// An index or size does not fit the range the operation supports.
+    /// An index or size does not fit the range the operation supports (an element count
+    /// or byte size that overflows, decision indices past 2^64).
     #[error("{0}")]
     OutOfRange(String),
+
+    /// The allocator refused a buffer: `bytes` asked for on `device` (host memory, or a
+    /// GPU's memory). Nothing was changed; the device stays usable.
+    #[error("out of memory on {device}: could not allocate {bytes} bytes")]
+    OutOfMemory { bytes: usize, device: String },
 
     /// No usable CUDA: no driver library, no device, or an ordinal past the last device.
     #[error("CUDA is not available: {0}")]

@@ -8,7 +8,8 @@
 //! there is no import cycle between files):
 //! - [`philox`] and [`mask`] hold the spec's arithmetic; [`element`], [`error`] and
 //!   [`plan`] the vocabulary of a call (stream position, mask mode, decision layout, what a
-//!   kept element becomes);
+//!   kept element becomes); `alloc` allocates every host buffer sized by user input,
+//!   fallibly;
 //! - [`cpu`] and `cuda` are the backends, which know only those leaf modules (without the
 //!   `cuda` feature, a stand-in whose buffers cannot exist takes the place of `cuda`);
 //! - [`functional`] validates a call and dispatches on where its tensor lives;
@@ -26,6 +27,7 @@
 //! # Ok::<(), dropkit::Error>(())
 //! ```
 
+mod alloc;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod cpu;

@@ -177,23 +177,32 @@ pub fn pack_keep(words: &[u32; 32], prob: &Probability) -> u32 {
 /// Bit b of word w is decision 32w + b (1 = kept); bits at positions >= n are 0.
 pub fn keep_bits(seed: u64, offset: u64, p: f64, n: usize) -> Result<Vec<u32>> {
     let prob = Probability::new(p)?;
-    Ok(keep_bits_from(seed, offset, 0, &prob, n))
+    keep_bits_from(seed, offset, 0, &prob, n)
 }
 
 /// [`keep_bits`] for decisions `first .. first + n` with an already validated probability.
+/// Decisions past index 2^64 - 1 are [`Error::OutOfRange`]; a mask the allocator refuses
+/// is [`Error::OutOfMemory`].
 pub fn keep_bits_from(
     seed: u64,
     offset: u64,
     first: u64,
     prob: &Probability,
     n: usize,
-) -> Vec<u32> {
-    let mut bits = vec![0u32; mask_words(n)];
+) -> Result<Vec<u32>> {
+    if first.checked_add(n as u64).is_none() {
+        return Err(Error::OutOfRange(format!(
+            "decisions {first} + {n} overflow the 64-bit decision index"
+        )));
+    }
+    let mut bits = crate::alloc::zeroed_words(mask_words(n))?;
     fill_keep_bits(seed, offset, first, prob, n, &mut bits);
-    bits
+    Ok(bits)
 }
 
-/// Writes the packed mask of decisions `first .. first + n` into `bits` (all words).
+/// Writes the packed mask of decisions `first .. first + n` into `bits` (all words: those
+/// past decision n get 0). Decision indices wrap modulo 2^64; every caller in the crate
+/// checks the range first.
 pub fn fill_keep_bits(
     seed: u64,
     offset: u64,
@@ -224,13 +233,13 @@ fn fill_keep_bits_impl(
 ) {
     for (w, word) in bits.iter_mut().enumerate() {
         let start = 32 * w;
-        let valid = (n - start).min(32);
+        let valid = n.saturating_sub(start).min(32);
         let live = if valid == 32 {
             u32::MAX
         } else {
             (1u32 << valid) - 1
         };
-        *word = keep_word(seed, offset, first + start as u64, prob) & live;
+        *word = keep_word(seed, offset, first.wrapping_add(start as u64), prob) & live;
     }
 }
 

@@ -23,8 +23,12 @@ pub(crate) enum Storage<T: Element> {
     Cuda(crate::cuda::CudaBuffer<T>),
 }
 
-/// Number of elements of `shape`, or an error if the product overflows `usize`.
+/// Number of elements of `shape`, or an error if the product overflows `usize`. A shape
+/// with a zero dimension has no elements, however large the others are.
 pub(crate) fn element_count(shape: &[usize]) -> Result<usize> {
+    if shape.contains(&0) {
+        return Ok(0);
+    }
     shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
@@ -33,6 +37,19 @@ pub(crate) fn element_count(shape: &[usize]) -> Result<usize> {
                 "shape {shape:?} has more elements than fit in usize"
             ))
         })
+}
+
+/// Elements per decision of a grouped layer: the product of `dims`, some trailing
+/// dimensions of a tensor's shape. It fits whenever the tensor has elements; it can only
+/// overflow for an empty tensor (a zero among the other dimensions), which has no
+/// decisions, so any group size serves and the product saturates.
+pub(crate) fn group_elements(dims: &[usize]) -> usize {
+    if dims.contains(&0) {
+        return 0;
+    }
+    dims.iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .unwrap_or(usize::MAX)
 }
 
 impl<T: Element> Tensor<T> {
@@ -52,15 +69,29 @@ impl<T: Element> Tensor<T> {
         })
     }
 
-    /// A tensor filled with `value` on `device`.
+    /// A tensor filled with `value` on `device`. A shape whose size overflows is
+    /// [`Error::OutOfRange`]; memory the allocator refuses is [`Error::OutOfMemory`].
     pub fn full(value: T, shape: &[usize], device: &Device) -> Result<Self> {
         let n = element_count(shape)?;
-        Tensor::from_vec(vec![value; n], shape)?.to_device(device)
+        let host = Tensor::from_vec(crate::alloc::filled(value, n)?, shape)?;
+        match device {
+            Device::Cpu => Ok(host),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(_) => host.to_device(device),
+        }
     }
 
-    /// A tensor of +0.0.
+    /// A tensor of +0.0 (errors as [`Tensor::full`]), allocated where it lives.
     pub fn zeros(shape: &[usize], device: &Device) -> Result<Self> {
-        Self::full(T::ZERO, shape, device)
+        let n = element_count(shape)?;
+        match device {
+            Device::Cpu => Self::from_vec(crate::alloc::zeroed(n)?, shape),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => Ok(Self::from_storage(
+                Storage::Cuda(d.zeros(n)?),
+                shape.to_vec(),
+            )),
+        }
     }
 
     /// A tensor of 1.0.
@@ -123,7 +154,7 @@ impl<T: Element> Tensor<T> {
     /// Copies the data to a host `Vec` (waits for queued work on CUDA).
     pub fn to_vec(&self) -> Result<Vec<T>> {
         match &self.storage {
-            Storage::Cpu(v) => Ok(v.clone()),
+            Storage::Cpu(v) => crate::alloc::copied(v),
             Storage::Cuda(b) => b.to_host(),
         }
     }
@@ -131,7 +162,7 @@ impl<T: Element> Tensor<T> {
     /// A copy on `device`.
     pub fn to_device(&self, device: &Device) -> Result<Self> {
         let storage = match (device, &self.storage) {
-            (Device::Cpu, Storage::Cpu(v)) => Storage::Cpu(v.clone()),
+            (Device::Cpu, Storage::Cpu(v)) => Storage::Cpu(crate::alloc::copied(v)?),
             (Device::Cpu, Storage::Cuda(b)) => Storage::Cpu(b.to_host()?),
             #[cfg(feature = "cuda")]
             (Device::Cuda(d), Storage::Cpu(v)) => Storage::Cuda(d.upload(v)?),

@@ -490,7 +490,8 @@ fn family_values_follow_the_decisions() {
         let lead = first % group as u64;
         let decisions = (lead as usize + n).div_ceil(group);
         let bits =
-            dropkit::mask::keep_bits_from(seed, offset, first / group as u64, &prob, decisions);
+            dropkit::mask::keep_bits_from(seed, offset, first / group as u64, &prob, decisions)
+                .unwrap();
         let kept = |i: usize| {
             let j = (lead as usize + i) / group;
             bits[j / 32] >> (j % 32) & 1 == 1
@@ -856,7 +857,7 @@ fn fused_values_and_functional_form() {
     let rc = CTensor::from_vec(r.clone(), (rows, h), &CDevice::Cpu).unwrap();
     let out = values::<f64>(&dk::bias_dropout_residual(&xc, &bc, &rc, p, true, pos).unwrap());
     let prob = dropkit::mask::Probability::new(p).unwrap();
-    let bits = dropkit::mask::keep_bits_from(6, 60, 3, &prob, rows * h);
+    let bits = dropkit::mask::keep_bits_from(6, 60, 3, &prob, rows * h).unwrap();
     // 1/q for the q that the 32-bit threshold realises (SPEC section 2), not 1/(1 - p).
     let s = prob.scale_f64();
     let mut dropped = 0;

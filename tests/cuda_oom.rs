@@ -45,6 +45,11 @@ fn cuda_out_of_memory_is_an_error_and_the_device_recovers() {
         match &r {
             Ok(_) => panic!("zeros {shape:?} on {dev:?} succeeded"),
             Err(e) => {
+                // Allocated on the device, so the driver's refusal names the bytes asked.
+                assert!(
+                    matches!(e, dropkit::Error::OutOfMemory { bytes, .. } if *bytes == 4 << 40),
+                    "zeros {shape:?}: {e:?}"
+                );
                 use std::io::Write;
                 let _ = writeln!(std::io::stderr(), "zeros {shape:?}: error as expected: {e}");
             }

@@ -478,7 +478,7 @@ fn check_grouped<T: Dt>(
     let g = group as u64;
     let (lead, first) = (lay.base % g, lay.base / g);
     let count = (lead as usize + lay.n).div_ceil(group);
-    let bits = keep_bits_from(SEED, OFFSET, first, &prob, count);
+    let bits = keep_bits_from(SEED, OFFSET, first, &prob, count).unwrap();
     let bf = run.file("bits");
     let args = [
         ptr_out(&bf, bits.len(), 0),

@@ -96,7 +96,7 @@ impl candle_nn::ModuleT for FeatureAlphaDropout {
                 reason: "expected (N, C, *spatial): rank 2 or more".into(),
             }));
         }
-        let group = dims[2..].iter().product();
+        let group = crate::tensor::group_elements(&dims[2..]);
         if !train {
             return Ok(xs.clone());
         }

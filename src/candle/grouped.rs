@@ -135,7 +135,7 @@ impl candle_nn::ModuleT for DropPath {
                 reason: "expected (N, ...): at least one dimension".into(),
             }));
         };
-        let group = sample.iter().product();
+        let group = crate::tensor::group_elements(sample);
         if !train {
             return Ok(xs.clone());
         }

@@ -107,8 +107,8 @@ pub(super) fn train_call(
 }
 
 impl CpuMap for MaskOp {
-    fn apply<T: Element>(&self, x: &[T]) -> Vec<T> {
-        let mut y = vec![T::ZERO; x.len()];
+    fn apply<T: Element>(&self, x: &[T]) -> crate::error::Result<Vec<T>> {
+        let mut y = cpu::alloc_output::<T>(x.len())?;
         let src = cpu::Source::Slice(x);
         let (pos, prob) = (self.pos, &self.prob);
         let kept = self.kept.for_element::<T>();
@@ -117,10 +117,10 @@ impl CpuMap for MaskOp {
                 cpu::dropout::forward_with(src, &mut y, None, pos, prob, kept)
             }
             Decisions::Grouped(layout) => {
-                cpu::grouped::forward(src, &mut y, pos, prob, &layout, kept);
+                cpu::grouped::forward(src, &mut y, pos, prob, &layout, kept)?;
             }
         }
-        y
+        Ok(y)
     }
 }
 

@@ -293,10 +293,10 @@ struct ColumnSum {
 }
 
 impl CpuMap for ColumnSum {
-    fn apply<T: Element>(&self, g: &[T]) -> Vec<T> {
-        let mut out = vec![T::ZERO; self.hidden];
+    fn apply<T: Element>(&self, g: &[T]) -> crate::error::Result<Vec<T>> {
+        let mut out = cpu::alloc_output::<T>(self.hidden)?;
         cpu::residual::column_sum(g, &mut out, self.hidden);
-        out
+        Ok(out)
     }
 }
 

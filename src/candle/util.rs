@@ -91,9 +91,10 @@ macro_rules! candle_layer {
 }
 pub(super) use candle_layer;
 
-/// A single-input op's CPU arithmetic, for any element type.
+/// A single-input op's CPU arithmetic, for any element type (an error only when the
+/// output cannot be allocated).
 pub(super) trait CpuMap {
-    fn apply<T: Element>(&self, x: &[T]) -> Vec<T>;
+    fn apply<T: Element>(&self, x: &[T]) -> crate::error::Result<Vec<T>>;
 }
 
 /// Runs `op` on the live range of a contiguous CPU storage, of any of the four dtypes.
@@ -105,10 +106,10 @@ pub(super) fn map_cpu_storage(
     use candle_core::backend::BackendStorage;
     let (start, end) = contiguous_range(layout)?;
     Ok(match storage {
-        CpuStorage::F32(v) => CpuStorage::F32(op.apply(&v[start..end])),
-        CpuStorage::F64(v) => CpuStorage::F64(op.apply(&v[start..end])),
-        CpuStorage::F16(v) => CpuStorage::F16(op.apply(&v[start..end])),
-        CpuStorage::BF16(v) => CpuStorage::BF16(op.apply(&v[start..end])),
+        CpuStorage::F32(v) => CpuStorage::F32(op.apply(&v[start..end]).map_err(to_candle_error)?),
+        CpuStorage::F64(v) => CpuStorage::F64(op.apply(&v[start..end]).map_err(to_candle_error)?),
+        CpuStorage::F16(v) => CpuStorage::F16(op.apply(&v[start..end]).map_err(to_candle_error)?),
+        CpuStorage::BF16(v) => CpuStorage::BF16(op.apply(&v[start..end]).map_err(to_candle_error)?),
         other => return Err(unsupported_dtype(other.dtype())),
     })
 }

@@ -7,7 +7,7 @@ use crate::mask::{fill_keep_bits, mask_words, Probability};
 use crate::plan::{GroupLayout, Kept, StreamPos};
 
 /// The grouped forward: draws the decisions of `layout` first (few: one per channel or
-/// sample), then applies them; returns the packed decision bits.
+/// sample), then applies them; returns the packed decision bits (or the allocation error).
 pub(crate) fn forward<T: Element>(
     x: Source<'_, T>,
     y: &mut [T],
@@ -15,8 +15,8 @@ pub(crate) fn forward<T: Element>(
     prob: &Probability,
     layout: &GroupLayout,
     op: Kept<T::Compute>,
-) -> Vec<u32> {
-    let mut bits = vec![0u32; mask_words(layout.count)];
+) -> crate::error::Result<Vec<u32>> {
+    let mut bits = crate::alloc::zeroed_words(mask_words(layout.count))?;
     fill_keep_bits(
         pos.seed,
         pos.offset,
@@ -26,7 +26,7 @@ pub(crate) fn forward<T: Element>(
         &mut bits,
     );
     grouped_apply(x, y, &bits, layout, op);
-    bits
+    Ok(bits)
 }
 
 /// y_i = bit((lead + i) / group) ? the kept map of x_i : the dropped value, reading one bit

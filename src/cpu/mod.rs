@@ -12,16 +12,18 @@ pub mod residual;
 
 use crate::element::{ComputeFloat, Element};
 
-/// A zeroed output of `n` elements for a forward or backward to overwrite.
+/// A zeroed output of `n` elements for a forward or backward to overwrite, or
+/// [`crate::error::Error::OutOfMemory`] when the allocator refuses it.
 ///
-/// Large outputs are fresh pages that the kernel first touches, and on small VMs those page
-/// faults can cost more than the dropout itself; asking Linux for transparent huge pages on
-/// the buffer (a hint, ignored where unsupported) cuts their number 512-fold.
-pub fn alloc_output<T: Element>(n: usize) -> Vec<T> {
-    let v = T::zeroed_vec(n);
+/// Zeroed allocation (calloc) leaves fresh pages unwritten, so the kernel touches them
+/// first. On small VMs those page faults can cost more than the dropout itself; asking
+/// Linux for transparent huge pages on the buffer (a hint, ignored where unsupported) cuts
+/// their number 512-fold.
+pub fn alloc_output<T: Element>(n: usize) -> crate::error::Result<Vec<T>> {
+    let v = crate::alloc::zeroed::<T>(n)?;
     #[cfg(target_os = "linux")]
     advise_huge_pages(&v);
-    v
+    Ok(v)
 }
 
 #[cfg(target_os = "linux")]
@@ -169,6 +171,9 @@ fn run_chunk_dispatch<T, const K: usize, F>(
 
 /// [`run_chunk`] compiled for AVX2 and F16C: the word function and the `#[inline(always)]`
 /// intrinsics helpers it reaches (Philox, f16 conversions) inline into one vector loop.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn run_chunk_avx2<T, const K: usize, F>(

@@ -14,11 +14,26 @@ impl CudaDevice {
             // One unused element, never a 0-byte allocation (see `alloc_uninit`).
             self.alloc_uninit::<T>(0)?
         } else {
+            let bytes = self.byte_size::<T>(data.len())?;
             self.stream()
                 .clone_htod(data)
-                .map_err(driver_error("host to device copy"))?
+                .map_err(self.alloc_error(bytes, "host to device copy"))?
         };
         Ok(CudaBuffer::new(self.clone(), slice, 0, data.len()))
+    }
+
+    /// A new buffer of `len` zeros (+0.0 in every element type), allocated on the device:
+    /// memory the driver refuses is [`crate::error::Error::OutOfMemory`] naming the bytes.
+    pub(crate) fn zeros<T: Element>(&self, len: usize) -> Result<CudaBuffer<T>> {
+        if len == 0 {
+            return self.upload::<T>(&[]);
+        }
+        let bytes = self.byte_size::<T>(len)?;
+        let slice = self
+            .stream()
+            .alloc_zeros::<T>(len)
+            .map_err(self.alloc_error(bytes, "zeroed allocation"))?;
+        Ok(CudaBuffer::new(self.clone(), slice, 0, len))
     }
 
     /// Device-to-device copy of a buffer (its live range only).
@@ -26,10 +41,11 @@ impl CudaDevice {
         if src.is_empty() {
             return self.upload::<T>(&[]);
         }
+        let bytes = self.byte_size::<T>(src.len())?;
         let slice = self
             .stream()
             .clone_dtod(&src.view())
-            .map_err(driver_error("device to device copy"))?;
+            .map_err(self.alloc_error(bytes, "device to device copy"))?;
         Ok(CudaBuffer::new(self.clone(), slice, 0, src.len()))
     }
 }

@@ -180,7 +180,9 @@ impl CudaDevice {
         self.stream.context().cu_ctx() == other.stream.context().cu_ctx()
     }
 
-    /// A new buffer of `len` elements whose contents the caller overwrites in full. For
+    /// A new buffer of `len` elements whose contents the caller overwrites in full. A byte
+    /// size past usize is [`Error::OutOfRange`]; memory the driver refuses is
+    /// [`Error::OutOfMemory`] with the bytes asked for (the context stays usable). For
     /// `len == 0` it holds one element, unused: cudarc's `CudaStream::null` asks the driver
     /// for 0 bytes (`cuMemAllocAsync(0)`), which `cuMemAlloc` documents as
     /// `CUDA_ERROR_INVALID_VALUE`, so an empty tensor never asks for that. Callers keep
@@ -189,9 +191,41 @@ impl CudaDevice {
         &self,
         len: usize,
     ) -> Result<CudaSlice<T>> {
+        let len = len.max(1);
+        let bytes = self.byte_size::<T>(len)?;
         // SAFETY: every caller launches a kernel that writes all `len` elements before any
-        // read, on this same stream (the spare element of an empty buffer is never read).
-        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(driver_error("allocation"))
+        // read, on this same stream (the spare element of an empty buffer is never read);
+        // `len * size_of::<T>()` fits usize (checked above).
+        unsafe { self.stream.alloc::<T>(len) }.map_err(self.alloc_error(bytes, "allocation"))
+    }
+
+    /// `len` elements of `T` in bytes, or [`Error::OutOfRange`].
+    pub(crate) fn byte_size<T>(&self, len: usize) -> Result<usize> {
+        len.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            Error::OutOfRange(format!(
+                "{len} elements of {} bytes overflow a device allocation size",
+                std::mem::size_of::<T>()
+            ))
+        })
+    }
+
+    /// Maps a driver error of an allocation of `bytes`: out of memory becomes
+    /// [`Error::OutOfMemory`] naming this device, anything else [`Error::Cuda`].
+    pub(crate) fn alloc_error(
+        &self,
+        bytes: usize,
+        context: &'static str,
+    ) -> impl FnOnce(DriverError) -> Error + '_ {
+        move |e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                Error::OutOfMemory {
+                    bytes,
+                    device: self.to_string(),
+                }
+            } else {
+                driver_error(context)(e)
+            }
+        }
     }
 
     /// The kernel `name` from `module`, loaded once per context.

@@ -67,7 +67,7 @@ pub(crate) fn run_forward<T: Element>(
     let (storage, mask) = match x {
         Operand::Input(t) => match &t.storage {
             Storage::Cpu(xs) => {
-                let mut y = cpu::alloc_output::<T>(xs.len());
+                let mut y = cpu::alloc_output::<T>(xs.len())?;
                 let mask = op.cpu(cpu::Source::Slice(xs), &mut y)?;
                 (Some(Storage::Cpu(y)), mask.map(MaskBuffer::Cpu))
             }

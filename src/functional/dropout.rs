@@ -50,7 +50,10 @@ struct Elementwise<'a> {
 
 impl<T: Element> ForwardOp<T> for Elementwise<'_> {
     fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
-        let mut bits = (self.mode == MaskMode::Bits).then(|| vec![0u32; mask_words(out.len())]);
+        let mut bits = match self.mode {
+            MaskMode::Bits => Some(crate::alloc::zeroed_words(mask_words(out.len()))?),
+            MaskMode::Regenerate => None,
+        };
         let kept = self.kept.for_element::<T>();
         cpu::dropout::forward_with(src, out, bits.as_deref_mut(), self.pos, self.prob, kept);
         Ok(bits)
@@ -95,7 +98,7 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
     let storage = match (&grad.storage, &state.saved) {
         (_, Saved::Identity) => return grad.try_clone(),
         (Storage::Cpu(g), saved) => {
-            let mut dx = cpu::alloc_output::<T>(n);
+            let mut dx = cpu::alloc_output::<T>(n)?;
             let src = cpu::Source::Slice(g);
             match (saved, &state.decisions) {
                 (Saved::Regenerate(pos), Decisions::Elementwise) => {
@@ -108,7 +111,7 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
                     cpu::grouped::grouped_apply(src, &mut dx, bits, layout, Kept::Scale(scale))
                 }
                 (Saved::Regenerate(pos), Decisions::Grouped(layout)) => {
-                    let bits = regenerate_bits(pos, prob, state.decisions, n);
+                    let bits = regenerate_bits(pos, prob, state.decisions, n)?;
                     cpu::grouped::grouped_apply(src, &mut dx, &bits, layout, Kept::Scale(scale))
                 }
                 _ => return Err(mask_elsewhere()),

@@ -43,7 +43,7 @@ struct Grouped<'a> {
 impl<T: Element> ForwardOp<T> for Grouped<'_> {
     fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
         let kept = self.kept.for_element::<T>();
-        let bits = cpu::grouped::forward(src, out, self.pos, self.prob, &self.layout, kept);
+        let bits = cpu::grouped::forward(src, out, self.pos, self.prob, &self.layout, kept)?;
         Ok((self.mode == MaskMode::Bits).then_some(bits))
     }
 

@@ -36,10 +36,9 @@ pub use residual::{
 pub use state::DropoutState;
 
 pub(crate) use alpha::alpha_train;
-/// The candle ops check decision indices as dropkit's own calls do.
-#[cfg(feature = "candle")]
+/// Layers (and the candle ops) check decision indices before they take an offset.
 pub(crate) use dispatch::check_index_range;
 pub(crate) use dispatch::{new_output, Operand, TrainResult};
 pub(crate) use dropout::dropout_train;
 pub(crate) use grouped::grouped_train;
-pub(crate) use residual::bias_dropout_residual_run;
+pub(crate) use residual::{bias_dropout_residual_run, check_fused};

@@ -43,10 +43,13 @@ pub struct BiasDropoutResidualGrads<T: Element> {
 
 const OP: &str = "bias_dropout_residual";
 
-fn check_fused_shapes<T: Element>(
+/// Everything a fused call checks before it computes (and a layer before it takes an
+/// offset): shapes, devices and the decision range. Returns the hidden size H.
+pub(crate) fn check_fused<T: Element>(
     x: &Tensor<T>,
     bias: &Tensor<T>,
     residual: &Tensor<T>,
+    index_base: u64,
 ) -> Result<usize> {
     residual.expect_shape(x.shape(), OP)?;
     let hidden = *x.shape().last().ok_or_else(|| Error::InvalidShape {
@@ -57,6 +60,7 @@ fn check_fused_shapes<T: Element>(
     bias.expect_shape(&[hidden], OP)?;
     x.device().expect_same(&bias.device(), OP)?;
     x.device().expect_same(&residual.device(), OP)?;
+    check_index_range(index_base, x.len())?;
     Ok(hidden)
 }
 
@@ -104,7 +108,10 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
             });
         };
         let n = out.len();
-        let mut bits = (self.mode == MaskMode::Bits).then(|| vec![0u32; mask_words(n)]);
+        let mut bits = match self.mode {
+            MaskMode::Bits => Some(crate::alloc::zeroed_words(mask_words(n))?),
+            MaskMode::Regenerate => None,
+        };
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
         let inputs = cpu::residual::FusedInputs { x, bias, residual };
         let (pos, prob) = (self.pos, self.prob);
@@ -142,8 +149,7 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
-    let hidden = check_fused_shapes(x, bias, residual.tensor())?;
-    check_index_range(pos.index_base, x.len())?;
+    let hidden = check_fused(x, bias, residual.tensor(), pos.index_base)?;
     // Eval: the same arithmetic with nothing dropped and s = 1 (z * 1 = z exactly).
     let eval = Probability::new(0.0)?;
     let applied = if training { prob } else { &eval };
@@ -223,7 +229,7 @@ fn input_gradients<T: Element>(
     let dx = dropout_backward(grad, dropout)?;
     let bias_storage = match &dx.storage {
         Storage::Cpu(g) => {
-            let mut db = vec![T::ZERO; h];
+            let mut db = crate::alloc::zeroed::<T>(h)?;
             cpu::residual::column_sum(g, &mut db, h);
             Storage::Cpu(db)
         }

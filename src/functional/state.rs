@@ -27,7 +27,7 @@ pub(crate) enum MaskBuffer {
 impl MaskBuffer {
     fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
-            MaskBuffer::Cpu(v) => Ok(v.clone()),
+            MaskBuffer::Cpu(v) => crate::alloc::copied(v),
             MaskBuffer::Cuda(s) => cuda::download_u32(s),
         }
     }
@@ -106,7 +106,7 @@ impl DropoutState {
         match &self.saved {
             Saved::Identity => Ok(None),
             Saved::Bits(m) => m.to_vec().map(Some),
-            Saved::Regenerate(pos) => Ok(Some(regenerate_bits(pos, &self.prob, self.decisions, n))),
+            Saved::Regenerate(pos) => regenerate_bits(pos, &self.prob, self.decisions, n).map(Some),
         }
     }
 
@@ -118,10 +118,9 @@ impl DropoutState {
     /// Bytes held by the saved mask (0 for the regenerate form and eval mode).
     pub fn saved_bytes(&self) -> usize {
         match &self.saved {
-            Saved::Bits(_) => {
-                let n = self.shape.iter().product();
-                4 * mask_words(self.decisions.span(0, n).1)
-            }
+            // The shape is that of a tensor that existed, so its count fits.
+            Saved::Bits(_) => crate::tensor::element_count(&self.shape)
+                .map_or(0, |n| 4 * mask_words(self.decisions.span(0, n).1)),
             _ => 0,
         }
     }
@@ -145,9 +144,9 @@ pub(crate) fn regenerate_bits(
     prob: &Probability,
     decisions: Decisions,
     n: usize,
-) -> Vec<u32> {
+) -> Result<Vec<u32>> {
     let (first, count) = decisions.span(pos.index_base, n);
-    let mut bits = vec![0u32; mask_words(count)];
+    let mut bits = crate::alloc::zeroed_words(mask_words(count))?;
     fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
-    bits
+    Ok(bits)
 }

@@ -75,7 +75,7 @@ impl FeatureAlphaDropout {
                 reason: "expected (N, C, *spatial): rank 2 or more".into(),
             });
         }
-        Ok(shape[2..].iter().product())
+        Ok(crate::tensor::group_elements(&shape[2..]))
     }
 
     /// Forward; a rank below 2 is an error.

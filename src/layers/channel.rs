@@ -23,7 +23,9 @@ pub(crate) fn channel_group(shape: &[usize], spatial: usize, op: &'static str) -
             ),
         });
     }
-    Ok(shape[shape.len() - spatial..].iter().product())
+    Ok(crate::tensor::group_elements(
+        &shape[shape.len() - spatial..],
+    ))
 }
 
 macro_rules! channel_dropout {

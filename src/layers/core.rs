@@ -52,6 +52,9 @@ impl LayerCore {
         if !self.training {
             return Ok((x.try_clone()?, DropoutState::identity(x, self.prob)));
         }
+        // A call that fails takes no offset: the range is checked before one is taken
+        // (the layers check ranks and shapes before they get here).
+        functional::check_index_range(self.index_base, x.len())?;
         let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
         Ok((new_output(y)?, state))
     }
@@ -65,6 +68,7 @@ impl LayerCore {
         if !self.training {
             return Ok(DropoutState::identity(x, self.prob));
         }
+        functional::check_index_range(self.index_base, x.len())?;
         let pos = self.next_pos();
         train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
     }

@@ -40,7 +40,7 @@ impl DropPath {
                 reason: "expected (N, ...): at least one dimension".into(),
             });
         }
-        Ok(shape[1..].iter().product())
+        Ok(crate::tensor::group_elements(&shape[1..]))
     }
 
     /// Forward; a scalar (rank 0) input is an error.

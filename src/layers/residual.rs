@@ -6,8 +6,8 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
     bias_dropout_residual_backward, bias_dropout_residual_backward_owned,
-    bias_dropout_residual_run, new_output, BiasDropoutResidualGrads, BiasDropoutResidualState,
-    Operand,
+    bias_dropout_residual_run, check_fused, new_output, BiasDropoutResidualGrads,
+    BiasDropoutResidualState, Operand,
 };
 use crate::tensor::Tensor;
 
@@ -67,6 +67,8 @@ impl BiasDropoutResidual {
         residual: Operand<'_, T>,
     ) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
         let core = &self.core;
+        // A call that fails takes no offset: validate first.
+        check_fused(x, bias, residual.tensor(), core.index_base)?;
         // Eval calls take no offset (SPEC section 5).
         let pos = if core.training {
             core.next_pos()
