@@ -4,8 +4,11 @@
 //! nvcc is found from `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`. Without nvcc (or
 //! with `DROPKIT_NO_NVCC=1`) the build still succeeds, embeds no PTX and warns; CUDA calls
 //! then compile the embedded sources with NVRTC at run time if it is present, else return
-//! `Error::KernelsNotBuilt`. The target is a virtual architecture (PTX that the
-//! driver JIT-compiles): `DROPKIT_CUDA_ARCH` (e.g. `compute_90`) or the lowest the nvcc knows.
+//! `Error::KernelsNotBuilt`. The targets are virtual architectures (PTX that the driver
+//! JIT-compiles): the portable one, `DROPKIT_CUDA_ARCH` (e.g. `compute_90`) or else the
+//! lowest the nvcc knows, and `compute_80` as well when the portable one is older, so that
+//! GPUs of compute capability 8.0 and newer get PTX that uses their bf16 conversion
+//! instruction. src/cuda picks the newest PTX the device can run.
 
 use std::env;
 use std::fs;
@@ -42,10 +45,11 @@ fn main() {
     };
 
     // One typed constant per kernels/*.cu (`DROPOUT` for dropout.cu), so a launch that
-    // names a module that does not exist fails to compile. Each holds the PTX nvcc built
-    // (`None` without nvcc) and the source with its local headers inlined, for run-time
-    // NVRTC when no PTX was built (a few tens of KiB). `KernelModule` is defined by the
-    // file that includes this one (src/cuda/kernels.rs).
+    // names a module that does not exist fails to compile. Each holds the PTX nvcc built,
+    // one per target architecture, oldest first (none without nvcc), and the source with
+    // its local headers inlined, for run-time NVRTC (a few tens of KiB). `KernelModule`
+    // and `EmbeddedPtx` are defined by the file that includes this one
+    // (src/cuda/kernels.rs).
     let mut code = String::new();
     let mut names = Vec::new();
     if env::var_os("CARGO_FEATURE_CUDA").is_some() {
@@ -53,10 +57,17 @@ fn main() {
             let name = src.file_stem().unwrap().to_string_lossy().into_owned();
             let source = out_dir.join(format!("{name}.nvrtc.cu"));
             fs::write(&source, amalgamate(&src)).expect("write amalgamated source");
-            let ptx = match modules.iter().find(|(m, _)| *m == name) {
-                Some((_, path)) => format!("Some(include_str!({:?}))", path.display()),
-                None => "None".to_owned(),
-            };
+            let ptx: Vec<String> = modules
+                .iter()
+                .filter(|(m, _, _)| *m == name)
+                .map(|(_, arch, path)| {
+                    format!(
+                        "EmbeddedPtx {{ arch: {arch}, text: include_str!({:?}) }}",
+                        path.display()
+                    )
+                })
+                .collect();
+            let ptx = format!("&[{}]", ptx.join(", "));
             let constant = name.to_uppercase();
             code.push_str(&format!(
                 "/// kernels/{name}.cu.\npub const {constant}: KernelModule = KernelModule {{\n    \
@@ -133,40 +144,61 @@ fn find_nvcc() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The virtual architecture: DROPKIT_CUDA_ARCH, else the lowest `compute_XX` nvcc lists.
-fn target_arch(nvcc: &Path) -> String {
-    if let Ok(arch) = env::var("DROPKIT_CUDA_ARCH") {
-        return arch;
+/// The virtual architectures, oldest first, as the numbers after `compute_`: the portable
+/// one (DROPKIT_CUDA_ARCH, else the lowest `compute_XX` nvcc lists), then 80 when that is
+/// older (bf16 conversions in hardware from compute capability 8.0 on).
+fn target_archs(nvcc: &Path) -> Vec<u32> {
+    let portable = match env::var("DROPKIT_CUDA_ARCH") {
+        Ok(arch) => arch
+            .trim()
+            .strip_prefix("compute_")
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or_else(|| {
+                panic!("DROPKIT_CUDA_ARCH must be compute_XY (e.g. compute_90), got {arch:?}")
+            }),
+        Err(_) => {
+            let listed = Command::new(nvcc).arg("--list-gpu-arch").output();
+            let lowest = listed.ok().and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| l.trim().strip_prefix("compute_"))
+                    .filter_map(|v| v.parse::<u32>().ok())
+                    .min()
+            });
+            lowest.unwrap_or(75)
+        }
+    };
+    if portable < 80 {
+        vec![portable, 80]
+    } else {
+        vec![portable]
     }
-    let listed = Command::new(nvcc).arg("--list-gpu-arch").output();
-    let lowest = listed.ok().and_then(|o| {
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("compute_"))
-            .filter_map(|v| v.parse::<u32>().ok())
-            .min()
-    });
-    format!("compute_{}", lowest.unwrap_or(75))
 }
 
-fn compile_all(nvcc: &Path, out_dir: &Path) -> Vec<(String, PathBuf)> {
-    let arch = target_arch(nvcc);
+/// Every kernel for every target architecture: (module name, arch number, PTX path).
+fn compile_all(nvcc: &Path, out_dir: &Path) -> Vec<(String, u32, PathBuf)> {
     let mut modules = Vec::new();
-    for src in kernel_sources() {
-        let name = src.file_stem().unwrap().to_string_lossy().into_owned();
-        let ptx = out_dir.join(format!("{name}.ptx"));
-        // Keep these flags in sync with scripts/check-ptx.sh. --fmad=false: SPEC forbids
-        // contracting a multiply and an add into an FMA.
-        let status = Command::new(nvcc)
-            .args(["-ptx", "-O3", "-std=c++17", "--fmad=false", "-I", "kernels"])
-            .arg(format!("-arch={arch}"))
-            .arg("-o")
-            .arg(&ptx)
-            .arg(&src)
-            .status()
-            .unwrap_or_else(|e| panic!("failed to run nvcc at {}: {e}", nvcc.display()));
-        assert!(status.success(), "nvcc failed on {}", src.display());
-        modules.push((name, ptx));
+    for arch in target_archs(nvcc) {
+        for src in kernel_sources() {
+            let name = src.file_stem().unwrap().to_string_lossy().into_owned();
+            let ptx = out_dir.join(format!("{name}.compute_{arch}.ptx"));
+            // Keep these flags in sync with scripts/check-ptx.sh. --fmad=false: SPEC forbids
+            // contracting a multiply and an add into an FMA.
+            let status = Command::new(nvcc)
+                .args(["-ptx", "-O3", "-std=c++17", "--fmad=false", "-I", "kernels"])
+                .arg(format!("-arch=compute_{arch}"))
+                .arg("-o")
+                .arg(&ptx)
+                .arg(&src)
+                .status()
+                .unwrap_or_else(|e| panic!("failed to run nvcc at {}: {e}", nvcc.display()));
+            assert!(
+                status.success(),
+                "nvcc failed on {} for compute_{arch}",
+                src.display()
+            );
+            modules.push((name, arch, ptx));
+        }
     }
     modules
 }

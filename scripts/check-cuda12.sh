@@ -10,6 +10,8 @@
 # function cudarc binds, logs each one called and answers as one sm_90 GPU would (no
 # kernel runs), runs the CUDA tests and examples against it, and fails if dropkit's path
 # loads a symbol that CUDA 12.0's headers lack (per the #[cfg] on cudarc's own bindings).
+# With NVCC set, also the fallback a CUDA 12 driver triggers: a stand-in that rejects the
+# embedded nvcc 13 PTX as CUDA 12.4 does, under which an NVRTC 12 cubin must be loaded.
 # Needs no GPU.
 #
 #   DROPKIT_CUDA12_VENV  venv location (default: <repo>/.venv-cuda12)
@@ -73,7 +75,11 @@ fi
 status=0
 shopt -s nullglob
 ptx_files=("$tmp"/*.ptx)
-[ "${#ptx_files[@]}" -eq 8 ] || { log "FAIL: expected 8 PTX files, got ${#ptx_files[@]}"; exit 1; }
+# One PTX per kernels/*.cu for each of compute_80 and compute_90.
+sources=(kernels/*.cu)
+expected=$((2 * ${#sources[@]}))
+[ "${#ptx_files[@]}" -eq "$expected" ] ||
+    { log "FAIL: expected $expected PTX files, got ${#ptx_files[@]}"; exit 1; }
 for ptx in "${ptx_files[@]}"; do
     base="$(basename "$ptx" .ptx)"
     for sm in sm_80 sm_90; do
@@ -190,6 +196,43 @@ missing="$(comm -23 "$tmp/called.txt" <(sort "$stub/cuda12.txt"))"
 if [ -n "$missing" ]; then
     log "FAIL: loaded symbols missing from CUDA 12.0: $missing"
     status=1
+fi
+
+# A crate built by nvcc 13 on a CUDA 12 driver: a second stand-in whose cuModuleLoadData
+# answers CUDA_ERROR_UNSUPPORTED_PTX_VERSION (222) to anything but an ELF cubin, as a CUDA
+# 12 driver answers PTX ISA 9.0, and whose cuDriverGetVersion says 12.4. The run-time
+# fallback must then compile a cubin with NVRTC 12 and reach a kernel launch.
+if [ -n "${NVCC:-}" ]; then
+    log "fallback: embedded nvcc PTX rejected by a CUDA 12 stand-in, NVRTC 12 cubin loaded"
+    reject="$stub/reject"
+    mkdir -p "$reject"
+    "$venv/bin/python" - "$stub/stub.c" "$reject/stub.c" <<'PY'
+import re, sys
+s = open(sys.argv[1]).read()
+mark = 'static void mark(const char *w) { const char *p = getenv("STUB_CUDA_LOG"); FILE *f;\n' \
+       '    if (p && (f = fopen(p, "a"))) { fprintf(f, "%s\\n", w); fclose(f); } }\n'
+s = s.replace("static char handles[8];", mark + "static char handles[8];", 1)
+s = re.sub(r'(int cuModuleLoadData\(void \*\*m, const void \*img\) \{[^}]*?)\*m = ',
+           r'\1if (memcmp(img, "\\x7f" "ELF", 4)) { mark("rejected-ptx"); return 222; } '
+           r'mark("loaded-cubin"); *m = ', s, count=1)
+s = re.sub(r'int cuDriverGetVersion\([^)]*\) \{([^}]*?) return 0; \}',
+           r'int cuDriverGetVersion(int *v) {\1 *v = 12040; return 0; }', s, count=1)
+open(sys.argv[2], "w").write(s)
+PY
+    gcc -shared -fPIC -O1 -w -o "$reject/libcuda.so.1" "$reject/stub.c"
+    STUB_CUDA_LOG="$reject/called.txt" LD_LIBRARY_PATH="$reject:$nvrtc_lib" \
+        DROPKIT_CUDA_INCLUDE="$include" cargo run --quiet --example quickstart \
+        >"$tmp/reject.log" 2>&1 || true
+    if grep -qx rejected-ptx "$reject/called.txt" && grep -qx loaded-cubin "$reject/called.txt" &&
+        grep -qx cuLaunchKernel "$reject/called.txt"; then
+        log "  embedded PTX rejected, NVRTC 12 cubin loaded, kernels launched"
+    else
+        tail -n 20 "$tmp/reject.log" >&2
+        log "FAIL: the NVRTC fallback did not load a cubin after the PTX was rejected"
+        status=1
+    fi
+else
+    log "fallback with embedded PTX: skipped (NVCC is not set, so nothing is embedded)"
 fi
 
 if [ "$status" -ne 0 ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # check-ptx.sh: compiles every kernels/*.cu to PTX exactly as build.rs does (for its
-# default target and for compute_80), assembles each PTX with ptxas for sm_80 and sm_90, prints register use, and fails on any compile
+# default target and for compute_80), assembles each PTX with ptxas for sm_80 and sm_90
+# (the portable one for its own sm_XY too), prints register use, and fails on any compile
 # error, register spill, non-zero stack frame, or kernel using more than 64 registers
 # on sm_80 or sm_90 (DROPKIT_MAX_REGS overrides the limit). 64 is the most a 1024-thread
 # block can have (both give a block at most 64K 32-bit registers); above it a launch with
@@ -71,7 +72,13 @@ for cu in "${sources[@]}"; do
         status=1
         continue
     fi
-    for arch in sm_80 sm_90; do
+    # The portable PTX also for its own architecture (sm_75 by default): the oldest GPUs
+    # that load it.
+    real_archs=(sm_80 sm_90)
+    if [ "$ptx_arch" = "${ptx_archs[0]}" ] && [ "${ptx_arch#compute_}" -lt 80 ]; then
+        real_archs=("sm_${ptx_arch#compute_}" "${real_archs[@]}")
+    fi
+    for arch in "${real_archs[@]}"; do
         log="$tmp/$name.$ptx_arch.$arch.log"
         if ! "$ptxas" -arch="$arch" -v -o "$tmp/$name.$arch.cubin" "$ptx" >"$log" 2>&1; then
             cat "$log"

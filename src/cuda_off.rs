@@ -131,4 +131,14 @@ pub(crate) mod residual {
     pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, _: usize) -> Result<CudaBuffer<T>> {
         g.unreachable()
     }
+
+    pub(crate) fn backward<T: Element>(
+        dy: &CudaBuffer<T>,
+        _: super::dropout::SavedMask<'_>,
+        _: &Probability,
+        _: T::Compute,
+        _: usize,
+    ) -> Result<(CudaBuffer<T>, CudaBuffer<T>)> {
+        dy.unreachable()
+    }
 }

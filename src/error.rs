@@ -83,13 +83,16 @@ pub enum Error {
     )]
     KernelsNotBuilt,
 
-    /// The driver rejected the PTX because a newer nvcc produced it.
+    /// The driver rejected the embedded PTX (PTX from an nvcc newer than the driver, or none
+    /// for this GPU) and compiling the sources at run time with NVRTC did not give code it
+    /// loads either; the message says what each try gave.
     #[error(
-        "the CUDA driver cannot load dropkit's PTX (CUDA_ERROR_UNSUPPORTED_PTX_VERSION): the \
-         PTX was produced by an nvcc newer than this driver supports. Update the NVIDIA driver, \
-         or rebuild dropkit with an nvcc no newer than the driver's CUDA version (NVCC=...)"
+        "the CUDA driver cannot load dropkit's kernels: {0}. Update the NVIDIA driver; or make \
+         the NVRTC of a CUDA toolkit this driver supports available (libnvrtc on the library \
+         path, its headers in DROPKIT_CUDA_INCLUDE or CUDA_HOME); or rebuild dropkit with an \
+         nvcc no newer than the driver's CUDA version (NVCC=...)"
     )]
-    UnsupportedPtx,
+    UnsupportedPtx(String),
 
     /// Any other error from the CUDA driver, with its code and name.
     #[error("CUDA driver error {code} ({name}) in {context}")]

@@ -51,7 +51,7 @@ pub use device::Device;
 pub use element::{DType, Element};
 pub use error::{Error, Result};
 pub use functional::DropoutState;
-pub use generator::{default_generator, manual_seed, Generator};
+pub use generator::{default_generator, manual_seed, Generator, GeneratorState};
 pub use layers::{
     AlphaDropout, BiasDropoutResidual, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
     FeatureAlphaDropout,

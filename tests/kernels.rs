@@ -28,6 +28,7 @@ fn expected(module: &str) -> BTreeSet<String> {
             "column_sum_partial",
             "column_sum_finish",
         ]),
+        "bias_dropout_residual_bwd" => per_dtype(&["bias_dropout_residual_bwd"]),
         other => panic!("unexpected kernel module {other}"),
     }
 }
@@ -39,9 +40,10 @@ fn entries(ptx: &str) -> BTreeSet<String> {
         .collect()
 }
 
-const MODULES: [&str; 4] = [
+const MODULES: [&str; 5] = [
     "alpha_dropout",
     "bias_dropout_residual",
+    "bias_dropout_residual_bwd",
     "dropout",
     "grouped_dropout",
 ];
@@ -66,12 +68,26 @@ fn nvcc_ptx_has_every_kernel_or_documented_error() {
         return;
     }
     for module in MODULES {
-        let ptx = embedded_ptx(module).unwrap();
-        assert_eq!(entries(ptx), expected(module), "{module}");
+        let portable = embedded_ptx(module).unwrap();
+        // Every flavour (the portable one, then compute_80 for bf16 in hardware).
+        let flavours = dropkit::cuda::kernels::by_name(module).unwrap().ptx;
+        assert_eq!(flavours[0].text, portable, "{module}");
         assert!(
-            !ptx.contains("fma.rn"),
-            "{module}: an FMA in the PTX breaks the spec"
+            flavours.iter().any(|p| p.arch == 80),
+            "{module}: no compute_80 PTX"
         );
+        for ptx in flavours {
+            let what = format!("{module} compute_{}", ptx.arch);
+            assert!(
+                ptx.text.contains(&format!(".target sm_{}", ptx.arch)),
+                "{what}"
+            );
+            assert_eq!(entries(ptx.text), expected(module), "{what}");
+            assert!(
+                !ptx.text.contains("fma.rn"),
+                "{what}: an FMA in the PTX breaks the spec"
+            );
+        }
     }
 }
 
@@ -100,6 +116,24 @@ fn nvrtc_compiles_every_kernel() {
         }
     }
     assert_eq!(compiled, MODULES.len());
+}
+
+#[test]
+fn nvrtc_compiles_every_kernel_to_a_cubin() {
+    for module in MODULES {
+        match nvrtc::compile_cubin_module(module, "sm_80") {
+            // An ELF image: what the run-time fallback loads first.
+            Ok(cubin) => assert_eq!(&cubin[..4], b"\x7fELF", "{module}"),
+            Err(Error::CudaUnavailable(why)) => {
+                if std::env::var("DROPKIT_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                    panic!("DROPKIT_REQUIRE_NVRTC=1 but NVRTC is unusable: {why}");
+                }
+                eprintln!("skipped nvrtc_compiles_every_kernel_to_a_cubin: {why}");
+                return;
+            }
+            Err(e) => panic!("{module}: {e}"),
+        }
+    }
 }
 
 #[test]

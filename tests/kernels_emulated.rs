@@ -676,7 +676,58 @@ fn check_fused<T: Dt>(
         &format!("{what}: column sums"),
         &from_bytes::<T>(&run.read("sum")),
         &grads.bias.to_vec().unwrap(),
-    )
+    )?;
+
+    // The one-pass backward (dx and the block sums together) from the upstream gradient,
+    // with the saved bits and with the decisions redrawn (null bits), then the finish.
+    let bias_grad = grads.bias.to_vec().unwrap();
+    let keep = state.dropout_state().keep_bits().unwrap().unwrap();
+    let (kf, dyf) = (
+        run.write("keep", &words_to_bytes(&keep)),
+        run.write("dy", &to_bytes(&g)),
+    );
+    for bits_arg in [ptr_in(&kf, 0), "null".to_owned()] {
+        let form = if bits_arg == "null" {
+            "redrawn"
+        } else {
+            "bits"
+        };
+        let args = [
+            ptr_in(&dyf, lay.x_off),
+            ptr_out(&run.file("dx"), rows * h, lay.y_off),
+            bits_arg,
+            ptr_out(&pf, blocks * h, 0),
+            rows.to_string(),
+            h.to_string(),
+            COLUMN_SUM_BLOCK_ROWS.to_string(),
+            draw_arg(lay.base, &prob),
+            scale_arg::<T>(&prob),
+        ];
+        let kernel = format!("bias_dropout_residual_bwd_{}", T::DTYPE.name());
+        run.launch(&kernel, shape, &args)?;
+        same_values(
+            &format!("{what}: fused backward ({form}) dx"),
+            &from_bytes::<T>(&run.read("dx")),
+            &dx,
+        )?;
+        let args = [
+            ptr_in(&pf, 0),
+            ptr_out(&sf, h, lay.y_off),
+            blocks.to_string(),
+            h.to_string(),
+        ];
+        run.launch(
+            &format!("column_sum_finish_{}", T::DTYPE.name()),
+            shape,
+            &args,
+        )?;
+        same_values(
+            &format!("{what}: fused backward ({form}) bias gradient"),
+            &from_bytes::<T>(&run.read("sum")),
+            &bias_grad,
+        )?;
+    }
+    Ok(())
 }
 
 type Case = Box<dyn Fn() -> Result<(), String> + Send + Sync>;

@@ -11,9 +11,8 @@ impl CudaDevice {
     /// Uploads host data into a new device buffer.
     pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaBuffer<T>> {
         let slice = if data.is_empty() {
-            self.stream()
-                .null()
-                .map_err(driver_error("empty allocation"))?
+            // One unused element, never a 0-byte allocation (see `alloc_uninit`).
+            self.alloc_uninit::<T>(0)?
         } else {
             let bytes = self.byte_size::<T>(data.len())?;
             self.stream()
@@ -174,17 +173,43 @@ impl<T: Element> CudaOperand<'_, T> {
     }
 }
 
-/// Downloads a mask buffer (synchronises the stream).
-pub(crate) fn download_u32(slice: &CudaSlice<u32>) -> Result<Vec<u32>> {
-    if slice.is_empty() {
+/// Packed keep bits on a device: `words` live words at the start of `slice`, which holds
+/// at least one word (an empty mask allocates one unused word, never 0 bytes).
+#[derive(Debug)]
+pub(crate) struct MaskSlice {
+    slice: CudaSlice<u32>,
+    words: usize,
+}
+
+impl MaskSlice {
+    /// A new mask of `words` words that a kernel will fill.
+    pub(crate) fn alloc(dev: &CudaDevice, words: usize) -> Result<Self> {
+        Ok(Self {
+            slice: dev.alloc_uninit::<u32>(words)?,
+            words,
+        })
+    }
+
+    pub(crate) fn slice(&self) -> &CudaSlice<u32> {
+        &self.slice
+    }
+
+    pub(crate) fn slice_mut(&mut self) -> &mut CudaSlice<u32> {
+        &mut self.slice
+    }
+}
+
+/// Downloads a mask's live words (synchronises the stream).
+pub(crate) fn download_u32(mask: &MaskSlice) -> Result<Vec<u32>> {
+    if mask.words == 0 {
         return Ok(Vec::new());
     }
-    slice
+    mask.slice
         .stream()
-        .clone_dtoh(slice)
+        .clone_dtoh(&mask.slice.slice(..mask.words))
         .map_err(driver_error("device to host copy"))
 }
 
 /// A forward's new output (`None` when in place) and its saved mask (`None` for the
 /// regenerate form).
-pub(crate) type Forward<T> = (Option<CudaBuffer<T>>, Option<CudaSlice<u32>>);
+pub(crate) type Forward<T> = (Option<CudaBuffer<T>>, Option<MaskSlice>);

@@ -3,7 +3,7 @@
 //! backward of every layer, which picks among these and the grouped pass. Each is one
 //! launch on the tensor's stream, asynchronous, with no host round trip.
 
-use super::buffer::{CudaBuffer, CudaOperand, Forward};
+use super::buffer::{CudaBuffer, CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::grouped;
 use super::kernels::{ALPHA_DROPOUT, DROPOUT};
@@ -12,7 +12,7 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::mask::Probability;
 use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
-use cudarc::driver::{CudaSlice, DevicePtr, PushKernelArg};
+use cudarc::driver::{DevicePtr, PushKernelArg};
 
 /// Elementwise forward: kept elements become `kept` of themselves (dropout's scale or
 /// alpha dropout's affine map), with the keep bits saved for [`MaskMode::Bits`].
@@ -92,7 +92,7 @@ pub(crate) unsafe fn forward_raw<T: Element>(
 /// The decisions a backward reads: saved bits on this device, or the stream position to
 /// regenerate them from.
 pub(crate) enum SavedMask<'a> {
-    Bits(&'a CudaSlice<u32>),
+    Bits(&'a MaskSlice),
     Regenerate(StreamPos),
 }
 
@@ -116,7 +116,7 @@ pub(crate) fn backward<T: Element>(
         (SavedMask::Bits(bits), Decisions::Elementwise) => {
             let (f, name) = kernel::<T>(&dev, &DROPOUT, "dropout_bwd_bits")?;
             input.launch_io(|dy_ptr, dx_ptr| {
-                let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+                let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
                 let mut args = dev.stream().launch_builder(&f);
                 args.arg(&dy_ptr)
                     .arg(&dx_ptr)
@@ -128,7 +128,7 @@ pub(crate) fn backward<T: Element>(
         }
         (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
             input.launch_io(|dy_ptr, dx_ptr| {
-                let (b_ptr, _guard) = bits.device_ptr(dev.stream());
+                let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
                 let io = Io {
                     x: dy_ptr,
                     y: dx_ptr,

@@ -2,7 +2,7 @@
 //! `dropout_mask_bits` for the per-group decisions, then one pass of `grouped_scale_<T>` or
 //! `grouped_alpha_<T>` reading them.
 
-use super::buffer::{CudaOperand, Forward};
+use super::buffer::{CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::kernels::GROUPED_DROPOUT;
 use super::launch::{kernel, launch, op_range, push_kept, DkDraw, Io, PER_THREAD};
@@ -10,20 +10,15 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
 use crate::plan::{GroupLayout, Kept, MaskMode, StreamPos};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, PushKernelArg};
+use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 /// `dropout_mask_bits`: the keep bits of `count` decisions starting at `draw.index_base`.
-fn mask_bits(
-    dev: &CudaDevice,
-    bits: &mut CudaSlice<u32>,
-    draw: DkDraw,
-    count: usize,
-) -> Result<()> {
+fn mask_bits(dev: &CudaDevice, bits: &mut MaskSlice, draw: DkDraw, count: usize) -> Result<()> {
     if count == 0 {
         return Ok(());
     }
     let f = dev.function(&GROUPED_DROPOUT, "dropout_mask_bits")?;
-    let (b_ptr, _guard) = bits.device_ptr_mut(dev.stream());
+    let (b_ptr, _guard) = bits.slice_mut().device_ptr_mut(dev.stream());
     let count = count as u64;
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&b_ptr).arg(&count).arg(&draw);
@@ -85,7 +80,7 @@ pub(crate) fn forward<T: Element>(
     match (mode, bits) {
         (MaskMode::Bits, Some(bits)) => Ok((y, Some(bits))),
         // Empty input: no launch, an empty mask.
-        (MaskMode::Bits, None) => Ok((y, Some(dev.alloc_uninit::<u32>(0)?))),
+        (MaskMode::Bits, None) => Ok((y, Some(MaskSlice::alloc(&dev, 0)?))),
         (MaskMode::Regenerate, _) => Ok((y, None)),
     }
 }
@@ -99,10 +94,10 @@ fn queue<T: Element>(
     draw: DkDraw,
     layout: &GroupLayout,
     kept: &Kept<T::Compute>,
-) -> Result<CudaSlice<u32>> {
-    let mut bits = dev.alloc_uninit::<u32>(mask_words(layout.count))?;
+) -> Result<MaskSlice> {
+    let mut bits = MaskSlice::alloc(dev, mask_words(layout.count))?;
     mask_bits(dev, &mut bits, draw.at(layout.first), layout.count)?;
-    let (b_ptr, guard) = bits.device_ptr(dev.stream());
+    let (b_ptr, guard) = bits.slice().device_ptr(dev.stream());
     apply::<T>(dev, Io { bits: b_ptr, ..io }, layout, kept)?;
     drop(guard);
     Ok(bits)

@@ -1,17 +1,51 @@
 //! The kernel modules build.rs embedded: one typed constant per kernels/*.cu
-//! ([`DROPOUT`], [`ALPHA_DROPOUT`], [`GROUPED_DROPOUT`], [`BIAS_DROPOUT_RESIDUAL`]), so
-//! launches name their module by a constant that must exist, never by a string.
+//! ([`DROPOUT`], [`ALPHA_DROPOUT`], [`GROUPED_DROPOUT`], [`BIAS_DROPOUT_RESIDUAL`],
+//! [`BIAS_DROPOUT_RESIDUAL_BWD`]), so
+//! launches name their module by a constant that must exist, never by a string, and the
+//! choice among a module's PTX flavours for a device ([`KernelModule::ptx_for`]).
 
-/// One kernels/*.cu: its PTX when build.rs ran nvcc, and its self-contained source (local
-/// headers inlined) for run-time NVRTC otherwise.
+/// PTX nvcc built for one virtual architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedPtx {
+    /// The virtual architecture as its number: 75 for `compute_75`, 80 for `compute_80`.
+    pub arch: u32,
+    /// The PTX text.
+    pub text: &'static str,
+}
+
+/// One kernels/*.cu: its PTX, one per architecture build.rs targeted (oldest first, none
+/// when the crate was built without nvcc), and its self-contained source (local headers
+/// inlined) for run-time NVRTC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KernelModule {
     /// The file stem (`dropout` for kernels/dropout.cu).
     pub name: &'static str,
-    /// The PTX nvcc built, `None` when the crate was built without nvcc.
-    pub ptx: Option<&'static str>,
+    /// The PTX nvcc built, oldest architecture first; empty when built without nvcc.
+    pub ptx: &'static [EmbeddedPtx],
     /// The source with its `#include "..."` headers inlined.
     pub source: &'static str,
+}
+
+impl KernelModule {
+    /// The portable PTX (the oldest architecture), `None` when built without nvcc.
+    pub fn portable_ptx(&self) -> Option<&'static EmbeddedPtx> {
+        self.ptx.first()
+    }
+
+    /// The PTX to load on a device of compute capability `major.minor`
+    /// ([`select_ptx`]).
+    pub fn ptx_for(&self, major: u32, minor: u32) -> Option<&'static EmbeddedPtx> {
+        select_ptx(self.ptx, major, minor)
+    }
+}
+
+/// The newest PTX that a device of compute capability `major.minor` can JIT-compile: the
+/// highest `arch` no greater than `10 * major + minor` (compute_80 PTX on an A100, H100 or
+/// H200, the portable one on older GPUs). `None` when the device is older than every
+/// flavour, or there is none.
+pub fn select_ptx(ptx: &[EmbeddedPtx], major: u32, minor: u32) -> Option<&EmbeddedPtx> {
+    let cc = major.saturating_mul(10).saturating_add(minor);
+    ptx.iter().filter(|p| p.arch <= cc).max_by_key(|p| p.arch)
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
@@ -19,4 +53,41 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 /// The module named `name` (a kernels/*.cu file stem), if there is one.
 pub fn by_name(name: &str) -> Option<&'static KernelModule> {
     ALL.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{select_ptx, EmbeddedPtx};
+
+    const PORTABLE: EmbeddedPtx = EmbeddedPtx {
+        arch: 75,
+        text: "portable",
+    };
+    const AMPERE: EmbeddedPtx = EmbeddedPtx {
+        arch: 80,
+        text: "compute_80",
+    };
+
+    #[test]
+    fn newest_ptx_the_device_can_run() {
+        let both = [PORTABLE, AMPERE];
+        let pick = |major, minor| select_ptx(&both, major, minor).map(|p| p.text);
+        // Turing (7.5): only the portable PTX; A100 (8.0), A10 (8.6), H100/H200 (9.0),
+        // Blackwell (10.0, 12.0): compute_80.
+        assert_eq!(pick(7, 5), Some("portable"));
+        assert_eq!(pick(8, 0), Some("compute_80"));
+        assert_eq!(pick(8, 6), Some("compute_80"));
+        assert_eq!(pick(9, 0), Some("compute_80"));
+        assert_eq!(pick(10, 0), Some("compute_80"));
+        assert_eq!(pick(12, 0), Some("compute_80"));
+        // Older than every flavour (Volta 7.0 with compute_75 PTX): none, NVRTC's turn.
+        assert_eq!(pick(7, 0), None);
+        // The order of the list does not matter.
+        assert_eq!(select_ptx(&[AMPERE, PORTABLE], 7, 5), Some(&PORTABLE));
+        assert_eq!(select_ptx(&[AMPERE, PORTABLE], 9, 0), Some(&AMPERE));
+        // Built without nvcc, or a single flavour.
+        assert_eq!(select_ptx(&[], 9, 0), None);
+        assert_eq!(select_ptx(&[AMPERE], 7, 5), None);
+        assert_eq!(select_ptx(&[PORTABLE], 9, 0), Some(&PORTABLE));
+    }
 }

@@ -4,15 +4,14 @@
 //!
 //! Kernel names follow `<op>_<dtype>` (`dropout_fwd_f32`), so the dtype picks the kernel.
 
+use super::buffer::MaskSlice;
 use super::device::{driver_error, CudaDevice};
 use super::kernels::KernelModule;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
 use crate::plan::{Kept, MaskMode, StreamPos};
-use cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtrMut, DeviceRepr, LaunchArgs, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, DevicePtrMut, DeviceRepr, LaunchArgs, PushKernelArg};
 
 /// The random draw of one call as every kernel takes it, by value: Philox (seed, offset),
 /// the global index of the first decision, and the keep threshold. The same layout as
@@ -105,9 +104,9 @@ pub(crate) fn alloc_bits(
     dev: &CudaDevice,
     count: usize,
     mode: MaskMode,
-) -> Result<Option<CudaSlice<u32>>> {
+) -> Result<Option<MaskSlice>> {
     match mode {
-        MaskMode::Bits => dev.alloc_uninit::<u32>(mask_words(count)).map(Some),
+        MaskMode::Bits => MaskSlice::alloc(dev, mask_words(count)).map(Some),
         MaskMode::Regenerate => Ok(None),
     }
 }
@@ -115,11 +114,11 @@ pub(crate) fn alloc_bits(
 /// The device address of an optional mask (0 = no mask) and the guard that keeps it.
 pub(crate) fn bits_ptr<'a>(
     dev: &'a CudaDevice,
-    bits: Option<&'a mut CudaSlice<u32>>,
+    bits: Option<&'a mut MaskSlice>,
 ) -> (u64, Option<impl Drop + 'a>) {
     match bits {
         Some(b) => {
-            let (p, g) = b.device_ptr_mut(dev.stream());
+            let (p, g) = b.slice_mut().device_ptr_mut(dev.stream());
             (p, Some(g))
         }
         None => (0, None),

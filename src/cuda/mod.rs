@@ -4,8 +4,11 @@
 //! Everything goes through cudarc with dynamic loading, so nothing here needs CUDA at
 //! build time, and a machine without a driver gets [`Error::CudaUnavailable`], never a
 //! panic: `is_culib_present()` is checked before the first driver call. Kernels are the
-//! PTX that build.rs embedded (or the embedded sources through NVRTC); they are loaded
-//! once per context and cached.
+//! newest PTX flavour build.rs embedded that the device can run (compute_80 from compute
+//! capability 8.0 on, else the portable one); when there is none, or the driver rejects
+//! it (a CUDA 12 driver and nvcc 13 PTX), the embedded sources are compiled by the
+//! machine's NVRTC, a cubin for the device first, then PTX. Modules are loaded once per
+//! context and cached. docs/CUDA.md says what each driver gets.
 //!
 //! | file | what |
 //! |---|---|
@@ -15,8 +18,8 @@
 //! | `launch.rs` | the per-call draw passed to every kernel, launch helpers, NVTX |
 //! | `dropout.rs` | elementwise forwards (dropout, alpha dropout) and every backward |
 //! | `grouped.rs` | grouped forwards (channel dropout, DropPath, feature alpha) |
-//! | `residual.rs` | fused bias + dropout + residual, and the bias gradient's column sum |
-//! | `nvrtc.rs` | run-time compilation of the embedded sources |
+//! | `residual.rs` | fused bias + dropout + residual, its one-pass backward, and the bias gradient's column sum |
+//! | `nvrtc.rs` | run-time compilation of the embedded sources (cubin or PTX) |
 //!
 //! It depends only on the leaf modules (`plan`, `mask`, `element`, `error`), never on
 //! `functional` or the CPU backend.
@@ -34,7 +37,5 @@ pub(crate) mod residual;
 
 pub use buffer::CudaBuffer;
 pub(crate) use buffer::Forward;
-pub(crate) use buffer::{download_u32, CudaOperand};
+pub(crate) use buffer::{download_u32, CudaOperand, MaskSlice};
 pub use device::{embedded_ptx, kernels_built, CudaDevice};
-/// Packed keep bits on a device.
-pub(crate) type MaskSlice = cudarc::driver::CudaSlice<u32>;

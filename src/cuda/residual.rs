@@ -1,9 +1,12 @@
 //! The fused `bias_dropout_residual_fwd_<T>` (out = residual + dropout(x + bias) in one
-//! pass) and the two column-sum kernels of its bias gradient.
+//! pass), the two column-sum kernels of its bias gradient, and its backward
+//! `bias_dropout_residual_bwd_<T>` (dx and the column sums' block partials in one pass over
+//! the upstream gradient, then `column_sum_finish_<T>`).
 
 use super::buffer::{CudaBuffer, CudaOperand, Forward};
 use super::device::CudaDevice;
-use super::kernels::BIAS_DROPOUT_RESIDUAL;
+use super::dropout::SavedMask;
+use super::kernels::{BIAS_DROPOUT_RESIDUAL, BIAS_DROPOUT_RESIDUAL_BWD};
 use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, PER_THREAD};
 use crate::element::Element;
 use crate::error::Result;
@@ -132,11 +135,91 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
         .arg(&block_rows);
     // One thread per (block, column) pair.
     launch(dev, args, blocks * h * PER_THREAD, &name)?;
+    queue_column_finish::<T>(dev, p_ptr, out_ptr, blocks, h)
+}
+
+/// `column_sum_finish_<T>`: out[c] = round_T(the f64 sum of the `blocks` partial sums of
+/// column c, in block order).
+fn queue_column_finish<T: Element>(
+    dev: &CudaDevice,
+    p_ptr: u64,
+    out_ptr: u64,
+    blocks: u64,
+    h: u64,
+) -> Result<()> {
     let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "column_sum_finish")?;
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&p_ptr).arg(&out_ptr).arg(&blocks).arg(&h);
     // One thread per column.
     launch(dev, args, h * PER_THREAD, &name)
+}
+
+/// The backward of the fused layer for the upstream gradient `dy` of `rows x hidden`
+/// elements: (dx, bias gradient). `bias_dropout_residual_bwd_<T>` writes dx (kept ? dy *
+/// scale : +0 through the saved mask) and, in the same pass, the f64 block partial sums of
+/// dx's columns, so dx is never read back; `column_sum_finish_<T>` adds them up. The same
+/// adds as [`column_sum`] over dx, hence the same bits. No host sync.
+pub(crate) fn backward<T: Element>(
+    dy: &CudaBuffer<T>,
+    saved: SavedMask<'_>,
+    prob: &Probability,
+    scale: T::Compute,
+    hidden: usize,
+) -> Result<(CudaBuffer<T>, CudaBuffer<T>)> {
+    let _range = op_range("bias_dropout_residual_backward");
+    let dev = dy.device().clone();
+    let n = dy.len();
+    let mut dx = dev.alloc_uninit::<T>(n)?;
+    let mut db = dev.alloc_uninit::<T>(hidden)?;
+    if let Some(rows) = n.checked_div(hidden) {
+        let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
+        let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
+        let dyv = dy.view();
+        let (dy_ptr, _gy) = dyv.device_ptr(dev.stream());
+        let (dx_ptr, _gx) = dx.device_ptr_mut(dev.stream());
+        let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
+        let (db_ptr, _gb) = db.device_ptr_mut(dev.stream());
+        // Saved bits, or (null bits) the stream position to redraw the decisions from.
+        let (bits_ptr, _gk, draw) = match saved {
+            SavedMask::Bits(bits) => {
+                let (p, g) = bits.slice().device_ptr(dev.stream());
+                (
+                    p,
+                    Some(g),
+                    DkDraw::new(crate::plan::StreamPos::new(0, 0), prob),
+                )
+            }
+            SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob)),
+        };
+        let (rows, h, block_rows, blocks) = (
+            rows as u64,
+            hidden as u64,
+            COLUMN_SUM_BLOCK_ROWS as u64,
+            blocks as u64,
+        );
+        let (f, name) = kernel::<T>(
+            &dev,
+            &BIAS_DROPOUT_RESIDUAL_BWD,
+            "bias_dropout_residual_bwd",
+        )?;
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&dy_ptr)
+            .arg(&dx_ptr)
+            .arg(&bits_ptr)
+            .arg(&p_ptr)
+            .arg(&rows)
+            .arg(&h)
+            .arg(&block_rows)
+            .arg(&draw)
+            .arg(&scale);
+        // One thread per (block, column) pair.
+        launch(&dev, args, blocks * h * PER_THREAD, &name)?;
+        queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
+    }
+    Ok((
+        CudaBuffer::new(dev.clone(), dx, 0, n),
+        CudaBuffer::new(dev, db, 0, hidden),
+    ))
 }
 
 /// The bias gradient: the `hidden` column sums of `g` ([`queue_column_sum`]).

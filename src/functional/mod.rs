@@ -30,8 +30,8 @@ pub use alpha::alpha_dropout;
 pub use dropout::{dropout, dropout_backward};
 pub use grouped::grouped_dropout;
 pub use residual::{
-    bias_dropout_residual, bias_dropout_residual_backward, BiasDropoutResidualGrads,
-    BiasDropoutResidualState,
+    bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_owned,
+    BiasDropoutResidualGrads, BiasDropoutResidualState,
 };
 pub use state::DropoutState;
 

@@ -3,7 +3,7 @@
 
 use super::dispatch::{check_index_range, new_output, run_forward, ForwardOp, Operand};
 use super::dropout::dropout_backward;
-use super::state::{DropoutState, Saved};
+use super::state::{DropoutState, MaskBuffer, Saved};
 use crate::cpu;
 use crate::cuda;
 use crate::element::{to_compute_f64, Element};
@@ -31,7 +31,9 @@ impl BiasDropoutResidualState {
 pub struct BiasDropoutResidualGrads<T: Element> {
     /// d out / d x: the upstream gradient through the mask and scale.
     pub x: Tensor<T>,
-    /// d out / d residual: the upstream gradient itself.
+    /// d out / d residual: the upstream gradient itself (a copy of it from
+    /// [`bias_dropout_residual_backward`], the tensor passed in, moved, from
+    /// [`bias_dropout_residual_backward_owned`]).
     pub residual: Tensor<T>,
     /// d out / d bias: the column sums of `x`'s gradient over all rows, accumulated in f64
     /// in fixed blocks of rows (deterministic, the same bits on CPU and CUDA; outside the
@@ -169,13 +171,62 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
     Ok((out.output, BiasDropoutResidualState { dropout, hidden }))
 }
 
-/// Gradients of [`bias_dropout_residual`] for the upstream gradient `grad`.
+/// Gradients of [`bias_dropout_residual`] for the upstream gradient `grad`. The residual
+/// gradient is `grad` itself, so this copies it (one read and one write of the whole
+/// tensor); [`bias_dropout_residual_backward_owned`] hands `grad` over instead.
 pub fn bias_dropout_residual_backward<T: Element>(
     grad: &Tensor<T>,
     state: &BiasDropoutResidualState,
 ) -> Result<BiasDropoutResidualGrads<T>> {
-    let dx = dropout_backward(grad, &state.dropout)?;
-    let h = state.hidden;
+    let (x, bias) = input_gradients(grad, state)?;
+    Ok(BiasDropoutResidualGrads {
+        residual: grad.try_clone()?,
+        bias,
+        x,
+    })
+}
+
+/// [`bias_dropout_residual_backward`] taking the upstream gradient by value: it becomes
+/// the residual gradient as it is, with no copy (the same values, the same buffer).
+pub fn bias_dropout_residual_backward_owned<T: Element>(
+    grad: Tensor<T>,
+    state: &BiasDropoutResidualState,
+) -> Result<BiasDropoutResidualGrads<T>> {
+    let (x, bias) = input_gradients(&grad, state)?;
+    Ok(BiasDropoutResidualGrads {
+        residual: grad,
+        bias,
+        x,
+    })
+}
+
+/// The gradients of x and of the bias. On CUDA, with a mask saved there or a stream
+/// position, one kernel writes dx and the bias gradient's block sums together (dx is not
+/// read back); otherwise dx through the dropout backward, then its column sums. Both give
+/// the same bits.
+fn input_gradients<T: Element>(
+    grad: &Tensor<T>,
+    state: &BiasDropoutResidualState,
+) -> Result<(Tensor<T>, Tensor<T>)> {
+    const OP: &str = "bias_dropout_residual backward";
+    let (h, dropout) = (state.hidden, &state.dropout);
+    if let (Storage::Cuda(g), Decisions::Elementwise) = (&grad.storage, &dropout.decisions) {
+        let mask = match &dropout.saved {
+            Saved::Bits(MaskBuffer::Cuda(bits)) => Some(cuda::dropout::SavedMask::Bits(bits)),
+            Saved::Regenerate(pos) => Some(cuda::dropout::SavedMask::Regenerate(*pos)),
+            _ => None,
+        };
+        if let Some(mask) = mask {
+            dropout.check_grad(grad, OP)?;
+            let scale = to_compute_f64::<T>(dropout.grad_scale);
+            let (dx, db) = cuda::residual::backward(g, mask, &dropout.prob, scale, h)?;
+            return Ok((
+                Tensor::from_storage(Storage::Cuda(dx), grad.shape().to_vec()),
+                Tensor::from_storage(Storage::Cuda(db), vec![h]),
+            ));
+        }
+    }
+    let dx = dropout_backward(grad, dropout)?;
     let bias_storage = match &dx.storage {
         Storage::Cpu(g) => {
             let mut db = crate::alloc::zeroed::<T>(h)?;
@@ -184,9 +235,46 @@ pub fn bias_dropout_residual_backward<T: Element>(
         }
         Storage::Cuda(g) => Storage::Cuda(cuda::residual::column_sum(g, h)?),
     };
-    Ok(BiasDropoutResidualGrads {
-        residual: grad.try_clone()?,
-        bias: Tensor::from_storage(bias_storage, vec![h]),
-        x: dx,
-    })
+    Ok((dx, Tensor::from_storage(bias_storage, vec![h])))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owned_backward_hands_the_gradient_over_with_the_same_gradients() {
+        let (rows, h) = (300, 5);
+        let n = rows * h;
+        let x = Tensor::from_vec((0..n).map(|i| i as f32 * 0.25).collect(), &[rows, h]).unwrap();
+        let bias = Tensor::from_vec(vec![0.5f32, -1.0, 2.0, 0.0, 3.5], &[h]).unwrap();
+        let residual = Tensor::from_vec(vec![1.0f32; n], &[rows, h]).unwrap();
+        let grad =
+            Tensor::from_vec((0..n).map(|i| (i % 7) as f32 - 3.5).collect(), &[rows, h]).unwrap();
+        for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+            let pos = StreamPos::new(11, 3);
+            let (_, state) =
+                bias_dropout_residual(&x, &bias, &residual, 0.3, true, pos, mode).unwrap();
+            let copied = bias_dropout_residual_backward(&grad, &state).unwrap();
+            let moved_grad = grad.try_clone().unwrap();
+            let address = moved_grad.as_slice().unwrap().as_ptr();
+            let owned = bias_dropout_residual_backward_owned(moved_grad, &state).unwrap();
+            // The residual gradient is the very buffer passed in: no copy.
+            assert_eq!(owned.residual.as_slice().unwrap().as_ptr(), address);
+            assert_eq!(owned.residual.to_vec().unwrap(), grad.to_vec().unwrap());
+            assert_eq!(copied.residual.to_vec().unwrap(), grad.to_vec().unwrap());
+            assert_eq!(owned.x.to_vec().unwrap(), copied.x.to_vec().unwrap());
+            let bits = |t: &Tensor<f32>| {
+                t.to_vec()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(bits(&owned.bias), bits(&copied.bias));
+            // Some gradient was dropped and some kept, so the sums are not trivial.
+            let dx = owned.x.to_vec().unwrap();
+            assert!(dx.contains(&0.0) && dx.iter().any(|&v| v != 0.0));
+        }
+    }
 }

@@ -5,8 +5,9 @@ use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    bias_dropout_residual_backward, bias_dropout_residual_run, check_fused, new_output,
-    BiasDropoutResidualGrads, BiasDropoutResidualState, Operand,
+    bias_dropout_residual_backward, bias_dropout_residual_backward_owned,
+    bias_dropout_residual_run, check_fused, new_output, BiasDropoutResidualGrads,
+    BiasDropoutResidualState, Operand,
 };
 use crate::tensor::Tensor;
 
@@ -78,12 +79,23 @@ impl BiasDropoutResidual {
         bias_dropout_residual_run(x, bias, residual, &core.prob, core.training, pos, core.mode)
     }
 
-    /// Gradients for x, residual and bias from the upstream gradient.
+    /// Gradients for x, residual and bias from the upstream gradient. The residual
+    /// gradient is a copy of `grad`; [`Self::backward_owned`] avoids that copy.
     pub fn backward<T: Element>(
         &self,
         grad: &Tensor<T>,
         state: &BiasDropoutResidualState,
     ) -> Result<BiasDropoutResidualGrads<T>> {
         bias_dropout_residual_backward(grad, state)
+    }
+
+    /// [`Self::backward`] taking `grad` by value: it is returned as the residual gradient,
+    /// with no copy.
+    pub fn backward_owned<T: Element>(
+        &self,
+        grad: Tensor<T>,
+        state: &BiasDropoutResidualState,
+    ) -> Result<BiasDropoutResidualGrads<T>> {
+        bias_dropout_residual_backward_owned(grad, state)
     }
 }

@@ -37,6 +37,7 @@
 // The kernels, compiled unchanged.
 #include "../../kernels/alpha_dropout.cu"
 #include "../../kernels/bias_dropout_residual.cu"
+#include "../../kernels/bias_dropout_residual_bwd.cu"
 #include "../../kernels/dropout.cu"
 #include "../../kernels/grouped_dropout.cu"
 
@@ -220,6 +221,7 @@ const std::map<std::string, Kernel>& kernels() {
         DK_PER_DTYPE(bias_dropout_residual_fwd),
         DK_PER_DTYPE(column_sum_partial),
         DK_PER_DTYPE(column_sum_finish),
+        DK_PER_DTYPE(bias_dropout_residual_bwd),
         {"dropout_mask_bits", kernel(&dropout_mask_bits)},
     };
     return table;
