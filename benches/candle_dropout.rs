@@ -7,16 +7,43 @@
 //! DROPKIT_BENCH_SECONDS=0.2 cargo bench --features candle --bench candle_dropout
 //! ```
 //!
-//! Prints a table and one `RESULT impl=... op=candle_dropout_fwd ...` line per case, for
-//! scripts. GB/s counts the logical traffic of the op: n elements read and n written.
+//! Prints a table and one `RESULT impl=<dropkit|candle> op=candle_dropout_fwd ...` line per
+//! case, for scripts (`scripts/bench-cpu.sh` puts candle's beside dropkit's functional API
+//! and PyTorch). GB/s counts the logical traffic of the op: n elements read and n written.
+//! Environment: `DROPKIT_BENCH_SIZES` (exponents of 2, default `16,20,22`),
+//! `DROPKIT_BENCH_DTYPES` (default `f32,bf16,f16,f64`), `DROPKIT_BENCH_SECONDS`.
 
 use candle_core::{DType, Device, Tensor};
 use dropkit::functional::StreamPos;
 use std::time::{Duration, Instant};
 
+mod common;
+use common::list;
+
 const P: f64 = 0.1;
-const SIZES: [usize; 3] = [1 << 16, 1 << 20, 1 << 22];
-const DTYPES: [DType; 4] = [DType::F32, DType::BF16, DType::F16, DType::F64];
+
+/// Sizes from `DROPKIT_BENCH_SIZES` (exponents of 2); unreadable entries are skipped.
+fn sizes() -> Vec<usize> {
+    list("DROPKIT_BENCH_SIZES", "16,20,22")
+        .iter()
+        .filter_map(|e| e.parse::<u32>().ok().filter(|&e| e < 40))
+        .map(|e| 1usize << e)
+        .collect()
+}
+
+/// Dtypes from `DROPKIT_BENCH_DTYPES`; unknown names are skipped.
+fn dtypes() -> Vec<DType> {
+    list("DROPKIT_BENCH_DTYPES", "f32,bf16,f16,f64")
+        .iter()
+        .filter_map(|d| match d.as_str() {
+            "f32" => Some(DType::F32),
+            "bf16" => Some(DType::BF16),
+            "f16" => Some(DType::F16),
+            "f64" => Some(DType::F64),
+            _ => None,
+        })
+        .collect()
+}
 
 /// Time spent per case; at least MIN_REPS timed runs whatever the budget.
 fn budget() -> Duration {
@@ -86,8 +113,8 @@ fn bench_device(dev: &Device, label: &str) -> candle_core::Result<()> {
         "{:>6} {:>9} | {:>12} {:>8} | {:>12} {:>8} | {:>7}",
         "dtype", "n", "dropkit s", "GB/s", "candle s", "GB/s", "speedup"
     );
-    for dtype in DTYPES {
-        for n in SIZES {
+    for dtype in dtypes() {
+        for &n in &sizes() {
             let x = Tensor::randn(0f32, 1f32, n, &Device::Cpu)?
                 .to_dtype(dtype)?
                 .to_device(dev)?;

@@ -8,7 +8,9 @@
 //!   preallocated buffers; the reference is `copy_from_slice` into a preallocated Vec.
 //!
 //! Ops: `fwd_bits` (forward saving packed bits), `fwd_regen` (forward saving nothing),
-//! `bwd_bits` (backward from the bits), `bwd_regen` (backward regenerating the mask), `copy`.
+//! `bwd_bits` (backward from the bits), `bwd_regen` (backward regenerating the mask), `copy`;
+//! `func` also times `layer_fwd` (`Dropout::forward`, the layer users hold, saving bits) and
+//! `raw` `fwd_inplace` (the forward over its own output, saving nothing).
 //! Throughput counts the bytes that must move: read x + write y, plus the packed mask
 //! (4 * ceil(n / 32) bytes) where it is written or read.
 //!
@@ -24,22 +26,15 @@ use dropkit::cpu::{self, Source};
 use dropkit::element::to_compute_f64;
 use dropkit::functional::{dropout, dropout_backward};
 use dropkit::mask::{mask_words, Probability};
-use dropkit::{Element, MaskMode, StreamPos, Tensor};
+use dropkit::{Dropout, Element, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::time::Duration;
 
+mod common;
+use common::list;
+
 const SEED: u64 = 0x5EED;
 const OFFSET: u64 = 7;
-
-/// Comma-separated list from `var`, or `default`.
-fn list(var: &str, default: &str) -> Vec<String> {
-    std::env::var(var)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
 
 fn sizes() -> Vec<usize> {
     list("DROPKIT_BENCH_SIZES", "16,20,24")
@@ -105,6 +100,11 @@ fn bench_func<T: Element>(c: &mut Criterion, p: f64) {
         group.bench_function(BenchmarkId::new("fwd_regen", n), |b| {
             b.iter(|| dropout(black_box(&x), p, true, pos, MaskMode::Regenerate).unwrap())
         });
+        let layer = Dropout::new(p).unwrap();
+        group.throughput(Throughput::Bytes(bytes::<T>(n, true)));
+        group.bench_function(BenchmarkId::new("layer_fwd", n), |b| {
+            b.iter(|| layer.forward(black_box(&x)).unwrap())
+        });
 
         let (_, bits_state) = dropout(&x, p, true, pos, MaskMode::Bits).unwrap();
         group.throughput(Throughput::Bytes(bytes::<T>(n, true)));
@@ -153,6 +153,11 @@ fn bench_raw<T: Element>(c: &mut Criterion, p: f64) {
                 let src = Source::Slice(black_box(&x[..]));
                 cpu::dropout::forward(src, &mut y, None, pos, &prob, scale);
             })
+        });
+        y.copy_from_slice(&x);
+        group.throughput(Throughput::Bytes(bytes::<T>(n, false)));
+        group.bench_function(BenchmarkId::new("fwd_inplace", n), |b| {
+            b.iter(|| cpu::dropout::forward(Source::Output, &mut y, None, pos, &prob, scale))
         });
         // `bits` now holds the real mask of (SEED, OFFSET).
         cpu::dropout::forward(

@@ -620,7 +620,7 @@ fn run_fused_case<T: Element>(
 ) -> Res<()> {
     let dtype = T::DTYPE.name();
     let h = cfg.hidden;
-    if n % h != 0 {
+    if !n.is_multiple_of(h) {
         println!("# skipped fused dtype={dtype} n={n}: n is not a multiple of H={h}");
         return Ok(());
     }

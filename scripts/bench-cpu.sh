@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench-cpu.sh: dropkit's CPU benchmark (benches/cpu_dropout.rs, criterion) and the PyTorch
-# CPU baseline (benches/torch_baseline.py --device cpu), back to back on the same machine,
-# then scripts/compare.py's ratio tables. Installs nothing.
+# bench-cpu.sh: dropkit's CPU benchmark (benches/cpu_dropout.rs, criterion), the PyTorch
+# CPU baseline (benches/torch_baseline.py --device cpu) and candle's dropout
+# (benches/candle_dropout.rs, `candle` feature), back to back on the same machine, then
+# scripts/compare.py's tables with dropkit, PyTorch and candle side by side. Installs nothing.
 #
 # Usage: scripts/bench-cpu.sh [LOG_DIR]        (default docs/bench-logs/cpu-<date>)
 #
@@ -12,14 +13,17 @@
 #   DROPKIT_BENCH_DTYPES  dtypes, both sides (default f32,bf16,f16,f64)
 #   CRITERION_ARGS        criterion options, e.g. "--warm-up-time 1 --measurement-time 2"
 #   TORCH_ARGS            extra torch_baseline.py options, e.g. "--iters 5"
-#   SKIP_TORCH=1          dropkit only
+#   SKIP_TORCH=1          no PyTorch baseline
+#   SKIP_CANDLE=1         no candle baseline (it builds dropkit with the candle feature)
+#   DROPKIT_CPU_SIMD      dropkit's instruction set (scalar, avx2, avx512; default: the best)
 # Thread counts are the defaults of both (rayon and torch: all cores); RAYON_NUM_THREADS and
 # OMP_NUM_THREADS / torch's own settings pass through if set.
 #
 # Writes into LOG_DIR: machine.txt, criterion.log (cargo bench output), dropkit-func.txt and
 # dropkit-raw.txt (RESULT lines of each API, impl=dropkit), dropkit-all.txt (both, raw as
-# impl=dropkit-raw), torch-cpu.txt, compare-func.md and compare-raw.md. Exits non-zero if the
-# dropkit bench fails; a failing torch run is reported and the tables show '-' for it.
+# impl=dropkit-raw), torch-cpu.txt, candle-cpu.txt, compare-func.md (with the ratio targets)
+# and compare-raw.md (with the % of copy targets). Exits non-zero if the dropkit bench fails;
+# a failing torch or candle run is reported and the tables show '-' for it.
 set -euo pipefail
 
 script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -44,7 +48,8 @@ say "machine -> $log_dir/machine.txt"
     echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty)')"
     echo "host: $(uname -srm)"
     lscpu 2>/dev/null | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|L[123])' || true
-    echo "simd: $(grep -m1 -ow -E 'avx2|f16c|avx512f|avx512bw|avx512_bf16' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
+    echo "simd: $(grep -m1 -ow -E 'avx2|f16c|avx512f|avx512bw|avx512vl|avx512_bf16|avx512_fp16' /proc/cpuinfo 2>/dev/null | sort -u | tr '\n' ' ')"
+    echo "DROPKIT_CPU_SIMD=${DROPKIT_CPU_SIMD:-unset (best available)} DROPKIT_CPU_CACHE_MB=${DROPKIT_CPU_CACHE_MB:-unset (256)}"
     echo "nproc: $(nproc 2>/dev/null || echo '?')"
     echo "loadavg at start: $(cat /proc/loadavg 2>/dev/null || echo '?')"
     rustc --version 2>/dev/null || true
@@ -77,14 +82,27 @@ else
     echo "loadavg after torch: $(cat /proc/loadavg 2>/dev/null || echo '?')" >>"$log_dir/machine.txt"
 fi
 
-for api in func raw; do
-    "$python" scripts/compare.py "$log_dir/dropkit-$api.txt" "$torch_out" >"$log_dir/compare-$api.md"
-done
+candle_out="$log_dir/candle-cpu.txt"
+if [ "${SKIP_CANDLE:-0}" = 1 ]; then
+    say "candle: skipped (SKIP_CANDLE=1)"
+    : >"$candle_out"
+else
+    say "candle: cargo bench --features candle --bench candle_dropout -> $candle_out"
+    if ! cargo bench --features candle --bench candle_dropout 2>&1 | tee "$candle_out"; then
+        say "candle baseline failed"
+    fi
+    echo "loadavg after candle: $(cat /proc/loadavg 2>/dev/null || echo '?')" >>"$log_dir/machine.txt"
+fi
+
+"$python" scripts/compare.py --targets ratios "$log_dir/dropkit-func.txt" "$torch_out" \
+    "$candle_out" >"$log_dir/compare-func.md"
+"$python" scripts/compare.py --targets copy "$log_dir/dropkit-raw.txt" "$torch_out" \
+    "$candle_out" >"$log_dir/compare-raw.md"
 echo
-echo "# dropkit functional API (allocates outputs, like torch) vs torch, CPU"
+echo "# dropkit functional API (allocates outputs, like torch and candle) vs torch and candle, CPU"
 echo "# % copy: against x.to_vec() (allocate + copy)"
 cat "$log_dir/compare-func.md"
-echo "# dropkit backend into preallocated buffers vs torch, CPU"
+echo "# dropkit backend into preallocated buffers vs torch and candle, CPU"
 echo "# % copy: against copy_from_slice into a preallocated Vec"
 cat "$log_dir/compare-raw.md"
 say "logs in $log_dir"

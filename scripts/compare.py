@@ -24,7 +24,19 @@ torch_F_feature_alpha_dropout, droppath_fwd_* -> torch_droppath, channel_bwd_bit
 droppath_bwd_bits -> torch_native_dropout_bwd (torch's backward of any of them is that
 elementwise multiply), colsum -> torch_colsum.
 The fused family's lines on both sides count the bytes the fused op must move, so their
-GB/s compare directly.
+GB/s compare directly. The CPU bench's layer_fwd (Dropout::forward) and fwd_inplace map to
+torch_F_dropout.
+
+candle (benches/candle_dropout.rs, RESULT impl=candle op=candle_dropout_fwd): when a
+device has such lines, the main table gets two more columns, candle's time for the
+forwards and candle/ours (> 1: dropkit is faster).
+
+--targets adds a table of the CPU issue's targets for f32, bf16 and f16: `--targets
+ratios` (for the functional API's results): every forward at least TARGET_RATIO (20) times
+faster than torch's F.dropout (native_dropout for fwd_bits) and than candle's dropout, and
+bwd_bits than native_dropout_backward; `--targets copy` (for the raw API's results): the
+forwards into existing buffers (fwd_regen, fwd_bits, fwd_inplace) at least COPY_TARGET
+(85) % of copy's GB/s.
 
 After the main table, a device with fused forward results gets a second table for the
 issue's target: the fused forward at least FUSED_TARGET (1.5) times faster than PyTorch's
@@ -62,6 +74,8 @@ TORCH_FOR = {
     "threepass_fwd_bits": TORCH_3PASS,
     "threepass_fwd_regen": TORCH_3PASS,
     "fused_bwd": "torch_bias_dropout_residual_bwd",
+    "layer_fwd": "torch_F_dropout",
+    "fwd_inplace": "torch_F_dropout",
     "alpha_fwd_bits": "torch_F_alpha_dropout",
     "alpha_fwd_regen": "torch_F_alpha_dropout",
     "channel_fwd_bits": "torch_F_dropout1d",
@@ -73,6 +87,15 @@ TORCH_FOR = {
     "droppath_bwd_bits": "torch_native_dropout_bwd",
     "colsum": "torch_colsum",
 }
+OUR_OPS[2:2] = ["layer_fwd", "fwd_inplace"]
+# candle's training forward, beside each of our forwards.
+CANDLE_IMPL = "candle"
+CANDLE_OP = "candle_dropout_fwd"
+CANDLE_FOR = {"fwd_bits", "fwd_regen", "layer_fwd", "fwd_inplace"}
+# The CPU issue's targets (--targets).
+TARGET_DTYPES = ("f32", "bf16", "f16")
+TARGET_RATIO = 20.0
+COPY_TARGET = 85.0
 # The fused forwards held to the issue's target, and dropkit's own three passes for each.
 FUSED_FWD = {"fused_fwd_bits": "threepass_fwd_bits", "fused_fwd_regen": "threepass_fwd_regen"}
 FUSED_TARGET = 1.5
@@ -83,6 +106,9 @@ OPTIONAL_OPS = set(FUSED_FWD.values()) | {
     "alpha_fwd_bits", "alpha_fwd_regen", "channel_fwd_bits", "channel_fwd_regen",
     "channel_bwd_bits", "feature_alpha_fwd_bits", "droppath_fwd_bits", "droppath_fwd_regen",
     "droppath_bwd_bits", "colsum"}
+# Ops that one API of the CPU bench runs and the other does not (layer_fwd: func,
+# fwd_inplace: raw).
+OPTIONAL_OPS |= {"layer_fwd", "fwd_inplace"}
 COPY_OP = "copy"
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
 REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")
@@ -188,9 +214,12 @@ def render(results: dict) -> str:
         pairs = sorted({(k[3], k[4]) for k in results if k[2] == device},
                        key=lambda dn: (dtype_key(dn[0]), dn[1]))
         out.append(f"## device: {device}\n")
+        has_candle = any(k[0] == CANDLE_IMPL and k[2] == device for k in results)
+        extra_head = " candle time | candle/ours |" if has_candle else ""
+        extra_rule = "---:|---:|" if has_candle else ""
         out.append("| dtype | n | op | time | GB/s | % copy | torch op | torch time | "
-                   "torch GB/s | torch % copy | torch/ours |")
-        out.append("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
+                   "torch GB/s | torch % copy | torch/ours |" + extra_head)
+        out.append("|---|---:|---|---:|---:|---:|---|---:|---:|---:|---:|" + extra_rule)
         rows = 0
         for dtype, n in pairs:
             for op in OUR_OPS:
@@ -210,7 +239,8 @@ def render(results: dict) -> str:
                     f"| {dtype} | {fmt_n(n)} | {op if ours else op + ' (missing)'} | "
                     f"{fmt_time(o_t)} | {fmt_num(o_g, '.1f')} | {fmt_num(o_pct, '.1f')} | "
                     f"{top if theirs else '-'} | {fmt_time(t_t)} | {fmt_num(t_g, '.1f')} | "
-                    f"{fmt_num(t_pct, '.1f')} | {fmt_num(ratio, '.2f')} |")
+                    f"{fmt_num(t_pct, '.1f')} | {fmt_num(ratio, '.2f')} |"
+                    + (candle_cells(results, op, device, dtype, n, o_t) if has_candle else ""))
                 rows += 1
         if rows == 0:
             out.append("| - | - | - | - | - | - | - | - | - | - | - |")
@@ -230,6 +260,55 @@ def render(results: dict) -> str:
                 out.append(f"| {d} | {fmt_n(n)} | {fmt_num(oc['gbps'] if oc else None, '.1f')} "
                            f"| {fmt_num(tc['gbps'] if tc else None, '.1f')} |")
         out.append("")
+    return "\n".join(out) + "\n"
+
+
+def candle_time(results, device, dtype, n):
+    c = results.get((CANDLE_IMPL, CANDLE_OP, device, dtype, n))
+    return c["median_s"] if c else None
+
+
+def candle_cells(results, op, device, dtype, n, our_time) -> str:
+    """The candle columns of one row: candle's forward time and candle/ours."""
+    c_t = candle_time(results, device, dtype, n) if op in CANDLE_FOR else None
+    ratio = c_t / our_time if (c_t is not None and our_time) else None
+    return f" {fmt_time(c_t)} | {fmt_num(ratio, '.2f')} |"
+
+
+def render_targets(results: dict, kind: str) -> str:
+    """The CPU issue's targets: ratios to torch and candle, or % of copy."""
+    title = (f">= {TARGET_RATIO:g}x torch and candle" if kind == "ratios"
+             else f">= {COPY_TARGET:g}% of copy")
+    out = [f"## Targets: {title}\n",
+           "| device | dtype | n | op | against | ratio or % | target | met |",
+           "|---|---|---:|---|---|---:|---:|---|"]
+    met = total = 0
+    for (impl, op, device, dtype, n), r in sorted(
+            results.items(), key=lambda kv: (kv[0][2], dtype_key(kv[0][3]), kv[0][4],
+                                             OUR_OPS.index(kv[0][1])
+                                             if kv[0][1] in OUR_OPS else 99)):
+        if impl != OUR_IMPL or dtype not in TARGET_DTYPES or op not in OUR_OPS:
+            continue
+        checks = []
+        if kind == "ratios" and op in ("fwd_regen", "fwd_bits", "layer_fwd", "bwd_bits"):
+            torch = results.get((TORCH_IMPL, TORCH_FOR[op], device, dtype, n))
+            if torch:
+                checks.append((TORCH_FOR[op], torch["median_s"] / r["median_s"], TARGET_RATIO))
+            c_t = candle_time(results, device, dtype, n) if op in CANDLE_FOR else None
+            if c_t is not None:
+                checks.append(("candle " + CANDLE_OP, c_t / r["median_s"], TARGET_RATIO))
+        if kind == "copy" and op in ("fwd_regen", "fwd_bits", "fwd_inplace"):
+            pct = pct_of_copy(results, OUR_IMPL, device, dtype, n, r["gbps"])
+            if pct is not None:
+                checks.append(("% of copy", pct, COPY_TARGET))
+        for against, value, target in checks:
+            ok = value >= target
+            total += 1
+            met += ok
+            out.append(f"| {device} | {dtype} | {fmt_n(n)} | {op} | {against} | "
+                       f"{fmt_num(value, '.1f')} | {target:g} | {'yes' if ok else '**no**'} |")
+    out.append("")
+    out.append(f"Met in {met} of {total} checks.")
     return "\n".join(out) + "\n"
 
 
@@ -279,8 +358,14 @@ def render_fused(results: dict, device: str, pairs) -> list[str]:
 def main() -> int:
     ap = argparse.ArgumentParser(description="markdown comparison of dropkit vs torch RESULT lines")
     ap.add_argument("files", nargs="*", help="files with RESULT lines ('-' or none: stdin)")
+    ap.add_argument("--targets", choices=("ratios", "copy"),
+                    help="also print the CPU issue's targets: ratios to torch and candle, "
+                         "or %% of copy")
     args = ap.parse_args()
-    sys.stdout.write(render(read_results(args.files)))
+    results = read_results(args.files)
+    sys.stdout.write(render(results))
+    if args.targets:
+        sys.stdout.write("\n" + render_targets(results, args.targets))
     return 0
 
 

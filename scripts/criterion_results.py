@@ -27,7 +27,8 @@ import os
 import sys
 
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
-OP_ORDER = {"fwd_bits": 0, "fwd_regen": 1, "bwd_bits": 2, "bwd_regen": 3, "copy": 4}
+OP_ORDER = {"fwd_bits": 0, "fwd_regen": 1, "layer_fwd": 2, "fwd_inplace": 3, "bwd_bits": 4, "bwd_regen": 5,
+            "copy": 6}
 APIS = ("func", "raw")
 
 

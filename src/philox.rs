@@ -5,10 +5,10 @@
 //! structure-of-arrays form; all produce the same bits. `kernels/philox.cuh` is the device
 //! twin.
 
-const M0: u32 = 0xD251_1F53;
-const M1: u32 = 0xCD9E_8D57;
-const W0: u32 = 0x9E37_79B9;
-const W1: u32 = 0xBB67_AE85;
+pub(crate) const M0: u32 = 0xD251_1F53;
+pub(crate) const M1: u32 = 0xCD9E_8D57;
+pub(crate) const W0: u32 = 0x9E37_79B9;
+pub(crate) const W1: u32 = 0xBB67_AE85;
 
 /// One Philox4x32-10 block: ten rounds, the key bumped between rounds.
 #[inline]
@@ -55,13 +55,13 @@ pub fn random_word(seed: u64, offset: u64, i: u64) -> u32 {
 /// The 32 random words of decisions `4 * first_group .. 4 * first_group + 32`, in order.
 ///
 /// Eight blocks advance together. On x86_64 CPUs with AVX2 this runs AVX2 intrinsics (the
-/// check is a cached flag); elsewhere the portable [`words32_portable`]. Both produce
+/// check is a cached flag; `DROPKIT_CPU_SIMD=scalar` turns it off); elsewhere the portable [`words32_portable`]. Both produce
 /// the same bits as eight calls of [`philox4x32_10`] (tested below).
 #[inline(always)]
 pub fn words32(seed: u64, offset: u64, first_group: u64) -> [u32; 32] {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") {
+        if crate::cpu::simd::avx2() {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { x86::words32_avx2(seed, offset, first_group) };
         }

@@ -237,13 +237,24 @@ impl<T: Element> Tensor<T> {
     }
 
     /// Gives the cudarc buffer back with the element the tensor starts at.
-    pub fn into_cuda_slice(self) -> Result<(cudarc::driver::CudaSlice<T>, usize)> {
-        match self.storage {
+    pub fn into_cuda_slice(mut self) -> Result<(cudarc::driver::CudaSlice<T>, usize)> {
+        // Tensor has a Drop impl, so the storage is swapped out rather than moved.
+        match std::mem::replace(&mut self.storage, Storage::Cpu(Vec::new())) {
             Storage::Cuda(b) => Ok(b.into_parts()),
             Storage::Cpu(_) => Err(Error::Unsupported {
                 op: "into_cuda_slice",
                 device: "cpu".into(),
             }),
+        }
+    }
+}
+
+/// A CPU tensor's buffer goes to [`crate::cpu::recycle`], for the next output of its size.
+impl<T: Element> Drop for Tensor<T> {
+    fn drop(&mut self) {
+        match &mut self.storage {
+            Storage::Cpu(v) => crate::cpu::recycle::give(std::mem::take(v)),
+            Storage::Cuda(_) => {}
         }
     }
 }

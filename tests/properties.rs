@@ -972,7 +972,7 @@ fn check_backward<T: RefFloat, U: RefFloat>(
             }
         }
         GradFault::Shape => {
-            let shape = if case.salt % 2 == 0 {
+            let shape = if case.salt.is_multiple_of(2) {
                 [case.shape.as_slice(), &[1]].concat()
             } else {
                 vec![n + 1]

@@ -186,7 +186,7 @@ fn fused<T: RefFloat>(n: usize, index_base: u64) {
     let p = 0.25;
     let t = spec_ref::threshold(p);
     for hidden in [1usize, 3, 32, 33] {
-        if n % hidden != 0 {
+        if !n.is_multiple_of(hidden) {
             continue;
         }
         let shape = [n / hidden, hidden];

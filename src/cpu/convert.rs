@@ -12,8 +12,8 @@ pub(crate) fn f16_to_f32_block(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if std::is_x86_feature_detected!("f16c") {
-                // SAFETY: the CPU supports F16C, checked just above.
+            if crate::cpu::simd::avx2() {
+                // SAFETY: the CPU supports F16C (part of the AVX2 level), checked just above.
                 unsafe { f16c::widen32(s, d) };
                 return;
             }
@@ -29,8 +29,8 @@ pub(crate) fn f32_to_f16_block(src: &[f32], dst: &mut [f16]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if std::is_x86_feature_detected!("f16c") {
-                // SAFETY: the CPU supports F16C, checked just above.
+            if crate::cpu::simd::avx2() {
+                // SAFETY: the CPU supports F16C (part of the AVX2 level), checked just above.
                 unsafe { f16c::narrow32(s, d) };
                 return;
             }
@@ -46,7 +46,7 @@ pub(crate) fn bf16_to_f32_block(src: &[bf16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if std::is_x86_feature_detected!("avx2") {
+            if crate::cpu::simd::avx2() {
                 // SAFETY: the CPU supports AVX2, checked just above.
                 unsafe { bf16_avx2::widen32(s, d) };
                 return;
@@ -64,7 +64,7 @@ pub(crate) fn f32_to_bf16_block(src: &[f32], dst: &mut [bf16]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if std::is_x86_feature_detected!("avx2") {
+            if crate::cpu::simd::avx2() {
                 // SAFETY: the CPU supports AVX2, checked just above.
                 unsafe { bf16_avx2::narrow32(s, d) };
                 return;

@@ -29,6 +29,25 @@ pub(crate) fn forward_with<T: Element>(
     prob: &Probability,
     op: Kept<T::Compute>,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::SimdLevel::Avx512 && super::avx512::has_kernel::<T>() {
+        let keep = super::avx512::Regenerate::new(pos.seed, pos.offset, pos.index_base, prob);
+        // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
+        unsafe { super::avx512::map_elementwise_any(x, y, bits, &keep, op) };
+        return;
+    }
+    forward_words(x, y, bits, pos, prob, op);
+}
+
+/// [`forward_with`] through the generic word driver (portable or AVX2 code).
+pub(crate) fn forward_words<T: Element>(
+    x: Source<'_, T>,
+    y: &mut [T],
+    bits: Option<&mut [u32]>,
+    pos: StreamPos,
+    prob: &Probability,
+    op: Kept<T::Compute>,
+) {
     with_kept!(op, |kept_map, dropped| map_words(
         [x],
         y,
@@ -50,6 +69,23 @@ pub(crate) fn forward_with<T: Element>(
 
 /// dx = bit ? dy * s : +0, from packed keep bits (bit i of the mask is element i).
 pub fn backward_bits<T: Element>(dy: Source<'_, T>, dx: &mut [T], bits: &[u32], scale: T::Compute) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::SimdLevel::Avx512 && super::avx512::has_kernel::<T>() {
+        let keep = super::avx512::Saved(bits);
+        // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
+        unsafe { super::avx512::map_elementwise_any(dy, dx, None, &keep, Kept::Scale(scale)) };
+        return;
+    }
+    backward_bits_words(dy, dx, bits, scale);
+}
+
+/// [`backward_bits`] through the generic word driver (portable or AVX2 code).
+pub(crate) fn backward_bits_words<T: Element>(
+    dy: Source<'_, T>,
+    dx: &mut [T],
+    bits: &[u32],
+    scale: T::Compute,
+) {
     let zero = <T::Compute as ComputeFloat>::ZERO;
     map_words(
         [dy],

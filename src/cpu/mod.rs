@@ -5,25 +5,45 @@
 //! cores with rayon, widens inputs to the compute type and narrows outputs once. Because
 //! each word depends only on its index, the bits do not depend on the thread count.
 
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
 pub(crate) mod convert;
 pub mod dropout;
 pub mod grouped;
+pub mod recycle;
 pub mod residual;
+pub mod simd;
 
 use crate::element::{ComputeFloat, Element};
 
-/// A zeroed output of `n` elements for a forward or backward to overwrite, or
-/// [`crate::error::Error::OutOfMemory`] when the allocator refuses it.
+/// An output of `n` elements for a forward or backward to overwrite, or
+/// [`crate::error::Error::OutOfMemory`] when the allocator refuses it. Every element is +0.0
+/// or a stale value of a recycled buffer, so callers must write them all.
 ///
-/// Zeroed allocation (calloc) leaves fresh pages unwritten, so the kernel touches them
-/// first. On small VMs those page faults can cost more than the dropout itself; asking
-/// Linux for transparent huge pages on the buffer (a hint, ignored where unsupported) cuts
-/// their number 512-fold.
+/// Large outputs come from [`recycle`] when a dropped tensor left one of this size there.
+/// Otherwise zeroed allocation (calloc) leaves fresh pages unwritten, so the kernel
+/// touches them first; on small VMs those page faults can cost more than the dropout
+/// itself, and asking Linux for transparent huge pages on the buffer (a hint, ignored where
+/// unsupported) cuts their number 512-fold.
 pub fn alloc_output<T: Element>(n: usize) -> crate::error::Result<Vec<T>> {
+    if let Some(v) = recycle::take(n) {
+        return Ok(v);
+    }
     let v = crate::alloc::zeroed::<T>(n)?;
     #[cfg(target_os = "linux")]
     advise_huge_pages(&v);
     Ok(v)
+}
+
+/// The packed mask of `n` decisions (one word per 32), for a forward to overwrite: zeros,
+/// or a recycled mask's stale words; [`crate::error::Error::OutOfMemory`] when the
+/// allocator refuses it.
+pub fn alloc_mask(n: usize) -> crate::error::Result<Vec<u32>> {
+    let words = crate::mask::mask_words(n);
+    match recycle::take(words) {
+        Some(v) => Ok(v),
+        None => crate::alloc::zeroed_words(words),
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -120,15 +140,28 @@ pub fn map_words<T, const K: usize, F>(
             debug_assert_eq!(s.len(), n, "backend called with mismatched lengths");
         }
     }
-    let run = |chunk_index: usize, out: &mut [T], bits: Option<&mut [u32]>| {
-        let start = chunk_index * CHUNK;
+    for_each_chunk(out, bits_out, |start, out, bits| {
         let chunk_inputs = inputs.map(|s| match s {
             Source::Slice(s) => Source::Slice(&s[start..start + out.len()]),
             Source::Output => Source::Output,
         });
         run_chunk_dispatch(start / 32, &chunk_inputs, out, bits, &word_fn);
-    };
-    if n <= CHUNK {
+    });
+}
+
+/// Up to this many elements a call runs on the calling thread: below it, waking the
+/// thread pool costs more than the other cores save.
+pub const SERIAL_MAX: usize = 1 << 16;
+
+/// Splits `out` (and its mask words, one per 32 elements) into chunks of whole words and
+/// runs `run(first_element, out_chunk, bits_chunk)` on each, on all cores for calls above
+/// [`SERIAL_MAX`] elements.
+pub(crate) fn for_each_chunk<T: Send>(
+    out: &mut [T],
+    bits_out: Option<&mut [u32]>,
+    run: impl Fn(usize, &mut [T], Option<&mut [u32]>) + Sync,
+) {
+    if out.len() <= SERIAL_MAX {
         run(0, out, bits_out);
         return;
     }
@@ -138,16 +171,16 @@ pub fn map_words<T, const K: usize, F>(
             .par_chunks_mut(CHUNK)
             .zip(bits.par_chunks_mut(CHUNK / 32))
             .enumerate()
-            .for_each(|(c, (o, b))| run(c, o, Some(b))),
+            .for_each(|(c, (o, b))| run(c * CHUNK, o, Some(b))),
         None => out
             .par_chunks_mut(CHUNK)
             .enumerate()
-            .for_each(|(c, o)| run(c, o, None)),
+            .for_each(|(c, o)| run(c * CHUNK, o, None)),
     }
 }
 
-/// Picks the widest instruction set the CPU has; the arithmetic (and so the bits) is the
-/// same either way, only the vector width changes.
+/// Picks the widest instruction set in use ([`simd::level`]); the arithmetic (and so the
+/// bits) is the same either way, only the vector width changes.
 fn run_chunk_dispatch<T, const K: usize, F>(
     first_word: usize,
     inputs: &[Source<'_, T>; K],
@@ -160,7 +193,7 @@ fn run_chunk_dispatch<T, const K: usize, F>(
 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("f16c") {
+        if simd::avx2() {
             // SAFETY: the CPU supports AVX2 and F16C, checked just above.
             unsafe { run_chunk_avx2(first_word, inputs, out, bits, word_fn) };
             return;

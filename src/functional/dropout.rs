@@ -11,7 +11,7 @@ use crate::cpu;
 use crate::cuda;
 use crate::element::{to_compute_f64, Element};
 use crate::error::Result;
-use crate::mask::{mask_words, Probability};
+use crate::mask::Probability;
 use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
 use crate::tensor::{Storage, Tensor};
 
@@ -51,7 +51,7 @@ struct Elementwise<'a> {
 impl<T: Element> ForwardOp<T> for Elementwise<'_> {
     fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
         let mut bits = match self.mode {
-            MaskMode::Bits => Some(crate::alloc::zeroed_words(mask_words(out.len()))?),
+            MaskMode::Bits => Some(cpu::alloc_mask(out.len())?),
             MaskMode::Regenerate => None,
         };
         let kept = self.kept.for_element::<T>();

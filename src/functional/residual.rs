@@ -8,7 +8,7 @@ use crate::cpu;
 use crate::cuda;
 use crate::element::{to_compute_f64, Element};
 use crate::error::{Error, Result};
-use crate::mask::{mask_words, Probability};
+use crate::mask::Probability;
 use crate::plan::{Decisions, MaskMode, StreamPos};
 use crate::tensor::{Storage, Tensor};
 
@@ -109,7 +109,7 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
         };
         let n = out.len();
         let mut bits = match self.mode {
-            MaskMode::Bits => Some(crate::alloc::zeroed_words(mask_words(n))?),
+            MaskMode::Bits => Some(cpu::alloc_mask(n)?),
             MaskMode::Regenerate => None,
         };
         let scale = to_compute_f64::<T>(self.prob.scale_f64());

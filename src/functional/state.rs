@@ -24,6 +24,16 @@ pub(crate) enum MaskBuffer {
     Cuda(cuda::MaskSlice),
 }
 
+/// A CPU mask goes to [`crate::cpu::recycle`], for the next mask of its size.
+impl Drop for MaskBuffer {
+    fn drop(&mut self) {
+        match self {
+            MaskBuffer::Cpu(v) => crate::cpu::recycle::give(std::mem::take(v)),
+            MaskBuffer::Cuda(_) => {}
+        }
+    }
+}
+
 impl MaskBuffer {
     fn to_vec(&self) -> Result<Vec<u32>> {
         match self {

@@ -1,0 +1,504 @@
+//! The elementwise CPU ops (dropout and alpha dropout forward, backward from bits) with
+//! AVX-512: the same arithmetic as the portable and AVX2 paths, so the same bits, on
+//! twice the vector width.
+//!
+//! Per 32-element mask word: Philox4x32-10 for the word's eight counter blocks runs in zmm
+//! registers (each 32-bit state word in the low half of a 64-bit lane, as the AVX2 path
+//! does, so a round is two `vpmuludq`, two shuffles and two three-way xors), the keep bits
+//! come straight out of an unsigned compare into a k-mask, and the elements are widened,
+//! mapped and selected under that mask. bf16 narrows with `vcvtneps2bf16` where the CPU
+//! has AVX-512 BF16: that instruction rounds to nearest even and quiets NaNs exactly as
+//! the spec (and `half`) do, but flushes f32 subnormal inputs to zero, so a vector holding
+//! a subnormal goes through the integer rounding instead. f16 converts with the AVX-512
+//! forms of the F16C instructions.
+//!
+//! Needs AVX-512 F, BW, VL and F16C ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
+
+use super::{for_each_chunk, Source};
+use crate::element::Element;
+use crate::mask::Probability;
+use crate::plan::Kept;
+use half::{bf16, f16};
+use std::any::TypeId;
+use std::arch::x86_64::*;
+
+/// True when bf16 outputs narrow in hardware (AVX-512 BF16).
+fn hardware_bf16() -> bool {
+    std::is_x86_feature_detected!("avx512bf16")
+}
+
+use crate::philox::{M0, M1, W0, W1};
+
+/// `vpshufd` control that swaps the two 32-bit halves of every 64-bit lane.
+const SWAP_HALVES: _MM_PERM_ENUM = 0b10_11_00_01;
+
+/// The 32 random words of decisions `4 * group .. 4 * group + 32` (eight Philox blocks),
+/// in decision order: words 0..16 in the first register, 16..32 in the second.
+///
+/// # Safety
+/// The CPU must support AVX-512 F; fast only when inlined into AVX-512 code.
+#[inline(always)]
+unsafe fn philox_blocks8(seed: u64, offset: u64, group: u64) -> [__m512i; 2] {
+    let m0 = _mm512_set1_epi64(i64::from(M0));
+    let m1 = _mm512_set1_epi64(i64::from(M1));
+    // Block i of the eight: counter (group + i, offset); each lane's high half is ignored
+    // by `vpmuludq`, so the 64-bit sum can serve as c0 directly.
+    let g = _mm512_add_epi64(
+        _mm512_set1_epi64(group as i64),
+        _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    let mut c0 = g;
+    let mut c1 = _mm512_srli_epi64::<32>(g);
+    let mut c2 = _mm512_set1_epi64((offset & 0xFFFF_FFFF) as i64);
+    let mut c3 = _mm512_set1_epi64((offset >> 32) as i64);
+    let (mut k0, mut k1) = (seed as u32, (seed >> 32) as u32);
+    for round in 0..10 {
+        if round > 0 {
+            k0 = k0.wrapping_add(W0);
+            k1 = k1.wrapping_add(W1);
+        }
+        let p0 = _mm512_mul_epu32(c0, m0);
+        let p1 = _mm512_mul_epu32(c2, m1);
+        // The high words moved to the low halves by swapping each lane's two halves: a
+        // shuffle (port 5) rather than a shift, which would queue behind the multiplies
+        // on port 0. 0x96: a ^ b ^ c.
+        c0 = _mm512_ternarylogic_epi64::<0x96>(
+            _mm512_shuffle_epi32::<SWAP_HALVES>(p1),
+            c1,
+            _mm512_set1_epi64(i64::from(k0)),
+        );
+        c2 = _mm512_ternarylogic_epi64::<0x96>(
+            _mm512_shuffle_epi32::<SWAP_HALVES>(p0),
+            c3,
+            _mm512_set1_epi64(i64::from(k1)),
+        );
+        c1 = p1;
+        c3 = p0;
+    }
+    // Low halves of (c0, c1) and of (c2, c3), interleaved per block, then the blocks'
+    // two 64-bit halves put side by side: words in decision order.
+    let pairs = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
+    let w01 = _mm512_permutex2var_epi32(c0, pairs, c1);
+    let w23 = _mm512_permutex2var_epi32(c2, pairs, c3);
+    [
+        _mm512_permutex2var_epi64(w01, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), w23),
+        _mm512_permutex2var_epi64(w01, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), w23),
+    ]
+}
+
+/// Where the keep bits of word `w` (elements 32w.. of the call) come from.
+pub(crate) trait KeepSource: Sync {
+    /// # Safety
+    /// The CPU must support AVX-512 F.
+    unsafe fn word(&self, w: usize) -> u32;
+}
+
+/// Regenerated from Philox: decision `index_base + i` for element i.
+pub(crate) struct Regenerate {
+    seed: u64,
+    offset: u64,
+    index_base: u64,
+    prob: Probability,
+}
+
+impl Regenerate {
+    pub(crate) fn new(seed: u64, offset: u64, index_base: u64, prob: &Probability) -> Self {
+        Self {
+            seed,
+            offset,
+            index_base,
+            prob: *prob,
+        }
+    }
+}
+
+impl KeepSource for Regenerate {
+    #[inline(always)]
+    /// # Safety
+    /// As [`KeepSource::word`].
+    unsafe fn word(&self, w: usize) -> u32 {
+        let first = self.index_base.wrapping_add(32 * w as u64);
+        if self.prob.drops_all() {
+            return 0;
+        }
+        if first & 3 != 0 {
+            // A shard that starts inside a Philox block: nine blocks per word, rare.
+            return crate::mask::keep_word(self.seed, self.offset, first, &self.prob);
+        }
+        // t < 2^32 here; u >= t keeps.
+        let t = _mm512_set1_epi32(self.prob.threshold() as u32 as i32);
+        let [lo, hi] = philox_blocks8(self.seed, self.offset, first >> 2);
+        let lo = _mm512_cmpge_epu32_mask(lo, t);
+        let hi = _mm512_cmpge_epu32_mask(hi, t);
+        u32::from(lo) | u32::from(hi) << 16
+    }
+}
+
+/// Read from a saved mask (one word per 32 elements).
+pub(crate) struct Saved<'a>(pub(crate) &'a [u32]);
+
+impl KeepSource for Saved<'_> {
+    #[inline(always)]
+    /// # Safety
+    /// As [`KeepSource::word`].
+    unsafe fn word(&self, w: usize) -> u32 {
+        self.0[w]
+    }
+}
+
+/// An element type's one mask word (32 elements) in AVX-512 registers.
+pub(crate) trait Avx512Element: Element {
+    /// Reads `len` (1..=32) elements at `x`, maps them by `op` where `keep` has a 1 and
+    /// writes the dropped value elsewhere, and stores `len` elements at `y` (which may be
+    /// `x`). Lanes past `len` are neither read nor written.
+    ///
+    /// # Safety
+    /// `x` and `y` valid for `len` elements; the CPU must support AVX-512 F, BW, VL, F16C,
+    /// and AVX-512 BF16 when `HW_BF16`.
+    unsafe fn word<const HW_BF16: bool>(
+        x: *const Self,
+        y: *mut Self,
+        len: usize,
+        keep: u32,
+        op: &Kept<Self::Compute>,
+    );
+}
+
+/// The lanes of a word below `len` (1..=32).
+#[inline(always)]
+fn live(len: usize) -> u32 {
+    if len >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << len) - 1
+    }
+}
+
+/// 16 f32 lanes through `op`, kept where `k` has a 1.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+unsafe fn map_ps(v: __m512, k: __mmask16, op: &Kept<f32>) -> __m512 {
+    match *op {
+        // The masked multiply writes +0 (all bits clear) in dropped lanes.
+        Kept::Scale(s) => _mm512_maskz_mul_ps(k, v, _mm512_set1_ps(s)),
+        Kept::Affine { a, b, dropped } => {
+            let kept = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(a)), _mm512_set1_ps(b));
+            _mm512_mask_blend_ps(k, _mm512_set1_ps(dropped), kept)
+        }
+    }
+}
+
+/// 8 f64 lanes through `op`, kept where `k` has a 1.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+unsafe fn map_pd(v: __m512d, k: __mmask8, op: &Kept<f64>) -> __m512d {
+    match *op {
+        Kept::Scale(s) => _mm512_maskz_mul_pd(k, v, _mm512_set1_pd(s)),
+        Kept::Affine { a, b, dropped } => {
+            let kept = _mm512_add_pd(_mm512_mul_pd(v, _mm512_set1_pd(a)), _mm512_set1_pd(b));
+            _mm512_mask_blend_pd(k, _mm512_set1_pd(dropped), kept)
+        }
+    }
+}
+
+/// The element types computed in f32: sixteen lanes load widened and store narrowed.
+trait Lanes16: Element<Compute = f32> {
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn load16(x: *const Self, lanes: __mmask16) -> __m512;
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn store16<const HW_BF16: bool>(y: *mut Self, lanes: __mmask16, r: __m512);
+}
+
+impl<T: Lanes16> Avx512Element for T {
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`].
+    unsafe fn word<const HW_BF16: bool>(
+        x: *const T,
+        y: *mut T,
+        len: usize,
+        keep: u32,
+        op: &Kept<f32>,
+    ) {
+        let m = live(len);
+        for half in 0..2 {
+            let (lanes, k) = ((m >> (16 * half)) as u16, (keep >> (16 * half)) as u16);
+            let r = map_ps(T::load16(x.add(16 * half), lanes), k, op);
+            T::store16::<HW_BF16>(y.add(16 * half), lanes, r);
+        }
+    }
+}
+
+impl Lanes16 for f32 {
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn load16(x: *const f32, lanes: __mmask16) -> __m512 {
+        _mm512_maskz_loadu_ps(lanes, x)
+    }
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn store16<const HW_BF16: bool>(y: *mut f32, lanes: __mmask16, r: __m512) {
+        _mm512_mask_storeu_ps(y, lanes, r)
+    }
+}
+
+impl Avx512Element for f64 {
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`].
+    unsafe fn word<const HW_BF16: bool>(
+        x: *const f64,
+        y: *mut f64,
+        len: usize,
+        keep: u32,
+        op: &Kept<f64>,
+    ) {
+        let m = live(len);
+        for quarter in 0..4 {
+            let (lanes, k) = ((m >> (8 * quarter)) as u8, (keep >> (8 * quarter)) as u8);
+            let v = _mm512_maskz_loadu_pd(lanes, x.add(8 * quarter));
+            _mm512_mask_storeu_pd(y.add(8 * quarter), lanes, map_pd(v, k, op));
+        }
+    }
+}
+
+impl Lanes16 for f16 {
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn load16(x: *const f16, lanes: __mmask16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, x as *const i16))
+    }
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn store16<const HW_BF16: bool>(y: *mut f16, lanes: __mmask16, r: __m512) {
+        // Round to nearest even, as F16C's form and `f16::from_f32`.
+        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(r);
+        _mm256_mask_storeu_epi16(y as *mut i16, lanes, h);
+    }
+}
+
+/// bf16 bits (in the low halves of 32-bit lanes) to f32, NaNs quieted as `half` does.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+unsafe fn widen_bf16(h: __m256i) -> __m512 {
+    let h = _mm512_cvtepu16_epi32(h);
+    let nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(h, _mm512_set1_epi32(0x7FFF)),
+        _mm512_set1_epi32(0x7F80),
+    );
+    let h = _mm512_mask_or_epi32(h, nan, h, _mm512_set1_epi32(0x40));
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h))
+}
+
+/// f32 to bf16 with integer operations: round to nearest even (add 0x7FFF plus the last
+/// kept bit, then truncate), a NaN keeps its top bits and gets the quiet bit.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL.
+unsafe fn narrow_bf16_integer(r: __m512) -> __m256i {
+    let x = _mm512_castps_si512(r);
+    let nan = _mm512_cmpgt_epu32_mask(
+        _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF)),
+        _mm512_set1_epi32(0x7F80_0000),
+    );
+    let top = _mm512_srli_epi32::<16>(x);
+    let last = _mm512_and_si512(top, _mm512_set1_epi32(1));
+    let biased = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7FFF)), last);
+    let rounded = _mm512_srli_epi32::<16>(biased);
+    let out = _mm512_mask_or_epi32(rounded, nan, top, _mm512_set1_epi32(0x40));
+    _mm512_cvtepi32_epi16(out)
+}
+
+/// f32 to bf16, the spec's rounding; `vcvtneps2bf16` when `HW_BF16`, except for vectors
+/// holding an f32 subnormal, which the instruction would flush to zero.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW and VL, and AVX-512 BF16 when `HW_BF16`.
+unsafe fn narrow_bf16<const HW_BF16: bool>(r: __m512) -> __m256i {
+    if HW_BF16 {
+        let x = _mm512_castps_si512(r);
+        let zero_exponent = _mm512_testn_epi32_mask(x, _mm512_set1_epi32(0x7F80_0000));
+        let subnormal = _mm512_mask_test_epi32_mask(zero_exponent, x, _mm512_set1_epi32(0x7F_FFFF));
+        if subnormal == 0 {
+            return hardware_narrow_bf16(r);
+        }
+    }
+    narrow_bf16_integer(r)
+}
+
+/// `vcvtneps2bf16`; a separate function so that its feature does not leak into callers.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F and AVX-512 BF16.
+unsafe fn hardware_narrow_bf16(r: __m512) -> __m256i {
+    // SAFETY (layout): __m256bh and __m256i are both 32 bytes of plain bits.
+    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(r))
+}
+
+impl Lanes16 for bf16 {
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn load16(x: *const bf16, lanes: __mmask16) -> __m512 {
+        widen_bf16(_mm256_maskz_loadu_epi16(lanes, x as *const i16))
+    }
+    #[inline(always)]
+    /// # Safety
+    /// As [`Avx512Element::word`], for the lanes set in `lanes`.
+    unsafe fn store16<const HW_BF16: bool>(y: *mut bf16, lanes: __mmask16, r: __m512) {
+        _mm256_mask_storeu_epi16(y as *mut i16, lanes, narrow_bf16::<HW_BF16>(r));
+    }
+}
+
+/// One chunk: words `first_word ..` of the call over `y` (and `x`, or `y` itself in
+/// place), writing the keep bits of each word to `bits` when given.
+#[inline(always)]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
+/// `bits`, when given, holds one word per 32 elements of `y`.
+unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
+    first_word: usize,
+    x: Option<&[T]>,
+    y: &mut [T],
+    mut bits: Option<&mut [u32]>,
+    keep: &K,
+    op: &Kept<T::Compute>,
+) {
+    let n = y.len();
+    let yp = y.as_mut_ptr();
+    let xp = match x {
+        Some(x) => x.as_ptr(),
+        None => yp as *const T,
+    };
+    for w in 0..n.div_ceil(32) {
+        let len = (n - 32 * w).min(32);
+        let word = keep.word(first_word + w) & live(len);
+        // SAFETY: 32w + len <= n elements of both x and y.
+        T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), len, word, op);
+        if let Some(bits) = bits.as_deref_mut() {
+            bits[w] = word;
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
+/// `bits`, when given, holds one word per 32 elements of `y`.
+unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
+    first_word: usize,
+    x: Option<&[T]>,
+    y: &mut [T],
+    bits: Option<&mut [u32]>,
+    keep: &K,
+    op: &Kept<T::Compute>,
+) {
+    chunk_body::<T, K, false>(first_word, x, y, bits, keep, op)
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,avx512bf16")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
+/// `bits`, when given, holds one word per 32 elements of `y`.
+unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
+    first_word: usize,
+    x: Option<&[T]>,
+    y: &mut [T],
+    bits: Option<&mut [u32]>,
+    keep: &K,
+    op: &Kept<T::Compute>,
+) {
+    chunk_body::<T, K, true>(first_word, x, y, bits, keep, op)
+}
+
+/// y = keep ? op(x) : dropped over the whole call, chunks on all cores; the keep bits of
+/// each word go to `bits_out` when given. `x` is `y` itself for [`Source::Output`].
+///
+/// # Safety
+/// [`has_avx512`](super::simd::has_avx512) must be true.
+pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
+    x: Source<'_, T>,
+    y: &mut [T],
+    bits_out: Option<&mut [u32]>,
+    keep: &K,
+    op: Kept<T::Compute>,
+) {
+    let hw_bf16 = hardware_bf16();
+    for_each_chunk(y, bits_out, |start, y, bits| {
+        let xs = match x {
+            Source::Slice(s) => Some(&s[start..start + y.len()]),
+            Source::Output => None,
+        };
+        // SAFETY: the caller checked `has_avx512`; BF16 checked just above.
+        unsafe {
+            if hw_bf16 {
+                chunk_avx512_bf16(start / 32, xs, y, bits, keep, &op);
+            } else {
+                chunk_avx512(start / 32, xs, y, bits, keep, &op);
+            }
+        }
+    });
+}
+
+/// True when `T` has a kernel here (all four element types do).
+pub(crate) fn has_kernel<T: Element>() -> bool {
+    [
+        TypeId::of::<f32>(),
+        TypeId::of::<f64>(),
+        TypeId::of::<f16>(),
+        TypeId::of::<bf16>(),
+    ]
+    .contains(&TypeId::of::<T>())
+}
+
+/// [`map_elementwise`] for any element type with a kernel ([`has_kernel`]; nothing is
+/// done for another): the generic backend functions know only `T: Element`, so the type
+/// is matched here.
+///
+/// # Safety
+/// [`has_avx512`](super::simd::has_avx512) must be true.
+pub(crate) unsafe fn map_elementwise_any<T: Element, K: KeepSource>(
+    x: Source<'_, T>,
+    y: &mut [T],
+    bits_out: Option<&mut [u32]>,
+    keep: &K,
+    op: Kept<T::Compute>,
+) {
+    macro_rules! as_type {
+        ($u:ty) => {
+            if TypeId::of::<T>() == TypeId::of::<$u>() {
+                // SAFETY: T is $u (same TypeId), so these casts change no type at all.
+                let (x, y, op) = unsafe {
+                    let x = match x {
+                        Source::Slice(s) => Source::Slice(&*(s as *const [T] as *const [$u])),
+                        Source::Output => Source::Output,
+                    };
+                    let y = &mut *(y as *mut [T] as *mut [$u]);
+                    let op: Kept<<$u as Element>::Compute> = std::mem::transmute_copy(&op);
+                    (x, y, op)
+                };
+                // SAFETY: the caller checked `has_avx512`.
+                return unsafe { map_elementwise::<$u, K>(x, y, bits_out, keep, op) };
+            }
+        };
+    }
+    as_type!(f32);
+    as_type!(f64);
+    as_type!(f16);
+    as_type!(bf16);
+}
+
+#[cfg(test)]
+mod tests;

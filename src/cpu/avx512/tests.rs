@@ -1,0 +1,268 @@
+//! Bit-for-bit checks of the AVX-512 kernels against the generic CPU path and `half`.
+
+use super::*;
+use crate::cpu::dropout::{backward_bits_words, forward_words};
+use crate::cpu::CHUNK;
+use crate::element::{to_compute_f64, ComputeFloat};
+use crate::mask::{keep_bits_from, mask_words};
+use crate::plan::StreamPos;
+
+fn skip() -> bool {
+    if crate::cpu::simd::has_avx512() {
+        return false;
+    }
+    eprintln!("skipped: this CPU lacks AVX-512 F/BW/VL or F16C");
+    true
+}
+
+/// f32 bit patterns that exercise every conversion edge: zeros, subnormals of f32 and
+/// of f16, rounding ties of bf16 and f16, the largest finite values, infinities, quiet
+/// and signalling NaNs with payloads, and a spread of ordinary values.
+fn edge_patterns() -> Vec<u32> {
+    let mut v = vec![
+        0x0000_0000,
+        0x8000_0000,
+        0x0000_0001,
+        0x8000_0001,
+        0x007F_FFFF,
+        0x807F_FFFF,
+        0x0040_0000,
+        0x0000_8000,
+        0x0001_8000,
+        0x0080_0000,
+        0x0080_8000,
+        0x0081_7FFF,
+        0x3F80_8000,
+        0x3F81_8000,
+        0x3F80_7FFF,
+        0x3F80_8001,
+        0x3380_0000,
+        0x3380_0001,
+        0x3300_0000,
+        0x477F_E000,
+        0x477F_F000,
+        0x7F7F_FFFF,
+        0xFF7F_FFFF,
+        0x7F7F_8000,
+        0x7F80_0000,
+        0xFF80_0000,
+        0x7F80_0001,
+        0x7FC0_0000,
+        0xFFC0_0001,
+        0x7FBF_FFFF,
+        0xFF80_4321,
+        0x7F81_0000,
+    ];
+    let mut h = 0x1234_5678_9ABC_DEF0u64;
+    for _ in 0..2000 {
+        h ^= h << 13;
+        h ^= h >> 7;
+        h ^= h << 17;
+        v.push(h as u32);
+    }
+    v
+}
+
+fn inputs<T: Element>() -> Vec<T> {
+    let mut v: Vec<T> = Vec::new();
+    for &p in &edge_patterns() {
+        let f = f32::from_bits(p);
+        v.push(match T::DTYPE {
+            crate::DType::F64 => T::from_f64(f64::from(f) * 1.000_000_123),
+            // Through the element type's own narrowing: exercises its NaNs too.
+            _ => T::from_f64(f64::from(f)),
+        });
+    }
+    // Raw f16 / bf16 patterns, signalling NaNs and subnormals among them.
+    if T::DTYPE.size() == 2 {
+        for bits in (0..=u16::MAX)
+            .step_by(37)
+            .chain([0x7C01, 0x7F81, 0xFF81, 0x0001])
+        {
+            let f = match T::DTYPE {
+                crate::DType::F16 => f16::from_bits(bits).to_f64(),
+                _ => bf16::from_bits(bits).to_f64(),
+            };
+            if !f.is_nan() {
+                v.push(T::from_f64(f));
+            }
+        }
+    }
+    v
+}
+
+fn same_bits<T: Element>(a: &[T], b: &[T], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(
+            x.to_bits_u64(),
+            y.to_bits_u64(),
+            "{what}: element {i}: {x:?} vs {y:?}"
+        );
+    }
+}
+
+fn check_dtype<T: Avx512Element>() {
+    let data = inputs::<T>();
+    let ps = [0.0, 1e-9, 0.1, 0.5, 1.0];
+    // Lengths around word and chunk edges; starts inside a word (unaligned slices),
+    // index bases inside a Philox block and near the top of the index space.
+    let lens = [
+        0usize,
+        1,
+        17,
+        31,
+        32,
+        33,
+        100,
+        1000,
+        CHUNK + 45,
+        2 * CHUNK + 64,
+        3 * CHUNK + 5,
+    ];
+    let starts = [0usize, 1, 7];
+    let bases = [0u64, 4, 1, 3, u64::MAX - 4 * CHUNK as u64 - 3];
+    for (case, &p) in ps.iter().enumerate() {
+        let prob = Probability::new(p).unwrap();
+        let s = to_compute_f64::<T>(prob.scale_f64());
+        let (a, b) = (to_compute_f64::<T>(1.0507), to_compute_f64::<T>(-0.25));
+        let dropped = to_compute_f64::<T>(-1.7580993408473766).mul(a).add(b);
+        for &len in &lens {
+            let start = starts[(case + len) % starts.len()];
+            let base = bases[(case + len) % bases.len()];
+            let pos = StreamPos {
+                seed: 0x5EED ^ len as u64,
+                offset: case as u64,
+                index_base: base,
+            };
+            let buf: Vec<T> = (0..start + len)
+                .map(|i| data[(i * 7 + case) % data.len()])
+                .collect();
+            let x = &buf[start..];
+            let what = format!("{} p {p} len {len} start {start} base {base}", T::DTYPE);
+            let keep = Regenerate::new(pos.seed, pos.offset, pos.index_base, &prob);
+            for op in [Kept::Scale(s), Kept::Affine { a, b, dropped }] {
+                let (mut want, mut want_bits) = (vec![T::ZERO; len], vec![7u32; mask_words(len)]);
+                forward_words(
+                    Source::Slice(x),
+                    &mut want,
+                    Some(&mut want_bits),
+                    pos,
+                    &prob,
+                    op,
+                );
+                assert_eq!(
+                    want_bits,
+                    keep_bits_from(pos.seed, pos.offset, base, &prob, len).unwrap()
+                );
+                let (mut got, mut got_bits) = (vec![T::ONE; len], vec![9u32; mask_words(len)]);
+                // SAFETY: checked by `skip`.
+                unsafe {
+                    map_elementwise(Source::Slice(x), &mut got, Some(&mut got_bits), &keep, op)
+                };
+                same_bits(&got, &want, &what);
+                assert_eq!(got_bits, want_bits, "{what}");
+                // In place, without bits.
+                let mut inplace = x.to_vec();
+                // SAFETY: as above.
+                unsafe { map_elementwise(Source::Output, &mut inplace, None, &keep, op) };
+                same_bits(&inplace, &want, &format!("{what} in place"));
+            }
+            // Backward from the bits.
+            let bits = keep_bits_from(pos.seed, pos.offset, base, &prob, len).unwrap();
+            let mut want = vec![T::ZERO; len];
+            backward_bits_words(Source::Slice(x), &mut want, &bits, s);
+            let mut got = vec![T::ONE; len];
+            // SAFETY: as above.
+            unsafe {
+                map_elementwise(
+                    Source::Slice(x),
+                    &mut got,
+                    None,
+                    &Saved(&bits),
+                    Kept::Scale(s),
+                )
+            };
+            same_bits(&got, &want, &format!("{what} backward"));
+        }
+    }
+}
+
+#[test]
+fn f32_matches_the_generic_path() {
+    if !skip() {
+        check_dtype::<f32>();
+    }
+}
+
+#[test]
+fn f64_matches_the_generic_path() {
+    if !skip() {
+        check_dtype::<f64>();
+    }
+}
+
+#[test]
+fn f16_matches_the_generic_path() {
+    if !skip() {
+        check_dtype::<f16>();
+    }
+}
+
+#[test]
+fn bf16_matches_the_generic_path() {
+    if !skip() {
+        check_dtype::<bf16>();
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL and BF16.
+unsafe fn narrow_both(src: &[f32; 16]) -> ([u16; 16], [u16; 16]) {
+    let r = _mm512_loadu_ps(src.as_ptr());
+    let (mut hw, mut int) = ([0u16; 16], [0u16; 16]);
+    _mm256_storeu_si256(hw.as_mut_ptr() as *mut __m256i, narrow_bf16::<true>(r));
+    _mm256_storeu_si256(int.as_mut_ptr() as *mut __m256i, narrow_bf16::<false>(r));
+    (hw, int)
+}
+
+/// Both bf16 narrowings against `half` on every class of f32: a stride through all bit
+/// patterns and the neighbourhoods of the rounding and subnormal edges. A lone
+/// subnormal lane among normal ones must take the exact path.
+#[test]
+fn bf16_narrowing_matches_half() {
+    if skip() || !hardware_bf16() {
+        eprintln!("skipped: no AVX-512 BF16");
+        return;
+    }
+    let mut patterns: Vec<u32> = (0..=u32::MAX).step_by(4099).collect();
+    for base in [
+        0u32,
+        0x7F_0000,
+        0x7F_FFF0,
+        0x7F7F_0000,
+        0x7F80_0000,
+        0x3F80_0000,
+        0x8000,
+    ] {
+        for d in 0..0x2_0000u32 {
+            patterns.push(base.wrapping_add(d));
+            patterns.push(base.wrapping_add(d) | 0x8000_0000);
+        }
+    }
+    patterns.extend(edge_patterns());
+    for chunk in patterns.chunks(16) {
+        let mut f = [1.5f32; 16];
+        for (v, &p) in f.iter_mut().zip(chunk) {
+            *v = f32::from_bits(p);
+        }
+        // SAFETY: the CPU supports all of it, checked above.
+        let (hw, int) = unsafe { narrow_both(&f) };
+        for k in 0..16 {
+            let want = bf16::from_f32(f[k]).to_bits();
+            assert_eq!(hw[k], want, "hardware path {:#010x}", f[k].to_bits());
+            assert_eq!(int[k], want, "integer path {:#010x}", f[k].to_bits());
+        }
+    }
+}
