@@ -67,6 +67,8 @@
 //! regex:^dropout_ ...` then sees each kernel once per case; a backward case also launches
 //! the forward that makes its state).
 
+mod common;
+
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
@@ -184,15 +186,6 @@ struct Config {
     samples: usize,
 }
 
-fn env_list(var: &str, default: &str) -> Vec<String> {
-    std::env::var(var)
-        .unwrap_or_else(|_| default.to_owned())
-        .split(',')
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
 fn env_num<T: std::str::FromStr>(var: &str, default: T) -> T {
     match std::env::var(var) {
         Ok(v) => v
@@ -205,7 +198,7 @@ fn env_num<T: std::str::FromStr>(var: &str, default: T) -> T {
 
 impl Config {
     fn from_env() -> Self {
-        let sizes = env_list("DROPKIT_GPU_BENCH_SIZES", "20,24,28")
+        let sizes = common::list("DROPKIT_GPU_BENCH_SIZES", "20,24,28")
             .iter()
             .map(|e| {
                 let e: u32 = e.parse().unwrap_or_else(|_| {
@@ -221,7 +214,7 @@ impl Config {
             .chain(&FUSED_OPS)
             .copied()
             .collect();
-        let ops = env_list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
+        let ops = common::list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
         for op in &ops {
             assert!(
                 all.contains(&op.as_str()),
@@ -232,7 +225,7 @@ impl Config {
         assert!(hidden > 0, "DROPKIT_GPU_BENCH_HIDDEN must be at least 1");
         Config {
             sizes,
-            dtypes: env_list("DROPKIT_BENCH_DTYPES", "f32,bf16,f16,f64"),
+            dtypes: common::list("DROPKIT_BENCH_DTYPES", "f32,bf16,f16,f64"),
             ops,
             iters: env_num("DROPKIT_GPU_BENCH_ITERS", 20usize).max(1),
             ws_bytes: env_num("DROPKIT_GPU_BENCH_WS_MIB", 512usize) << 20,

@@ -18,17 +18,7 @@ script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$script_dir")"
 cd "$repo"
 
-if [ -n "${NVCC:-}" ]; then
-    nvcc="$NVCC"
-elif [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then
-    nvcc="$CUDA_HOME/bin/nvcc"
-elif command -v nvcc >/dev/null 2>&1; then
-    nvcc="$(command -v nvcc)"
-else
-    nvcc="$(bash "$script_dir/install-nvcc.sh" | tail -n 1)"
-fi
-# Resolve symlinks so that ptxas is found beside the real nvcc.
-nvcc="$(readlink -f "$(command -v "$nvcc")")"
+nvcc="$(bash "$script_dir/find-nvcc.sh")"
 ptxas="$(dirname "$nvcc")/ptxas"
 if [ ! -x "$ptxas" ]; then
     ptxas="$(command -v ptxas || true)"

@@ -1,4 +1,4 @@
-//! What the CPU benches share: reading their settings from the environment.
+//! What the benches share: reading their settings from the environment.
 
 /// Comma-separated list from `var`, or `default`.
 pub fn list(var: &str, default: &str) -> Vec<String> {
