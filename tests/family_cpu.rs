@@ -42,13 +42,10 @@ fn alpha_consts<T: Element>(p: f64) -> (T::Compute, T::Compute, T::Compute, f64)
     (ac, bc, to_compute_f64::<T>(A).mul(ac).add(bc), a)
 }
 
-/// Checks y and dx of a grouped or elementwise layer element by element against the spec.
-#[allow(clippy::too_many_arguments)]
+/// Checks y and dx of a grouped or elementwise layer element by element against the spec;
+/// `[x, y, dx, dy]` are the forward's input and output and the backward's.
 fn check_layer<T: Element>(
-    x: &Tensor<T>,
-    y: &Tensor<T>,
-    dx: &Tensor<T>,
-    dy: &Tensor<T>,
+    [x, y, dx, dy]: [&Tensor<T>; 4],
     group: usize,
     decision_bits: &[u32],
     kept_value: impl Fn(T::Compute) -> T::Compute,
@@ -124,10 +121,7 @@ fn channel_case<T: Element>(shape: &[usize], spatial: usize, p: f64) {
         }
         let dx = dropout_backward(&dy, &st).unwrap();
         check_layer(
-            &x,
-            &y,
-            &dx,
-            &dy,
+            [&x, &y, &dx, &dy],
             group,
             &want_bits,
             |v| v.mul(s),
@@ -160,7 +154,7 @@ fn drop_path_decides_per_sample() {
         assert_eq!(st.keep_bits().unwrap().unwrap(), want);
         let s = Probability::new(p).unwrap().scale_f32();
         let dx = layer.backward(&dy, &st).unwrap();
-        check_layer(&x, &y, &dx, &dy, 15, &want, |v| v * s, 0.0, s);
+        check_layer([&x, &y, &dx, &dy], 15, &want, |v| v * s, 0.0, s);
     }
 }
 
@@ -177,7 +171,14 @@ fn alpha_case<T: Element>(n: usize, p: f64) {
             .with_mask_mode(mode);
         let (y, st) = layer.forward(&x).unwrap();
         let dx = layer.backward(&dy, &st).unwrap();
-        check_layer(&x, &y, &dx, &dy, 1, &want, |v| v.mul(a).add(b), dropped, a);
+        check_layer(
+            [&x, &y, &dx, &dy],
+            1,
+            &want,
+            |v| v.mul(a).add(b),
+            dropped,
+            a,
+        );
         grads.push(bits_of(&dx.to_vec().unwrap()));
     }
     assert_eq!(grads[0], grads[1]);
@@ -269,7 +270,7 @@ fn feature_alpha_dropout_decides_per_channel() {
     assert_eq!(st.keep_bits().unwrap().unwrap(), want);
     let (a, b, dropped, _) = alpha_consts::<f32>(0.4);
     let dx = layer.backward(&dy, &st).unwrap();
-    check_layer(&x, &y, &dx, &dy, 10, &want, |v| v * a + b, dropped, a);
+    check_layer([&x, &y, &dx, &dy], 10, &want, |v| v * a + b, dropped, a);
 }
 
 #[test]
