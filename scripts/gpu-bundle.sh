@@ -123,7 +123,7 @@ fi
     echo "commit: $(git rev-parse HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (dirty tree)')"
     echo "rustc: $(rustc --version)"
     echo "nvcc: $("$NVCC" --version | tail -n 1)"
-    echo "ptx target: ${DROPKIT_CUDA_ARCH:-lowest listed by nvcc} (needs a CUDA 13.0+ driver)"
+    echo "ptx targets: compute_80 and ${DROPKIT_CUDA_ARCH:-the lowest nvcc lists} (nvcc 13.0 PTX needs a CUDA 13.0+ driver; older drivers fall back to NVRTC)"
     echo
     echo "run: OUT=./out bash run.sh   (at most 8 files in OUT, summary.txt first)"
     echo
