@@ -12,7 +12,7 @@
 //! a subnormal goes through the integer rounding instead. f16 converts with the AVX-512
 //! forms of the F16C instructions.
 //!
-//! Needs AVX-512 F, BW, VL and F16C ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
+//! Needs AVX-512 F, BW, VL, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
 
 use super::{for_each_chunk, Source};
 use crate::element::Element;
@@ -27,70 +27,16 @@ fn hardware_bf16() -> bool {
     std::is_x86_feature_detected!("avx512bf16")
 }
 
-use crate::philox::{M0, M1, W0, W1};
+mod philox;
 
-/// `vpshufd` control that swaps the two 32-bit halves of every 64-bit lane.
-const SWAP_HALVES: _MM_PERM_ENUM = 0b10_11_00_01;
-
-/// The 32 random words of decisions `4 * group .. 4 * group + 32` (eight Philox blocks),
-/// in decision order: words 0..16 in the first register, 16..32 in the second.
-///
-/// # Safety
-/// The CPU must support AVX-512 F; fast only when inlined into AVX-512 code.
-#[inline(always)]
-unsafe fn philox_blocks8(seed: u64, offset: u64, group: u64) -> [__m512i; 2] {
-    let m0 = _mm512_set1_epi64(i64::from(M0));
-    let m1 = _mm512_set1_epi64(i64::from(M1));
-    // Block i of the eight: counter (group + i, offset); each lane's high half is ignored
-    // by `vpmuludq`, so the 64-bit sum can serve as c0 directly.
-    let g = _mm512_add_epi64(
-        _mm512_set1_epi64(group as i64),
-        _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7),
-    );
-    let mut c0 = g;
-    let mut c1 = _mm512_srli_epi64::<32>(g);
-    let mut c2 = _mm512_set1_epi64((offset & 0xFFFF_FFFF) as i64);
-    let mut c3 = _mm512_set1_epi64((offset >> 32) as i64);
-    let (mut k0, mut k1) = (seed as u32, (seed >> 32) as u32);
-    for round in 0..10 {
-        if round > 0 {
-            k0 = k0.wrapping_add(W0);
-            k1 = k1.wrapping_add(W1);
-        }
-        let p0 = _mm512_mul_epu32(c0, m0);
-        let p1 = _mm512_mul_epu32(c2, m1);
-        // The high words moved to the low halves by swapping each lane's two halves: a
-        // shuffle (port 5) rather than a shift, which would queue behind the multiplies
-        // on port 0. 0x96: a ^ b ^ c.
-        c0 = _mm512_ternarylogic_epi64::<0x96>(
-            _mm512_shuffle_epi32::<SWAP_HALVES>(p1),
-            c1,
-            _mm512_set1_epi64(i64::from(k0)),
-        );
-        c2 = _mm512_ternarylogic_epi64::<0x96>(
-            _mm512_shuffle_epi32::<SWAP_HALVES>(p0),
-            c3,
-            _mm512_set1_epi64(i64::from(k1)),
-        );
-        c1 = p1;
-        c3 = p0;
-    }
-    // Low halves of (c0, c1) and of (c2, c3), interleaved per block, then the blocks'
-    // two 64-bit halves put side by side: words in decision order.
-    let pairs = _mm512_setr_epi32(0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30);
-    let w01 = _mm512_permutex2var_epi32(c0, pairs, c1);
-    let w23 = _mm512_permutex2var_epi32(c2, pairs, c3);
-    [
-        _mm512_permutex2var_epi64(w01, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), w23),
-        _mm512_permutex2var_epi64(w01, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), w23),
-    ]
-}
-
-/// Where the keep bits of word `w` (elements 32w.. of the call) come from.
+/// Where the keep bits come from, four mask words (128 elements) at a time.
 pub(crate) trait KeepSource: Sync {
+    /// Words `w .. w + 4` of the call (elements `32 * w ..`); words past the end of the
+    /// call may hold anything.
+    ///
     /// # Safety
-    /// The CPU must support AVX-512 F.
-    unsafe fn word(&self, w: usize) -> u32;
+    /// The CPU must support AVX-512 F and BMI2.
+    unsafe fn words4(&self, w: usize) -> [u32; 4];
 }
 
 /// Regenerated from Philox: decision `index_base + i` for element i.
@@ -99,6 +45,7 @@ pub(crate) struct Regenerate {
     offset: u64,
     index_base: u64,
     prob: Probability,
+    keys: philox::RoundKeys,
 }
 
 impl Regenerate {
@@ -108,6 +55,7 @@ impl Regenerate {
             offset,
             index_base,
             prob: *prob,
+            keys: philox::RoundKeys::new(seed),
         }
     }
 }
@@ -115,22 +63,23 @@ impl Regenerate {
 impl KeepSource for Regenerate {
     #[inline(always)]
     /// # Safety
-    /// As [`KeepSource::word`].
-    unsafe fn word(&self, w: usize) -> u32 {
+    /// As [`KeepSource::words4`].
+    unsafe fn words4(&self, w: usize) -> [u32; 4] {
         let first = self.index_base.wrapping_add(32 * w as u64);
         if self.prob.drops_all() {
-            return 0;
+            return [0; 4];
         }
         if first & 3 != 0 {
             // A shard that starts inside a Philox block: nine blocks per word, rare.
-            return crate::mask::keep_word(self.seed, self.offset, first, &self.prob);
+            return std::array::from_fn(|j| {
+                let first = first.wrapping_add(32 * j as u64);
+                crate::mask::keep_word(self.seed, self.offset, first, &self.prob)
+            });
         }
         // t < 2^32 here; u >= t keeps.
         let t = _mm512_set1_epi32(self.prob.threshold() as u32 as i32);
-        let [lo, hi] = philox_blocks8(self.seed, self.offset, first >> 2);
-        let lo = _mm512_cmpge_epu32_mask(lo, t);
-        let hi = _mm512_cmpge_epu32_mask(hi, t);
-        u32::from(lo) | u32::from(hi) << 16
+        // SAFETY: AVX-512 F and BMI2, by this function's contract.
+        unsafe { philox::keep_words4(&self.keys, self.offset, first >> 2, t) }
     }
 }
 
@@ -140,9 +89,12 @@ pub(crate) struct Saved<'a>(pub(crate) &'a [u32]);
 impl KeepSource for Saved<'_> {
     #[inline(always)]
     /// # Safety
-    /// As [`KeepSource::word`].
-    unsafe fn word(&self, w: usize) -> u32 {
-        self.0[w]
+    /// As [`KeepSource::words4`].
+    unsafe fn words4(&self, w: usize) -> [u32; 4] {
+        match self.0.get(w..w + 4) {
+            Some(words) => [words[0], words[1], words[2], words[3]],
+            None => std::array::from_fn(|j| self.0.get(w + j).copied().unwrap_or(0)),
+        }
     }
 }
 
@@ -153,7 +105,7 @@ pub(crate) trait Avx512Element: Element {
     /// `x`). Lanes past `len` are neither read nor written.
     ///
     /// # Safety
-    /// `x` and `y` valid for `len` elements; the CPU must support AVX-512 F, BW, VL, F16C,
+    /// `x` and `y` valid for `len` elements; the CPU must support AVX-512 F, BW, VL, F16C, BMI2,
     /// and AVX-512 BF16 when `HW_BF16`.
     unsafe fn word<const HW_BF16: bool>(
         x: *const Self,
@@ -285,18 +237,16 @@ impl Lanes16 for f16 {
     }
 }
 
-/// bf16 bits (in the low halves of 32-bit lanes) to f32, NaNs quieted as `half` does.
+/// bf16 bits (in the low halves of 32-bit lanes) to f32, a plain shift.
+///
+/// `half` quiets a signalling NaN here; this does not need to, because every use is
+/// followed by an f32 multiply ([`map_ps`]), which quiets it the same way (sets bit 22,
+/// keeps the payload), and dropped lanes do not depend on the input.
 #[inline(always)]
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
 unsafe fn widen_bf16(h: __m256i) -> __m512 {
-    let h = _mm512_cvtepu16_epi32(h);
-    let nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(h, _mm512_set1_epi32(0x7FFF)),
-        _mm512_set1_epi32(0x7F80),
-    );
-    let h = _mm512_mask_or_epi32(h, nan, h, _mm512_set1_epi32(0x40));
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h))
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
 }
 
 /// f32 to bf16 with integer operations: round to nearest even (add 0x7FFF plus the last
@@ -325,10 +275,8 @@ unsafe fn narrow_bf16_integer(r: __m512) -> __m256i {
 /// The CPU must support AVX-512 F, BW and VL, and AVX-512 BF16 when `HW_BF16`.
 unsafe fn narrow_bf16<const HW_BF16: bool>(r: __m512) -> __m256i {
     if HW_BF16 {
-        let x = _mm512_castps_si512(r);
-        let zero_exponent = _mm512_testn_epi32_mask(x, _mm512_set1_epi32(0x7F80_0000));
-        let subnormal = _mm512_mask_test_epi32_mask(zero_exponent, x, _mm512_set1_epi32(0x7F_FFFF));
-        if subnormal == 0 {
+        // 0x20: a denormal of either sign.
+        if _mm512_fpclass_ps_mask::<0x20>(r) == 0 {
             return hardware_narrow_bf16(r);
         }
     }
@@ -363,7 +311,7 @@ impl Lanes16 for bf16 {
 /// place), writing the keep bits of each word to `bits` when given.
 #[inline(always)]
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// The CPU must support AVX-512 F, BW, VL, F16C and BMI2 (and AVX-512 BF16 where the
 /// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
 /// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
@@ -380,20 +328,38 @@ unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
         Some(x) => x.as_ptr(),
         None => yp as *const T,
     };
-    for w in 0..n.div_ceil(32) {
-        let len = (n - 32 * w).min(32);
-        let word = keep.word(first_word + w) & live(len);
-        // SAFETY: 32w + len <= n elements of both x and y.
-        T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), len, word, op);
-        if let Some(bits) = bits.as_deref_mut() {
-            bits[w] = word;
+    // Whole groups of four words (128 elements): no partial word, so no lane masks.
+    let groups = n / 128;
+    for g in 0..groups {
+        let keep4 = keep.words4(first_word + 4 * g);
+        for (j, word) in keep4.into_iter().enumerate() {
+            let w = 4 * g + j;
+            // SAFETY: 32w + 32 <= 128 * groups <= n elements of both x and y.
+            T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), 32, word, op);
+            if let Some(bits) = bits.as_deref_mut() {
+                bits[w] = word;
+            }
+        }
+    }
+    // The last 0-3 words, the last of them possibly partial.
+    let words = n.div_ceil(32);
+    if 4 * groups < words {
+        let keep4 = keep.words4(first_word + 4 * groups);
+        for (w, word) in (4 * groups..words).zip(keep4) {
+            let len = (n - 32 * w).min(32);
+            let word = word & live(len);
+            // SAFETY: 32w + len <= n elements of both x and y.
+            T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), len, word, op);
+            if let Some(bits) = bits.as_deref_mut() {
+                bits[w] = word;
+            }
         }
     }
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,bmi2")]
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// The CPU must support AVX-512 F, BW, VL, F16C and BMI2 (and AVX-512 BF16 where the
 /// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
 /// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
@@ -407,9 +373,9 @@ unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
     chunk_body::<T, K, false>(first_word, x, y, bits, keep, op)
 }
 
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c,avx512bf16")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,bmi2,avx512bf16")]
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 where the
+/// The CPU must support AVX-512 F, BW, VL, F16C and BMI2 (and AVX-512 BF16 where the
 /// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
 /// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
