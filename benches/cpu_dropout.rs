@@ -159,6 +159,13 @@ fn bench_raw<T: Element>(c: &mut Criterion, p: f64) {
         group.bench_function(BenchmarkId::new("fwd_inplace", n), |b| {
             b.iter(|| cpu::dropout::forward(Source::Output, &mut y, None, pos, &prob, scale))
         });
+        // Philox and the compare alone: the floor under any forward that regenerates the
+        // mask, with the tensor's bytes as its throughput so that its % of copy is the
+        // ceiling of the in-place forward.
+        group.throughput(Throughput::Bytes(bytes::<T>(n, false)));
+        group.bench_function(BenchmarkId::new("mask_only", n), |b| {
+            b.iter(|| cpu::dropout::fill_keep_bits(black_box(&mut bits), pos, &prob, n))
+        });
         // `bits` now holds the real mask of (SEED, OFFSET).
         cpu::dropout::forward(
             Source::Slice(&x),

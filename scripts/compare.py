@@ -36,7 +36,8 @@ ratios` (for the functional API's results): every forward at least TARGET_RATIO 
 faster than torch's F.dropout (native_dropout for fwd_bits) and than candle's dropout, and
 bwd_bits than native_dropout_backward; `--targets copy` (for the raw API's results): the
 forwards into existing buffers (fwd_regen, fwd_bits, fwd_inplace) at least COPY_TARGET
-(85) % of copy's GB/s.
+(85) % of copy's GB/s, with the raw bench's mask_only row (Philox and the compare alone,
+counted in the tensor's bytes) beside them as the ceiling of a regenerating forward.
 
 After the main table, a device with fused forward results gets a second table for the
 issue's target: the fused forward at least FUSED_TARGET (1.5) times faster than PyTorch's
@@ -76,6 +77,7 @@ TORCH_FOR = {
     "fused_bwd": "torch_bias_dropout_residual_bwd",
     "layer_fwd": "torch_F_dropout",
     "fwd_inplace": "torch_F_dropout",
+    "mask_only": "-",
     "alpha_fwd_bits": "torch_F_alpha_dropout",
     "alpha_fwd_regen": "torch_F_alpha_dropout",
     "channel_fwd_bits": "torch_F_dropout1d",
@@ -87,7 +89,7 @@ TORCH_FOR = {
     "droppath_bwd_bits": "torch_native_dropout_bwd",
     "colsum": "torch_colsum",
 }
-OUR_OPS[2:2] = ["layer_fwd", "fwd_inplace"]
+OUR_OPS[2:2] = ["layer_fwd", "fwd_inplace", "mask_only"]
 # candle's training forward, beside each of our forwards.
 CANDLE_IMPL = "candle"
 CANDLE_OP = "candle_dropout_fwd"
@@ -108,7 +110,10 @@ OPTIONAL_OPS = set(FUSED_FWD.values()) | {
     "droppath_bwd_bits", "colsum"}
 # Ops that one API of the CPU bench runs and the other does not (layer_fwd: func,
 # fwd_inplace: raw).
-OPTIONAL_OPS |= {"layer_fwd", "fwd_inplace"}
+OPTIONAL_OPS |= {"layer_fwd", "fwd_inplace", "mask_only"}
+# The raw bench's Philox-alone row (no torch counterpart): its % of copy bounds any
+# forward that regenerates the mask, so the copy targets print it beside them.
+MASK_ONLY = "mask_only"
 COPY_OP = "copy"
 DTYPE_ORDER = {"f32": 0, "bf16": 1, "f16": 2, "f64": 3}
 REQUIRED = ("impl", "op", "device", "dtype", "n", "median_s", "gbps")
@@ -301,6 +306,10 @@ def render_targets(results: dict, kind: str) -> str:
             pct = pct_of_copy(results, OUR_IMPL, device, dtype, n, r["gbps"])
             if pct is not None:
                 checks.append(("% of copy", pct, COPY_TARGET))
+        if kind == "copy" and op == MASK_ONLY:
+            pct = pct_of_copy(results, OUR_IMPL, device, dtype, n, r["gbps"])
+            out.append(f"| {device} | {dtype} | {fmt_n(n)} | {op} | ceiling: Philox alone, "
+                       f"% of copy | {fmt_num(pct, '.1f')} | - | - |")
         for against, value, target in checks:
             ok = value >= target
             total += 1

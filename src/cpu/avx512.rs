@@ -14,7 +14,7 @@
 //!
 //! Needs AVX-512 F, BW, VL, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
 
-use super::{for_each_chunk, Source};
+use super::{for_each_chunk, for_each_mask_chunk, Source};
 use crate::element::Element;
 use crate::mask::Probability;
 use crate::plan::Kept;
@@ -416,6 +416,31 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
             }
         }
     });
+}
+
+/// The packed keep bits of the call's first `n` decisions into `bits` (bits at positions
+/// `>= n` are 0), chunks on all cores: Philox and the compare alone, no elements.
+///
+/// # Safety
+/// [`has_avx512`](super::simd::has_avx512) must be true.
+pub(crate) unsafe fn fill_keep_bits(bits: &mut [u32], keep: &Regenerate, n: usize) {
+    for_each_mask_chunk(bits, n, |first_word, words| {
+        // SAFETY: the caller checked `has_avx512`.
+        unsafe { fill_keep_bits_chunk(first_word, words, keep, n) }
+    });
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,bmi2")]
+/// # Safety
+/// The CPU must support AVX-512 F, BW, VL, DQ and BMI2.
+unsafe fn fill_keep_bits_chunk(first_word: usize, words: &mut [u32], keep: &Regenerate, n: usize) {
+    for (g, out) in words.chunks_mut(4).enumerate() {
+        let w = first_word + 4 * g;
+        let keep4 = keep.words4(w);
+        for (j, (word, kept)) in out.iter_mut().zip(keep4).enumerate() {
+            *word = kept & live(n.saturating_sub(32 * (w + j)).min(32));
+        }
+    }
 }
 
 /// True when `T` has a kernel here (all four element types do).

@@ -67,6 +67,20 @@ pub(crate) fn forward_words<T: Element>(
     ))
 }
 
+/// The packed keep bits (SPEC section 4) of decisions `pos.index_base ..` for `n` elements
+/// into `bits` (`mask_words(n)` words; bits at positions `>= n` are 0): the mask alone, as
+/// a forward with bits writes it, on all cores with AVX-512.
+pub fn fill_keep_bits(bits: &mut [u32], pos: StreamPos, prob: &Probability, n: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::level() == super::simd::SimdLevel::Avx512 {
+        let keep = super::avx512::Regenerate::new(pos.seed, pos.offset, pos.index_base, prob);
+        // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
+        unsafe { super::avx512::fill_keep_bits(bits, &keep, n) };
+        return;
+    }
+    crate::mask::fill_keep_bits(pos.seed, pos.offset, pos.index_base, prob, n, bits);
+}
+
 /// dx = bit ? dy * s : +0, from packed keep bits (bit i of the mask is element i).
 pub fn backward_bits<T: Element>(dy: Source<'_, T>, dx: &mut [T], bits: &[u32], scale: T::Compute) {
     #[cfg(target_arch = "x86_64")]

@@ -179,6 +179,23 @@ pub(crate) fn for_each_chunk<T: Send>(
     }
 }
 
+/// [`for_each_chunk`] for a mask alone: `bits` holds the words of `n` decisions, cut at the
+/// same decisions as the elementwise chunks; `run` gets each piece's first word.
+pub(crate) fn for_each_mask_chunk(
+    bits: &mut [u32],
+    n: usize,
+    run: impl Fn(usize, &mut [u32]) + Sync,
+) {
+    if n <= SERIAL_MAX {
+        run(0, bits);
+        return;
+    }
+    use rayon::prelude::*;
+    bits.par_chunks_mut(CHUNK / 32)
+        .enumerate()
+        .for_each(|(c, b)| run(c * (CHUNK / 32), b));
+}
+
 /// Picks the widest instruction set in use ([`simd::level`]); the arithmetic (and so the
 /// bits) is the same either way, only the vector width changes.
 fn run_chunk_dispatch<T, const K: usize, F>(

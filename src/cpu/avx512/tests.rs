@@ -266,3 +266,26 @@ fn bf16_narrowing_matches_half() {
         }
     }
 }
+
+/// The mask alone equals the reference mask for lengths around the four-word groups
+/// and the chunks, shards that start inside a Philox block, and every kind of p.
+#[test]
+fn fill_keep_bits_matches_the_reference_mask() {
+    if skip() {
+        return;
+    }
+    for p in [0.0, 0.1, 0.5, 1.0] {
+        let prob = Probability::new(p).unwrap();
+        for len in [0, 1, 31, 32, 33, 127, 128, 129, 4000, CHUNK * 32 * 2 + 77] {
+            for base in [0u64, 3, 128, (1 << 32) - 5, u64::MAX - len as u64] {
+                let pos = StreamPos::new(0x0123_4567_89AB_CDEF, 42).with_index_base(base);
+                let want = keep_bits_from(pos.seed, pos.offset, base, &prob, len).unwrap();
+                let mut got = vec![0xA5A5_A5A5u32; mask_words(len)];
+                let keep = Regenerate::new(pos.seed, pos.offset, base, &prob);
+                // SAFETY: checked by `skip`.
+                unsafe { fill_keep_bits(&mut got, &keep, len) };
+                assert_eq!(got, want, "p {p} len {len} base {base}");
+            }
+        }
+    }
+}
