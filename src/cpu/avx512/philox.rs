@@ -5,15 +5,17 @@
 //! register, because `vpmuludq` multiplies those low halves into full 64-bit products:
 //! the low word stays in place and a swap of the two halves (`vpshufd`) brings the high
 //! word down. A round is then, per eight blocks, two multiplies, two swaps and two
-//! three-way xors with the round key. All three kinds issue on ports 0 and 5 of the
-//! cores measured (two per cycle), so the rate is set by their count, provided both ports
-//! always have work: a round's chain (multiply, swap, xor) takes about 7 cycles, so four
-//! independent sets of eight blocks are in flight.
+//! three-way xors with the round key. On the Xeon of the committed CPU logs
+//! (`cargo bench --bench x86_ports`) the multiply and the xor issue two per cycle, the
+//! swap one, and the round's mix two per cycle, so the rate is set by the
+//! instruction count, provided both ports always have work: a round's chain (multiply,
+//! swap, xor) takes about 7 cycles, so four independent sets of eight blocks are in flight.
 //!
 //! Why assembly: from intrinsics LLVM rewrites the swap as a 64-bit shift (it sees that
-//! only the low half is used), which issues on port 0 only, behind the multiplies, and it
-//! merges the two multiplies of a round into one register with cross-lane shuffles. The
-//! round keys are precomputed and xored in from memory by broadcast.
+//! only the low half is used) and merges the two multiplies of a round into one register
+//! with cross-lane permutes, more instructions per round than the three above; assembly
+//! keeps the schedule as written. The round keys are precomputed and xored in from
+//! memory by broadcast.
 
 use crate::philox::{M0, M1, W0, W1};
 use std::arch::x86_64::*;

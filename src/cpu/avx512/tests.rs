@@ -162,6 +162,19 @@ fn check_dtype<T: Avx512Element>() {
                 };
                 same_bits(&got, &want, &what);
                 assert_eq!(got_bits, want_bits, "{what}");
+                // Streaming stores, into outputs that start at different alignments.
+                let mut out = vec![T::ONE; len + 16];
+                for shift in [0, 3, 9] {
+                    let y = &mut out[shift..shift + len];
+                    let mut stream_bits = vec![9u32; mask_words(len)];
+                    // SAFETY: checked by `skip`.
+                    unsafe {
+                        let bits = Some(&mut stream_bits[..]);
+                        map_elementwise_with(Source::Slice(x), y, bits, &keep, op, true)
+                    };
+                    same_bits(y, &want, &format!("{what} streaming at +{shift}"));
+                    assert_eq!(stream_bits, want_bits, "{what} streaming at +{shift}");
+                }
                 // In place, without bits.
                 let mut inplace = x.to_vec();
                 // SAFETY: as above.
@@ -184,6 +197,15 @@ fn check_dtype<T: Avx512Element>() {
                 )
             };
             same_bits(&got, &want, &format!("{what} backward"));
+            // Streaming stores (f32; the other types store as usual), shifted outputs.
+            let mut out = vec![T::ONE; len + 16];
+            for shift in [0, 5] {
+                let y = &mut out[shift..shift + len];
+                let (keep, op) = (Saved(&bits), Kept::Scale(s));
+                // SAFETY: as above.
+                unsafe { map_elementwise_with(Source::Slice(x), y, None, &keep, op, true) };
+                same_bits(y, &want, &format!("{what} backward streaming at +{shift}"));
+            }
         }
     }
 }
