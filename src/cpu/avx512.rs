@@ -14,7 +14,7 @@
 //!
 //! Needs AVX-512 F, BW, VL, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
 
-use super::{for_each_chunk, for_each_mask_chunk, Source, CHUNK};
+use super::{for_each_chunk, for_each_mask_chunk, Source};
 use crate::element::Element;
 use crate::mask::Probability;
 use crate::plan::Kept;
@@ -32,11 +32,6 @@ mod stream;
 
 /// Where the keep bits come from, four mask words (128 elements) at a time.
 pub(crate) trait KeepSource: Sync {
-    /// Whether outputs large enough stream ([`stream`]): yes for a saved mask, where the
-    /// op is all memory traffic; no for Philox, whose compute overlaps the stores only
-    /// in the one-pass loop.
-    const STREAMS: bool;
-
     /// Words `w .. w + 4` of the call (elements `32 * w ..`); words past the end of the
     /// call may hold anything.
     ///
@@ -67,8 +62,6 @@ impl Regenerate {
 }
 
 impl KeepSource for Regenerate {
-    const STREAMS: bool = false;
-
     #[inline(always)]
     /// # Safety
     /// As [`KeepSource::words4`].
@@ -95,8 +88,6 @@ impl KeepSource for Regenerate {
 pub(crate) struct Saved<'a>(pub(crate) &'a [u32]);
 
 impl KeepSource for Saved<'_> {
-    const STREAMS: bool = true;
-
     #[inline(always)]
     /// # Safety
     /// As [`KeepSource::words4`].
@@ -127,18 +118,20 @@ pub(crate) trait Avx512Element: Element {
         op: &Kept<Self::Compute>,
     );
 
-    /// `n` elements from `x` to `y` (separate buffers) through `op` where the chunk's
-    /// mask `keep` (one word per 32 elements, one word more than needed, that one 0) has
-    /// a 1, with streaming stores ([`stream`](self::stream)); nothing when not
-    /// [`STREAMS`](Self::STREAMS).
+    /// One chunk of `n` elements from `x` to `y` (separate buffers), as
+    /// [`chunk_body`] does, with streaming stores ([`stream`](self::stream)); nothing
+    /// when not [`STREAMS`](Self::STREAMS).
     ///
     /// # Safety
-    /// As [`word`](Self::word), for `n` elements.
-    unsafe fn stream<const HW_BF16: bool>(
+    /// As [`word`](Self::word), for `n` elements; `bits`, when given, holds
+    /// `n.div_ceil(32)` words.
+    unsafe fn stream<K: KeepSource, const HW_BF16: bool>(
+        _first_word: usize,
         _x: *const Self,
         _y: *mut Self,
         _n: usize,
-        _keep: &[u32],
+        _bits: Option<&mut [u32]>,
+        _keep: &K,
         _op: &Kept<Self::Compute>,
     ) {
     }
@@ -192,7 +185,7 @@ trait Lanes16: Element<Compute = f32> {
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut Self, lanes: __mmask16, r: __m512);
     /// Whether [`stream16`](Self::stream16) is a streaming store: for f32, whose sixteen
-    /// lanes fill a cache line. (Half lines from the 16-bit types measured no faster.)
+    /// lanes fill a cache line (the 16-bit types, half a line per vector, store as usual).
     const STREAMS: bool = false;
     /// All sixteen lanes with a non-temporal store where [`STREAMS`](Self::STREAMS), else
     /// an ordinary one.
@@ -212,14 +205,16 @@ impl<T: Lanes16> Avx512Element for T {
     #[inline(always)]
     /// # Safety
     /// As [`Avx512Element::stream`].
-    unsafe fn stream<const HW_BF16: bool>(
+    unsafe fn stream<K: KeepSource, const HW_BF16: bool>(
+        first_word: usize,
         x: *const T,
         y: *mut T,
         n: usize,
-        keep: &[u32],
+        bits: Option<&mut [u32]>,
+        keep: &K,
         op: &Kept<f32>,
     ) {
-        stream::lanes16::<T, HW_BF16>(x, y, n, keep, op)
+        stream::chunk::<T, K, HW_BF16>(first_word, x, y, n, bits, keep, op)
     }
 
     #[inline(always)]
@@ -396,19 +391,7 @@ unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
         None => yp as *const T,
     };
     if streaming && T::STREAMS && x.is_some() && n > 0 {
-        // Two passes: the chunk's mask into L1 first, then the elements at the alignment
-        // of the streaming stores, which need not fall on word boundaries.
-        let words = n.div_ceil(32);
-        let mut mask = [0u32; CHUNK / 32 + 4];
-        for g in 0..words.div_ceil(4) {
-            mask[4 * g..4 * g + 4].copy_from_slice(&keep.words4(first_word + 4 * g));
-        }
-        mask[words - 1] &= live(n - 32 * (words - 1));
-        mask[words..].fill(0);
-        if let Some(bits) = bits {
-            bits.copy_from_slice(&mask[..words]);
-        }
-        T::stream::<HW_BF16>(xp, yp, n, &mask[..words + 1], op);
+        T::stream::<K, HW_BF16>(first_word, xp, yp, n, bits, keep, op);
         return;
     }
     // Whole groups of four words (128 elements): no partial word, so no lane masks.
@@ -486,7 +469,7 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
     keep: &K,
     op: Kept<T::Compute>,
 ) {
-    let streaming = K::STREAMS && matches!(x, Source::Slice(_)) && stream::worth_it(y);
+    let streaming = matches!(x, Source::Slice(_)) && stream::worth_it(y);
     map_elementwise_with(x, y, bits_out, keep, op, streaming)
 }
 
