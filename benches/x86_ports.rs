@@ -6,8 +6,10 @@
 //! cycle taken from a chain of dependent `imul` (3 cycles each on every x86-64 core of
 //! the last decade). `cargo bench --bench x86_ports`; prints "skipped" without AVX-512.
 
+#[cfg(target_arch = "x86_64")]
 use std::time::Instant;
 
+#[cfg(target_arch = "x86_64")]
 const ITERS: u64 = 20_000_000;
 
 /// Seconds per cycle, from a chain of dependent 64-bit multiplies.
@@ -35,6 +37,7 @@ fn cycle_seconds() -> f64 {
 
 /// Runs `$body` (one string of instructions, `$count` of them) `ITERS` times with zmm0-15
 /// zeroed first, and prints instructions per cycle.
+#[cfg(target_arch = "x86_64")]
 macro_rules! case {
     ($cycle:expr, $name:expr, $count:expr, $body:expr) => {{
         let start = Instant::now();
@@ -64,6 +67,7 @@ macro_rules! case {
 }
 
 /// Eight `$op zmmK$rest` instructions, K = 0..8, as one template string.
+#[cfg(target_arch = "x86_64")]
 macro_rules! eight {
     ($op:literal, $rest:literal) => {
         concat!(
