@@ -2,17 +2,18 @@
 //! AVX-512: the same arithmetic as the portable and AVX2 paths, so the same bits, on
 //! twice the vector width.
 //!
-//! Per 32-element mask word: Philox4x32-10 for the word's eight counter blocks runs in zmm
-//! registers (each 32-bit state word in the low half of a 64-bit lane, as the AVX2 path
-//! does, so a round is two `vpmuludq`, two shuffles and two three-way xors), the keep bits
-//! come straight out of an unsigned compare into a k-mask, and the elements are widened,
+//! Per four 32-element mask words: Philox4x32-10 for their 32 counter blocks runs in zmm
+//! registers ([`philox`]: each 32-bit state word in the low half of a 64-bit lane, as the
+//! AVX2 path does, so a round is two `vpmuludq`, two swaps and two three-way xors per
+//! eight blocks), the keep bits come out of unsigned compares, and the elements are widened,
 //! mapped and selected under that mask. bf16 narrows with `vcvtneps2bf16` where the CPU
 //! has AVX-512 BF16: that instruction rounds to nearest even and quiets NaNs exactly as
 //! the spec (and `half`) do, but flushes f32 subnormal inputs to zero, so a vector holding
 //! a subnormal goes through the integer rounding instead. f16 converts with the AVX-512
 //! forms of the F16C instructions.
 //!
-//! Needs AVX-512 F, BW, VL, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512)); AVX-512 BF16 is used when present.
+//! Needs AVX-512 F, BW, VL and DQ, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512));
+//! AVX-512 BF16 is used when present.
 
 use super::{for_each_chunk, for_each_mask_chunk, Source};
 use crate::element::Element;
@@ -108,8 +109,8 @@ pub(crate) trait Avx512Element: Element {
     /// `x`). Lanes past `len` are neither read nor written.
     ///
     /// # Safety
-    /// `x` and `y` valid for `len` elements; the CPU must support AVX-512 F, BW, VL, F16C, BMI2,
-    /// and AVX-512 BF16 when `HW_BF16`.
+    /// `x` and `y` valid for `len` elements; the CPU must support AVX-512 F, BW, VL, DQ,
+    /// F16C and BMI2, and AVX-512 BF16 when `HW_BF16`.
     unsafe fn word<const HW_BF16: bool>(
         x: *const Self,
         y: *mut Self,

@@ -19,7 +19,7 @@ pub enum SimdLevel {
     Scalar,
     /// AVX2 and F16C (x86_64).
     Avx2,
-    /// AVX-512 F, BW, VL, F16C and BMI2, with AVX-512 BF16 when present (x86_64).
+    /// AVX-512 F, BW, VL and DQ, F16C and BMI2, with AVX-512 BF16 when present (x86_64).
     Avx512,
 }
 
@@ -53,7 +53,8 @@ fn has_avx2() -> bool {
     false
 }
 
-/// True when the CPU has what the AVX-512 kernels need: AVX-512 F, BW and VL, F16C and BMI2.
+/// True when the CPU has what the AVX-512 kernels need: AVX-512 F, BW, VL and DQ, F16C and
+/// BMI2.
 pub fn has_avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
