@@ -15,7 +15,7 @@
 //! Needs AVX-512 F, BW, VL and DQ, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512));
 //! AVX-512 BF16 is used when present.
 
-use super::{for_each_chunk, for_each_mask_chunk, Source};
+use super::{for_each_chunk, for_each_mask_chunk, Source, CHUNK};
 use crate::element::Element;
 use crate::mask::Probability;
 use crate::plan::Kept;
@@ -391,7 +391,9 @@ unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
         Some(x) => x.as_ptr(),
         None => yp as *const T,
     };
-    if streaming && T::STREAMS && x.is_some() && n > 0 {
+    // Streaming needs a chunk of at most CHUNK elements (its mask buffer's size); a call
+    // small enough to run as one piece never streams in practice (`stream::worth_it`).
+    if streaming && T::STREAMS && x.is_some() && n > 0 && n <= CHUNK {
         T::stream::<K, HW_BF16>(first_word, xp, yp, n, bits, keep, op);
         return;
     }

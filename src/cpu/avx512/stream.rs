@@ -42,7 +42,7 @@ fn keep16(mask: &[u32], e: usize) -> u16 {
 /// overlaps the stores of the last ones.
 ///
 /// # Safety
-/// `x` and `y` valid for `n` (> 0) elements and not overlapping; `bits`, when given,
+/// `x` and `y` valid for `n` (1..=CHUNK) elements and not overlapping; `bits`, when given,
 /// holds `n.div_ceil(32)` words; the CPU must support AVX-512 F, BW, VL, DQ, F16C and
 /// BMI2 (and AVX-512 BF16 when `HW_BF16`).
 #[inline(always)]
@@ -63,7 +63,8 @@ pub(super) unsafe fn chunk<T: Lanes16, K: KeepSource, const HW_BF16: bool>(
         ((16 * size - misaligned) / size).min(n)
     };
     let words = n.div_ceil(32);
-    // Four words of slack: the last group's and the one past it that `keep16` reads.
+    // Slack past the chunk's words: the last group writes up to three more, and `keep16`
+    // reads one past the last element's.
     let mut mask = [0u32; CHUNK / 32 + 8];
     let mut e = 0;
     // SAFETY: every access below is within the first n elements of x and y.
