@@ -373,7 +373,7 @@ impl Lanes16 for bf16 {
 /// place), writing the keep bits of each word to `bits` when given.
 #[inline(always)]
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL, F16C and BMI2 (and AVX-512 BF16 where the
+/// The CPU must support AVX-512 F, BW, VL, DQ, F16C and BMI2 (and AVX-512 BF16 where the
 /// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
 /// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
@@ -428,7 +428,7 @@ unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,bmi2")]
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL, F16C and BMI2 (and AVX-512 BF16 where the
+/// The CPU must support AVX-512 F, BW, VL, DQ, F16C and BMI2 (and AVX-512 BF16 where the
 /// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
 /// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
@@ -445,7 +445,7 @@ unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,bmi2,avx512bf16")]
 /// # Safety
-/// The CPU must support AVX-512 F, BW, VL, F16C and BMI2 (and AVX-512 BF16 where the
+/// The CPU must support AVX-512 F, BW, VL, DQ, F16C and BMI2 (and AVX-512 BF16 where the
 /// function enables it or `HW_BF16` is set); `x`, when given, is as long as `y`, and
 /// `bits`, when given, holds one word per 32 elements of `y`.
 unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
