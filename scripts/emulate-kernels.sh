@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # emulate-kernels.sh: builds the CPU emulator of the CUDA kernels (tests/emulator: g++
-# compiles kernels/*.cu unchanged against a model of the CUDA execution model) twice, as
-# the portable code path (below sm_80) and the sm_90 one, and runs the Rust test that
+# compiles kernels/*.cu unchanged against a model of the CUDA execution model, with every
+# memory access checked as device memory) twice, as the portable code path (below sm_80)
+# and the sm_80+ one, and runs the Rust test that
 # compares every kernel with the CPU reference bit for bit (tests/kernels_emulated.rs).
 # Needs g++ and cargo; no GPU, no CUDA toolkit.
 #
@@ -15,16 +16,16 @@ cd "$repo"
 
 out="${CARGO_TARGET_DIR:-target}/emulator"
 mkdir -p "$out"
-cxx="${CXX:-g++}"
-# -ffp-contract=off: no FMA anywhere (SPEC); -fno-strict-aliasing: the kernels reinterpret
-# element arrays as 16-byte pieces, which is fine on the GPU and must stay fine here.
-flags=(-std=c++17 -O2 -pthread -ffp-contract=off -fno-strict-aliasing -Wall -Wno-unknown-pragmas
-       -I tests/emulator/include -I tests/emulator)
+# shellcheck source=scripts/emulator-build.sh
+source "$script_dir/emulator-build.sh"
 
 emulators=()
-for arch in 750 900; do
+for arch in 750 800; do
     bin="$out/dk-emulate-sm$arch"
-    "$cxx" "${flags[@]}" -D__CUDA_ARCH__="$arch" -o "$bin" tests/emulator/emulate.cpp
+    emu_kernel_object "$arch" "$out/kernels-sm$arch.o"
+    emu_compile "$out/device_memory.o" tests/emulator/device_memory.cpp
+    "$cxx" "${emu_flags[@]}" -DDKEMU_ARCH="$arch" -o "$bin" tests/emulator/emulate.cpp \
+        "$out/kernels-sm$arch.o" "$out/device_memory.o"
     emulators+=("$(readlink -f "$bin")")
 done
 list="$(IFS=:; echo "${emulators[*]}")"

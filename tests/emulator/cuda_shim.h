@@ -4,8 +4,13 @@
 // collective completes only when all 32 lanes reach it, and a lane that exits or waits in
 // a different collective is reported as a deadlock), and __syncthreads is a block barrier.
 // The arithmetic intrinsics round as the GPU does (round to nearest even, no FMA: build
-// with -ffp-contract=off; NaN results are the GPU's canonical NaN). The driver
-// (emulate.cpp) runs the blocks of a grid one after another.
+// with -ffp-contract=off; NaN results are the GPU's canonical NaN). The engine
+// (kernel_set.cpp) runs the blocks of a grid one after another.
+//
+// The kernels are compiled with -fsanitize=kernel-address, which checks every access they
+// make against device memory (device_memory.h). What the model itself touches (fibers,
+// warps, the thread indices) is host memory, so those functions are DKEMU_HOST: not
+// instrumented, and not inlined into the kernels.
 #pragma once
 #include <ucontext.h>
 
@@ -34,6 +39,8 @@ inline uint4 make_uint4(uint32_t x, uint32_t y, uint32_t z, uint32_t w) {
 }
 inline float2 make_float2(float x, float y) { return float2{x, y}; }
 
+#define DKEMU_HOST __attribute__((no_sanitize_address, noinline))
+
 // ---- execution model ----------------------------------------------------------------------
 namespace dkemu {
 
@@ -41,7 +48,7 @@ struct Dim3 {
     unsigned x = 1, y = 1, z = 1;
 };
 
-[[noreturn]] inline void fail(const char* what) {
+[[noreturn]] DKEMU_HOST inline void fail(const char* what) {
     std::fprintf(stderr, "emulator: %s\n", what);
     std::fflush(stderr);
     std::_Exit(3);
@@ -82,11 +89,11 @@ inline thread_local Block* g_block = nullptr;
 inline thread_local Fiber* g_fiber = nullptr;
 inline thread_local Dim3 g_block_idx, g_block_dim, g_grid_dim;
 
-inline void yield_to_scheduler() { swapcontext(&g_fiber->ctx, &g_block->scheduler); }
+DKEMU_HOST inline void yield_to_scheduler() { swapcontext(&g_fiber->ctx, &g_block->scheduler); }
 
 // One warp collective: `compute(in, arg, lane)` gives lane's result once all 32 arrived.
 template <typename F>
-inline uint64_t collective(const char* kind, uint32_t mask, uint64_t value, uint32_t arg,
+DKEMU_HOST inline uint64_t collective(const char* kind, uint32_t mask, uint64_t value, uint32_t arg,
                            F compute) {
     if (mask != 0xffffffffu) fail("a warp collective with a partial mask (not modelled)");
     Fiber& f = *g_fiber;
@@ -115,7 +122,7 @@ inline uint64_t collective(const char* kind, uint32_t mask, uint64_t value, uint
     return w.out[gen & 1][lane];
 }
 
-inline void sync_block() {
+DKEMU_HOST inline void sync_block() {
     Block& b = *g_block;
     const uint64_t gen = b.barrier_gen;
     if (++b.barrier_arrived == b.live) {
@@ -145,10 +152,17 @@ inline T from_word(uint64_t w) {
 
 }  // namespace dkemu
 
-#define threadIdx (::dkemu::g_fiber->tid)
-#define blockIdx (::dkemu::g_block_idx)
-#define blockDim (::dkemu::g_block_dim)
-#define gridDim (::dkemu::g_grid_dim)
+namespace dkemu {
+DKEMU_HOST inline Dim3 thread_idx() { return g_fiber->tid; }
+DKEMU_HOST inline Dim3 block_idx() { return g_block_idx; }
+DKEMU_HOST inline Dim3 block_dim() { return g_block_dim; }
+DKEMU_HOST inline Dim3 grid_dim() { return g_grid_dim; }
+}  // namespace dkemu
+
+#define threadIdx (dkemu::thread_idx())
+#define blockIdx (dkemu::block_idx())
+#define blockDim (dkemu::block_dim())
+#define gridDim (dkemu::grid_dim())
 #define warpSize 32
 
 inline void __syncthreads() { dkemu::sync_block(); }
@@ -157,7 +171,7 @@ template <typename T>
 inline T __shfl_xor_sync(uint32_t mask, T var, int lane_mask, int width = 32) {
     return dkemu::from_word<T>(dkemu::collective(
         "__shfl_xor_sync", mask, dkemu::to_word(var), (uint32_t)lane_mask,
-        [width](const uint64_t* in, const uint32_t* arg, unsigned l) {
+        [width](const uint64_t* in, const uint32_t* arg, unsigned l) DKEMU_HOST {
             // Lanes outside the caller's width-segment read their own value.
             const unsigned src = l ^ (arg[l] & 31u);
             return (src / width == l / width) ? in[src] : in[l];
@@ -168,7 +182,7 @@ template <typename T>
 inline T __shfl_sync(uint32_t mask, T var, int src_lane, int width = 32) {
     return dkemu::from_word<T>(dkemu::collective(
         "__shfl_sync", mask, dkemu::to_word(var), (uint32_t)src_lane,
-        [width](const uint64_t* in, const uint32_t* arg, unsigned l) {
+        [width](const uint64_t* in, const uint32_t* arg, unsigned l) DKEMU_HOST {
             return in[(l / width) * width + (arg[l] % width)];
         }));
 }
@@ -177,7 +191,7 @@ template <typename T>
 inline T __shfl_down_sync(uint32_t mask, T var, unsigned delta, int width = 32) {
     return dkemu::from_word<T>(dkemu::collective(
         "__shfl_down_sync", mask, dkemu::to_word(var), delta,
-        [width](const uint64_t* in, const uint32_t* arg, unsigned l) {
+        [width](const uint64_t* in, const uint32_t* arg, unsigned l) DKEMU_HOST {
             const unsigned src = l + arg[l];
             return (src / width == l / width) ? in[src] : in[l];
         }));
@@ -186,7 +200,7 @@ inline T __shfl_down_sync(uint32_t mask, T var, unsigned delta, int width = 32) 
 inline uint32_t __ballot_sync(uint32_t mask, int predicate) {
     return (uint32_t)dkemu::collective(
         "__ballot_sync", mask, predicate != 0, 0,
-        [](const uint64_t* in, const uint32_t*, unsigned) {
+        [](const uint64_t* in, const uint32_t*, unsigned) DKEMU_HOST {
             uint64_t word = 0;
             for (unsigned k = 0; k < 32; ++k) word |= (in[k] & 1u) << k;
             return word;

@@ -1,13 +1,14 @@
-// emulate.cpp: runs one kernel of kernels/*.cu on the CPU, under the execution model of
-// cuda_shim.h, on inputs read from files, and writes its outputs back to files. The Rust
-// test tests/kernels_emulated.rs drives it; scripts/emulate-kernels.sh builds it.
+// emulate.cpp: dk-emulate, the command-line front of the kernel engine (engine.h): runs
+// one kernel of kernels/*.cu on the CPU on inputs read from files, and writes its outputs
+// back to files. The Rust test tests/kernels_emulated.rs drives it; scripts/emulate-
+// kernels.sh builds it, once per emulated architecture (kernel_set.cpp).
 //
 //   dk-emulate KERNEL GRID BLOCK ARG...
 //
 // one ARG per kernel parameter, in order, parsed by the parameter's C++ type:
 //   pointer   in:PATH[@OFF]        file contents, placed OFF elements into the buffer
 //             inout:PATH[@OFF]     the same, written back to PATH after the launch
-//             out:PATH:COUNT[@OFF] COUNT poisoned elements, written to PATH after
+//             out:PATH:COUNT[@OFF] COUNT unwritten elements, written to PATH after
 //             alias:K              the same address as (pointer) parameter K, 0-based
 //             null                 a null pointer
 //   uint64_t  a number (decimal or 0x hex)
@@ -15,15 +16,18 @@
 //   double    0x + the 16 hex digits of its bits, or a decimal
 //   DkDraw    SEED,OFFSET,INDEX_BASE,THRESHOLD
 //
-// Every buffer ends 0..15 bytes before a PROT_NONE page, so a read or write far past the
-// end faults; the bytes around the data are poisoned and checked after the launch, so a
-// stray write next to it is reported. Exit status: 0 ok, 2 bad usage, 3 a fault the model
-// detected (deadlocked or divergent collective), 4 out-of-bounds access.
+// Buffers are device memory as the emulated driver has it (device_memory.h): each one
+// ends where its data ends, so any access past it, and a read of bytes never written, is
+// reported; the OFF elements before the data are poisoned and checked after the launch,
+// so a stray write just before it is reported too, and an output element left unwritten
+// is reported when it is written back. Exit status: 0 ok, 2 bad usage, 3 a fault the model
+// detected (deadlocked or divergent collective), 4 a memory report.
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <functional>
 #include <iterator>
@@ -32,19 +36,21 @@
 #include <type_traits>
 #include <utility>
 
-#include "cuda_shim.h"
+#include "device_memory.h"
+#include "engine.h"
 
-// The kernels, compiled unchanged.
-#include "../../kernels/alpha_dropout.cu"
-#include "../../kernels/bias_dropout_residual.cu"
-#include "../../kernels/bias_dropout_residual_bwd.cu"
-#include "../../kernels/dropout.cu"
-#include "../../kernels/grouped_dropout.cu"
+DKEMU_DECLARE_SET(DKEMU_ARCH);
 
 namespace {
 
 constexpr unsigned char POISON = 0xA5;
-constexpr size_t GUARD_BYTES = 64;
+
+template <typename T>
+T from_word(uint64_t w) {
+    T v;
+    std::memcpy(&v, &w, sizeof(T));
+    return v;
+}
 
 [[noreturn]] void usage(const std::string& what) {
     std::fprintf(stderr, "dk-emulate: %s\n", what.c_str());
@@ -54,8 +60,7 @@ constexpr size_t GUARD_BYTES = 64;
 struct Buffer {
     std::string path;
     bool write_back = false;
-    unsigned char* map = nullptr;  // first byte of the mapping (the guard before)
-    size_t map_len = 0;            // up to, not including, the PROT_NONE page
+    unsigned char* alloc = nullptr;  // the allocation: OFF poisoned elements, then the data
     unsigned char* data = nullptr;
     size_t bytes = 0;
 };
@@ -66,32 +71,18 @@ std::vector<unsigned char> read_file(const std::string& path) {
     return std::vector<unsigned char>(std::istreambuf_iterator<char>(f), {});
 }
 
-// A buffer of `bytes` at `off_bytes` into a 16-byte aligned region that ends (rounded up
-// to 16) at a PROT_NONE page.
+// `bytes` of device memory at `off_bytes` into an allocation that ends with them.
 Buffer make_buffer(size_t off_bytes, size_t bytes) {
-    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    const size_t region = (off_bytes + bytes + 15) / 16 * 16;
-    const size_t before = (GUARD_BYTES + region + page - 1) / page * page;
-    void* m = mmap(nullptr, before + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                   -1, 0);
-    if (m == MAP_FAILED) usage("mmap failed");
-    auto* map = static_cast<unsigned char*>(m);
-    if (mprotect(map + before, page, PROT_NONE) != 0) usage("mprotect failed");
-    std::memset(map, POISON, before);
+    uint64_t ptr = 0;
+    if (dkemu::mem::allocate(off_bytes + bytes + (off_bytes + bytes == 0), &ptr) !=
+        dkemu::mem::AllocResult::Ok)
+        usage("device memory allocation failed");
     Buffer b;
-    b.map = map;
-    b.map_len = before;
-    b.data = map + before - region + off_bytes;
+    b.alloc = reinterpret_cast<unsigned char*>(ptr);
+    std::memset(b.alloc, POISON, off_bytes);  // host bytes: still unwritten to the shadow
+    b.data = b.alloc + off_bytes;
     b.bytes = bytes;
     return b;
-}
-
-bool guards_intact(const Buffer& b) {
-    for (unsigned char* p = b.map; p < b.data; ++p)
-        if (*p != POISON) return false;
-    for (unsigned char* p = b.data + b.bytes; p < b.map + b.map_len; ++p)
-        if (*p != POISON) return false;
-    return true;
 }
 
 struct Launch {
@@ -113,189 +104,71 @@ void store(Launch& L, T v) {
     L.values.push_back(std::move(bytes));
 }
 
-template <typename A>
-void parse_arg(Launch& L, int index, const std::string& s) {
-    if constexpr (std::is_pointer_v<A>) {
-        using E = std::remove_cv_t<std::remove_pointer_t<A>>;
-        void* ptr = nullptr;
-        if (s == "null") {
-        } else if (s.rfind("alias:", 0) == 0) {
-            const int k = std::stoi(s.substr(6));
-            if (!L.pointer_of.count(k)) usage("alias of a parameter that is not a buffer: " + s);
-            ptr = L.pointer_of[k];
-        } else if (s.rfind("in:", 0) == 0 || s.rfind("inout:", 0) == 0) {
-            const bool inout = s[2] == 'o';
-            auto [path, off] = split_offset(s.substr(inout ? 6 : 3));
-            const auto content = read_file(path);
-            if (content.size() % sizeof(E)) usage(path + ": not a whole number of elements");
-            Buffer b = make_buffer(off * sizeof(E), content.size());
-            std::memcpy(b.data, content.data(), content.size());
-            b.path = path;
-            b.write_back = inout;
-            ptr = b.data;
-            L.buffers.push_back(std::move(b));
-        } else if (s.rfind("out:", 0) == 0) {
-            auto [spec, off] = split_offset(s.substr(4));
-            const size_t colon = spec.rfind(':');
-            if (colon == std::string::npos) usage("out:PATH:COUNT expected, got " + s);
-            const size_t count = std::stoull(spec.substr(colon + 1));
-            Buffer b = make_buffer(off * sizeof(E), count * sizeof(E));
-            b.path = spec.substr(0, colon);
-            b.write_back = true;
-            ptr = b.data;
-            L.buffers.push_back(std::move(b));
-        } else {
-            usage("bad buffer argument " + s);
-        }
-        L.pointer_of[index] = ptr;
-        store(L, (A)ptr);
-    } else if constexpr (std::is_same_v<A, uint64_t>) {
-        store(L, (uint64_t)std::stoull(s, nullptr, 0));
-    } else if constexpr (std::is_same_v<A, float>) {
-        if (s.rfind("0x", 0) == 0) {
-            store(L, dkemu::from_word<float>(std::stoull(s, nullptr, 16)));
-        } else {
-            store(L, std::stof(s));
-        }
-    } else if constexpr (std::is_same_v<A, double>) {
-        if (s.rfind("0x", 0) == 0) {
-            store(L, dkemu::from_word<double>(std::stoull(s, nullptr, 16)));
-        } else {
-            store(L, std::stod(s));
-        }
-    } else if constexpr (std::is_same_v<A, DkDraw>) {
-        DkDraw d;
-        uint64_t* f[4] = {&d.seed, &d.offset, &d.index_base, &d.threshold};
-        size_t start = 0;
-        for (int k = 0; k < 4; ++k) {
-            const size_t comma = s.find(',', start);
-            if ((k < 3) != (comma != std::string::npos)) usage("DkDraw needs 4 numbers: " + s);
-            *f[k] = std::stoull(s.substr(start, comma - start), nullptr, 0);
-            start = comma + 1;
-        }
-        store(L, d);
-    } else {
-        static_assert(sizeof(A) == 0, "a parameter type the driver cannot parse");
-    }
-}
-
-// A kernel as the driver sees it: how many parameters, and a launcher from strings.
-struct Kernel {
-    size_t arity;
-    std::function<void(Launch&, const std::vector<std::string>&)> parse;
-    std::function<void(Launch&)> run_thread;  // one thread's call of the kernel body
-};
-
-template <typename... A, size_t... I>
-void call(void (*f)(A...), Launch& L, std::index_sequence<I...>) {
-    f(*reinterpret_cast<std::remove_reference_t<A>*>(L.values[I].data())...);
-}
-
-template <typename... A, size_t... I>
-void parse_all(Launch& L, const std::vector<std::string>& args, std::index_sequence<I...>) {
-    (parse_arg<A>(L, (int)I, args[I]), ...);
-}
-
-template <typename... A>
-Kernel kernel(void (*f)(A...)) {
-    Kernel k;
-    k.arity = sizeof...(A);
-    k.parse = [](Launch& L, const std::vector<std::string>& args) {
-        parse_all<A...>(L, args, std::index_sequence_for<A...>{});
-    };
-    k.run_thread = [f](Launch& L) { call(f, L, std::index_sequence_for<A...>{}); };
-    return k;
-}
-
-#define DK_PER_DTYPE(op)                                                              \
-    {#op "_f32", kernel(&op##_f32)}, {#op "_f64", kernel(&op##_f64)},                \
-        {#op "_f16", kernel(&op##_f16)}, {#op "_bf16", kernel(&op##_bf16)}
-
-const std::map<std::string, Kernel>& kernels() {
-    static const std::map<std::string, Kernel> table = {
-        DK_PER_DTYPE(dropout_fwd),
-        DK_PER_DTYPE(dropout_bwd_bits),
-        DK_PER_DTYPE(alpha_dropout_fwd),
-        DK_PER_DTYPE(grouped_scale),
-        DK_PER_DTYPE(grouped_alpha),
-        DK_PER_DTYPE(bias_dropout_residual_fwd),
-        DK_PER_DTYPE(column_sum_partial),
-        DK_PER_DTYPE(column_sum_finish),
-        DK_PER_DTYPE(bias_dropout_residual_bwd),
-        {"dropout_mask_bits", kernel(&dropout_mask_bits)},
-    };
-    return table;
-}
-
-// Fiber bodies: the thread entry runs the kernel for the fiber the scheduler switched to.
-Launch* g_launch = nullptr;
-const Kernel* g_kernel = nullptr;
-
-void fiber_entry() {
-    g_kernel->run_thread(*g_launch);
-    dkemu::Block& b = *dkemu::g_block;
-    dkemu::g_fiber->done = true;
-    --b.live;
-    // Threads that exit stop counting at __syncthreads (as on sm_70+).
-    if (b.barrier_arrived > 0 && b.barrier_arrived == b.live) {
-        b.barrier_arrived = 0;
-        ++b.barrier_gen;
-    }
-}  // returns to uc_link: the scheduler
-
-bool runnable(const dkemu::Block& b, const dkemu::Fiber& f) {
-    switch (f.wait) {
-        case dkemu::AT_WARP:
-            return b.warps[f.tid.x / 32].gen != f.wait_gen;
-        case dkemu::AT_BLOCK:
-            return b.barrier_gen != f.wait_gen;
-        default:
-            return true;
-    }
-}
-
-// Fiber stacks: one lazily committed mapping (only the pages a fiber touches are backed).
-constexpr size_t STACK_BYTES = 64 * 1024;
-
-char* map_stacks(unsigned block_dim) {
-    void* m = mmap(nullptr, STACK_BYTES * block_dim, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (m == MAP_FAILED) usage("mmap of fiber stacks failed");
-    return static_cast<char*>(m);
-}
-
-void run_block(dkemu::Block& b, char* stacks, unsigned block_dim) {
-    b.fibers.assign(block_dim, dkemu::Fiber{});
-    b.warps.assign(block_dim / 32, dkemu::Warp{});
-    b.live = (int)block_dim;
-    b.barrier_arrived = 0;
-    for (unsigned t = 0; t < block_dim; ++t) {
-        dkemu::Fiber& f = b.fibers[t];
-        f.tid.x = t;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = stacks + (size_t)t * STACK_BYTES;
-        f.ctx.uc_stack.ss_size = STACK_BYTES;
-        f.ctx.uc_link = &b.scheduler;
-        makecontext(&f.ctx, fiber_entry, 0);
-    }
-    while (b.live > 0) {
-        bool progressed = false;
-        for (dkemu::Fiber& f : b.fibers) {
-            if (f.done || !runnable(b, f)) continue;
-            dkemu::g_fiber = &f;
-            swapcontext(&b.scheduler, &f.ctx);
-            progressed = true;
-        }
-        if (!progressed) {
-            for (const dkemu::Warp& w : b.warps) {
-                if (w.arrived > 0) {
-                    std::fprintf(stderr,
-                                 "emulator: block %u: %s reached by %d of 32 lanes of a warp "
-                                 "(the others exited or wait elsewhere)\n",
-                                 dkemu::g_block_idx.x, w.kind, w.arrived);
-                }
+void parse_arg(Launch& L, int index, const dkemu::ParamDesc& p, const std::string& s) {
+    using dkemu::ParamKind;
+    switch (p.kind) {
+        case ParamKind::Pointer: {
+            const size_t elem = p.elem_size;
+            void* ptr = nullptr;
+            if (s == "null") {
+            } else if (s.rfind("alias:", 0) == 0) {
+                const int k = std::stoi(s.substr(6));
+                if (!L.pointer_of.count(k))
+                    usage("alias of a parameter that is not a buffer: " + s);
+                ptr = L.pointer_of[k];
+            } else if (s.rfind("in:", 0) == 0 || s.rfind("inout:", 0) == 0) {
+                const bool inout = s[2] == 'o';
+                auto [path, off] = split_offset(s.substr(inout ? 6 : 3));
+                const auto content = read_file(path);
+                if (content.size() % elem) usage(path + ": not a whole number of elements");
+                Buffer b = make_buffer(off * elem, content.size());
+                std::memcpy(b.data, content.data(), content.size());
+                dkemu::mem::mark_written((uint64_t)(uintptr_t)b.data, content.size());
+                b.path = path;
+                b.write_back = inout;
+                ptr = b.data;
+                L.buffers.push_back(std::move(b));
+            } else if (s.rfind("out:", 0) == 0) {
+                auto [spec, off] = split_offset(s.substr(4));
+                const size_t colon = spec.rfind(':');
+                if (colon == std::string::npos) usage("out:PATH:COUNT expected, got " + s);
+                const size_t count = std::stoull(spec.substr(colon + 1));
+                Buffer b = make_buffer(off * elem, count * elem);
+                b.path = spec.substr(0, colon);
+                b.write_back = true;
+                ptr = b.data;
+                L.buffers.push_back(std::move(b));
+            } else {
+                usage("bad buffer argument " + s);
             }
-            dkemu::fail("deadlock");
+            L.pointer_of[index] = ptr;
+            store(L, ptr);
+            break;
+        }
+        case ParamKind::U64:
+            store(L, (uint64_t)std::stoull(s, nullptr, 0));
+            break;
+        case ParamKind::F32:
+            store(L, s.rfind("0x", 0) == 0 ? from_word<float>(std::stoull(s, nullptr, 16))
+                                           : std::stof(s));
+            break;
+        case ParamKind::F64:
+            store(L, s.rfind("0x", 0) == 0 ? from_word<double>(std::stoull(s, nullptr, 16))
+                                           : std::stod(s));
+            break;
+        case ParamKind::Draw: {
+            uint64_t d[4];
+            size_t start = 0;
+            for (int k = 0; k < 4; ++k) {
+                const size_t comma = s.find(',', start);
+                if ((k < 3) != (comma != std::string::npos)) usage("DkDraw needs 4 numbers: " + s);
+                d[k] = std::stoull(s.substr(start, comma - start), nullptr, 0);
+                start = comma + 1;
+            }
+            std::vector<unsigned char> bytes(sizeof d);
+            std::memcpy(bytes.data(), d, sizeof d);
+            L.values.push_back(std::move(bytes));
+            break;
         }
     }
 }
@@ -310,15 +183,18 @@ void on_fault(int) {
 
 int main(int argc, char** argv) {
     if (argc < 4) usage("usage: dk-emulate KERNEL GRID BLOCK ARG...");
-    const auto it = kernels().find(argv[1]);
-    if (it == kernels().end()) usage(std::string("unknown kernel ") + argv[1]);
+    const dkemu::KernelSet& set = *DKEMU_SET_FN(DKEMU_ARCH)();
+    size_t index = 0;
+    const dkemu::KernelDesc* kernel = set.find(argv[1], &index);
+    if (!kernel) usage(std::string("unknown kernel ") + argv[1]);
     const unsigned grid = (unsigned)std::stoul(argv[2]);
     const unsigned block = (unsigned)std::stoul(argv[3]);
     if (grid == 0 || block == 0 || block % 32 != 0 || block > 1024)
         usage("GRID > 0 and BLOCK a multiple of 32 up to 1024");
     std::vector<std::string> args(argv + 4, argv + argc);
-    if (args.size() != it->second.arity)
-        usage(std::string(argv[1]) + " takes " + std::to_string(it->second.arity) + " arguments");
+    if (args.size() != kernel->params.size())
+        usage(std::string(argv[1]) + " takes " + std::to_string(kernel->params.size()) +
+              " arguments");
 
     // Faults on a fiber's stack need a stack of their own to be reported.
     static std::vector<char> alt(1 << 16);
@@ -332,34 +208,35 @@ int main(int argc, char** argv) {
     sigaction(SIGSEGV, &sa, nullptr);
     sigaction(SIGBUS, &sa, nullptr);
 
+    dkemu::mem::configure(1ull << 32);
     Launch launch;
-    it->second.parse(launch, args);
-    g_launch = &launch;
-    g_kernel = &it->second;
-
-    char* stacks = map_stacks(block);
-    dkemu::Block b;
-    dkemu::g_block = &b;
-    dkemu::g_grid_dim.x = grid;
-    dkemu::g_block_dim.x = block;
-    // Last block first: nothing may depend on the order blocks run in.
-    for (unsigned bx = grid; bx-- > 0;) {
-        dkemu::g_block_idx.x = bx;
-        run_block(b, stacks, block);
-    }
+    for (size_t k = 0; k < args.size(); ++k) parse_arg(launch, (int)k, kernel->params[k], args[k]);
+    std::vector<void*> params;
+    for (auto& v : launch.values) params.push_back(v.data());
 
     int status = 0;
-    for (size_t k = 0; k < launch.buffers.size(); ++k) {
-        const Buffer& buf = launch.buffers[k];
-        if (!guards_intact(buf)) {
-            std::fprintf(stderr, "emulator: a write next to buffer %s\n", buf.path.c_str());
-            status = 4;
+    if (set.launch(index, grid, block, params.data()) != dkemu::LaunchStatus::Ok) status = 4;
+    for (const Buffer& buf : launch.buffers) {
+        for (const unsigned char* p = buf.alloc; p < buf.data; ++p) {
+            if (*p != POISON) {
+                std::fprintf(stderr, "emulator: a write just before buffer %s\n", buf.path.c_str());
+                status = 4;
+                break;
+            }
         }
-        if (buf.write_back) {
-            std::ofstream f(buf.path, std::ios::binary | std::ios::trunc);
-            f.write(reinterpret_cast<const char*>(buf.data), (std::streamsize)buf.bytes);
-            if (!f) usage("cannot write " + buf.path);
+        if (!buf.write_back) continue;
+        const uint64_t unwritten =
+            dkemu::mem::first_unwritten((uint64_t)(uintptr_t)buf.data, buf.bytes);
+        if (unwritten != UINT64_MAX) {
+            dkemu::mem::report("initcheck", "output " + buf.path + " left unwritten at byte " +
+                                                std::to_string(unwritten - (uintptr_t)buf.data) +
+                                                " of " + std::to_string(buf.bytes));
         }
+        std::ofstream f(buf.path, std::ios::binary | std::ios::trunc);
+        f.write(reinterpret_cast<const char*>(buf.data), (std::streamsize)buf.bytes);
+        if (!f) usage("cannot write " + buf.path);
     }
-    return status;
+    if (dkemu::mem::report_count() > 0) status = 4;
+    std::fflush(stderr);
+    std::_Exit(status);
 }
