@@ -6,7 +6,10 @@
 # (the names come from cudarc's own bindings, so the library has every symbol cudarc may
 # load). The last line printed is the folder to put on LD_LIBRARY_PATH.
 #
-#   bash scripts/emulated-driver.sh     build (incrementally) and print the folder
+#   bash scripts/emulated-driver.sh              build (incrementally) and print the folder
+#   bash scripts/emulated-driver.sh --selftest   also run the driver's self-test
+#                                                (tests/emulator/driver_selftest.cpp: wrong
+#                                                launches on purpose, each must be reported)
 #
 # docs/CUDA.md ("The emulated driver") says what it checks and which variables set its
 # personality (DKEMU_CC, DKEMU_DRIVER, DKEMU_POOLS, DKEMU_MEMORY_MB, ...).
@@ -60,4 +63,8 @@ emu_compile "$obj/driver_stubs.o" "$obj/driver_stubs.cpp"
     "$obj/kernels-sm750.o" "$obj/kernels-sm800.o"
 ln -sf libcuda.so.1 "$lib/libcuda.so"
 echo "emulated-driver: built $lib/libcuda.so.1" >&2
+"$cxx" -std=c++17 -O1 -Wall -o "$obj/driver-selftest" tests/emulator/driver_selftest.cpp -ldl
+if [ "${1:-}" = "--selftest" ]; then
+    "$obj/driver-selftest" "$lib/libcuda.so.1" >&2
+fi
 readlink -f "$lib"

@@ -22,6 +22,7 @@ constexpr uint64_t PAGE = 4096;
 struct Allocation {
     uint64_t bytes;
     uint64_t id;
+    uint64_t base = 0;
 };
 
 // The region and its shadow. Written under `lock` (allocations come from the driver's
@@ -35,7 +36,8 @@ struct Region {
     uint64_t cursor = 0;  // next-fit: offset where the next search starts
     uint64_t next_id = 1;
     std::map<uint64_t, Allocation> live;   // by base address
-    std::map<uint64_t, Allocation> freed;  // the last frees, for reports
+    std::map<uint64_t, Allocation> freed;  // the last frees by free order, for reports
+    uint64_t frees = 0;
 };
 
 Region g;
@@ -99,21 +101,24 @@ std::string describe_locked(uint64_t addr) {
                std::to_string(it->second.bytes) + " bytes at " + hex(it->first) + ") + " +
                std::to_string(addr - it->first);
     }
-    // Freed: the latest free that covered the address.
-    for (auto f = g.freed.rbegin(); f != g.freed.rend(); ++f) {
-        if (addr >= f->first && addr < f->first + round_page(f->second.bytes)) {
-            return hex(addr) + " = freed allocation #" + std::to_string(f->second.id) + " (" +
-                   std::to_string(f->second.bytes) + " bytes at " + hex(f->first) + ") + " +
-                   std::to_string(addr - f->first);
-        }
-    }
-    // Past the end of the allocation just below: the usual overrun.
+    // Past the end of the live allocation just below (within its last page and guard page):
+    // the usual overrun.
     auto below = g.live.upper_bound(addr);
-    if (below != g.live.begin()) {
+    if (below != g.live.begin() &&
+        addr < std::prev(below)->first + round_page(std::prev(below)->second.bytes) + PAGE) {
         --below;
-        return hex(addr) + " = " + std::to_string(addr - below->first - below->second.bytes + 1) +
+        return hex(addr) + " = " + std::to_string(addr - below->first - below->second.bytes) +
                " byte(s) past the end of allocation #" + std::to_string(below->second.id) + " (" +
                std::to_string(below->second.bytes) + " bytes at " + hex(below->first) + ")";
+    }
+    // Freed: the latest free that covered the address.
+    for (auto f = g.freed.rbegin(); f != g.freed.rend(); ++f) {
+        const Allocation& a = f->second;
+        if (addr >= a.base && addr < a.base + round_page(a.bytes)) {
+            return hex(addr) + " = freed allocation #" + std::to_string(a.id) + " (" +
+                   std::to_string(a.bytes) + " bytes at " + hex(a.base) + ") + " +
+                   std::to_string(addr - a.base);
+        }
     }
     return hex(addr) + " is in the device region but in no allocation";
 }
@@ -153,8 +158,7 @@ AllocResult allocate(uint64_t bytes, uint64_t* ptr) {
                 if (mprotect((void*)(uintptr_t)base, round_page(bytes), PROT_READ | PROT_WRITE))
                     return AllocResult::OutOfMemory;
                 std::memset(g.shadow + at, UNWRITTEN, bytes);
-                g.live[base] = Allocation{bytes, g.next_id++};
-                g.freed.erase(base);
+                g.live[base] = Allocation{bytes, g.next_id++, base};
                 g.in_use += bytes;
                 g.cursor = at + need;
                 *ptr = base;
@@ -180,8 +184,8 @@ bool release(uint64_t ptr) {
     madvise(g.shadow + (ptr - g.base), span, MADV_DONTNEED);
     g.in_use -= a.bytes;
     g.live.erase(it);
-    g.freed[ptr] = a;
-    if (g.freed.size() > 4096) g.freed.erase(g.freed.begin());
+    g.freed[g.frees++] = a;
+    if (g.freed.size() > 4096) g.freed.erase(g.freed.begin());  // the oldest
     return true;
 }
 

@@ -38,8 +38,8 @@ void mark_written(uint64_t addr, uint64_t n);
 // A device-to-device copy carries written-ness with the bytes.
 void copy_shadow(uint64_t dst, uint64_t src, uint64_t n);
 
-// "allocation #7 of 4096 bytes at 0x... + 4100 (4 bytes past its end)", or why the address
-// is no device memory.
+// Where an address falls: "allocation #7 (4096 bytes at 0x...) + 100", "4 byte(s) past
+// the end of allocation #7 ...", "freed allocation #3 ...", or that it is no device memory.
 std::string describe(uint64_t addr);
 
 // A report: printed to stderr, appended to the file DKEMU_REPORT_LOG names, and counted.

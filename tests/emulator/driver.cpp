@@ -178,7 +178,11 @@ int ready() {
     return g_sticky;
 }
 
-bool valid_stream(void* s) { return !s || g_streams.count(static_cast<Stream*>(s)); }
+// Null, CU_STREAM_LEGACY (1), CU_STREAM_PER_THREAD (2), or a stream of ours.
+bool valid_stream(void* s) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(s);
+    return v <= 2 || g_streams.count(static_cast<Stream*>(s));
+}
 
 double now_ms() {
     using namespace std::chrono;
@@ -332,6 +336,7 @@ int load_module(Module** out, const void* image) {
             delete m;
             return CUDA_ERROR_NOT_SUPPORTED;
         }
+        if (m->functions.count(e.name)) continue;  // declared twice: one function
         m->functions[e.name] = new Function{m, index};
     }
     for (auto& f : m->functions) g_functions.insert(f.second);
@@ -440,6 +445,7 @@ int launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsi
     // The parameters, copied by the sizes of the C++ signature (as the GPU copies them by
     // the sizes the module declares, which loading checked are the same).
     std::vector<std::vector<unsigned char>> storage;
+    if (params && extra) return CUDA_ERROR_INVALID_VALUE;  // one or the other (cuda.h)
     if (params) {
         for (size_t i = 0; i < k.params.size(); ++i) {
             if (!params[i]) return CUDA_ERROR_INVALID_VALUE;
@@ -632,7 +638,9 @@ DKEMU_API cuCtxGetCurrent(void** ctx) {
 
 DKEMU_API cuCtxGetDevice(CUdevice* d) {
     LOCKED;
-    if (int r = ready()) return r == g_sticky ? (*d = 0, CUDA_SUCCESS) : r;
+    if (!g_initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    if (!t_current || t_current->refs == 0) return CUDA_ERROR_INVALID_CONTEXT;
+    if (!d) return CUDA_ERROR_INVALID_VALUE;
     *d = 0;
     return CUDA_SUCCESS;
 }
