@@ -6,13 +6,12 @@
 # each PTX's ISA version, and assembles every PTX with ptxas 12 for sm_80 and sm_90 with
 # -v. Fails on a compile error, any spill or stack frame, more than 64 registers (as
 # check-ptx.sh), or a PTX ISA newer than this NVRTC's CUDA release can load.
-# Last, the driver symbols: builds a stand-in libcuda.so.1 (C, gcc) that exports every
-# function cudarc binds, logs each one called and answers as one sm_90 GPU would (no
-# kernel runs), runs the CUDA tests and examples against it, and fails if dropkit's path
-# loads a symbol that CUDA 12.0's headers lack (per the #[cfg] on cudarc's own bindings).
-# With NVCC set, also the fallback a CUDA 12 driver triggers: a stand-in that rejects the
-# embedded nvcc 13 PTX as CUDA 12.4 does, under which an NVRTC 12 cubin must be loaded.
-# Needs no GPU.
+# Then a stand-in libcuda.so.1 (C, gcc) that answers every call cudarc binds but runs no
+# kernel: the parity tests must fail under it. Last, with NVCC set, the CUDA 12 driver on
+# the emulated one (scripts/cuda-emulated.sh cuda12): a CUDA 12.4 personality rejects the
+# embedded nvcc 13 PTX, so every CUDA test runs through NVRTC 12.9 cubins, and every
+# driver call made must be one that CUDA 12.0's headers have (per the #[cfg] on cudarc's
+# own bindings). Needs no GPU.
 #
 #   DROPKIT_CUDA12_VENV  venv location (default: <repo>/.venv-cuda12)
 #   PYTHON               interpreter for the venv (default: python3)
@@ -109,7 +108,9 @@ for ptx in "${ptx_files[@]}"; do
     done
 done
 
-log "driver symbols: the CUDA tests and examples against a logging stand-in libcuda"
+# A driver that answers every call but runs no kernel: the parity tests must fail under it,
+# or they would not be checking what the kernels compute.
+log "a stand-in libcuda that runs no kernel: the parity tests must fail"
 cudarc_dir="$(cargo metadata --format-version 1 --locked |
     "$venv/bin/python" -c 'import json, os, sys
 pkgs = json.load(sys.stdin)["packages"]
@@ -117,8 +118,9 @@ print(os.path.dirname(next(p["manifest_path"] for p in pkgs if p["name"] == "cud
 stub="$tmp/stub"
 mkdir -p "$stub"
 "$venv/bin/python" - "$cudarc_dir/src/driver/sys/mod.rs" "$stub" <<'PY'
-# Writes stub.c (every cudarc driver binding as a logging stand-in) and cuda12.txt (the
-# bindings CUDA 12.0's headers have: no #[cfg], or a #[cfg] naming cuda-12000).
+# Writes stub.c (every cudarc driver binding, answering as one sm_90 GPU would, running
+# nothing) and cuda12.txt (the bindings CUDA 12.0's headers have: no #[cfg], or a #[cfg]
+# naming cuda-12000).
 import re, sys
 source, out = sys.argv[1], sys.argv[2]
 names, cuda12, cfg = set(), set(), None
@@ -161,78 +163,54 @@ answers = {
     # NVRTC asks the driver for an export table; "not supported" sends it its own way.
     "cuGetExportTable": ("const void **t, const void *id", "*t = 0; return 801;"),
 }
-lines = ["#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>",
-         "static char handles[8]; static void *current;",
-         "static void note(const char *name, int *seen) {",
-         "    const char *path = getenv(\"STUB_CUDA_LOG\"); FILE *f;",
-         "    if (*seen || !path) return; *seen = 1;",
-         "    if ((f = fopen(path, \"a\"))) { fprintf(f, \"%s\\n\", name); fclose(f); } }"]
+lines = ["#include <stdint.h>", "#include <stdlib.h>", "#include <string.h>",
+         "static char handles[8]; static void *current;"]
 for name in sorted(names):
     params, body = answers.get(name, ("void", ""))
-    lines.append(f"int {name}({params}) {{ static int seen; note(\"{name}\", &seen); "
-                 f"{body} return 0; }}")
+    lines.append(f"int {name}({params}) {{ {body} return 0; }}")
 open(f"{out}/stub.c", "w").write("\n".join(lines) + "\n")
 open(f"{out}/cuda12.txt", "w").write("\n".join(sorted(cuda12)) + "\n")
 PY
 gcc -shared -fPIC -O1 -w -o "$stub/libcuda.so.1" "$stub/stub.c"
 ln -sf libcuda.so.1 "$stub/libcuda.so"
-export STUB_CUDA_LOG="$stub/called.txt"
-stub_env=("${nvrtc_env[@]}" LD_LIBRARY_PATH="$stub:$nvrtc_lib")
-# The stand-in runs no kernel, so value checks fail: only the symbols called count here.
-"${stub_env[@]}" cargo test --quiet --no-fail-fast --test dropout_cuda --test family_cuda \
-    --test kernels >"$tmp/stub-tests.log" 2>&1 || true
-for example in 03-cudarc-interop quickstart; do
-    "${stub_env[@]}" cargo run --quiet --example "$example" >>"$tmp/stub-tests.log" 2>&1 || true
-done
-unset STUB_CUDA_LOG
-sort -u "$stub/called.txt" >"$tmp/called.txt"
-printf '  driver symbols loaded (%d): %s\n' "$(wc -l <"$tmp/called.txt")" "$(tr '\n' ' ' <"$tmp/called.txt")"
-if ! grep -qx cuLaunchKernel "$tmp/called.txt"; then
-    tail -n 40 "$tmp/stub-tests.log" >&2
-    log "FAIL: no kernel launch reached the stand-in driver"
-    status=1
-fi
-missing="$(comm -23 "$tmp/called.txt" <(sort "$stub/cuda12.txt"))"
-if [ -n "$missing" ]; then
-    log "FAIL: loaded symbols missing from CUDA 12.0: $missing"
-    status=1
-fi
-
-# A crate built by nvcc 13 on a CUDA 12 driver: a second stand-in whose cuModuleLoadData
-# answers CUDA_ERROR_UNSUPPORTED_PTX_VERSION (222) to anything but an ELF cubin, as a CUDA
-# 12 driver answers PTX ISA 9.0, and whose cuDriverGetVersion says 12.4. The run-time
-# fallback must then compile a cubin with NVRTC 12 and reach a kernel launch.
-if [ -n "${NVCC:-}" ]; then
-    log "fallback: embedded nvcc PTX rejected by a CUDA 12 stand-in, NVRTC 12 cubin loaded"
-    reject="$stub/reject"
-    mkdir -p "$reject"
-    "$venv/bin/python" - "$stub/stub.c" "$reject/stub.c" <<'PY'
-import re, sys
-s = open(sys.argv[1]).read()
-mark = 'static void mark(const char *w) { const char *p = getenv("STUB_CUDA_LOG"); FILE *f;\n' \
-       '    if (p && (f = fopen(p, "a"))) { fprintf(f, "%s\\n", w); fclose(f); } }\n'
-s = s.replace("static char handles[8];", mark + "static char handles[8];", 1)
-s = re.sub(r'(int cuModuleLoadData\(void \*\*m, const void \*img\) \{[^}]*?)\*m = ',
-           r'\1if (memcmp(img, "\\x7f" "ELF", 4)) { mark("rejected-ptx"); return 222; } '
-           r'mark("loaded-cubin"); *m = ', s, count=1)
-s = re.sub(r'int cuDriverGetVersion\([^)]*\) \{([^}]*?) return 0; \}',
-           r'int cuDriverGetVersion(int *v) {\1 *v = 12040; return 0; }', s, count=1)
-open(sys.argv[2], "w").write(s)
-PY
-    gcc -shared -fPIC -O1 -w -o "$reject/libcuda.so.1" "$reject/stub.c"
-    STUB_CUDA_LOG="$reject/called.txt" LD_LIBRARY_PATH="$reject:$nvrtc_lib" \
-        DROPKIT_CUDA_INCLUDE="$include" cargo run --quiet --example quickstart \
-        >"$tmp/reject.log" 2>&1 || true
-    if grep -qx rejected-ptx "$reject/called.txt" && grep -qx loaded-cubin "$reject/called.txt" &&
-        grep -qx cuLaunchKernel "$reject/called.txt"; then
-        log "  embedded PTX rejected, NVRTC 12 cubin loaded, kernels launched"
+for t in dropout_cuda family_cuda; do
+    if "${nvrtc_env[@]}" LD_LIBRARY_PATH="$stub:$nvrtc_lib" DROPKIT_REQUIRE_CUDA=1 \
+        cargo test --quiet --test "$t" >"$tmp/stub-$t.log" 2>&1; then
+        log "FAIL: $t passed under a driver that runs no kernel (its checks see nothing)"
+        status=1
+    elif grep -q 'assertion `left == right` failed' "$tmp/stub-$t.log"; then
+        log "  $t fails under the stand-in, as it must ($(grep -c '^test .* FAILED' "$tmp/stub-$t.log") tests failed)"
     else
-        tail -n 20 "$tmp/reject.log" >&2
-        log "FAIL: the NVRTC fallback did not load a cubin after the PTX was rejected"
+        tail -n 20 "$tmp/stub-$t.log" >&2
+        log "FAIL: $t under the stand-in did not fail on a value check"
+        status=1
+    fi
+done
+
+# The CUDA 12 driver for real, on the emulated one: every CUDA test, the doctests and the
+# examples with DKEMU_DRIVER=12.4, which rejects the embedded nvcc 13 PTX (ISA 9.0) as a
+# CUDA 12 driver does, so the NVRTC 12.9 cubin fallback compiles and runs every kernel.
+# Every driver call made is logged; each must be one CUDA 12.0's headers have.
+if [ -n "${NVCC:-}" ]; then
+    log "CUDA 12.4 on the emulated driver: embedded PTX rejected, NVRTC 12.9 cubins run"
+    calls="$tmp/calls.txt"
+    if ! DKEMU_CALL_LOG="$calls" DROPKIT_NVRTC_LIB="$nvrtc_lib" DROPKIT_CUDA_INCLUDE="$include" \
+        bash scripts/cuda-emulated.sh cuda12; then
+        log "FAIL: the CUDA tests under the CUDA 12.4 personality"
+        status=1
+    fi
+    sort -u "$calls" -o "$calls"
+    printf '  driver calls made (%d): %s\n' "$(wc -l <"$calls")" "$(tr '\n' ' ' <"$calls")"
+    for need in cuModuleLoadData cuLaunchKernel; do
+        grep -qx "$need" "$calls" || { log "FAIL: no $need reached the driver"; status=1; }
+    done
+    missing="$(comm -23 "$calls" <(sort "$stub/cuda12.txt"))"
+    if [ -n "$missing" ]; then
+        log "FAIL: driver calls missing from CUDA 12.0: $missing"
         status=1
     fi
 else
-    log "fallback with embedded PTX: skipped (NVCC is not set, so nothing is embedded)"
+    log "CUDA 12.4 personality: skipped (NVCC is not set, so no PTX is embedded to reject)"
 fi
 
 if [ "$status" -ne 0 ]; then

@@ -19,7 +19,9 @@
 //   DKEMU_POOLS=1|0            memory pools (cuMemAllocAsync) supported or not
 //   DKEMU_MEMORY_MB=N          device memory (default 8192), so out-of-memory is real
 //   DKEMU_SMS=N                multiprocessors (default 132, as an H200)
-//   DKEMU_TRACE=1              every driver call on stderr
+//   DKEMU_TRACE=1              what the driver does, on stderr
+//   DKEMU_CALL_LOG=PATH        the name of each driver call made, once, appended to PATH
+//                              (check-cuda12.sh compares them with CUDA 12.0's symbols)
 #include <algorithm>
 #include <cctype>
 #include <chrono>
@@ -169,6 +171,17 @@ void trace(const char* fmt, ...) {
     std::vfprintf(stderr, fmt, ap);
     std::fputc('\n', stderr);
     va_end(ap);
+}
+
+// DKEMU_CALL_LOG: each entry point's name the first time it is called (under g_lock).
+void note_call(const char* name) {
+    static const char* path = std::getenv("DKEMU_CALL_LOG");
+    static std::set<std::string> seen;
+    if (!path || !seen.insert(name).second) return;
+    if (FILE* f = std::fopen(path, "a")) {
+        std::fprintf(f, "%s\n", name);
+        std::fclose(f);
+    }
 }
 
 // What most calls check first: initialized, a live current context, no sticky error.
@@ -522,7 +535,9 @@ int attribute(int attr) {
 // DKEMU_API marks what this file implements; scripts/emulated-driver.sh generates a stub
 // for every other binding cudarc has.
 #define DKEMU_API extern "C" __attribute__((visibility("default"))) CUresult
-#define LOCKED std::lock_guard<std::recursive_mutex> guard(g_lock)
+#define LOCKED                                           \
+    std::lock_guard<std::recursive_mutex> guard(g_lock); \
+    note_call(__func__)
 
 DKEMU_API cuInit(unsigned flags) {
     LOCKED;
@@ -876,6 +891,7 @@ DKEMU_API cuLaunchKernel(void* f, unsigned gx, unsigned gy, unsigned gz, unsigne
 }
 
 DKEMU_API cuGetErrorName(CUresult e, const char** s) {
+    LOCKED;
     if (!s) return CUDA_ERROR_INVALID_VALUE;
     for (const auto& t : ERRORS) {
         if (t.code == e) {
@@ -888,6 +904,7 @@ DKEMU_API cuGetErrorName(CUresult e, const char** s) {
 }
 
 DKEMU_API cuGetErrorString(CUresult e, const char** s) {
+    LOCKED;
     if (!s) return CUDA_ERROR_INVALID_VALUE;
     for (const auto& t : ERRORS) {
         if (t.code == e) {
@@ -901,7 +918,8 @@ DKEMU_API cuGetErrorString(CUresult e, const char** s) {
 
 // For the generated stubs: one line per binding the first time it is called.
 extern "C" __attribute__((visibility("hidden"))) CUresult dkemu_not_supported(const char* name) {
-    LOCKED;
+    std::lock_guard<std::recursive_mutex> guard(g_lock);
+    note_call(name);
     static std::set<std::string> said;
     if (said.insert(name).second)
         std::fprintf(stderr, "dkemu: %s is not emulated: CUDA_ERROR_NOT_SUPPORTED\n", name);
