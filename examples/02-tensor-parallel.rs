@@ -29,7 +29,11 @@ fn main() -> anyhow::Result<()> {
     for rank in 0..ranks {
         let start = rank * n / ranks;
         let end = (rank + 1) * n / ranks;
-        let on = if rank % 2 == 0 { device.clone() } else { Device::Cpu };
+        let on = if rank % 2 == 0 {
+            device.clone()
+        } else {
+            Device::Cpu
+        };
         let shard = Tensor::from_vec(whole[start..end].to_vec(), &[end - start])?.to_device(&on)?;
         let layer = Dropout::new(p)?
             .with_generator(Arc::new(Generator::new(seed)))

@@ -3,7 +3,9 @@
 # default target and for compute_80), assembles each PTX with ptxas for sm_80 and sm_90
 # (the portable one for its own sm_XY too), prints register use, and fails on any compile
 # error, register spill, non-zero stack frame, or kernel using more than 64 registers
-# on sm_80 or sm_90 (DROPKIT_MAX_REGS overrides the limit). 64 is the most a 1024-thread
+# on sm_80 or sm_90 (DROPKIT_MAX_REGS overrides the limit). It also fails when it checked
+# nothing: a PTX with no .entry, or a ptxas log without exactly one register report and
+# one stack-frame report per .entry of its PTX (so a silent ptxas cannot pass). 64 is the most a 1024-thread
 # block can have (both give a block at most 64K 32-bit registers); above it a launch with
 # 1024 threads fails with CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, so the limit keeps every
 # block size up to 1024 launchable (src/cuda launches 256 today). Needs no GPU.
@@ -43,6 +45,9 @@ fi
 max_regs="${DROPKIT_MAX_REGS:-64}"
 
 status=0
+# What was checked, so that a run that checked nothing fails instead of passing.
+n_logs=0
+n_reports=0
 # Two PTX targets: the portable one (build.rs's default) and compute_80, whose code paths
 # differ (hardware bf16/f16 pair conversions behind __CUDA_ARCH__ >= 800) and which GPUs of
 # sm_80 or newer should load.
@@ -80,9 +85,24 @@ for cu in "${sources[@]}"; do
         #   ptxas info : Function properties for NAME
         #       S bytes stack frame, SS bytes spill stores, SL bytes spill loads
         #   ptxas info : Used R registers, ...
-        if ! awk -v arch="$arch" -v max_regs="$max_regs" '
+        # The PTX is read first for its kernels (.entry lines): each must get exactly one
+        # report of each kind, and there must be no more reports than kernels (an empty or
+        # truncated log, or one of another module, checks nothing and must not pass).
+        if ! awk -v arch="$arch" -v max_regs="$max_regs" -v mod="$cu ($ptx_arch)" '
+            FNR == NR {
+                if ($0 ~ /^[ \t]*(\.(visible|weak)[ \t]+)?\.entry[ \t]/) {
+                    name = $0
+                    sub(/^.*\.entry[ \t]+/, "", name)
+                    sub(/[^A-Za-z0-9_$].*$/, "", name)
+                    entries[name] = 1
+                    n_entries++
+                }
+                next
+            }
             /Function properties for/ { fn = $NF; next }
             /bytes stack frame/ {
+                n_frame++
+                frame[fn]++
                 stack = $1; stores = $5; loads = $9
                 if (stack != 0 || stores != 0 || loads != 0) {
                     printf "check-ptx: FAIL: %s %s: %s\n", arch, fn, $0
@@ -91,6 +111,8 @@ for cu in "${sources[@]}"; do
                 next
             }
             /Used [0-9]+ registers/ {
+                n_used++
+                used[fn]++
                 sub(/^.*Used/, "Used")
                 printf "  %s %-28s %s\n", arch, fn, $0
                 regs = $2 + 0
@@ -100,17 +122,42 @@ for cu in "${sources[@]}"; do
                     bad = 1
                 }
             }
-            END { exit bad }
-        ' "$log"; then
+            END {
+                if (n_entries == 0) {
+                    printf "check-ptx: FAIL: %s %s: no .entry in the PTX (nothing to check)\n", \
+                        arch, mod
+                    bad = 1
+                }
+                for (e in entries) {
+                    if (used[e] != 1 || frame[e] != 1) {
+                        printf "check-ptx: FAIL: %s %s: %d register, %d stack-frame reports (want 1)\n", \
+                            arch, e, used[e], frame[e]
+                        bad = 1
+                    }
+                }
+                if (n_used + 0 != n_entries || n_frame + 0 != n_entries) {
+                    printf "check-ptx: FAIL: %s %s: %d .entry, %d register, %d stack-frame reports\n", \
+                        arch, mod, n_entries, n_used, n_frame
+                    bad = 1
+                }
+                exit bad
+            }
+        ' "$ptx" "$log"; then
             status=1
         fi
+        n_logs=$((n_logs + 1))
+        n_reports=$((n_reports + $(grep -cE 'Used [0-9]+ registers' "$log" || true)))
     done
   done
 done
 
+if [ "$n_logs" -eq 0 ] || [ "$n_reports" -eq 0 ]; then
+    echo "check-ptx: FAIL: nothing checked ($n_logs ptxas logs, $n_reports kernel reports)" >&2
+    status=1
+fi
 if [ "$status" -ne 0 ]; then
     echo "check-ptx: FAILED" >&2
 else
-    echo "check-ptx: ok" >&2
+    echo "check-ptx: ok ($n_logs ptxas logs, $n_reports kernel reports)" >&2
 fi
 exit "$status"

@@ -2,7 +2,9 @@
 """Import graph of the files of src/: which file's code names which other file's module,
 through `use crate::...` / `use super::...` / `use self::...` trees and inline `crate::`
 (or `$crate::`) paths. Prints the cycles between files (strongly connected components of
-more than one file) and exits 1 if there are any; `--edges` also prints every edge.
+more than one file) and exits 1 if there are any; `--edges` also prints every edge. It
+also exits 1 when it has nothing to check: no .rs file under src/, or no import edge at all
+(a moved src/ or a parser that stopped matching must not pass as "no cycles").
 
 `mod x;` declarations are ownership, not use, and are not edges. A path resolves to the
 longest prefix of it that is a module file (src/a/b.rs or src/a/b/mod.rs); inline `mod x {`
@@ -68,6 +70,9 @@ def use_paths(tree):
 
 def main():
     files = sorted(SRC.rglob("*.rs"))
+    if not files:
+        print(f"import-graph: FAIL: no .rs files under {SRC} (nothing to check)", file=sys.stderr)
+        return 1
     modules = {}
     for f in files:
         if f.name == "cuda_off.rs":
@@ -161,6 +166,11 @@ def main():
     print(f"{len(files)} files, {n_edges} import edges, {len(cycles)} cycle(s)")
     for c in cycles:
         print("cycle: " + ", ".join(sorted(str(x.relative_to(SRC.parent)) for x in c)))
+    if n_edges == 0:
+        # The crate's files do use each other; none found means the parser found nothing.
+        print(f"import-graph: FAIL: no import edges among {len(files)} files (nothing checked)",
+              file=sys.stderr)
+        return 1
     return 1 if cycles else 0
 
 

@@ -4,7 +4,10 @@
 
 mod common;
 
-use common::{bits_of, test_data};
+// Finite data: these tests check values against tolerances and zero patterns, which NaN
+// and -0.0 would blur; the special values are covered by tests/dropout_cpu.rs,
+// tests/properties.rs and the CUDA tests.
+use common::{bits_of, finite_test_data as test_data};
 use dropkit::element::{to_compute_f64, ComputeFloat};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,

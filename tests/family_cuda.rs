@@ -230,43 +230,69 @@ fn in_place_on_cuda_matches() {
         return;
     };
     let gen = || std::sync::Arc::new(dropkit::Generator::new(3));
+    let shape = [4, 8, 9];
     let data = test_data::<bf16>(4 * 8 * 9, 1);
-    let x = cuda_tensor(&dev, &data, 1, &[4, 8, 9]);
-    let (y, _) = dropkit::Dropout1d::new(0.5)
-        .unwrap()
-        .with_generator(gen())
-        .forward(&x)
-        .unwrap();
-    let mut z = cuda_tensor(&dev, &data, 1, &[4, 8, 9]);
-    dropkit::Dropout1d::new(0.5)
-        .unwrap()
-        .with_generator(gen())
-        .forward_in_place(&mut z)
-        .unwrap();
-    assert_eq!(bits_of(&z.to_vec().unwrap()), bits_of(&y.to_vec().unwrap()));
-    let mut a = cuda_tensor(&dev, &data, 3, &[4, 8, 9]);
-    let (y, _) = dropkit::AlphaDropout::new(0.5)
-        .unwrap()
-        .with_generator(gen())
-        .forward(&x)
-        .unwrap();
-    dropkit::AlphaDropout::new(0.5)
-        .unwrap()
-        .with_generator(gen())
-        .forward_in_place(&mut a)
-        .unwrap();
-    assert_eq!(bits_of(&a.to_vec().unwrap()), bits_of(&y.to_vec().unwrap()));
-    let bias = cuda_tensor(&dev, &test_data::<bf16>(9, 2), 0, &[9]);
-    let mut res = cuda_tensor(&dev, &test_data::<bf16>(4 * 8 * 9, 3), 2, &[4, 8, 9]);
+    let x = cuda_tensor(&dev, &data, 1, &shape);
+    let x_cpu = Tensor::from_vec(data.clone(), &shape).unwrap();
+    // Each in-place result equals the out-of-place one, and both equal the CPU's.
+    let drop1d = || dropkit::Dropout1d::new(0.5).unwrap().with_generator(gen());
+    let (y, _) = drop1d().forward(&x).unwrap();
+    let (y_cpu, _) = drop1d().forward(&x_cpu).unwrap();
+    let mut z = cuda_tensor(&dev, &data, 1, &shape);
+    drop1d().forward_in_place(&mut z).unwrap();
+    assert_eq!(
+        bits_of(&y.to_vec().unwrap()),
+        bits_of(&y_cpu.to_vec().unwrap()),
+        "Dropout1d"
+    );
+    assert_eq!(
+        bits_of(&z.to_vec().unwrap()),
+        bits_of(&y.to_vec().unwrap()),
+        "Dropout1d in place"
+    );
+
+    let alpha = || {
+        dropkit::AlphaDropout::new(0.5)
+            .unwrap()
+            .with_generator(gen())
+    };
+    let (y, _) = alpha().forward(&x).unwrap();
+    let (y_cpu, _) = alpha().forward(&x_cpu).unwrap();
+    let mut a = cuda_tensor(&dev, &data, 3, &shape);
+    alpha().forward_in_place(&mut a).unwrap();
+    assert_eq!(
+        bits_of(&y.to_vec().unwrap()),
+        bits_of(&y_cpu.to_vec().unwrap()),
+        "AlphaDropout"
+    );
+    assert_eq!(
+        bits_of(&a.to_vec().unwrap()),
+        bits_of(&y.to_vec().unwrap()),
+        "AlphaDropout in place"
+    );
+
+    let bias_data = test_data::<bf16>(9, 2);
+    let res_data = test_data::<bf16>(4 * 8 * 9, 3);
+    let bias = cuda_tensor(&dev, &bias_data, 0, &[9]);
+    let mut res = cuda_tensor(&dev, &res_data, 2, &shape);
+    let bias_cpu = Tensor::from_vec(bias_data, &[9]).unwrap();
+    let res_cpu = Tensor::from_vec(res_data, &shape).unwrap();
     let layer = || {
         dropkit::BiasDropoutResidual::new(0.5)
             .unwrap()
             .with_generator(gen())
     };
     let (out, _) = layer().forward(&x, &bias, &res).unwrap();
+    let (out_cpu, _) = layer().forward(&x_cpu, &bias_cpu, &res_cpu).unwrap();
     layer().forward_in_place(&x, &bias, &mut res).unwrap();
     assert_eq!(
+        bits_of(&out.to_vec().unwrap()),
+        bits_of(&out_cpu.to_vec().unwrap()),
+        "BiasDropoutResidual"
+    );
+    assert_eq!(
         bits_of(&res.to_vec().unwrap()),
-        bits_of(&out.to_vec().unwrap())
+        bits_of(&out.to_vec().unwrap()),
+        "BiasDropoutResidual in place"
     );
 }

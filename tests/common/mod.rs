@@ -34,13 +34,41 @@ fn cuda_with_kernels() -> Result<Device, String> {
     Err("dropkit was built without its cuda feature".into())
 }
 
-/// Raw bits of every element, for `==` comparisons that see -0.0 and NaN payloads.
+/// Raw bits of every element, for `==` comparisons that see -0.0, infinities and
+/// subnormals; every NaN becomes one value, since NaN payloads are outside the contract
+/// (docs/spec.md, section 3: GPUs produce a canonical NaN, x86 passes payloads through).
 pub fn bits_of<T: Element>(v: &[T]) -> Vec<u64> {
-    v.iter().map(|x| x.to_bits_u64()).collect()
+    use dropkit::element::ComputeFloat;
+    v.iter()
+        .map(|x| {
+            if x.to_compute().to_f64().is_nan() {
+                u64::MAX
+            } else {
+                x.to_bits_u64()
+            }
+        })
+        .collect()
 }
 
-/// Deterministic finite test data with varied exponents and signs.
+/// Deterministic test data with varied exponents and signs, and every 61st element one of
+/// the values where devices most often part ways: infinities, NaN, -0.0, subnormals of
+/// the dtype and its largest finite value.
 pub fn test_data<T: Element>(n: usize, salt: u64) -> Vec<T> {
+    let specials = special_values::<T>();
+    let mut v = finite_test_data::<T>(n, salt);
+    for (k, x) in v
+        .iter_mut()
+        .enumerate()
+        .skip((salt % 61) as usize)
+        .step_by(61)
+    {
+        *x = specials[(k / 61) % specials.len()];
+    }
+    v
+}
+
+/// [`test_data`] without the special values, for checks of statistics.
+pub fn finite_test_data<T: Element>(n: usize, salt: u64) -> Vec<T> {
     (0..n as u64)
         .map(|i| {
             let h = (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
@@ -48,6 +76,30 @@ pub fn test_data<T: Element>(n: usize, salt: u64) -> Vec<T> {
             T::from_f64(v)
         })
         .collect()
+}
+
+/// inf, -inf, NaN, -0.0, two subnormals of `T` and `T`'s largest finite value.
+pub fn special_values<T: Element>() -> Vec<T> {
+    use dropkit::DType;
+    // A power of two below the dtype's smallest normal (2^-1022, 2^-126, 2^-14).
+    let (tiny, max) = match T::DTYPE {
+        DType::F64 => (2f64.powi(-1060), f64::MAX),
+        DType::F32 => (2f64.powi(-130), f32::MAX as f64),
+        DType::BF16 => (2f64.powi(-130), half::bf16::MAX.to_f64()),
+        DType::F16 => (2f64.powi(-20), half::f16::MAX.to_f64()),
+    };
+    [
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::NAN,
+        -0.0,
+        tiny,
+        -3.0 * tiny,
+        max,
+    ]
+    .into_iter()
+    .map(T::from_f64)
+    .collect()
 }
 
 /// A CUDA tensor of `shape` over `data`, starting `start` elements into its device buffer
