@@ -12,6 +12,31 @@ use std::sync::atomic::{AtomicU8, Ordering};
 /// The environment variable that forces a level.
 pub const ENV_VAR: &str = "DROPKIT_CPU_SIMD";
 
+/// The environment variable naming the instruction sets a test run must have
+/// (comma-separated: `avx2`, `avx512`, `avx512bf16`): a test that would skip for want of
+/// one fails instead (CI sets what its machine has).
+pub const REQUIRE_VAR: &str = "DROPKIT_REQUIRE_SIMD";
+
+/// For tests that need instruction set `what` (a [`REQUIRE_VAR`] name): false when the
+/// CPU has it (`have`); else true after one line on stderr saying that `test` skipped
+/// (straight to the handle, which the test harness does not capture), or a panic when
+/// [`REQUIRE_VAR`] names `what`.
+#[doc(hidden)]
+pub fn skip_without(what: &str, have: bool, test: &str) -> bool {
+    if have {
+        return false;
+    }
+    let required = std::env::var(REQUIRE_VAR)
+        .is_ok_and(|v| v.split(',').any(|l| l.trim().eq_ignore_ascii_case(what)));
+    assert!(
+        !required,
+        "{test}: {REQUIRE_VAR} names {what}, which this CPU lacks"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "skipped {test}: this CPU lacks {what}");
+    true
+}
+
 /// An instruction set level of the CPU backend, from narrowest to widest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum SimdLevel {

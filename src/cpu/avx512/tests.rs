@@ -7,12 +7,10 @@ use crate::element::{to_compute_f64, ComputeFloat};
 use crate::mask::{keep_bits_from, mask_words};
 use crate::plan::StreamPos;
 
-fn skip() -> bool {
-    if crate::cpu::simd::has_avx512() {
-        return false;
-    }
-    eprintln!("skipped: this CPU lacks AVX-512 F/BW/VL or F16C");
-    true
+/// Whether `test` must skip: the CPU lacks the AVX-512 path (a failure instead under
+/// `DROPKIT_REQUIRE_SIMD=avx512`).
+fn skip(test: &str) -> bool {
+    crate::cpu::simd::skip_without("avx512", crate::cpu::simd::has_avx512(), test)
 }
 
 /// f32 bit patterns that exercise every conversion edge: zeros, subnormals of f32 and
@@ -162,7 +160,11 @@ fn check_dtype<T: Avx512Element>() {
                 };
                 same_bits(&got, &want, &what);
                 assert_eq!(got_bits, want_bits, "{what}");
-                // Streaming stores, into outputs that start at different alignments.
+                // Streaming forced, into outputs that start at different alignments. A
+                // length that runs as one piece longer than CHUNK (CHUNK + 45) must take the
+                // ordinary path (the guard in chunk_body: the stream's mask buffer holds one
+                // chunk): the regression test of that guard. The real trigger is
+                // `streaming_trigger_every_dtype`.
                 let mut out = vec![T::ONE; len + 16];
                 for shift in [0, 3, 9] {
                     let y = &mut out[shift..shift + len];
@@ -212,30 +214,91 @@ fn check_dtype<T: Avx512Element>() {
 
 #[test]
 fn f32_matches_the_generic_path() {
-    if !skip() {
+    if !skip("f32_matches_the_generic_path") {
         check_dtype::<f32>();
     }
 }
 
 #[test]
 fn f64_matches_the_generic_path() {
-    if !skip() {
+    if !skip("f64_matches_the_generic_path") {
         check_dtype::<f64>();
     }
 }
 
 #[test]
 fn f16_matches_the_generic_path() {
-    if !skip() {
+    if !skip("f16_matches_the_generic_path") {
         check_dtype::<f16>();
     }
 }
 
 #[test]
 fn bf16_matches_the_generic_path() {
-    if !skip() {
+    if !skip("bf16_matches_the_generic_path") {
         check_dtype::<bf16>();
     }
+}
+
+/// The real streaming trigger (`stream::worth_it`: an output of 16 MiB or more), at it and
+/// one element past it, through `map_elementwise`, which decides for itself: forward with
+/// bits and backward from them, into outputs at three alignments, against the generic
+/// path; the elements after each output must be untouched (a store past the end shows).
+/// The types whose `STREAMS` is false take the ordinary path at the same sizes.
+fn check_stream_trigger<T: Avx512Element>() {
+    let at = super::stream::STREAM_MIN_BYTES / std::mem::size_of::<T>();
+    let data = inputs::<T>();
+    let prob = Probability::new(0.3).unwrap();
+    let s = to_compute_f64::<T>(prob.scale_f64());
+    const SENTINEL: usize = 16;
+    for len in [at, at + 1] {
+        let x: Vec<T> = (0..len).map(|i| data[(i * 13) % data.len()]).collect();
+        let pos = StreamPos {
+            seed: 0x57EA,
+            offset: len as u64,
+            index_base: 3,
+        };
+        let keep = Regenerate::new(pos.seed, pos.offset, pos.index_base, &prob);
+        let (mut want, mut want_bits) = (vec![T::ZERO; len], vec![0u32; mask_words(len)]);
+        let op = Kept::Scale(s);
+        forward_words(Source::Slice(&x), &mut want, Some(&mut want_bits), pos, &prob, op);
+        let mut want_dx = vec![T::ZERO; len];
+        backward_bits_words(Source::Slice(&x), &mut want_dx, &want_bits, s);
+        let mut out = vec![T::ONE; len + SENTINEL];
+        for shift in [0, 3, 9] {
+            let what = format!("{} len {len} output at +{shift}", T::DTYPE);
+            out.fill(T::ONE);
+            let y = &mut out[shift..shift + len];
+            assert!(super::stream::worth_it(y), "{what}: below the trigger");
+            let mut bits = vec![9u32; mask_words(len)];
+            // SAFETY: checked by `skip`.
+            unsafe { map_elementwise(Source::Slice(&x), y, Some(&mut bits), &keep, op) };
+            same_bits(y, &want, &format!("{what} forward"));
+            assert_eq!(bits, want_bits, "{what} bits");
+            let untouched = |out: &[T]| {
+                let (before, after) = (&out[..shift], &out[shift + len..]);
+                before.iter().chain(after).all(|v| v.to_bits_u64() == T::ONE.to_bits_u64())
+            };
+            assert!(untouched(&out), "{what}: forward wrote outside its output");
+            out.fill(T::ONE);
+            let y = &mut out[shift..shift + len];
+            // SAFETY: as above.
+            unsafe { map_elementwise(Source::Slice(&x), y, None, &Saved(&want_bits), op) };
+            same_bits(y, &want_dx, &format!("{what} backward"));
+            assert!(untouched(&out), "{what}: backward wrote outside its output");
+        }
+    }
+}
+
+#[test]
+fn streaming_trigger_every_dtype() {
+    if skip("streaming_trigger_every_dtype") {
+        return;
+    }
+    check_stream_trigger::<f32>();
+    check_stream_trigger::<f64>();
+    check_stream_trigger::<f16>();
+    check_stream_trigger::<bf16>();
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -254,8 +317,13 @@ unsafe fn narrow_both(src: &[f32; 16]) -> ([u16; 16], [u16; 16]) {
 /// subnormal lane among normal ones must take the exact path.
 #[test]
 fn bf16_narrowing_matches_half() {
-    if skip() || !hardware_bf16() {
-        eprintln!("skipped: no AVX-512 BF16");
+    if skip("bf16_narrowing_matches_half")
+        || crate::cpu::simd::skip_without(
+            "avx512bf16",
+            hardware_bf16(),
+            "bf16_narrowing_matches_half",
+        )
+    {
         return;
     }
     let mut patterns: Vec<u32> = (0..=u32::MAX).step_by(4099).collect();
@@ -293,7 +361,7 @@ fn bf16_narrowing_matches_half() {
 /// and the chunks, shards that start inside a Philox block, and every kind of p.
 #[test]
 fn fill_keep_bits_matches_the_reference_mask() {
-    if skip() {
+    if skip("fill_keep_bits_matches_the_reference_mask") {
         return;
     }
     for p in [0.0, 0.1, 0.5, 1.0] {
