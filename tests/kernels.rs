@@ -128,7 +128,12 @@ fn nvrtc_compiles_every_kernel_to_a_cubin() {
                 if std::env::var("DROPKIT_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
                     panic!("DROPKIT_REQUIRE_NVRTC=1 but NVRTC is unusable: {why}");
                 }
-                eprintln!("skipped nvrtc_compiles_every_kernel_to_a_cubin: {why}");
+                // Straight to the handle: the harness captures eprintln! of passing tests.
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipped nvrtc_compiles_every_kernel_to_a_cubin: {why}"
+                );
                 return;
             }
             Err(e) => panic!("{module}: {e}"),
