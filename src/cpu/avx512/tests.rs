@@ -261,7 +261,14 @@ fn check_stream_trigger<T: Avx512Element>() {
         let keep = Regenerate::new(pos.seed, pos.offset, pos.index_base, &prob);
         let (mut want, mut want_bits) = (vec![T::ZERO; len], vec![0u32; mask_words(len)]);
         let op = Kept::Scale(s);
-        forward_words(Source::Slice(&x), &mut want, Some(&mut want_bits), pos, &prob, op);
+        forward_words(
+            Source::Slice(&x),
+            &mut want,
+            Some(&mut want_bits),
+            pos,
+            &prob,
+            op,
+        );
         let mut want_dx = vec![T::ZERO; len];
         backward_bits_words(Source::Slice(&x), &mut want_dx, &want_bits, s);
         let mut out = vec![T::ONE; len + SENTINEL];
@@ -277,7 +284,10 @@ fn check_stream_trigger<T: Avx512Element>() {
             assert_eq!(bits, want_bits, "{what} bits");
             let untouched = |out: &[T]| {
                 let (before, after) = (&out[..shift], &out[shift + len..]);
-                before.iter().chain(after).all(|v| v.to_bits_u64() == T::ONE.to_bits_u64())
+                before
+                    .iter()
+                    .chain(after)
+                    .all(|v| v.to_bits_u64() == T::ONE.to_bits_u64())
             };
             assert!(untouched(&out), "{what}: forward wrote outside its output");
             out.fill(T::ONE);
