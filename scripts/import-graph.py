@@ -6,6 +6,11 @@ more than one file) and exits 1 if there are any; `--edges` also prints every ed
 also exits 1 when it has nothing to check: no .rs file under src/, or no import edge at all
 (a moved src/ or a parser that stopped matching must not pass as "no cycles").
 
+Then the layering: every file belongs to one group of the table LAYERS, and a file may
+import only files of its own group or of a group of a lower rank (two groups of the same
+rank, the two backends, may not import each other). An edge against the table is printed
+and fails the check, as a cycle does.
+
 `mod x;` declarations are ownership, not use, and are not edges. A path resolves to the
 longest prefix of it that is a module file (src/a/b.rs or src/a/b/mod.rs); inline `mod x {`
 blocks belong to their file. src/cuda_off.rs (the `cuda` module when that feature is off)
@@ -16,6 +21,29 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
+
+# (group, rank, files): the layers of src/, lowest first. A file matches the first group
+# whose pattern list holds its path relative to src/ (a trailing "/" is a folder).
+LAYERS = [
+    ("host", 0, ["host/"]),  # instruction sets and conversions: imports nothing
+    ("spec", 1, ["philox.rs", "mask.rs", "element.rs", "error.rs", "plan.rs", "alloc.rs",
+                 "generator.rs"]),  # the spec's arithmetic and the leaf types
+    ("cpu", 2, ["cpu/"]),  # the backends: leaf types only, never each other
+    ("cuda", 2, ["cuda/", "cuda_off.rs"]),
+    ("storage", 3, ["device.rs", "tensor.rs"]),  # where a tensor lives: over the backends
+    ("functional", 4, ["functional/"]),  # validation and dispatch
+    ("layers", 5, ["layers/"]),  # what users hold
+    ("candle", 6, ["candle/"]),  # the candle adapter
+    ("root", 7, ["lib.rs"]),
+]
+
+
+def layer_of(path):
+    rel = path.relative_to(SRC).as_posix()
+    for name, rank, patterns in LAYERS:
+        if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in patterns):
+            return name, rank
+    return None
 
 
 def module_of(path):
@@ -163,15 +191,30 @@ def main():
             visit(v)
     cycles = [c for c in sccs if len(c) > 1]
     n_edges = sum(len(e) for e in edges.values())
-    print(f"{len(files)} files, {n_edges} import edges, {len(cycles)} cycle(s)")
+    # The layer table: a file in no group, or an edge to a group not below its own.
+    against = []
+    for f in files:
+        lf = layer_of(f)
+        if lf is None:
+            against.append(f"{f.relative_to(SRC.parent)} is in no group of LAYERS")
+            continue
+        for t in sorted(edges[f]):
+            lt = layer_of(t)
+            if lt is not None and lt[0] != lf[0] and lt[1] >= lf[1]:
+                against.append(f"{f.relative_to(SRC.parent)} ({lf[0]}) -> "
+                               f"{t.relative_to(SRC.parent)} ({lt[0]})")
+    print(f"{len(files)} files, {n_edges} import edges, {len(cycles)} cycle(s), "
+          f"{len(against)} against the layer table")
     for c in cycles:
         print("cycle: " + ", ".join(sorted(str(x.relative_to(SRC.parent)) for x in c)))
+    for a in against:
+        print("against the layers: " + a)
     if n_edges == 0:
         # The crate's files do use each other; none found means the parser found nothing.
         print(f"import-graph: FAIL: no import edges among {len(files)} files (nothing checked)",
               file=sys.stderr)
         return 1
-    return 1 if cycles else 0
+    return 1 if cycles or against else 0
 
 
 if __name__ == "__main__":

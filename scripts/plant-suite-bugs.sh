@@ -72,7 +72,7 @@ want "${names[@]}" && plant "$name" src/cpu/avx512/stream.rs \
     'let known = (128 * (g + 1)).min(n);' 'let known = (128 * (g + 1)).min(n + 16);' \
     cargo test --quiet --lib streaming_trigger
 name=avx512-skipped
-want "${names[@]}" && plant "$name" src/cpu/simd.rs \
+want "${names[@]}" && plant "$name" src/host/simd.rs \
     '        std::is_x86_feature_detected!("avx512f")
             && std::is_x86_feature_detected!("avx512bw")' \
     '        false && std::is_x86_feature_detected!("avx512f")

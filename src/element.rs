@@ -234,11 +234,11 @@ impl Element for f16 {
     // The CPU backend's vectorised conversions (F16C where the CPU has it).
     #[inline(always)]
     fn to_compute_block(src: &[Self], dst: &mut [f32]) {
-        crate::cpu::convert::f16_to_f32_block(src, dst);
+        crate::host::convert::f16_to_f32_block(src, dst);
     }
     #[inline(always)]
     fn from_compute_block(src: &[f32], dst: &mut [Self]) {
-        crate::cpu::convert::f32_to_f16_block(src, dst);
+        crate::host::convert::f32_to_f16_block(src, dst);
     }
 }
 
@@ -264,11 +264,11 @@ impl Element for bf16 {
     // The CPU backend's branch-free conversions (AVX2 where the CPU has it).
     #[inline(always)]
     fn to_compute_block(src: &[Self], dst: &mut [f32]) {
-        crate::cpu::convert::bf16_to_f32_block(src, dst);
+        crate::host::convert::bf16_to_f32_block(src, dst);
     }
     #[inline(always)]
     fn from_compute_block(src: &[f32], dst: &mut [Self]) {
-        crate::cpu::convert::f32_to_bf16_block(src, dst);
+        crate::host::convert::f32_to_bf16_block(src, dst);
     }
 }
 

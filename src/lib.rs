@@ -41,6 +41,7 @@ pub mod element;
 pub mod error;
 pub mod functional;
 pub mod generator;
+mod host;
 pub mod layers;
 pub mod mask;
 pub mod philox;

@@ -99,7 +99,7 @@ pub fn words_at(seed: u64, offset: u64, first: u64) -> [u32; 32] {
 pub fn keep_word(seed: u64, offset: u64, first: u64, prob: &Probability) -> u32 {
     #[cfg(target_arch = "x86_64")]
     {
-        if first & 3 == 0 && crate::cpu::simd::avx2() {
+        if first & 3 == 0 && crate::host::simd::avx2() {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { x86::keep_word_avx2(seed, offset, first >> 2, prob) };
         }
@@ -213,7 +213,7 @@ pub fn fill_keep_bits(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::simd::avx2() {
+        if crate::host::simd::avx2() {
             // SAFETY: the CPU supports AVX2, checked just above.
             unsafe { x86::fill_keep_bits_avx2(seed, offset, first, prob, n, bits) };
             return;

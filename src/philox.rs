@@ -61,7 +61,7 @@ pub fn random_word(seed: u64, offset: u64, i: u64) -> u32 {
 pub fn words32(seed: u64, offset: u64, first_group: u64) -> [u32; 32] {
     #[cfg(target_arch = "x86_64")]
     {
-        if crate::cpu::simd::avx2() {
+        if crate::host::simd::avx2() {
             // SAFETY: the CPU supports AVX2, checked just above.
             return unsafe { x86::words32_avx2(seed, offset, first_group) };
         }

@@ -12,7 +12,7 @@
 //! a subnormal goes through the integer rounding instead. f16 converts with the AVX-512
 //! forms of the F16C instructions.
 //!
-//! Needs AVX-512 F, BW, VL and DQ, F16C and BMI2 ([`has_avx512`](super::simd::has_avx512));
+//! Needs AVX-512 F, BW, VL and DQ, F16C and BMI2 ([`has_avx512`](crate::host::simd::has_avx512));
 //! AVX-512 BF16 is used when present.
 
 use super::{for_each_chunk, for_each_mask_chunk, Source, CHUNK};
@@ -464,7 +464,7 @@ unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
 /// each word go to `bits_out` when given. `x` is `y` itself for [`Source::Output`].
 ///
 /// # Safety
-/// [`has_avx512`](super::simd::has_avx512) must be true.
+/// [`has_avx512`](crate::host::simd::has_avx512) must be true.
 pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
     x: Source<'_, T>,
     y: &mut [T],
@@ -480,7 +480,7 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
 /// it to stream small outputs).
 ///
 /// # Safety
-/// [`has_avx512`](super::simd::has_avx512) must be true.
+/// [`has_avx512`](crate::host::simd::has_avx512) must be true.
 unsafe fn map_elementwise_with<T: Avx512Element, K: KeepSource>(
     x: Source<'_, T>,
     y: &mut [T],
@@ -510,7 +510,7 @@ unsafe fn map_elementwise_with<T: Avx512Element, K: KeepSource>(
 /// `>= n` are 0), chunks on all cores: Philox and the compare alone, no elements.
 ///
 /// # Safety
-/// [`has_avx512`](super::simd::has_avx512) must be true.
+/// [`has_avx512`](crate::host::simd::has_avx512) must be true.
 pub(crate) unsafe fn fill_keep_bits(bits: &mut [u32], keep: &Regenerate, n: usize) {
     for_each_mask_chunk(bits, n, |first_word, words| {
         // SAFETY: the caller checked `has_avx512`.
@@ -547,7 +547,7 @@ pub(crate) fn has_kernel<T: Element>() -> bool {
 /// is matched here.
 ///
 /// # Safety
-/// [`has_avx512`](super::simd::has_avx512) must be true.
+/// [`has_avx512`](crate::host::simd::has_avx512) must be true.
 pub(crate) unsafe fn map_elementwise_any<T: Element, K: KeepSource>(
     x: Source<'_, T>,
     y: &mut [T],

@@ -30,7 +30,9 @@ pub(crate) fn forward_with<T: Element>(
     op: Kept<T::Compute>,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::SimdLevel::Avx512 && super::avx512::has_kernel::<T>() {
+    if crate::host::simd::level() == crate::host::simd::SimdLevel::Avx512
+        && super::avx512::has_kernel::<T>()
+    {
         let keep = super::avx512::Regenerate::new(pos.seed, pos.offset, pos.index_base, prob);
         // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
         unsafe { super::avx512::map_elementwise_any(x, y, bits, &keep, op) };
@@ -72,7 +74,7 @@ pub(crate) fn forward_words<T: Element>(
 /// a forward with bits writes it, on all cores with AVX-512.
 pub fn fill_keep_bits(bits: &mut [u32], pos: StreamPos, prob: &Probability, n: usize) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::SimdLevel::Avx512 {
+    if crate::host::simd::level() == crate::host::simd::SimdLevel::Avx512 {
         let keep = super::avx512::Regenerate::new(pos.seed, pos.offset, pos.index_base, prob);
         // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
         unsafe { super::avx512::fill_keep_bits(bits, &keep, n) };
@@ -84,7 +86,9 @@ pub fn fill_keep_bits(bits: &mut [u32], pos: StreamPos, prob: &Probability, n: u
 /// dx = bit ? dy * s : +0, from packed keep bits (bit i of the mask is element i).
 pub fn backward_bits<T: Element>(dy: Source<'_, T>, dx: &mut [T], bits: &[u32], scale: T::Compute) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd::level() == super::simd::SimdLevel::Avx512 && super::avx512::has_kernel::<T>() {
+    if crate::host::simd::level() == crate::host::simd::SimdLevel::Avx512
+        && super::avx512::has_kernel::<T>()
+    {
         let keep = super::avx512::Saved(bits);
         // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
         unsafe { super::avx512::map_elementwise_any(dy, dx, None, &keep, Kept::Scale(scale)) };

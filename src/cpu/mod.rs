@@ -7,12 +7,12 @@
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
-pub(crate) mod convert;
 pub mod dropout;
 pub mod grouped;
 pub mod recycle;
 pub mod residual;
-pub mod simd;
+/// Which instruction set the CPU backend uses (the leaf module `host::simd`, re-exported).
+pub use crate::host::simd;
 
 use crate::element::{ComputeFloat, Element};
 
@@ -196,7 +196,7 @@ pub(crate) fn for_each_mask_chunk(
         .for_each(|(c, b)| run(c * (CHUNK / 32), b));
 }
 
-/// Picks the widest instruction set in use ([`simd::level`]); the arithmetic (and so the
+/// Picks the widest instruction set in use ([`simd::level`](crate::host::simd::level)); the arithmetic (and so the
 /// bits) is the same either way, only the vector width changes.
 fn run_chunk_dispatch<T, const K: usize, F>(
     first_word: usize,
@@ -210,7 +210,7 @@ fn run_chunk_dispatch<T, const K: usize, F>(
 {
     #[cfg(target_arch = "x86_64")]
     {
-        if simd::avx2() {
+        if crate::host::simd::avx2() {
             // SAFETY: the CPU supports AVX2 and F16C, checked just above.
             unsafe { run_chunk_avx2(first_word, inputs, out, bits, word_fn) };
             return;

@@ -10,7 +10,7 @@ use crate::plan::StreamPos;
 /// Whether `test` must skip: the CPU lacks the AVX-512 path (a failure instead under
 /// `DROPKIT_REQUIRE_SIMD=avx512`).
 fn skip(test: &str) -> bool {
-    crate::cpu::simd::skip_without("avx512", crate::cpu::simd::has_avx512(), test)
+    crate::host::simd::skip_without("avx512", crate::host::simd::has_avx512(), test)
 }
 
 /// f32 bit patterns that exercise every conversion edge: zeros, subnormals of f32 and
@@ -66,7 +66,7 @@ fn inputs<T: Element>() -> Vec<T> {
     for &p in &edge_patterns() {
         let f = f32::from_bits(p);
         v.push(match T::DTYPE {
-            crate::DType::F64 => T::from_f64(f64::from(f) * 1.000_000_123),
+            crate::element::DType::F64 => T::from_f64(f64::from(f) * 1.000_000_123),
             // Through the element type's own narrowing: exercises its NaNs too.
             _ => T::from_f64(f64::from(f)),
         });
@@ -78,7 +78,7 @@ fn inputs<T: Element>() -> Vec<T> {
             .chain([0x7C01, 0x7F81, 0xFF81, 0x0001])
         {
             let f = match T::DTYPE {
-                crate::DType::F16 => f16::from_bits(bits).to_f64(),
+                crate::element::DType::F16 => f16::from_bits(bits).to_f64(),
                 _ => bf16::from_bits(bits).to_f64(),
             };
             if !f.is_nan() {
@@ -328,7 +328,7 @@ unsafe fn narrow_both(src: &[f32; 16]) -> ([u16; 16], [u16; 16]) {
 #[test]
 fn bf16_narrowing_matches_half() {
     if skip("bf16_narrowing_matches_half")
-        || crate::cpu::simd::skip_without(
+        || crate::host::simd::skip_without(
             "avx512bf16",
             hardware_bf16(),
             "bf16_narrowing_matches_half",

@@ -1,4 +1,4 @@
-//! The CPU backend's block conversions between f16 / bf16 and f32: one mask word (32
+//! The block conversions between f16 / bf16 and f32: one mask word (32
 //! elements) at a time, with F16C and AVX2 where the CPU has them and portable code
 //! otherwise, always with the same bits as `half` (SPEC section 2: widening is exact,
 //! narrowing rounds once to nearest even). `Element::to_compute_block` and
@@ -12,7 +12,7 @@ pub(crate) fn f16_to_f32_block(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if crate::cpu::simd::avx2() {
+            if crate::host::simd::avx2() {
                 // SAFETY: the CPU supports F16C (part of the AVX2 level), checked just above.
                 unsafe { f16c::widen32(s, d) };
                 return;
@@ -29,7 +29,7 @@ pub(crate) fn f32_to_f16_block(src: &[f32], dst: &mut [f16]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if crate::cpu::simd::avx2() {
+            if crate::host::simd::avx2() {
                 // SAFETY: the CPU supports F16C (part of the AVX2 level), checked just above.
                 unsafe { f16c::narrow32(s, d) };
                 return;
@@ -46,7 +46,7 @@ pub(crate) fn bf16_to_f32_block(src: &[bf16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if crate::cpu::simd::avx2() {
+            if crate::host::simd::avx2() {
                 // SAFETY: the CPU supports AVX2, checked just above.
                 unsafe { bf16_avx2::widen32(s, d) };
                 return;
@@ -64,7 +64,7 @@ pub(crate) fn f32_to_bf16_block(src: &[f32], dst: &mut [bf16]) {
     #[cfg(target_arch = "x86_64")]
     {
         if let (Ok(s), Ok(d)) = (src.try_into(), dst.try_into()) {
-            if crate::cpu::simd::avx2() {
+            if crate::host::simd::avx2() {
                 // SAFETY: the CPU supports AVX2, checked just above.
                 unsafe { bf16_avx2::narrow32(s, d) };
                 return;
