@@ -82,7 +82,83 @@ fn main() {
         "pub const ALL: &[KernelModule] = &[{}];\n",
         names.join(", ")
     ));
+    // One constant per op of kernels/kernels.list (`ops::DROPOUT_FWD` for dropout_fwd), which
+    // launches name their kernel by; nvcc's PTX must hold exactly the list's entries.
+    code.push_str("/// One constant per op of kernels/kernels.list.\npub mod ops {\n    use super::KernelOp;\n");
+    let mut ops = Vec::new();
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        let list = kernel_list();
+        for (module, op, per_dtype) in &list {
+            assert!(
+                names.contains(&module.to_uppercase()),
+                "kernels/kernels.list: no kernels/{module}.cu for {op}"
+            );
+            let constant = op.to_uppercase();
+            code.push_str(&format!(
+                "    /// `{op}{}` of kernels/{module}.cu.\n    pub const {constant}: KernelOp = \
+                 KernelOp {{ module: &super::{}, op: {op:?}, per_dtype: {per_dtype} }};\n",
+                if *per_dtype { "_<dtype>" } else { "" },
+                module.to_uppercase()
+            ));
+            ops.push(constant);
+        }
+        for (module, _, path) in &modules {
+            let ptx = fs::read_to_string(path).expect("read PTX");
+            let mut found: Vec<String> = ptx
+                .lines()
+                .filter_map(|l| l.split(".entry ").nth(1))
+                .map(|rest| rest.trim_end_matches(['(', ' ']).to_string())
+                .collect();
+            found.sort();
+            let mut listed: Vec<String> = list
+                .iter()
+                .filter(|(m, _, _)| m == module)
+                .flat_map(|(_, op, per_dtype)| entry_names(op, *per_dtype))
+                .collect();
+            listed.sort();
+            assert_eq!(
+                found,
+                listed,
+                "{}: the PTX's entries differ from kernels/kernels.list",
+                path.display()
+            );
+        }
+    }
+    code.push_str("    /// Every op of kernels/kernels.list, in its order.\n");
+    code.push_str(&format!(
+        "    pub const ALL: &[KernelOp] = &[{}];\n}}\n",
+        ops.join(", ")
+    ));
     fs::write(&generated, code).expect("write kernels.rs");
+}
+
+/// kernels/kernels.list: (module, op, one entry per dtype) per line.
+fn kernel_list() -> Vec<(String, String, bool)> {
+    let text = fs::read_to_string("kernels/kernels.list").expect("kernels/kernels.list");
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words[..] {
+                [module, op, "per-dtype"] => (module.to_owned(), op.to_owned(), true),
+                [module, op, "single"] => (module.to_owned(), op.to_owned(), false),
+                _ => panic!("kernels/kernels.list: cannot read the line {l:?}"),
+            }
+        })
+        .collect()
+}
+
+/// The entry names of one op: `op_f32` .. `op_bf16`, or `op` alone.
+fn entry_names(op: &str, per_dtype: bool) -> Vec<String> {
+    if per_dtype {
+        ["f32", "f64", "f16", "bf16"]
+            .iter()
+            .map(|dt| format!("{op}_{dt}"))
+            .collect()
+    } else {
+        vec![op.to_owned()]
+    }
 }
 
 /// Every kernels/*.cu, sorted.

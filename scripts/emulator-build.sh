@@ -17,7 +17,8 @@ emu_compile() {
     local out="$1" src="$2"
     shift 2
     local newest
-    newest="$(ls -t "$src" tests/emulator/*.h tests/emulator/include/*.h kernels/* "$BASH_SOURCE" | head -n 1)"
+    newest="$( (ls -t "$src" tests/emulator/*.h tests/emulator/include/*.h kernels/* \
+        "$BASH_SOURCE" "$(dirname "$out")"/kernel_rows.inc 2>/dev/null || true) | head -n 1)"
     if [ -e "$out" ] && [ "$out" -nt "$newest" ]; then return 0; fi
     "$cxx" "${emu_flags[@]}" "$@" -c -o "$out" "$src"
 }
@@ -28,8 +29,17 @@ emu_compile() {
 # dkemu_kernels_smARCH is seen from outside.
 emu_kernel_object() {
     local arch="$1" out="$2"
+    local dir
+    dir="$(dirname "$out")"
+    # The table of kernels from kernels/kernels.list, the one list of kernel names.
+    awk '{ sub(/#.*/, "") } NF == 3 && $3 == "per-dtype" { print "DK_PER_DTYPE(" $2 ")," }
+         NF == 3 && $3 == "single" { print "DK_KERNEL(" $2 ")," }' kernels/kernels.list \
+        >"$dir/kernel_rows.inc.new"
+    if ! cmp -s "$dir/kernel_rows.inc.new" "$dir/kernel_rows.inc"; then
+        mv "$dir/kernel_rows.inc.new" "$dir/kernel_rows.inc"
+    fi
     emu_compile "$out.tmp.o" tests/emulator/kernel_set.cpp -D__CUDA_ARCH__="$arch" \
-        "${emu_sanitize[@]}"
+        -I "$dir" "${emu_sanitize[@]}"
     if [ ! -e "$out" ] || [ "$out.tmp.o" -nt "$out" ]; then
         nm --defined-only -g "$out.tmp.o" |
             awk '$2 == "T" && $3 !~ /^_Z/ && $3 !~ /^dkemu_kernels_sm/ { print $3 }' >"$out.local"

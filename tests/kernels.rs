@@ -1,5 +1,6 @@
-//! The kernels the Rust side launches exist under their exact names: in the PTX that nvcc
-//! built (when it did), and in what NVRTC compiles from the embedded sources (when NVRTC
+//! The kernels of kernels/kernels.list (the names the Rust side launches by) exist under
+//! their exact names, and no others: in the PTX that nvcc built (when it did; build.rs
+//! checks that too), and in what NVRTC compiles from the embedded sources (when NVRTC
 //! and the CUDA headers are here; CI installs both). Without nvcc, a CUDA call gets the
 //! documented error. None of this needs a GPU.
 #![cfg(feature = "cuda")]
@@ -8,29 +9,19 @@ use dropkit::cuda::{embedded_ptx, kernels_built, nvrtc};
 use dropkit::{Device, Error};
 use std::collections::BTreeSet;
 
-/// Every kernel src/cuda/ launches, by module.
+/// Every kernel of `module` by kernels/kernels.list, the one list src/cuda/ launches by
+/// (build.rs generates `dropkit::cuda::kernels::ops` from it).
 fn expected(module: &str) -> BTreeSet<String> {
-    let per_dtype = |ops: &[&str]| {
-        ops.iter()
-            .flat_map(|op| ["f32", "f64", "f16", "bf16"].map(|dt| format!("{op}_{dt}")))
-            .collect::<BTreeSet<_>>()
-    };
-    match module {
-        "dropout" => per_dtype(&["dropout_fwd", "dropout_bwd_bits"]),
-        "alpha_dropout" => per_dtype(&["alpha_dropout_fwd"]),
-        "grouped_dropout" => {
-            let mut k = per_dtype(&["grouped_scale", "grouped_alpha"]);
-            k.insert("dropout_mask_bits".into());
-            k
-        }
-        "bias_dropout_residual" => per_dtype(&[
-            "bias_dropout_residual_fwd",
-            "column_sum_partial",
-            "column_sum_finish",
-        ]),
-        "bias_dropout_residual_bwd" => per_dtype(&["bias_dropout_residual_bwd"]),
-        other => panic!("unexpected kernel module {other}"),
-    }
+    let listed: BTreeSet<String> = dropkit::cuda::kernels::ops::ALL
+        .iter()
+        .filter(|op| op.module.name == module)
+        .flat_map(|op| op.entries())
+        .collect();
+    assert!(
+        !listed.is_empty(),
+        "kernels/kernels.list has no op of {module}"
+    );
+    listed
 }
 
 fn entries(ptx: &str) -> BTreeSet<String> {

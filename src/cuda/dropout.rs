@@ -6,7 +6,7 @@
 use super::buffer::{CudaBuffer, CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::grouped;
-use super::kernels::{ALPHA_DROPOUT, DROPOUT};
+use super::kernels::ops::{ALPHA_DROPOUT_FWD, DROPOUT_BWD_BITS, DROPOUT_FWD};
 use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io};
 use crate::element::Element;
 use crate::error::{Error, Result};
@@ -53,8 +53,8 @@ fn launch_forward<T: Element>(
     kept: &Kept<T::Compute>,
 ) -> Result<()> {
     let (f, name) = match kept {
-        Kept::Scale(_) => kernel::<T>(dev, &DROPOUT, "dropout_fwd")?,
-        Kept::Affine { .. } => kernel::<T>(dev, &ALPHA_DROPOUT, "alpha_dropout_fwd")?,
+        Kept::Scale(_) => kernel::<T>(dev, &DROPOUT_FWD)?,
+        Kept::Affine { .. } => kernel::<T>(dev, &ALPHA_DROPOUT_FWD)?,
     };
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&io.x)
@@ -114,7 +114,7 @@ pub(crate) fn backward<T: Element>(
             forward(input, pos, prob, kept, MaskMode::Regenerate)?.0
         }
         (SavedMask::Bits(bits), Decisions::Elementwise) => {
-            let (f, name) = kernel::<T>(&dev, &DROPOUT, "dropout_bwd_bits")?;
+            let (f, name) = kernel::<T>(&dev, &DROPOUT_BWD_BITS)?;
             input.launch_io(|dy_ptr, dx_ptr| {
                 let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
                 let mut args = dev.stream().launch_builder(&f);

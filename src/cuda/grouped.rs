@@ -4,8 +4,8 @@
 
 use super::buffer::{CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
-use super::kernels::GROUPED_DROPOUT;
-use super::launch::{kernel, launch, op_range, push_kept, DkDraw, Io, PER_THREAD};
+use super::kernels::ops::{DROPOUT_MASK_BITS, GROUPED_ALPHA, GROUPED_SCALE};
+use super::launch::{kernel, launch, op_range, push_kept, single_kernel, DkDraw, Io, PER_THREAD};
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
@@ -17,7 +17,7 @@ fn mask_bits(dev: &CudaDevice, bits: &mut MaskSlice, draw: DkDraw, count: usize)
     if count == 0 {
         return Ok(());
     }
-    let f = dev.function(&GROUPED_DROPOUT, "dropout_mask_bits")?;
+    let f = single_kernel(dev, &DROPOUT_MASK_BITS)?;
     let (b_ptr, _guard) = bits.slice_mut().device_ptr_mut(dev.stream());
     let count = count as u64;
     let mut args = dev.stream().launch_builder(&f);
@@ -39,8 +39,8 @@ pub(super) fn apply<T: Element>(
     kept: &Kept<T::Compute>,
 ) -> Result<()> {
     let (f, name) = match kept {
-        Kept::Scale(_) => kernel::<T>(dev, &GROUPED_DROPOUT, "grouped_scale")?,
-        Kept::Affine { .. } => kernel::<T>(dev, &GROUPED_DROPOUT, "grouped_alpha")?,
+        Kept::Scale(_) => kernel::<T>(dev, &GROUPED_SCALE)?,
+        Kept::Affine { .. } => kernel::<T>(dev, &GROUPED_ALPHA)?,
     };
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&io.x)

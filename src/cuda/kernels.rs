@@ -1,8 +1,9 @@
 //! The kernel modules build.rs embedded: one typed constant per kernels/*.cu
 //! ([`DROPOUT`], [`ALPHA_DROPOUT`], [`GROUPED_DROPOUT`], [`BIAS_DROPOUT_RESIDUAL`],
 //! [`BIAS_DROPOUT_RESIDUAL_BWD`]), so
-//! launches name their module by a constant that must exist, never by a string, and the
-//! choice among a module's PTX flavours for a device ([`KernelModule::ptx_for`]).
+//! launches name their module by a constant that must exist, never by a string; one
+//! [`KernelOp`] per line of kernels/kernels.list, which launches name their kernel by; and
+//! the choice among a module's PTX flavours for a device ([`KernelModule::ptx_for`]).
 
 /// PTX nvcc built for one virtual architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +47,34 @@ impl KernelModule {
 pub fn select_ptx(ptx: &[EmbeddedPtx], major: u32, minor: u32) -> Option<&EmbeddedPtx> {
     let cc = major.saturating_mul(10).saturating_add(minor);
     ptx.iter().filter(|p| p.arch <= cc).max_by_key(|p| p.arch)
+}
+
+/// One op of kernels/kernels.list: a kernel of `module`, one entry per dtype
+/// (`<op>_f32` .. `<op>_bf16`) or one entry named `op`. build.rs makes one constant per
+/// op (`ops::DROPOUT_FWD`, ..., and `ops::ALL`) and checks nvcc's PTX against the list, so a launch names a
+/// kernel that exists, and a kernel added to a module without its line fails the build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelOp {
+    /// The module that holds it.
+    pub module: &'static KernelModule,
+    /// The entry name, or its stem before `_<dtype>`.
+    pub op: &'static str,
+    /// Whether there is one entry per dtype.
+    pub per_dtype: bool,
+}
+
+impl KernelOp {
+    /// The entry names, in the order f32, f64, f16, bf16 (or the one name).
+    pub fn entries(&self) -> Vec<String> {
+        if self.per_dtype {
+            ["f32", "f64", "f16", "bf16"]
+                .iter()
+                .map(|dt| format!("{}_{dt}", self.op))
+                .collect()
+        } else {
+            vec![self.op.to_owned()]
+        }
+    }
 }
 
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));

@@ -6,7 +6,7 @@
 
 use super::buffer::MaskSlice;
 use super::device::{driver_error, CudaDevice};
-use super::kernels::KernelModule;
+use super::kernels::KernelOp;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
@@ -62,14 +62,21 @@ pub(crate) struct Io {
 /// Elements one thread handles per loop iteration in the elementwise kernels.
 pub(crate) const PER_THREAD: u64 = 4;
 
-/// The kernel `<op>_<dtype of T>` of `module`, and its name for messages.
+/// The kernel `<op>_<dtype of T>` of a per-dtype op of kernels/kernels.list, and its
+/// name for messages.
 pub(crate) fn kernel<T: Element>(
     dev: &CudaDevice,
-    module: &KernelModule,
-    op: &str,
+    op: &KernelOp,
 ) -> Result<(CudaFunction, String)> {
-    let name = format!("{op}_{}", T::DTYPE.name());
-    Ok((dev.function(module, &name)?, name))
+    debug_assert!(op.per_dtype, "{} has one entry for every dtype", op.op);
+    let name = format!("{}_{}", op.op, T::DTYPE.name());
+    Ok((dev.function(op.module, &name)?, name))
+}
+
+/// The kernel of an op of kernels/kernels.list with a single entry (no dtype).
+pub(crate) fn single_kernel(dev: &CudaDevice, op: &KernelOp) -> Result<CudaFunction> {
+    debug_assert!(!op.per_dtype, "{} has one entry per dtype", op.op);
+    dev.function(op.module, op.op)
 }
 
 /// Queues a built launch over `items` work items.

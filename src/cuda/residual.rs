@@ -6,7 +6,9 @@
 use super::buffer::{CudaBuffer, CudaOperand, Forward};
 use super::device::CudaDevice;
 use super::dropout::SavedMask;
-use super::kernels::{BIAS_DROPOUT_RESIDUAL, BIAS_DROPOUT_RESIDUAL_BWD};
+use super::kernels::ops::{
+    BIAS_DROPOUT_RESIDUAL_BWD, BIAS_DROPOUT_RESIDUAL_FWD, COLUMN_SUM_FINISH, COLUMN_SUM_PARTIAL,
+};
 use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, PER_THREAD};
 use crate::element::Element;
 use crate::error::Result;
@@ -66,7 +68,7 @@ fn launch_forward<T: Element>(
     draw: DkDraw,
     scale: T::Compute,
 ) -> Result<()> {
-    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "bias_dropout_residual_fwd")?;
+    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL_FWD)?;
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&ptrs.x)
         .arg(&ptrs.bias)
@@ -126,7 +128,7 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
     let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
     let (rows, h, block_rows, blocks) =
         (rows as u64, hidden as u64, block_rows as u64, blocks as u64);
-    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "column_sum_partial")?;
+    let (f, name) = kernel::<T>(dev, &COLUMN_SUM_PARTIAL)?;
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&g_ptr)
         .arg(&p_ptr)
@@ -147,7 +149,7 @@ fn queue_column_finish<T: Element>(
     blocks: u64,
     h: u64,
 ) -> Result<()> {
-    let (f, name) = kernel::<T>(dev, &BIAS_DROPOUT_RESIDUAL, "column_sum_finish")?;
+    let (f, name) = kernel::<T>(dev, &COLUMN_SUM_FINISH)?;
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&p_ptr).arg(&out_ptr).arg(&blocks).arg(&h);
     // One thread per column.
@@ -197,11 +199,7 @@ pub(crate) fn backward<T: Element>(
             COLUMN_SUM_BLOCK_ROWS as u64,
             blocks as u64,
         );
-        let (f, name) = kernel::<T>(
-            &dev,
-            &BIAS_DROPOUT_RESIDUAL_BWD,
-            "bias_dropout_residual_bwd",
-        )?;
+        let (f, name) = kernel::<T>(&dev, &BIAS_DROPOUT_RESIDUAL_BWD)?;
         let mut args = dev.stream().launch_builder(&f);
         args.arg(&dy_ptr)
             .arg(&dx_ptr)

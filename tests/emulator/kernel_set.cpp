@@ -93,20 +93,12 @@ struct Row {
 #define DK_KERNEL(f) Row{#f, Entry<decltype(&f)>::params(), &Entry<decltype(&f)>::run<&f>}
 #define DK_PER_DTYPE(op) DK_KERNEL(op##_f32), DK_KERNEL(op##_f64), DK_KERNEL(op##_f16), DK_KERNEL(op##_bf16)
 
-// Every kernel of kernels/*.cu. The emulated driver refuses to load a module with an entry
-// that is missing here, so a kernel added to kernels/ without its row fails every CUDA test.
+// Every kernel of kernels/kernels.list (emulator-build.sh writes kernel_rows.inc from it:
+// one DK_PER_DTYPE or DK_KERNEL per line). A kernel missing here does not compile, and the
+// emulated driver refuses a module with an entry that has no row.
 const std::vector<Row>& rows() {
     static const std::vector<Row> table = {
-        DK_PER_DTYPE(dropout_fwd),
-        DK_PER_DTYPE(dropout_bwd_bits),
-        DK_PER_DTYPE(alpha_dropout_fwd),
-        DK_PER_DTYPE(grouped_scale),
-        DK_PER_DTYPE(grouped_alpha),
-        DK_PER_DTYPE(bias_dropout_residual_fwd),
-        DK_PER_DTYPE(column_sum_partial),
-        DK_PER_DTYPE(column_sum_finish),
-        DK_PER_DTYPE(bias_dropout_residual_bwd),
-        DK_KERNEL(dropout_mask_bits),
+#include "kernel_rows.inc"
     };
     return table;
 }
