@@ -9,9 +9,13 @@ use std::fmt;
 /// The dtype of a tensor, for messages and dispatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// `f32`.
     F32,
+    /// `f64`.
     F64,
+    /// `half::f16`.
     F16,
+    /// `half::bf16`.
     BF16,
 }
 
@@ -57,11 +61,15 @@ impl<T> DeviceScalar for T {}
 pub trait ComputeFloat:
     Copy + Send + Sync + PartialEq + fmt::Debug + DeviceScalar + 'static
 {
+    /// +0.0.
     const ZERO: Self;
     /// Rounds an f64 once to this type.
     fn from_f64(v: f64) -> Self;
+    /// Widens to f64, exactly.
     fn to_f64(self) -> f64;
+    /// One IEEE multiplication, rounded to nearest even.
     fn mul(self, rhs: Self) -> Self;
+    /// One IEEE addition, rounded to nearest even.
     fn add(self, rhs: Self) -> Self;
 }
 
@@ -117,7 +125,9 @@ mod sealed {
 pub trait Element:
     sealed::Sealed + Copy + Send + Sync + Default + PartialEq + fmt::Debug + DeviceScalar + 'static
 {
+    /// Which dtype this is.
     const DTYPE: DType;
+    /// The compute type C (SPEC section 2): f32 for f16, bf16 and f32, f64 for f64.
     type Compute: ComputeFloat;
     /// +0.0.
     const ZERO: Self;

@@ -19,40 +19,55 @@ pub enum Error {
     /// A tensor's data length does not match the product of its shape.
     #[error("shape {shape:?} holds {expected} elements but {got} were given")]
     LengthMismatch {
+        /// The shape asked for.
         shape: Vec<usize>,
+        /// The elements that shape holds.
         expected: usize,
+        /// The elements given.
         got: usize,
     },
 
     /// Two tensors that must have the same shape do not.
     #[error("shape mismatch in {op}: expected {expected:?}, got {got:?}")]
     ShapeMismatch {
+        /// The operation that checked.
         op: &'static str,
+        /// The shape it needed.
         expected: Vec<usize>,
+        /// The shape it got.
         got: Vec<usize>,
     },
 
     /// A shape that the operation cannot take (wrong rank, zero-sized dimension...).
     #[error("invalid shape {shape:?} for {op}: {reason}")]
     InvalidShape {
+        /// The operation that checked.
         op: &'static str,
+        /// The shape it got.
         shape: Vec<usize>,
+        /// What is wrong with it.
         reason: String,
     },
 
     /// Two tensors that must have the same dtype do not.
     #[error("dtype mismatch in {op}: expected {expected}, got {got}")]
     DTypeMismatch {
+        /// The operation that checked.
         op: &'static str,
+        /// The dtype it needed.
         expected: DType,
+        /// The dtype it got.
         got: DType,
     },
 
     /// Tensors or saved state live on different devices.
     #[error("device mismatch in {op}: expected {expected}, got {got}")]
     DeviceMismatch {
+        /// The operation that checked.
         op: &'static str,
+        /// The device it needed.
         expected: String,
+        /// The device it got.
         got: String,
     },
 
@@ -68,7 +83,12 @@ pub enum Error {
     /// The allocator refused a buffer: `bytes` asked for on `device` (host memory, or a
     /// GPU's memory). Nothing was changed; the device stays usable.
     #[error("out of memory on {device}: could not allocate {bytes} bytes")]
-    OutOfMemory { bytes: usize, device: String },
+    OutOfMemory {
+        /// The size asked for.
+        bytes: usize,
+        /// Where ("cpu", or the CUDA device).
+        device: String,
+    },
 
     /// No usable CUDA: no driver library, no device, or an ordinal past the last device.
     #[error("CUDA is not available: {0}")]
@@ -97,12 +117,20 @@ pub enum Error {
     /// Any other error from the CUDA driver, with its code and name.
     #[error("CUDA driver error {code} ({name}) in {context}")]
     Cuda {
+        /// What dropkit was doing.
         context: String,
+        /// The driver's `CUresult` code.
         code: u32,
+        /// Its name (`CUDA_ERROR_...`).
         name: String,
     },
 
     /// The operation is not implemented for this device.
     #[error("{op} is not supported on {device}")]
-    Unsupported { op: &'static str, device: String },
+    Unsupported {
+        /// The operation asked for.
+        op: &'static str,
+        /// The device that lacks it.
+        device: String,
+    },
 }

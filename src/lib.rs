@@ -26,6 +26,7 @@
 //! assert_eq!(dx.shape(), y.shape());
 //! # Ok::<(), dropkit::Error>(())
 //! ```
+#![warn(missing_docs)]
 
 mod alloc;
 #[cfg(feature = "candle")]

@@ -12,8 +12,11 @@ use crate::mask::Probability;
 /// Where a call's random words come from: decision i of this tensor is `index_base + i`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamPos {
+    /// The Philox key (SPEC section 1).
     pub seed: u64,
+    /// Counter words 2-3: the generator's call count.
     pub offset: u64,
+    /// The decision index of the tensor's element 0 (a shard's first global element).
     pub index_base: u64,
 }
 

@@ -115,7 +115,9 @@ pub(crate) fn kept_fn<C: ComputeFloat>(
 /// Where an operand comes from: a separate slice, or the output itself (in-place).
 #[derive(Clone, Copy)]
 pub enum Source<'a, T> {
+    /// A slice of its own, as long as the output.
     Slice(&'a [T]),
+    /// The output buffer itself, read before it is written.
     Output,
 }
 

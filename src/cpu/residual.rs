@@ -9,7 +9,9 @@ use crate::plan::{StreamPos, COLUMN_SUM_BLOCK_ROWS};
 /// The three inputs of the fused layer: x and residual of n elements, bias of h.
 #[derive(Clone, Copy)]
 pub struct FusedInputs<'a, T> {
+    /// The input, rows x H.
     pub x: &'a [T],
+    /// The bias, H elements.
     pub bias: &'a [T],
     /// A separate slice, or the output itself (written in place over the residual).
     pub residual: Source<'a, T>,
