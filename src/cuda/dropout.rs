@@ -63,7 +63,10 @@ fn launch_forward<T: Element>(
         .arg(&io.n)
         .arg(&draw);
     push_kept(&mut args, kept);
-    launch(dev, args, io.n, &name)
+    // SAFETY: dropout_fwd / alpha_dropout_fwd (x, y, bits, n, draw, kept...): io holds n
+    // elements at x and y and ceil(n / 32) words at bits (or null), on dev, guarded by the
+    // caller for the call.
+    unsafe { launch(dev, args, io.n, &name) }
 }
 
 /// Training forward over device memory that dropkit does not own (candle's buffers):
@@ -123,7 +126,9 @@ pub(crate) fn backward<T: Element>(
                     .arg(&b_ptr)
                     .arg(&n)
                     .arg(&scale);
-                launch(&dev, args, n, &name)
+                // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at dy and dx,
+                // the saved mask covers n decisions; guards held across the call.
+                unsafe { launch(&dev, args, n, &name) }
             })?
         }
         (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {

@@ -23,12 +23,10 @@ fn mask_bits(dev: &CudaDevice, bits: &mut MaskSlice, draw: DkDraw, count: usize)
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&b_ptr).arg(&count).arg(&draw);
     // One thread per 32 decisions: PER_THREAD elements per thread would over-count.
-    launch(
-        dev,
-        args,
-        count.div_ceil(32) * PER_THREAD,
-        "dropout_mask_bits",
-    )
+    let items = count.div_ceil(32) * PER_THREAD;
+    // SAFETY: dropout_mask_bits (bits, n_decisions, draw): `bits` holds ceil(count / 32)
+    // words (MaskSlice's length), guarded until queued.
+    unsafe { launch(dev, args, items, "dropout_mask_bits") }
 }
 
 /// `grouped_scale_<T>` / `grouped_alpha_<T>` reading decision bits at `io.bits`.
@@ -50,7 +48,9 @@ pub(super) fn apply<T: Element>(
         .arg(&layout.group)
         .arg(&layout.lead);
     push_kept(&mut args, kept);
-    launch(dev, args, io.n, &name)
+    // SAFETY: grouped_scale / grouped_alpha (x, y, bits, n, layout..., kept...): n elements at
+    // x and y, bits covers the layout's decisions; guarded by the caller for the call.
+    unsafe { launch(dev, args, io.n, &name) }
 }
 
 /// Grouped forward: the decision mask (one bit per channel or sample), then one pass.

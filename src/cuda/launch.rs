@@ -80,15 +80,21 @@ pub(crate) fn single_kernel(dev: &CudaDevice, op: &KernelOp) -> Result<CudaFunct
 }
 
 /// Queues a built launch over `items` work items.
-pub(crate) fn launch(
+///
+/// # Safety
+/// `args` holds exactly the parameters of the kernel's `extern "C"` signature in
+/// kernels/*.cu, in order and of those types; every device pointer among them covers the
+/// elements the kernel reaches for the sizes passed beside it (the kernels bound-check by
+/// those sizes, not by the buffers), is in `dev`'s context, and stays alive until the
+/// kernel is done in stream order (its guard is held until this returns, and cudarc orders
+/// the frees after the work queued).
+pub(crate) unsafe fn launch(
     dev: &CudaDevice,
     mut args: LaunchArgs<'_>,
     items: u64,
     name: &str,
 ) -> Result<()> {
-    // SAFETY: every caller pushes exactly the arguments of the kernel's extern "C"
-    // signature in kernels/*.cu, with device pointers that cover the sizes it passes and
-    // stay alive (their guards are held) until this returns; kernels bound-check by n.
+    // SAFETY: the caller's contract above is what cudarc's `launch` asks for.
     unsafe { args.launch(dev.launch_config(items, PER_THREAD)) }
         .map_err(driver_error(format!("launching {name}")))?;
     Ok(())

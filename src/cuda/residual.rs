@@ -76,7 +76,9 @@ fn launch_forward<T: Element>(
         .arg(&ptrs.out)
         .arg(&ptrs.bits);
     args.arg(&n).arg(&hidden).arg(&draw).arg(&scale);
-    launch(dev, args, n, &name)
+    // SAFETY: bias_dropout_residual_fwd (x, bias, residual, out, bits, n, hidden, draw,
+    // scale): the caller's pointers hold n, hidden, n, n elements and the mask words.
+    unsafe { launch(dev, args, n, &name) }
 }
 
 /// The fused forward over device memory that dropkit does not own (candle's buffers):
@@ -136,7 +138,9 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
         .arg(&h)
         .arg(&block_rows);
     // One thread per (block, column) pair.
-    launch(dev, args, blocks * h * PER_THREAD, &name)?;
+    // SAFETY: column_sum_partial (g, partial, rows, h, block_rows): g holds rows * h
+    // elements (the caller's contract), partial blocks * h doubles, allocated above.
+    unsafe { launch(dev, args, blocks * h * PER_THREAD, &name)? };
     queue_column_finish::<T>(dev, p_ptr, out_ptr, blocks, h)
 }
 
@@ -153,7 +157,9 @@ fn queue_column_finish<T: Element>(
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&p_ptr).arg(&out_ptr).arg(&blocks).arg(&h);
     // One thread per column.
-    launch(dev, args, h * PER_THREAD, &name)
+    // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles
+    // and out h elements, as the callers allocate them.
+    unsafe { launch(dev, args, h * PER_THREAD, &name) }
 }
 
 /// The backward of the fused layer for the upstream gradient `dy` of `rows x hidden`
@@ -211,7 +217,10 @@ pub(crate) fn backward<T: Element>(
             .arg(&draw)
             .arg(&scale);
         // One thread per (block, column) pair.
-        launch(&dev, args, blocks * h * PER_THREAD, &name)?;
+        // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
+        // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
+        // saved mask (or null); all guarded until queued.
+        unsafe { launch(&dev, args, blocks * h * PER_THREAD, &name)? };
         queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
     }
     Ok((
