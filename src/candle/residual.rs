@@ -178,13 +178,13 @@ impl FusedOp {
             .apply_op3(&bias.contiguous()?, &residual.contiguous()?, self)
     }
 
-    fn cpu<T: Element>(&self, x: &[T], bias: &[T], residual: &[T]) -> Vec<T> {
+    fn cpu<T: Element>(&self, x: &[T], bias: &[T], residual: &[T]) -> crate::error::Result<Vec<T>> {
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
-        let mut out = vec![T::ZERO; x.len()];
+        let mut out = cpu::alloc_output::<T>(x.len())?;
         let residual = cpu::Source::Slice(residual);
         let inputs = cpu::residual::FusedInputs { x, bias, residual };
-        cpu::residual::bias_dropout_residual(inputs, &mut out, None, self.pos, &self.prob, scale);
-        out
+        cpu::residual::bias_dropout_residual(inputs, &mut out, None, self.pos, &self.prob, scale)?;
+        Ok(out)
     }
 }
 
@@ -228,18 +228,22 @@ impl CustomOp3 for FusedOp {
         );
         use CpuStorage as S;
         let out = match (s1, s2, s3) {
-            (S::F32(x), S::F32(b), S::F32(r)) => {
-                S::F32(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
-            }
-            (S::F64(x), S::F64(b), S::F64(r)) => {
-                S::F64(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
-            }
-            (S::F16(x), S::F16(b), S::F16(r)) => {
-                S::F16(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
-            }
-            (S::BF16(x), S::BF16(b), S::BF16(r)) => {
-                S::BF16(self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1]))
-            }
+            (S::F32(x), S::F32(b), S::F32(r)) => S::F32(
+                self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1])
+                    .map_err(to_candle_error)?,
+            ),
+            (S::F64(x), S::F64(b), S::F64(r)) => S::F64(
+                self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1])
+                    .map_err(to_candle_error)?,
+            ),
+            (S::F16(x), S::F16(b), S::F16(r)) => S::F16(
+                self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1])
+                    .map_err(to_candle_error)?,
+            ),
+            (S::BF16(x), S::BF16(b), S::BF16(r)) => S::BF16(
+                self.cpu(&x[x0..x1], &b[b0..b1], &r[r0..r1])
+                    .map_err(to_candle_error)?,
+            ),
             _ => return Err(fused_dtype_error([s1.dtype(), s2.dtype(), s3.dtype()])),
         };
         Ok((out, l1.shape().clone()))
@@ -295,7 +299,7 @@ struct ColumnSum {
 impl CpuMap for ColumnSum {
     fn apply<T: Element>(&self, g: &[T]) -> crate::error::Result<Vec<T>> {
         let mut out = cpu::alloc_output::<T>(self.hidden)?;
-        cpu::residual::column_sum(g, &mut out, self.hidden);
+        cpu::residual::column_sum(g, &mut out, self.hidden)?;
         Ok(out)
     }
 }

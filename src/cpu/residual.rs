@@ -19,6 +19,8 @@ pub struct FusedInputs<'a, T> {
 
 /// out_i = round_T(residual_i + (dropped ? 0 : (x_i + bias_{(index_base + i) mod h}) * s)),
 /// each operation rounded in the compute type, with elementwise decisions.
+/// [`Error::OutOfMemory`](crate::Error::OutOfMemory) when the bias's compute-type copy
+/// cannot be allocated (nothing written then).
 pub fn bias_dropout_residual<T: Element>(
     FusedInputs { x, bias, residual }: FusedInputs<'_, T>,
     out: &mut [T],
@@ -26,10 +28,10 @@ pub fn bias_dropout_residual<T: Element>(
     pos: StreamPos,
     prob: &Probability,
     scale: T::Compute,
-) {
+) -> crate::error::Result<()> {
     let h = bias.len() as u64;
     let zero = <T::Compute as ComputeFloat>::ZERO;
-    let mut bias_c = vec![zero; bias.len()];
+    let mut bias_c = crate::alloc::filled(zero, bias.len())?;
     T::to_compute_block(bias, &mut bias_c);
     map_words(
         [Source::Slice(x), residual],
@@ -53,6 +55,7 @@ pub fn bias_dropout_residual<T: Element>(
             keep
         },
     );
+    Ok(())
 }
 
 /// The bias gradient: with rows split into blocks of [`COLUMN_SUM_BLOCK_ROWS`] consecutive
@@ -63,17 +66,20 @@ pub fn bias_dropout_residual<T: Element>(
 /// Tasks are (block, column chunk) tiles writing their own partial sums, then column
 /// chunks adding them up in block order: parallel over rows and columns, and the adds
 /// never depend on how rayon splits the work.
-pub fn column_sum<T: Element>(g: &[T], out: &mut [T], h: usize) {
+///
+/// [`Error::OutOfMemory`](crate::Error::OutOfMemory) when the partial sums (`n / 32` bytes
+/// for `n` elements of `g`) cannot be allocated (nothing written then).
+pub fn column_sum<T: Element>(g: &[T], out: &mut [T], h: usize) -> crate::error::Result<()> {
     use rayon::prelude::*;
     const R: usize = COLUMN_SUM_BLOCK_ROWS;
     const COLS: usize = 256;
     if h == 0 {
-        return;
+        return Ok(());
     }
     let rows = g.len() / h;
     let blocks = rows.div_ceil(R);
     // blocks * h doubles: n / 32 bytes for n elements.
-    let mut partial = vec![0f64; blocks * h];
+    let mut partial = crate::alloc::filled(0f64, blocks * h)?;
     partial
         .par_chunks_mut(h)
         .enumerate()
@@ -105,4 +111,5 @@ pub fn column_sum<T: Element>(g: &[T], out: &mut [T], h: usize) {
             *o = T::from_f64(a);
         }
     });
+    Ok(())
 }

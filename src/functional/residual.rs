@@ -115,7 +115,7 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
         let inputs = cpu::residual::FusedInputs { x, bias, residual };
         let (pos, prob) = (self.pos, self.prob);
-        cpu::residual::bias_dropout_residual(inputs, out, bits.as_deref_mut(), pos, prob, scale);
+        cpu::residual::bias_dropout_residual(inputs, out, bits.as_deref_mut(), pos, prob, scale)?;
         Ok(bits)
     }
 
@@ -230,7 +230,7 @@ fn input_gradients<T: Element>(
     let bias_storage = match &dx.storage {
         Storage::Cpu(g) => {
             let mut db = crate::alloc::zeroed::<T>(h)?;
-            cpu::residual::column_sum(g, &mut db, h);
+            cpu::residual::column_sum(g, &mut db, h)?;
             Storage::Cpu(db)
         }
         Storage::Cuda(g) => Storage::Cuda(cuda::residual::column_sum(g, h)?),
