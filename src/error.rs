@@ -125,6 +125,14 @@ pub enum Error {
         name: String,
     },
 
+    /// An [`RngTracker`](crate::RngTracker) was asked for a region it does not have.
+    #[error("no RNG region named {0:?} is registered in this tracker (add it first)")]
+    UnknownRegion(String),
+
+    /// An [`RngTracker`](crate::RngTracker) region name was registered twice.
+    #[error("an RNG region named {0:?} is already registered in this tracker")]
+    DuplicateRegion(String),
+
     /// The operation is not implemented for this device.
     #[error("{op} is not supported on {device}")]
     Unsupported {

@@ -48,6 +48,7 @@ pub mod mask;
 pub mod philox;
 pub mod plan;
 pub mod tensor;
+pub mod tracker;
 
 pub use device::Device;
 pub use element::{DType, Element};
@@ -60,3 +61,4 @@ pub use layers::{
 };
 pub use plan::{MaskMode, StreamPos};
 pub use tensor::Tensor;
+pub use tracker::{RegionKind, RngTracker, TrackerState};
