@@ -266,9 +266,9 @@ find_tool() {
     return 1
 }
 
-# The CUDA test binaries: every test target with "cuda" in its name.
+# The CUDA test binaries: every test target in the bundle (gpu-bundle.sh packs only those).
 cuda_tests=()
-for t in "$here"/bin/test-*cuda*; do
+for t in "$here"/bin/test-*; do
     [ -f "$t" ] && cuda_tests+=("$(basename "$t")")
 done
 # The parity tests rerun with a capped grid (the out-of-memory test gains nothing there).
@@ -303,7 +303,7 @@ fi
 
 if wants tests; then
     if [ "${#cuda_tests[@]}" -eq 0 ]; then
-        skip cuda-tests "no bin/test-*cuda* binaries" test
+        skip cuda-tests "no bin/test-* binaries" test
     fi
     for t in "${cuda_tests[@]}"; do
         step "$t" test "$test_cap" 10 "$t.log" -- "$here/bin/$t"

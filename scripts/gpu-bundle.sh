@@ -3,7 +3,7 @@
 # gpu-bundle/ (ignored by git), and nothing else (the CPU tests and the CPU bench run in CI):
 #
 #   gpu-bundle/run.sh              the script to run there (from scripts/gpu-bundle-run.sh)
-#   gpu-bundle/bin/test-<name>     the CUDA test binaries (tests/*cuda*.rs)
+#   gpu-bundle/bin/test-<name>     the CUDA test binaries (tests/*.rs calling cuda_or_skip)
 #   gpu-bundle/bin/gpu_dropout     benches/gpu_dropout.rs
 #   gpu-bundle/bin/quickstart      examples/quickstart.rs
 #   gpu-bundle/data/               tests/data (run.sh points DROPKIT_TEST_DATA at it)
@@ -44,9 +44,11 @@ unset DROPKIT_NO_NVCC
 export CARGO_TARGET_DIR="${DROPKIT_BUNDLE_TARGET:-$repo/target/gpu-bundle}"
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo
 
-# The CUDA test targets: tests/*cuda*.rs.
+# The CUDA test targets: every tests/*.rs that asks for the GPU through tests/common's
+# cuda_or_skip (the rule of scripts/cuda-emulated.sh, without tests/kernels.rs, which
+# needs no GPU, and tests/candle.rs, whose CUDA half is candle-cuda's).
 test_args=()
-for t in tests/*cuda*.rs; do
+for t in $(grep -lE '(^|[^a-z_])cuda_or_skip\(' tests/*.rs | grep -v '^tests/candle\.rs$'); do
     test_args+=(--test "$(basename "$t" .rs)")
 done
 
