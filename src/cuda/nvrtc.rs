@@ -1,7 +1,7 @@
 //! Run-time compilation of the embedded kernel sources with NVRTC, for builds made without
 //! nvcc, and for drivers that reject the embedded PTX (a CUDA 12 driver and PTX from nvcc
 //! 13), on machines that have NVRTC (a CUDA toolkit, or NVIDIA's nvrtc wheel). Two
-//! products: a cubin for the device's own `sm_XY` ([`compile_cubin`], which any driver
+//! products: a cubin for the device's own `sm_XY` ([`compile_cubin_module`], which any driver
 //! that supports that GPU loads, whatever its CUDA version), and PTX ([`compile_module`]).
 //!
 //! NVRTC ships no C library headers and, in CUDA 13.0, not `cuda_fp16.h`/`cuda_bf16.h`
