@@ -12,9 +12,10 @@ scratch="$(mktemp -d)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$scratch" "$tmp"' EXIT
 (cd "$src" && git ls-files -z | xargs -0 -I{} cp --parents {} "$scratch")
-# The checkout's target directory: the dependencies are built once; dropkit from the
-# scratch copy gets artifacts of its own (another source path).
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$src/target}"
+# A target directory of the scratch copies' own: dropkit built from planted sources gets
+# the same artifact names as the checkout's, so sharing the checkout's target would let a
+# cargo run in the checkout execute a planted binary (or a plant run the checkout's).
+export CARGO_TARGET_DIR="${DROPKIT_PLANT_TARGET:-$src/target/plant}"
 [ -n "${NVCC:-}" ] || { echo "plant-launch-bugs: set NVCC (scripts/install-nvcc.sh)" >&2; exit 2; }
 drv="$(cd "$src" && bash scripts/emulated-driver.sh | tail -n 1)"
 plant() {  # name file old new

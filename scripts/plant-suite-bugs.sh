@@ -18,7 +18,10 @@ scratch="$(mktemp -d)"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$scratch" "$tmp"' EXIT
 (cd "$src" && git ls-files -z | xargs -0 -I{} cp --parents {} "$scratch")
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$src/target}"
+# A target directory of the scratch copies' own: dropkit built from planted sources gets
+# the same artifact names as the checkout's, so sharing the checkout's target would let a
+# cargo run in the checkout execute a planted binary (or a plant run the checkout's).
+export CARGO_TARGET_DIR="${DROPKIT_PLANT_TARGET:-$src/target/plant}"
 # check-cuda12.sh in the scratch copy reuses the checkout's venv of CUDA 12 wheels.
 export DROPKIT_CUDA12_VENV="${DROPKIT_CUDA12_VENV:-$src/.venv-cuda12}"
 status=0
