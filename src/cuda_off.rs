@@ -142,3 +142,65 @@ pub(crate) mod residual {
         dy.unreachable()
     }
 }
+
+/// Built by the dispatch's (unreachable) CUDA arms, never read: there is no device.
+#[allow(dead_code)]
+pub(crate) mod norm {
+    use super::{CudaBuffer, MaskSlice};
+    use crate::element::Element;
+    use crate::error::Result;
+    use crate::plan::{MaskMode, NormCall};
+
+    pub(crate) struct NormBuffers<'a, T, R> {
+        pub x: &'a CudaBuffer<T>,
+        pub bias: Option<&'a CudaBuffer<T>>,
+        pub residual: Option<&'a CudaBuffer<R>>,
+        pub gamma: &'a CudaBuffer<T>,
+        pub beta: Option<&'a CudaBuffer<T>>,
+    }
+
+    pub(crate) struct NormForward<T, R> {
+        pub z: CudaBuffer<T>,
+        pub s: CudaBuffer<R>,
+        pub stats: CudaBuffer<f64>,
+        pub mask: Option<MaskSlice>,
+    }
+
+    pub(crate) struct NormGradBuffers<'a, T, R> {
+        pub dz: &'a CudaBuffer<T>,
+        pub ds: Option<&'a CudaBuffer<R>>,
+        pub s: &'a CudaBuffer<R>,
+        pub gamma: &'a CudaBuffer<T>,
+        pub stats: &'a CudaBuffer<f64>,
+        pub mask: Option<&'a MaskSlice>,
+    }
+
+    pub(crate) struct Wanted {
+        pub residual: bool,
+        pub bias: bool,
+    }
+
+    pub(crate) struct NormBackward<T, R> {
+        pub x: CudaBuffer<T>,
+        pub residual: Option<CudaBuffer<R>>,
+        pub bias: Option<CudaBuffer<T>>,
+        pub gamma: CudaBuffer<T>,
+        pub beta: Option<CudaBuffer<T>>,
+    }
+
+    pub(crate) fn forward<T: Element, R: Element>(
+        b: NormBuffers<'_, T, R>,
+        _: &NormCall,
+        _: MaskMode,
+    ) -> Result<NormForward<T, R>> {
+        b.x.unreachable()
+    }
+
+    pub(crate) fn backward<T: Element, R: Element>(
+        b: NormGradBuffers<'_, T, R>,
+        _: &NormCall,
+        _: Wanted,
+    ) -> Result<NormBackward<T, R>> {
+        b.dz.unreachable()
+    }
+}

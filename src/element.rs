@@ -71,6 +71,12 @@ pub trait ComputeFloat:
     fn mul(self, rhs: Self) -> Self;
     /// One IEEE addition, rounded to nearest even.
     fn add(self, rhs: Self) -> Self;
+    /// One IEEE subtraction, rounded to nearest even.
+    fn sub(self, rhs: Self) -> Self;
+    /// One IEEE division, rounded to nearest even.
+    fn div(self, rhs: Self) -> Self;
+    /// The IEEE square root, correctly rounded.
+    fn sqrt(self) -> Self;
 }
 
 impl ComputeFloat for f32 {
@@ -91,6 +97,19 @@ impl ComputeFloat for f32 {
     fn add(self, rhs: Self) -> Self {
         self + rhs
     }
+    #[inline(always)]
+    fn sub(self, rhs: Self) -> Self {
+        self - rhs
+    }
+    #[inline(always)]
+    fn div(self, rhs: Self) -> Self {
+        self / rhs
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        // Rust's sqrt is IEEE's correctly rounded square root (sqrtss / sqrtsd).
+        Self::sqrt(self)
+    }
 }
 
 impl ComputeFloat for f64 {
@@ -110,6 +129,19 @@ impl ComputeFloat for f64 {
     #[inline(always)]
     fn add(self, rhs: Self) -> Self {
         self + rhs
+    }
+    #[inline(always)]
+    fn sub(self, rhs: Self) -> Self {
+        self - rhs
+    }
+    #[inline(always)]
+    fn div(self, rhs: Self) -> Self {
+        self / rhs
+    }
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        // Rust's sqrt is IEEE's correctly rounded square root (sqrtss / sqrtsd).
+        Self::sqrt(self)
     }
 }
 

@@ -133,6 +133,15 @@ pub enum Error {
     #[error("an RNG region named {0:?} is already registered in this tracker")]
     DuplicateRegion(String),
 
+    /// A parameter other than p is out of its domain (e.g. a norm's eps).
+    #[error("{op}: {reason}")]
+    InvalidArgument {
+        /// The operation that checked.
+        op: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+
     /// The operation is not implemented for this device.
     #[error("{op} is not supported on {device}")]
     Unsupported {

@@ -57,8 +57,8 @@ pub use functional::DropoutState;
 pub use generator::{default_generator, manual_seed, Generator, GeneratorState};
 pub use layers::{
     AlphaDropout, BiasDropoutResidual, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
-    FeatureAlphaDropout,
+    DropoutAddNorm, FeatureAlphaDropout,
 };
-pub use plan::{MaskMode, StreamPos};
+pub use plan::{MaskMode, Norm, StreamPos};
 pub use tensor::Tensor;
 pub use tracker::{RegionKind, RngTracker, TrackerState};

@@ -185,6 +185,36 @@ impl Kept<f64> {
     }
 }
 
+/// The row normalization of the fused dropout + add + norm (docs/spec.md, section 6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Norm {
+    /// `(s - mean) * rstd * gamma + beta`.
+    LayerNorm,
+    /// `s * rstd * gamma`, rstd from the mean square (no mean is subtracted, no beta).
+    RmsNorm,
+}
+
+/// What every row of one call shares.
+#[derive(Debug, Clone, Copy)]
+pub struct NormCall {
+    /// LayerNorm or RMSNorm.
+    pub norm: Norm,
+    /// The row width H (at least 1).
+    pub hidden: usize,
+    /// eps, rounded once to the compute type when used.
+    pub eps: f64,
+    /// Where the decisions start; `index_base` is a multiple of H.
+    pub pos: StreamPos,
+    /// The drop probability (training only).
+    pub prob: Probability,
+    /// False: nothing is dropped and nothing multiplied (eval mode).
+    pub training: bool,
+}
+
+/// Lanes of the row sum of docs/spec.md section 6.3: lane l adds elements l, l + 32, ...,
+/// then the lanes meet in a fixed tree (a warp's xor butterfly on CUDA).
+pub const ROW_SUM_LANES: usize = 32;
+
 /// Rows per block of the column sum (docs/spec.md, bias-gradient note): a constant, so the
 /// bias gradient depends on neither the device nor the thread count. Both backends block
 /// the rows by this value.

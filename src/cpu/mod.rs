@@ -9,6 +9,7 @@
 pub(crate) mod avx512;
 pub mod dropout;
 pub mod grouped;
+pub mod norm;
 pub mod recycle;
 pub mod residual;
 /// Which instruction set the CPU backend uses (the leaf module `host::simd`, re-exported).

@@ -17,18 +17,24 @@
 //! | `alpha.rs` | [`alpha_dropout`] |
 //! | `grouped.rs` | [`grouped_dropout`] (channel dropout, DropPath, feature alpha dropout) |
 //! | `residual.rs` | [`bias_dropout_residual`] and its backward |
+//! | `norm.rs` | [`dropout_add_norm`] (fused dropout + add + LayerNorm / RMSNorm) and its backward |
 
 mod alpha;
 mod dispatch;
 mod dropout;
 mod grouped;
+mod norm;
 mod residual;
 mod state;
 
-pub use crate::plan::{GroupedKind, MaskMode, StreamPos};
+pub use crate::plan::{GroupedKind, MaskMode, Norm, StreamPos};
 pub use alpha::alpha_dropout;
 pub use dropout::{dropout, dropout_backward};
 pub use grouped::grouped_dropout;
+pub use norm::{
+    dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads, AddNormInputs,
+    AddNormOutput, AddNormSaved, AddNormState,
+};
 pub use residual::{
     bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_owned,
     BiasDropoutResidualGrads, BiasDropoutResidualState,
@@ -41,4 +47,5 @@ pub(crate) use dispatch::check_index_range;
 pub(crate) use dispatch::{new_output, Operand, TrainResult};
 pub(crate) use dropout::dropout_train;
 pub(crate) use grouped::grouped_train;
+pub(crate) use norm::check_add_norm;
 pub(crate) use residual::{bias_dropout_residual_run, check_fused};

@@ -35,7 +35,7 @@ impl Drop for MaskBuffer {
 }
 
 impl MaskBuffer {
-    fn to_vec(&self) -> Result<Vec<u32>> {
+    pub(super) fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
             MaskBuffer::Cpu(v) => crate::alloc::copied(v),
             MaskBuffer::Cuda(s) => cuda::download_u32(s),

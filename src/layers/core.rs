@@ -108,7 +108,12 @@ macro_rules! layer_common {
                     core: $crate::layers::core::LayerCore::new(p)?,
                 })
             }
-
+        }
+        layer_common!($layer, custom_new);
+    };
+    // A layer with constructors of its own: the builder and mode methods only.
+    ($layer:ident, custom_new) => {
+        impl $layer {
             /// Uses `generator` instead of the process-wide default.
             pub fn with_generator(
                 mut self,

@@ -7,12 +7,14 @@ pub(crate) mod channel;
 mod core;
 mod drop_path;
 mod dropout;
+mod norm;
 mod residual;
 
 pub use alpha::{AlphaDropout, FeatureAlphaDropout};
 pub use channel::{Dropout1d, Dropout2d, Dropout3d};
 pub use drop_path::DropPath;
 pub use dropout::Dropout;
+pub use norm::DropoutAddNorm;
 pub use residual::BiasDropoutResidual;
 
 /// The candle layers carry the same core as dropkit's own.

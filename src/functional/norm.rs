@@ -1,0 +1,473 @@
+//! The fused dropout + residual add + LayerNorm / RMSNorm (docs/spec.md, section 6.3):
+//! `s = residual + dropout(x + bias)`, `z = norm(s)`, in one pass, and its backward. This
+//! is where a call is checked (once: shapes, dtypes, devices, eps, the decision range)
+//! and handed to the backend that holds its tensors.
+
+use super::state::{MaskBuffer, Saved};
+use crate::cpu;
+use crate::cuda;
+use crate::device::Device;
+use crate::element::{DType, Element};
+use crate::error::{Error, Result};
+use crate::mask::{mask_words, Probability};
+use crate::plan::{MaskMode, Norm, NormCall, StreamPos};
+use crate::tensor::{Storage, Tensor};
+
+const OP: &str = "dropout_add_norm";
+const OP_BWD: &str = "dropout_add_norm backward";
+
+/// The tensors of one forward: x (..., H); bias, gamma, beta (H); residual like x.
+#[derive(Debug, Clone, Copy)]
+pub struct AddNormInputs<'a, T: Element, R: Element> {
+    /// The input, (..., H).
+    pub x: &'a Tensor<T>,
+    /// Added to every row of x before the dropout.
+    pub bias: Option<&'a Tensor<T>>,
+    /// The residual stream, x's shape, in `R` (T, or f32 for f16 / bf16 inputs).
+    pub residual: Option<&'a Tensor<R>>,
+    /// The norm's scale, (H).
+    pub gamma: &'a Tensor<T>,
+    /// The norm's shift, (H): LayerNorm only.
+    pub beta: Option<&'a Tensor<T>>,
+}
+
+/// The scalars of one forward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AddNormConfig {
+    /// LayerNorm or RMSNorm.
+    pub norm: Norm,
+    /// The drop probability, in [0, 1].
+    pub p: f64,
+    /// Added to the variance (or mean square) under the square root: finite, >= 0.
+    pub eps: f64,
+    /// Eval mode (false): nothing is dropped; the add and the norm still run.
+    pub training: bool,
+}
+
+/// What a forward returns: the normalized output, the new residual stream and the state
+/// its backward needs.
+#[derive(Debug)]
+pub struct AddNormOutput<T: Element, R: Element> {
+    /// `norm(s) * gamma (+ beta)`, x's shape and dtype.
+    pub z: Tensor<T>,
+    /// `residual + dropout(x + bias)`, x's shape, in the residual stream's dtype.
+    pub s: Tensor<R>,
+    /// The decisions and row statistics for [`dropout_add_norm_backward`].
+    pub state: AddNormState,
+}
+
+/// What the forward saves: the decisions (packed bits, or how to regenerate them), the
+/// per-row mean and rstd, and what the call looked like (all checked by backward).
+#[derive(Debug)]
+pub struct AddNormState {
+    saved: Saved,
+    call: NormCall,
+    /// mean and rstd of row r at 2r and 2r + 1: compute-type values, widened exactly.
+    stats: Tensor<f64>,
+    has_bias: bool,
+    has_residual: bool,
+    shape: Vec<usize>,
+    dtype: DType,
+    residual_dtype: DType,
+    device: Device,
+}
+
+impl AddNormState {
+    /// The saved form, `None` for an eval-mode forward.
+    pub fn mask_mode(&self) -> Option<MaskMode> {
+        match self.saved {
+            Saved::Identity => None,
+            Saved::Bits(_) => Some(MaskMode::Bits),
+            Saved::Regenerate(_) => Some(MaskMode::Regenerate),
+        }
+    }
+
+    /// The norm of the forward.
+    pub fn norm(&self) -> Norm {
+        self.call.norm
+    }
+
+    /// The packed keep bits (docs/spec.md section 4), downloaded or regenerated; `None`
+    /// in eval mode.
+    pub fn keep_bits(&self) -> Result<Option<Vec<u32>>> {
+        let n = crate::tensor::element_count(&self.shape)?;
+        match &self.saved {
+            Saved::Identity => Ok(None),
+            Saved::Bits(m) => m.to_vec().map(Some),
+            Saved::Regenerate(pos) => {
+                let decisions = crate::plan::Decisions::Elementwise;
+                super::state::regenerate_bits(pos, &self.call.prob, decisions, n).map(Some)
+            }
+        }
+    }
+
+    /// Per row, (mean, rstd) as the compute type held them (mean is +0 for RMSNorm).
+    pub fn row_stats(&self) -> Result<Vec<(f64, f64)>> {
+        let v = self.stats.to_vec()?;
+        Ok(v.chunks_exact(2).map(|p| (p[0], p[1])).collect())
+    }
+
+    /// Bytes held by the saved mask (0 for the regenerate form and eval mode), not
+    /// counting the row statistics (16 bytes a row).
+    pub fn saved_bytes(&self) -> usize {
+        match &self.saved {
+            Saved::Bits(_) => {
+                crate::tensor::element_count(&self.shape).map_or(0, |n| 4 * mask_words(n))
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// The gradients of [`dropout_add_norm`]; `None` where the forward had no such input.
+#[derive(Debug)]
+pub struct AddNormGrads<T: Element, R: Element> {
+    /// d/dx (through the mask and scale).
+    pub x: Tensor<T>,
+    /// d/dresidual: the gradient at s, in the residual stream's dtype.
+    pub residual: Option<Tensor<R>>,
+    /// d/dbias: column sums of dx (blocked f64 order, docs/spec.md 6.2's note).
+    pub bias: Option<Tensor<T>>,
+    /// d/dgamma: column sums of dz * y.
+    pub gamma: Tensor<T>,
+    /// d/dbeta: column sums of dz (LayerNorm only).
+    pub beta: Option<Tensor<T>>,
+}
+
+/// The residual stream's dtype is the input's, or f32 for f16 / bf16 inputs.
+fn check_residual_dtype<T: Element, R: Element>(op: &'static str) -> Result<()> {
+    let ok = R::DTYPE == T::DTYPE
+        || (R::DTYPE == DType::F32 && matches!(T::DTYPE, DType::F16 | DType::BF16));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::DTypeMismatch {
+            op,
+            expected: T::DTYPE,
+            got: R::DTYPE,
+        })
+    }
+}
+
+/// Checks a forward; returns H. Nothing is taken from a generator before this passes.
+pub(crate) fn check_add_norm<T: Element, R: Element>(
+    inputs: &AddNormInputs<'_, T, R>,
+    config: &AddNormConfig,
+    index_base: u64,
+) -> Result<usize> {
+    check_residual_dtype::<T, R>(OP)?;
+    let x = inputs.x;
+    let hidden = x.shape().last().copied().unwrap_or(0);
+    if hidden == 0 {
+        return Err(Error::InvalidShape {
+            op: OP,
+            shape: x.shape().to_vec(),
+            reason: "x must be (..., H) with H >= 1: the norm runs over the last axis".into(),
+        });
+    }
+    let dev = x.device();
+    let row_vectors = [Some(inputs.gamma), inputs.bias, inputs.beta];
+    for v in row_vectors.into_iter().flatten() {
+        v.expect_shape(&[hidden], OP)?;
+        dev.expect_same(&v.device(), OP)?;
+    }
+    if let Some(r) = inputs.residual {
+        r.expect_shape(x.shape(), OP)?;
+        dev.expect_same(&r.device(), OP)?;
+    }
+    match (config.norm, inputs.beta.is_some()) {
+        (Norm::LayerNorm, false) => return Err(beta_error("LayerNorm needs beta (H)")),
+        (Norm::RmsNorm, true) => return Err(beta_error("RMSNorm has no beta; pass None")),
+        _ => {}
+    }
+    if !(config.eps.is_finite() && config.eps >= 0.0) {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            reason: format!("eps = {} must be a finite number >= 0", config.eps),
+        });
+    }
+    Probability::new(config.p)?;
+    if index_base % hidden as u64 != 0 {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            reason: format!(
+                "a shard of a norm layer starts on a row: index_base {index_base} is not a \
+                 multiple of H = {hidden}"
+            ),
+        });
+    }
+    super::check_index_range(index_base, x.len())?;
+    Ok(hidden)
+}
+
+fn beta_error(reason: &str) -> Error {
+    Error::InvalidArgument {
+        op: OP,
+        reason: reason.into(),
+    }
+}
+
+/// `s = residual + dropout(x + bias)`, `z = norm(s) * gamma (+ beta)` in one pass
+/// (docs/spec.md section 6.3), at `pos` (one offset of a generator per training call).
+/// With [`MaskMode::Bits`] the state holds a bit per element; with
+/// [`MaskMode::Regenerate`], nothing but the stream position. Either way it holds the
+/// row statistics.
+pub fn dropout_add_norm<T, R>(
+    inputs: AddNormInputs<'_, T, R>,
+    config: &AddNormConfig,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<AddNormOutput<T, R>>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    let hidden = check_add_norm(&inputs, config, pos.index_base)?;
+    let prob = Probability::new(if config.training { config.p } else { 0.0 })?;
+    let call = NormCall {
+        norm: config.norm,
+        hidden,
+        eps: config.eps,
+        pos,
+        prob,
+        training: config.training,
+    };
+    let mode = if config.training {
+        mode
+    } else {
+        MaskMode::Regenerate
+    };
+    let shape = inputs.x.shape().to_vec();
+    let rows = inputs.x.len() / hidden;
+    let (z, s, stats, mask) = match &inputs.x.storage {
+        Storage::Cpu(x) => {
+            let n = x.len();
+            let mut z = cpu::alloc_output::<T>(n)?;
+            let mut s = cpu::alloc_output::<R>(n)?;
+            let mut stats = crate::alloc::filled(0f64, 2 * rows)?;
+            let mut bits = match mode {
+                MaskMode::Bits => Some(cpu::alloc_mask(n)?),
+                MaskMode::Regenerate => None,
+            };
+            let host = cpu::norm::NormInputs {
+                x,
+                bias: inputs.bias.map(cpu_slice).transpose()?,
+                residual: inputs.residual.map(cpu_slice).transpose()?,
+                gamma: cpu_slice(inputs.gamma)?,
+                beta: inputs.beta.map(cpu_slice).transpose()?,
+            };
+            let out = cpu::norm::NormOutputs {
+                z: &mut z,
+                s: &mut s,
+                stats: &mut stats,
+                bits: bits.as_deref_mut(),
+            };
+            cpu::norm::forward(host, out, &call)?;
+            let mask = bits.map(MaskBuffer::Cpu);
+            (Storage::Cpu(z), Storage::Cpu(s), Storage::Cpu(stats), mask)
+        }
+        Storage::Cuda(x) => {
+            let dev = cuda::norm::NormBuffers {
+                x,
+                bias: inputs.bias.map(cuda_buffer).transpose()?,
+                residual: inputs.residual.map(cuda_buffer).transpose()?,
+                gamma: cuda_buffer(inputs.gamma)?,
+                beta: inputs.beta.map(cuda_buffer).transpose()?,
+            };
+            let out = cuda::norm::forward(dev, &call, mode)?;
+            let mask = out.mask.map(MaskBuffer::Cuda);
+            let (z, s, stats) = (out.z, out.s, out.stats);
+            (
+                Storage::Cuda(z),
+                Storage::Cuda(s),
+                Storage::Cuda(stats),
+                mask,
+            )
+        }
+    };
+    let saved = match (config.training, mask) {
+        (false, _) => Saved::Identity,
+        (true, Some(bits)) => Saved::Bits(bits),
+        (true, None) => Saved::Regenerate(pos),
+    };
+    let state = AddNormState {
+        saved,
+        call,
+        stats: Tensor::from_storage(stats, vec![rows, 2]),
+        has_bias: inputs.bias.is_some(),
+        has_residual: inputs.residual.is_some(),
+        shape: shape.clone(),
+        dtype: T::DTYPE,
+        residual_dtype: R::DTYPE,
+        device: inputs.x.device(),
+    };
+    Ok(AddNormOutput {
+        z: Tensor::from_storage(z, shape.clone()),
+        s: Tensor::from_storage(s, shape),
+        state,
+    })
+}
+
+/// The host slice of a tensor the check found on the CPU with x.
+fn cpu_slice<T: Element>(t: &Tensor<T>) -> Result<&[T]> {
+    match &t.storage {
+        Storage::Cpu(v) => Ok(v),
+        Storage::Cuda(_) => Err(elsewhere("cpu", "cuda")),
+    }
+}
+
+/// The device buffer of a tensor the check found on CUDA with x.
+fn cuda_buffer<T: Element>(t: &Tensor<T>) -> Result<&cuda::CudaBuffer<T>> {
+    match &t.storage {
+        Storage::Cuda(b) => Ok(b),
+        Storage::Cpu(_) => Err(elsewhere("cuda", "cpu")),
+    }
+}
+
+fn elsewhere(expected: &str, got: &str) -> Error {
+    Error::DeviceMismatch {
+        op: OP,
+        expected: expected.into(),
+        got: got.into(),
+    }
+}
+
+/// The forward's tensors that backward reads again: s (which the forward returned) and
+/// gamma.
+#[derive(Debug, Clone, Copy)]
+pub struct AddNormSaved<'a, T: Element, R: Element> {
+    /// The forward's s.
+    pub s: &'a Tensor<R>,
+    /// The forward's gamma.
+    pub gamma: &'a Tensor<T>,
+}
+
+/// Gradients of [`dropout_add_norm`] from dz and, optionally, ds (the gradient reaching s
+/// from the residual path), with the same decisions as the forward (docs/spec.md 6.3).
+pub fn dropout_add_norm_backward<T, R>(
+    dz: &Tensor<T>,
+    ds: Option<&Tensor<R>>,
+    saved: AddNormSaved<'_, T, R>,
+    state: &AddNormState,
+) -> Result<AddNormGrads<T, R>>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    check_backward(dz, ds, &saved, state)?;
+    let call = &state.call;
+    let h = call.hidden;
+    let is_layer = call.norm == Norm::LayerNorm;
+    let (x, residual, bias, gamma, beta) = match (&dz.storage, &state.stats.storage) {
+        (Storage::Cpu(dzs), Storage::Cpu(stats)) => {
+            let n = dzs.len();
+            let bits = match &state.saved {
+                Saved::Bits(MaskBuffer::Cpu(b)) => Some(b.as_slice()),
+                Saved::Bits(MaskBuffer::Cuda(_)) => return Err(super::dispatch::mask_elsewhere()),
+                _ => None,
+            };
+            let mut dx = cpu::alloc_output::<T>(n)?;
+            let mut dres = state
+                .has_residual
+                .then(|| cpu::alloc_output::<R>(n))
+                .transpose()?;
+            let mut dbias = state
+                .has_bias
+                .then(|| crate::alloc::zeroed::<T>(h))
+                .transpose()?;
+            let mut dgamma = crate::alloc::zeroed::<T>(h)?;
+            let mut dbeta = is_layer.then(|| crate::alloc::zeroed::<T>(h)).transpose()?;
+            let inputs = cpu::norm::NormGradInputs {
+                dz: dzs,
+                ds: ds.map(cpu_slice).transpose()?,
+                s: cpu_slice(saved.s)?,
+                gamma: cpu_slice(saved.gamma)?,
+                stats,
+                bits,
+            };
+            let out = cpu::norm::NormGrads {
+                x: &mut dx,
+                residual: dres.as_deref_mut(),
+                bias: dbias.as_deref_mut(),
+                gamma: &mut dgamma,
+                beta: dbeta.as_deref_mut(),
+            };
+            cpu::norm::backward(inputs, out, call)?;
+            (
+                Storage::Cpu(dx),
+                dres.map(Storage::Cpu),
+                dbias.map(Storage::Cpu),
+                Storage::Cpu(dgamma),
+                dbeta.map(Storage::Cpu),
+            )
+        }
+        (Storage::Cuda(dzb), Storage::Cuda(stats)) => {
+            let mask = match &state.saved {
+                Saved::Bits(MaskBuffer::Cuda(b)) => Some(b),
+                Saved::Bits(MaskBuffer::Cpu(_)) => return Err(super::dispatch::mask_elsewhere()),
+                _ => None,
+            };
+            let inputs = cuda::norm::NormGradBuffers {
+                dz: dzb,
+                ds: ds.map(cuda_buffer).transpose()?,
+                s: cuda_buffer(saved.s)?,
+                gamma: cuda_buffer(saved.gamma)?,
+                stats,
+                mask,
+            };
+            let want = cuda::norm::Wanted {
+                residual: state.has_residual,
+                bias: state.has_bias,
+            };
+            let g = cuda::norm::backward(inputs, call, want)?;
+            (
+                Storage::Cuda(g.x),
+                g.residual.map(Storage::Cuda),
+                g.bias.map(Storage::Cuda),
+                Storage::Cuda(g.gamma),
+                g.beta.map(Storage::Cuda),
+            )
+        }
+        _ => return Err(super::dispatch::mask_elsewhere()),
+    };
+    let shape = state.shape.clone();
+    Ok(AddNormGrads {
+        x: Tensor::from_storage(x, shape.clone()),
+        residual: residual.map(|r| Tensor::from_storage(r, shape)),
+        bias: bias.map(|b| Tensor::from_storage(b, vec![h])),
+        gamma: Tensor::from_storage(gamma, vec![h]),
+        beta: beta.map(|b| Tensor::from_storage(b, vec![h])),
+    })
+}
+
+/// dz, ds and s must be the forward's shape, dtypes and device; gamma (H).
+fn check_backward<T: Element, R: Element>(
+    dz: &Tensor<T>,
+    ds: Option<&Tensor<R>>,
+    saved: &AddNormSaved<'_, T, R>,
+    state: &AddNormState,
+) -> Result<()> {
+    let mismatch = |expected, got| Error::DTypeMismatch {
+        op: OP_BWD,
+        expected,
+        got,
+    };
+    if T::DTYPE != state.dtype {
+        return Err(mismatch(state.dtype, T::DTYPE));
+    }
+    if R::DTYPE != state.residual_dtype {
+        return Err(mismatch(state.residual_dtype, R::DTYPE));
+    }
+    dz.expect_shape(&state.shape, OP_BWD)?;
+    saved.s.expect_shape(&state.shape, OP_BWD)?;
+    saved.gamma.expect_shape(&[state.call.hidden], OP_BWD)?;
+    let dev = &state.device;
+    dev.expect_same(&dz.device(), OP_BWD)?;
+    dev.expect_same(&saved.s.device(), OP_BWD)?;
+    dev.expect_same(&saved.gamma.device(), OP_BWD)?;
+    if let Some(ds) = ds {
+        ds.expect_shape(&state.shape, OP_BWD)?;
+        dev.expect_same(&ds.device(), OP_BWD)?;
+    }
+    Ok(())
+}

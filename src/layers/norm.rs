@@ -1,0 +1,128 @@
+//! `DropoutAddNorm`: the pre-norm transformer step `s = residual + dropout(x + bias)`,
+//! `z = LayerNorm(s)` or `RMSNorm(s)`, in one pass (docs/spec.md section 6.3), with every
+//! gradient.
+
+use super::core::{layer_common, LayerCore};
+use crate::element::Element;
+use crate::error::Result;
+use crate::functional::{
+    check_add_norm, dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads,
+    AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
+};
+use crate::plan::{Norm, StreamPos};
+use crate::tensor::Tensor;
+
+/// Fused dropout + residual add + LayerNorm / RMSNorm. The layer holds p, eps, the norm
+/// and the random state; gamma and beta are the caller's tensors (they are what an
+/// optimizer updates), passed to each call.
+///
+/// ```
+/// use dropkit::functional::{AddNormInputs, AddNormSaved};
+/// use dropkit::{Device, DropoutAddNorm, Generator, Tensor};
+/// use std::sync::Arc;
+///
+/// let layer = DropoutAddNorm::layer_norm(0.1, 1e-5)?.with_generator(Arc::new(Generator::new(3)));
+/// let dev = Device::Cpu;
+/// let x = Tensor::from_vec((0..32).map(|i| i as f32 * 0.1).collect(), &[4, 8])?;
+/// let residual = Tensor::<f32>::ones(&[4, 8], &dev)?;
+/// let (gamma, beta) = (Tensor::<f32>::ones(&[8], &dev)?, Tensor::<f32>::zeros(&[8], &dev)?);
+/// let inputs = AddNormInputs {
+///     x: &x,
+///     bias: None,
+///     residual: Some(&residual),
+///     gamma: &gamma,
+///     beta: Some(&beta),
+/// };
+/// let out = layer.forward(inputs)?;
+/// // Each row of z has mean ~0 (gamma 1, beta 0).
+/// let z = out.z.to_vec()?;
+/// assert!(z.chunks(8).all(|row| row.iter().sum::<f32>().abs() < 1e-4));
+/// let dz = Tensor::<f32>::ones(&[4, 8], &dev)?;
+/// let saved = AddNormSaved { s: &out.s, gamma: &gamma };
+/// let grads = layer.backward(&dz, Some(&dz), saved, &out.state)?;
+/// assert_eq!(grads.gamma.shape(), &[8]);
+/// # Ok::<(), dropkit::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct DropoutAddNorm {
+    core: LayerCore,
+    norm: Norm,
+    eps: f64,
+}
+
+layer_common!(DropoutAddNorm, custom_new);
+
+impl DropoutAddNorm {
+    /// Dropout + add + LayerNorm, in training mode with the default generator.
+    pub fn layer_norm(p: f64, eps: f64) -> Result<Self> {
+        Self::with_norm(Norm::LayerNorm, p, eps)
+    }
+
+    /// Dropout + add + RMSNorm, in training mode with the default generator.
+    pub fn rms_norm(p: f64, eps: f64) -> Result<Self> {
+        Self::with_norm(Norm::RmsNorm, p, eps)
+    }
+
+    fn with_norm(norm: Norm, p: f64, eps: f64) -> Result<Self> {
+        let layer = Self {
+            core: LayerCore::new(p)?,
+            norm,
+            eps,
+        };
+        // eps is checked once here, so a bad one fails at construction.
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(crate::error::Error::InvalidArgument {
+                op: "DropoutAddNorm",
+                reason: format!("eps = {eps} must be a finite number >= 0"),
+            });
+        }
+        Ok(layer)
+    }
+
+    /// The norm.
+    pub fn norm(&self) -> Norm {
+        self.norm
+    }
+
+    fn config(&self) -> AddNormConfig {
+        AddNormConfig {
+            norm: self.norm,
+            p: self.core.prob.p(),
+            eps: self.eps,
+            training: self.core.training,
+        }
+    }
+
+    /// Forward. A training call takes one offset from the generator, an eval call none.
+    pub fn forward<T, R>(&self, inputs: AddNormInputs<'_, T, R>) -> Result<AddNormOutput<T, R>>
+    where
+        T: Element,
+        R: Element<Compute = T::Compute>,
+    {
+        let (core, config) = (&self.core, self.config());
+        // A call that fails takes no offset: validate first.
+        check_add_norm(&inputs, &config, core.index_base)?;
+        let pos = if core.training {
+            core.next_pos()
+        } else {
+            StreamPos::new(0, 0).with_index_base(core.index_base)
+        };
+        dropout_add_norm(inputs, &config, pos, core.mode)
+    }
+
+    /// Gradients from dz and, in the pre-norm form, ds (the gradient reaching s along the
+    /// residual path); `saved` is the forward's s and gamma.
+    pub fn backward<T, R>(
+        &self,
+        dz: &Tensor<T>,
+        ds: Option<&Tensor<R>>,
+        saved: AddNormSaved<'_, T, R>,
+        state: &AddNormState,
+    ) -> Result<AddNormGrads<T, R>>
+    where
+        T: Element,
+        R: Element<Compute = T::Compute>,
+    {
+        dropout_add_norm_backward(dz, ds, saved, state)
+    }
+}
