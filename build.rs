@@ -88,7 +88,7 @@ fn main() {
     let mut ops = Vec::new();
     if env::var_os("CARGO_FEATURE_CUDA").is_some() {
         let list = kernel_list();
-        for (module, op, per_dtype) in &list {
+        for (module, op, kind) in &list {
             assert!(
                 names.contains(&module.to_uppercase()),
                 "kernels/kernels.list: no kernels/{module}.cu for {op}"
@@ -96,9 +96,10 @@ fn main() {
             let constant = op.to_uppercase();
             code.push_str(&format!(
                 "    /// `{op}{}` of kernels/{module}.cu.\n    pub const {constant}: KernelOp = \
-                 KernelOp {{ module: &super::{}, op: {op:?}, per_dtype: {per_dtype} }};\n",
-                if *per_dtype { "_<dtype>" } else { "" },
-                module.to_uppercase()
+                 KernelOp {{ module: &super::{}, op: {op:?}, suffixes: &{:?} }};\n",
+                if kind.is_empty() { "" } else { "_<suffix>" },
+                module.to_uppercase(),
+                kind,
             ));
             ops.push(constant);
         }
@@ -113,7 +114,7 @@ fn main() {
             let mut listed: Vec<String> = list
                 .iter()
                 .filter(|(m, _, _)| m == module)
-                .flat_map(|(_, op, per_dtype)| entry_names(op, *per_dtype))
+                .flat_map(|(_, op, kind)| entry_names(op, kind))
                 .collect();
             listed.sort();
             assert_eq!(
@@ -132,8 +133,12 @@ fn main() {
     fs::write(&generated, code).expect("write kernels.rs");
 }
 
-/// kernels/kernels.list: (module, op, one entry per dtype) per line.
-fn kernel_list() -> Vec<(String, String, bool)> {
+/// The entry suffixes of each kind of kernels/kernels.list (empty: the op alone).
+const PER_DTYPE: &[&str] = &["f32", "f64", "f16", "bf16"];
+const PER_RESIDUAL_DTYPE: &[&str] = &["f32", "f64", "f16", "bf16", "f16_rf32", "bf16_rf32"];
+
+/// kernels/kernels.list: (module, op, entry suffixes) per line.
+fn kernel_list() -> Vec<(String, String, &'static [&'static str])> {
     let text = fs::read_to_string("kernels/kernels.list").expect("kernels/kernels.list");
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
@@ -141,23 +146,23 @@ fn kernel_list() -> Vec<(String, String, bool)> {
         .map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
             match words[..] {
-                [module, op, "per-dtype"] => (module.to_owned(), op.to_owned(), true),
-                [module, op, "single"] => (module.to_owned(), op.to_owned(), false),
+                [module, op, "per-dtype"] => (module.to_owned(), op.to_owned(), PER_DTYPE),
+                [module, op, "per-residual-dtype"] => {
+                    (module.to_owned(), op.to_owned(), PER_RESIDUAL_DTYPE)
+                }
+                [module, op, "single"] => (module.to_owned(), op.to_owned(), &[][..]),
                 _ => panic!("kernels/kernels.list: cannot read the line {l:?}"),
             }
         })
         .collect()
 }
 
-/// The entry names of one op: `op_f32` .. `op_bf16`, or `op` alone.
-fn entry_names(op: &str, per_dtype: bool) -> Vec<String> {
-    if per_dtype {
-        ["f32", "f64", "f16", "bf16"]
-            .iter()
-            .map(|dt| format!("{op}_{dt}"))
-            .collect()
-    } else {
+/// The entry names of one op: `op_<suffix>` for each suffix, or `op` alone.
+fn entry_names(op: &str, suffixes: &[&str]) -> Vec<String> {
+    if suffixes.is_empty() {
         vec![op.to_owned()]
+    } else {
+        suffixes.iter().map(|sfx| format!("{op}_{sfx}")).collect()
     }
 }
 

@@ -39,7 +39,7 @@ reports="$work/reports.log"
 # cuBLAS and candle's own kernels), which this driver does not run (docs/CANDLE.md).
 mapfile -t cuda_tests < <(grep -lE '(^|[^a-z_])cuda_or_skip\(|dropkit::cuda::' tests/*.rs |
     grep -v '^tests/candle\.rs$' | xargs -n1 basename | sed 's/\.rs$//' | sort)
-parity_tests=(dropout_cuda family_cuda cuda_edges)
+parity_tests=(dropout_cuda family_cuda cuda_edges add_norm)
 log "CUDA test binaries: ${cuda_tests[*]}"
 
 nvrtc_path=""

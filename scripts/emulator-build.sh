@@ -33,6 +33,7 @@ emu_kernel_object() {
     dir="$(dirname "$out")"
     # The table of kernels from kernels/kernels.list, the one list of kernel names.
     awk '{ sub(/#.*/, "") } NF == 3 && $3 == "per-dtype" { print "DK_PER_DTYPE(" $2 ")," }
+         NF == 3 && $3 == "per-residual-dtype" { print "DK_PER_RESIDUAL_DTYPE(" $2 ")," }
          NF == 3 && $3 == "single" { print "DK_KERNEL(" $2 ")," }' kernels/kernels.list \
         >"$dir/kernel_rows.inc.new"
     if ! cmp -s "$dir/kernel_rows.inc.new" "$dir/kernel_rows.inc"; then

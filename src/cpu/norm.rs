@@ -191,19 +191,28 @@ where
         Some(b) => b.chunks_mut(chunk / 32).map(Some).collect(),
         None => (0..n.div_ceil(chunk)).map(|_| None).collect(),
     };
-    let tasks: Vec<_> = out
+    let tasks: Vec<FwdTask<'_, T, R>> = out
         .z
         .chunks_mut(chunk)
         .zip(out.s.chunks_mut(chunk))
         .zip(out.stats.chunks_mut(2 * CHUNK_ROWS))
         .zip(bits_chunks)
         .enumerate()
+        .map(|(c, (((z, s), stats), bits))| FwdTask {
+            first: c * chunk,
+            z,
+            s,
+            stats,
+            bits,
+        })
         .collect();
-    let run = |(c, (((z, s), stats), bits)): (
-        usize,
-        (((&mut [T], &mut [R]), &mut [f64]), Option<&mut [u32]>),
-    )| {
-        let first = c * chunk;
+    let run = |FwdTask {
+                   first,
+                   z,
+                   s,
+                   stats,
+                   bits,
+               }: FwdTask<'_, T, R>| {
         let mut scratch = Vec::new();
         let keep: Option<&[u32]> = if !call.training {
             None
@@ -253,6 +262,23 @@ where
         tasks.into_par_iter().for_each(run);
     }
     Ok(())
+}
+
+/// One forward task: the rows from local element `first`, with their outputs.
+struct FwdTask<'a, T, R> {
+    first: usize,
+    z: &'a mut [T],
+    s: &'a mut [R],
+    stats: &'a mut [f64],
+    bits: Option<&'a mut [u32]>,
+}
+
+/// One backward task: a column-sum block of rows from local element `first`.
+struct BwdTask<'a, T, R> {
+    first: usize,
+    dx: &'a mut [T],
+    dres: Option<&'a mut [R]>,
+    part: &'a mut Partials,
 }
 
 /// One block's f64 partial column sums (H each): dbias, dgamma, dbeta.
@@ -305,67 +331,76 @@ where
         Some(r) => r.chunks_mut(block).map(Some).collect(),
         None => (0..blocks).map(|_| None).collect(),
     };
-    let tasks: Vec<_> = out
+    let tasks: Vec<BwdTask<'_, T, R>> = out
         .x
         .chunks_mut(block)
         .zip(res_chunks)
         .zip(partials.iter_mut())
         .enumerate()
+        .map(|(b, ((dx, dres), part))| BwdTask {
+            first: b * block,
+            dx,
+            dres,
+            part,
+        })
         .collect();
-    let run =
-        |(b, ((dx, mut dres), part)): (usize, ((&mut [T], Option<&mut [R]>), &mut Partials))| {
-            let first = b * block;
-            let mut scratch = Vec::new();
-            let keep: Option<&[u32]> = match (call.training, inputs.bits) {
-                (false, _) => None,
-                (true, Some(bits)) => Some(&bits[first / 32..]),
-                (true, None) => Some(regenerate(call, first, dx.len(), &mut scratch)),
+    let run = |BwdTask {
+                   first,
+                   dx,
+                   mut dres,
+                   part,
+               }: BwdTask<'_, T, R>| {
+        let mut scratch = Vec::new();
+        let keep: Option<&[u32]> = match (call.training, inputs.bits) {
+            (false, _) => None,
+            (true, Some(bits)) => Some(&bits[first / 32..]),
+            (true, None) => Some(regenerate(call, first, dx.len(), &mut scratch)),
+        };
+        let (mut y, mut g) = (vec![zero; h], vec![zero; h]);
+        for (r, dxr) in dx.chunks_mut(h).enumerate() {
+            let e0 = first + r * h;
+            let row = e0 / h;
+            let mean = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row]);
+            let rstd = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row + 1]);
+            for j in 0..h {
+                let v = inputs.s[e0 + j].to_compute();
+                y[j] = normalized(call.norm, v, mean, rstd);
+                g[j] = inputs.dz[e0 + j].to_compute().mul(gamma[j]);
+            }
+            let c1 = row_sum(h, |j| g[j].mul(y[j])).div(h_c);
+            let c2 = match call.norm {
+                Norm::LayerNorm => row_sum(h, |j| g[j]).div(h_c),
+                Norm::RmsNorm => zero,
             };
-            let (mut y, mut g) = (vec![zero; h], vec![zero; h]);
-            for (r, dxr) in dx.chunks_mut(h).enumerate() {
-                let e0 = first + r * h;
-                let row = e0 / h;
-                let mean = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row]);
-                let rstd = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row + 1]);
-                for j in 0..h {
-                    let v = inputs.s[e0 + j].to_compute();
-                    y[j] = normalized(call.norm, v, mean, rstd);
-                    g[j] = inputs.dz[e0 + j].to_compute().mul(gamma[j]);
-                }
-                let c1 = row_sum(h, |j| g[j].mul(y[j])).div(h_c);
-                let c2 = match call.norm {
-                    Norm::LayerNorm => row_sum(h, |j| g[j]).div(h_c),
-                    Norm::RmsNorm => zero,
+            for j in 0..h {
+                let w = g[j].sub(y[j].mul(c1));
+                let t = match call.norm {
+                    Norm::LayerNorm => w.sub(c2).mul(rstd),
+                    Norm::RmsNorm => w.mul(rstd),
                 };
-                for j in 0..h {
-                    let w = g[j].sub(y[j].mul(c1));
-                    let t = match call.norm {
-                        Norm::LayerNorm => w.sub(c2).mul(rstd),
-                        Norm::RmsNorm => w.mul(rstd),
-                    };
-                    let u = match inputs.ds {
-                        Some(ds) => t.add(ds[e0 + j].to_compute()),
-                        None => t,
-                    };
-                    if let Some(dr) = dres.as_deref_mut() {
-                        dr[r * h + j] = R::from_compute(u);
-                    }
-                    dxr[j] = match keep {
-                        None => T::from_compute(u),
-                        Some(k) if kept_at(k, r * h + j) => T::from_compute(u.mul(scale)),
-                        Some(_) => T::from_compute(zero),
-                    };
-                    let dz = inputs.dz[e0 + j].to_compute();
-                    part.gamma[j] += dz.mul(y[j]).to_f64();
-                    if want_beta {
-                        part.beta[j] += dz.to_f64();
-                    }
-                    if want_bias {
-                        part.bias[j] += dxr[j].to_compute().to_f64();
-                    }
+                let u = match inputs.ds {
+                    Some(ds) => t.add(ds[e0 + j].to_compute()),
+                    None => t,
+                };
+                if let Some(dr) = dres.as_deref_mut() {
+                    dr[r * h + j] = R::from_compute(u);
+                }
+                dxr[j] = match keep {
+                    None => T::from_compute(u),
+                    Some(k) if kept_at(k, r * h + j) => T::from_compute(u.mul(scale)),
+                    Some(_) => T::from_compute(zero),
+                };
+                let dz = inputs.dz[e0 + j].to_compute();
+                part.gamma[j] += dz.mul(y[j]).to_f64();
+                if want_beta {
+                    part.beta[j] += dz.to_f64();
+                }
+                if want_bias {
+                    part.bias[j] += dxr[j].to_compute().to_f64();
                 }
             }
-        };
+        }
+    };
     if n <= super::SERIAL_MAX {
         tasks.into_iter().for_each(run);
     } else {

@@ -13,7 +13,12 @@ use crate::plan::{GroupLayout, Kept, MaskMode, StreamPos};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
 /// `dropout_mask_bits`: the keep bits of `count` decisions starting at `draw.index_base`.
-fn mask_bits(dev: &CudaDevice, bits: &mut MaskSlice, draw: DkDraw, count: usize) -> Result<()> {
+pub(super) fn mask_bits(
+    dev: &CudaDevice,
+    bits: &mut MaskSlice,
+    draw: DkDraw,
+    count: usize,
+) -> Result<()> {
     if count == 0 {
         return Ok(());
     }

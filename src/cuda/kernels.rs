@@ -59,20 +59,23 @@ pub struct KernelOp {
     pub module: &'static KernelModule,
     /// The entry name, or its stem before `_<dtype>`.
     pub op: &'static str,
-    /// Whether there is one entry per dtype.
-    pub per_dtype: bool,
+    /// The entry suffixes: `f32`, `f64`, `f16`, `bf16` for a per-dtype op (and
+    /// `f16_rf32`, `bf16_rf32`, with an f32 residual stream, for a per-residual-dtype op);
+    /// empty for a single entry.
+    pub suffixes: &'static [&'static str],
 }
 
 impl KernelOp {
-    /// The entry names, in the order f32, f64, f16, bf16 (or the one name).
+    /// The entry names, `op_<suffix>` in the order of [`KernelOp::suffixes`] (or the one
+    /// name).
     pub fn entries(&self) -> Vec<String> {
-        if self.per_dtype {
-            ["f32", "f64", "f16", "bf16"]
-                .iter()
-                .map(|dt| format!("{}_{dt}", self.op))
-                .collect()
-        } else {
+        if self.suffixes.is_empty() {
             vec![self.op.to_owned()]
+        } else {
+            self.suffixes
+                .iter()
+                .map(|sfx| format!("{}_{sfx}", self.op))
+                .collect()
         }
     }
 }

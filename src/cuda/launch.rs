@@ -68,14 +68,37 @@ pub(crate) fn kernel<T: Element>(
     dev: &CudaDevice,
     op: &KernelOp,
 ) -> Result<(CudaFunction, String)> {
-    debug_assert!(op.per_dtype, "{} has one entry for every dtype", op.op);
+    debug_assert!(
+        !op.suffixes.is_empty(),
+        "{} has one entry for every dtype",
+        op.op
+    );
     let name = format!("{}_{}", op.op, T::DTYPE.name());
+    Ok((dev.function(op.module, &name)?, name))
+}
+
+/// The kernel of a per-residual-dtype op for inputs `T` and a residual stream `R` (T, or
+/// f32 for f16 / bf16: `<op>_<T>_rf32`), and its name for messages.
+pub(crate) fn pair_kernel<T: Element, R: Element>(
+    dev: &CudaDevice,
+    op: &KernelOp,
+) -> Result<(CudaFunction, String)> {
+    debug_assert!(
+        op.suffixes.len() == 6,
+        "{} has one entry per (T, R) pair",
+        op.op
+    );
+    let name = if R::DTYPE == T::DTYPE {
+        format!("{}_{}", op.op, T::DTYPE.name())
+    } else {
+        format!("{}_{}_r{}", op.op, T::DTYPE.name(), R::DTYPE.name())
+    };
     Ok((dev.function(op.module, &name)?, name))
 }
 
 /// The kernel of an op of kernels/kernels.list with a single entry (no dtype).
 pub(crate) fn single_kernel(dev: &CudaDevice, op: &KernelOp) -> Result<CudaFunction> {
-    debug_assert!(!op.per_dtype, "{} has one entry per dtype", op.op);
+    debug_assert!(op.suffixes.is_empty(), "{} has one entry per dtype", op.op);
     dev.function(op.module, op.op)
 }
 

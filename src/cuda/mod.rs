@@ -19,6 +19,7 @@
 //! | `dropout.rs` | elementwise forwards (dropout, alpha dropout) and every backward |
 //! | `grouped.rs` | grouped forwards (channel dropout, DropPath, feature alpha) |
 //! | `residual.rs` | fused bias + dropout + residual, its one-pass backward, and the bias gradient's column sum |
+//! | `norm.rs` | fused dropout + add + LayerNorm / RMSNorm, forward and backward |
 //! | `nvrtc.rs` | run-time compilation of the embedded sources (cubin or PTX) |
 //!
 //! It depends only on the leaf modules (`plan`, `mask`, `element`, `error`), never on
@@ -32,6 +33,7 @@ pub(crate) mod dropout;
 pub(crate) mod grouped;
 pub mod kernels;
 pub(crate) mod launch;
+pub(crate) mod norm;
 pub mod nvrtc;
 pub(crate) mod residual;
 

@@ -187,7 +187,7 @@ pub(crate) fn check_add_norm<T: Element, R: Element>(
         });
     }
     Probability::new(config.p)?;
-    if index_base % hidden as u64 != 0 {
+    if !index_base.is_multiple_of(hidden as u64) {
         return Err(Error::InvalidArgument {
             op: OP,
             reason: format!(

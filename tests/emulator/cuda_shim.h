@@ -290,6 +290,12 @@ inline float __fmul_rn(float a, float b) { return dkemu::canon(a * b); }
 inline float __fadd_rn(float a, float b) { return dkemu::canon(a + b); }
 inline double __dmul_rn(double a, double b) { return dkemu::canon(a * b); }
 inline double __dadd_rn(double a, double b) { return dkemu::canon(a + b); }
+inline float __fsub_rn(float a, float b) { return dkemu::canon(a - b); }
+inline double __dsub_rn(double a, double b) { return dkemu::canon(a - b); }
+inline float __fdiv_rn(float a, float b) { return dkemu::canon(a / b); }
+inline double __ddiv_rn(double a, double b) { return dkemu::canon(a / b); }
+inline float __fsqrt_rn(float a) { return dkemu::canon(std::sqrt(a)); }
+inline double __dsqrt_rn(double a) { return dkemu::canon(std::sqrt(a)); }
 inline float __double2float_rn(double d) { return dkemu::canon((float)d); }
 inline float __uint_as_float(uint32_t u) { return dkemu::from_word<float>(u); }
 inline uint32_t __float_as_uint(float f) { return dkemu::to_word(f); }

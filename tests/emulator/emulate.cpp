@@ -170,6 +170,10 @@ void parse_arg(Launch& L, int index, const dkemu::ParamDesc& p, const std::strin
             L.values.push_back(std::move(bytes));
             break;
         }
+        case ParamKind::Struct:
+            // Argument structs hold device pointers: the emulated driver's tests run them.
+            usage("parameter " + std::to_string(index) +
+                  " is an argument struct, which dk-emulate cannot build from text");
     }
 }
 

@@ -13,7 +13,7 @@
 namespace dkemu {
 
 // What a parameter is, by its C++ type; the command-line emulator parses by it.
-enum class ParamKind : uint8_t { Pointer, U64, F32, F64, Draw };
+enum class ParamKind : uint8_t { Pointer, U64, F32, F64, Draw, Struct };
 
 struct ParamDesc {
     ParamKind kind;

@@ -36,6 +36,7 @@ namespace DKEMU_NS {
 #include "../../kernels/bias_dropout_residual.cu"
 #include "../../kernels/bias_dropout_residual_bwd.cu"
 #include "../../kernels/dropout.cu"
+#include "../../kernels/dropout_add_norm.cu"
 #include "../../kernels/grouped_dropout.cu"
 }  // namespace DKEMU_NS
 
@@ -56,6 +57,9 @@ constexpr ParamDesc describe_param() {
         return {ParamKind::F64, sizeof(A), 0};
     } else if constexpr (std::is_same_v<A, DkDraw>) {
         return {ParamKind::Draw, sizeof(A), 0};
+    } else if constexpr (std::is_class_v<A> && std::is_trivially_copyable_v<A>) {
+        // A kernel's argument struct (pointers inside are checked as every access is).
+        return {ParamKind::Struct, sizeof(A), 0};
     } else {
         static_assert(sizeof(A) == 0, "a kernel parameter type the engine does not know");
         return {};
@@ -92,6 +96,7 @@ struct Row {
 
 #define DK_KERNEL(f) Row{#f, Entry<decltype(&f)>::params(), &Entry<decltype(&f)>::run<&f>}
 #define DK_PER_DTYPE(op) DK_KERNEL(op##_f32), DK_KERNEL(op##_f64), DK_KERNEL(op##_f16), DK_KERNEL(op##_bf16)
+#define DK_PER_RESIDUAL_DTYPE(op) DK_PER_DTYPE(op), DK_KERNEL(op##_f16_rf32), DK_KERNEL(op##_bf16_rf32)
 
 // Every kernel of kernels/kernels.list (emulator-build.sh writes kernel_rows.inc from it:
 // one DK_PER_DTYPE or DK_KERNEL per line). A kernel missing here does not compile, and the

@@ -1,0 +1,380 @@
+//! The fused dropout + residual add + LayerNorm / RMSNorm on CUDA (docs/spec.md section
+//! 6.3): `dropout_add_norm_fwd_<T>[_rf32]` and `dropout_add_norm_bwd_<T>[_rf32]` (one warp
+//! per row), the column sums of dbias and dbeta (`column_sum_partial/finish`) and of dgamma
+//! (`add_norm_dgamma_partial`, then `column_sum_finish`). Each kernel takes one argument
+//! struct, laid out as its twin in kernels/dropout_add_norm.cu.
+
+use super::buffer::{CudaBuffer, MaskSlice};
+use super::device::CudaDevice;
+use super::grouped::mask_bits;
+use super::kernels::ops::{
+    ADD_NORM_DGAMMA_PARTIAL, COLUMN_SUM_FINISH, DROPOUT_ADD_NORM_BWD, DROPOUT_ADD_NORM_FWD,
+};
+use super::launch::{kernel, launch, op_range, pair_kernel, DkDraw};
+use super::residual::queue_column_sum;
+use crate::element::Element;
+use crate::error::Result;
+use crate::mask::mask_words;
+use crate::plan::{MaskMode, Norm, NormCall, COLUMN_SUM_BLOCK_ROWS};
+use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
+
+/// The forward's inputs on the device.
+pub(crate) struct NormBuffers<'a, T, R> {
+    pub x: &'a CudaBuffer<T>,
+    pub bias: Option<&'a CudaBuffer<T>>,
+    pub residual: Option<&'a CudaBuffer<R>>,
+    pub gamma: &'a CudaBuffer<T>,
+    pub beta: Option<&'a CudaBuffer<T>>,
+}
+
+/// The forward's results: z, s, the row statistics and the mask (bits form).
+pub(crate) struct NormForward<T, R> {
+    pub z: CudaBuffer<T>,
+    pub s: CudaBuffer<R>,
+    pub stats: CudaBuffer<f64>,
+    pub mask: Option<MaskSlice>,
+}
+
+/// The backward's inputs on the device; `mask` is the forward's (bits form) or `None`.
+pub(crate) struct NormGradBuffers<'a, T, R> {
+    pub dz: &'a CudaBuffer<T>,
+    pub ds: Option<&'a CudaBuffer<R>>,
+    pub s: &'a CudaBuffer<R>,
+    pub gamma: &'a CudaBuffer<T>,
+    pub stats: &'a CudaBuffer<f64>,
+    pub mask: Option<&'a MaskSlice>,
+}
+
+/// Which optional gradients the forward's inputs call for.
+pub(crate) struct Wanted {
+    pub residual: bool,
+    pub bias: bool,
+}
+
+/// The backward's results.
+pub(crate) struct NormBackward<T, R> {
+    pub x: CudaBuffer<T>,
+    pub residual: Option<CudaBuffer<R>>,
+    pub bias: Option<CudaBuffer<T>>,
+    pub gamma: CudaBuffer<T>,
+    pub beta: Option<CudaBuffer<T>>,
+}
+
+/// `struct DkNormFwdArgs` of kernels/dropout_add_norm.cu: device addresses (0 = absent)
+/// and scalars, 144 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct NormFwdArgs {
+    x: u64,
+    bias: u64,
+    residual: u64,
+    gamma: u64,
+    beta: u64,
+    keep: u64,
+    z: u64,
+    s: u64,
+    stats: u64,
+    rows: u64,
+    h: u64,
+    draw: DkDraw,
+    eps: f64,
+    scale: f64,
+    norm: u32,
+    training: u32,
+}
+
+/// `struct DkNormBwdArgs`, 128 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct NormBwdArgs {
+    dz: u64,
+    ds: u64,
+    s: u64,
+    gamma: u64,
+    stats: u64,
+    keep: u64,
+    dx: u64,
+    dresidual: u64,
+    rows: u64,
+    h: u64,
+    draw: DkDraw,
+    scale: f64,
+    norm: u32,
+    training: u32,
+}
+
+/// `struct DkNormDgammaArgs`, 64 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+struct NormDgammaArgs {
+    dz: u64,
+    s: u64,
+    stats: u64,
+    partial: u64,
+    rows: u64,
+    h: u64,
+    block_rows: u64,
+    norm: u32,
+    pad: u32,
+}
+
+// SAFETY: each struct is `#[repr(C)]` over u64, f64, u32 and `DkDraw` (itself four u64), so
+// it has C's layout with no padding: the sizes and offsets are asserted in the tests
+// below, and the .cu twins static_assert the same sizes. Plain data (device addresses as
+// integers), so cudarc may copy its bytes into the kernel's parameter buffer.
+unsafe impl DeviceRepr for NormFwdArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for NormBwdArgs {}
+// SAFETY: as above.
+unsafe impl DeviceRepr for NormDgammaArgs {}
+
+fn norm_code(norm: Norm) -> u32 {
+    match norm {
+        Norm::LayerNorm => 0,
+        Norm::RmsNorm => 1,
+    }
+}
+
+/// A warp per row: 32 work items of one element each per row.
+const ROW_ITEMS: u64 = 32;
+
+/// The device address of an optional view, and its guard.
+fn optional_ptr<'a, T>(
+    dev: &'a CudaDevice,
+    view: Option<&'a CudaView<'a, T>>,
+) -> (u64, Option<impl Drop + 'a>) {
+    match view {
+        Some(v) => {
+            let (p, g) = v.device_ptr(dev.stream());
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+/// The forward: for [`MaskMode::Bits`], `dropout_mask_bits` first (the kernel then reads
+/// the decisions), else the kernel draws them. No host sync.
+pub(crate) fn forward<T: Element, R: Element>(
+    b: NormBuffers<'_, T, R>,
+    call: &NormCall,
+    mode: MaskMode,
+) -> Result<NormForward<T, R>> {
+    let _range = op_range("dropout_add_norm_forward");
+    let dev = b.x.device().clone();
+    let n = b.x.len();
+    let rows = n / call.hidden;
+    let draw = DkDraw::new(call.pos, &call.prob);
+    let mut mask = match (call.training, mode) {
+        (true, MaskMode::Bits) => Some(MaskSlice::alloc(&dev, mask_words(n))?),
+        _ => None,
+    };
+    if let Some(m) = mask.as_mut() {
+        mask_bits(&dev, m, draw, n)?;
+    }
+    let mut z = dev.alloc_uninit::<T>(n)?;
+    let mut s = dev.alloc_uninit::<R>(n)?;
+    let mut stats = dev.alloc_uninit::<f64>(2 * rows)?;
+    if rows > 0 {
+        let st = dev.stream();
+        let (xv, gv) = (b.x.view(), b.gamma.view());
+        let (bias, residual, beta) = (
+            b.bias.map(|t| t.view()),
+            b.residual.map(|t| t.view()),
+            b.beta.map(|t| t.view()),
+        );
+        let (x, _g1) = xv.device_ptr(st);
+        let (gamma, _g2) = gv.device_ptr(st);
+        let (bias, _g3) = optional_ptr(&dev, bias.as_ref());
+        let (residual, _g4) = optional_ptr(&dev, residual.as_ref());
+        let (beta, _g5) = optional_ptr(&dev, beta.as_ref());
+        let (keep, _g6) = match &mask {
+            Some(m) => {
+                let (p, g) = m.slice().device_ptr(st);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        let (z_ptr, _g7) = z.device_ptr_mut(st);
+        let (s_ptr, _g8) = s.device_ptr_mut(st);
+        let (stats_ptr, _g9) = stats.device_ptr_mut(st);
+        let args = NormFwdArgs {
+            x,
+            bias,
+            residual,
+            gamma,
+            beta,
+            keep,
+            z: z_ptr,
+            s: s_ptr,
+            stats: stats_ptr,
+            rows: rows as u64,
+            h: call.hidden as u64,
+            draw,
+            eps: call.eps,
+            scale: call.prob.scale_f64(),
+            norm: norm_code(call.norm),
+            training: u32::from(call.training),
+        };
+        let (f, name) = pair_kernel::<T, R>(&dev, &DROPOUT_ADD_NORM_FWD)?;
+        let mut builder = dev.stream().launch_builder(&f);
+        builder.arg(&args);
+        // SAFETY: dropout_add_norm_fwd_<T>[_rf32] takes one DkNormFwdArgs<T, R>, which
+        // NormFwdArgs mirrors; x, residual, z, s hold rows * h elements, bias, gamma, beta
+        // h, stats 2 * rows doubles, keep the mask words of rows * h decisions (checked by
+        // the functional layer and allocated above), all guarded until queued.
+        unsafe { launch(&dev, builder, rows as u64 * ROW_ITEMS, &name)? };
+    }
+    Ok(NormForward {
+        z: CudaBuffer::new(dev.clone(), z, 0, n),
+        s: CudaBuffer::new(dev.clone(), s, 0, n),
+        stats: CudaBuffer::new(dev, stats, 0, 2 * rows),
+        mask,
+    })
+}
+
+/// The backward: `dropout_add_norm_bwd` (dx, dresidual), then the column sums of dx
+/// (dbias), dz (dbeta) and dz * y (dgamma) in the blocked order. No host sync.
+pub(crate) fn backward<T: Element, R: Element>(
+    b: NormGradBuffers<'_, T, R>,
+    call: &NormCall,
+    want: Wanted,
+) -> Result<NormBackward<T, R>> {
+    let _range = op_range("dropout_add_norm_backward");
+    let dev = b.dz.device().clone();
+    let st = dev.stream();
+    let h = call.hidden;
+    let n = b.dz.len();
+    let rows = n / h;
+    let mut dx = dev.alloc_uninit::<T>(n)?;
+    let mut dres = want
+        .residual
+        .then(|| dev.alloc_uninit::<R>(n))
+        .transpose()?;
+    let mut dbias = want.bias.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
+    let mut dgamma = dev.alloc_uninit::<T>(h)?;
+    let is_layer = call.norm == Norm::LayerNorm;
+    let mut dbeta = is_layer.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
+    // The guards of the device addresses live in this block, until every launch is queued.
+    {
+        let (dzv, sv, gv, statv) = (b.dz.view(), b.s.view(), b.gamma.view(), b.stats.view());
+        let (dz, _g1) = dzv.device_ptr(st);
+        let (s, _g2) = sv.device_ptr(st);
+        let (gamma, _g3) = gv.device_ptr(st);
+        let (stats, _g4) = statv.device_ptr(st);
+        let dsv = b.ds.map(|t| t.view());
+        let (ds, _g5) = optional_ptr(&dev, dsv.as_ref());
+        let (keep, _g6) = match b.mask {
+            Some(m) => {
+                let (p, g) = m.slice().device_ptr(st);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        let (dx_ptr, _g7) = dx.device_ptr_mut(st);
+        let (dres_ptr, _g8) = match dres.as_mut() {
+            Some(d) => {
+                let (p, g) = d.device_ptr_mut(st);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        if rows > 0 {
+            let args = NormBwdArgs {
+                dz,
+                ds,
+                s,
+                gamma,
+                stats,
+                keep,
+                dx: dx_ptr,
+                dresidual: dres_ptr,
+                rows: rows as u64,
+                h: h as u64,
+                draw: DkDraw::new(call.pos, &call.prob),
+                scale: call.prob.scale_f64(),
+                norm: norm_code(call.norm),
+                training: u32::from(call.training),
+            };
+            let (f, name) = pair_kernel::<T, R>(&dev, &DROPOUT_ADD_NORM_BWD)?;
+            let mut builder = st.launch_builder(&f);
+            builder.arg(&args);
+            // SAFETY: dropout_add_norm_bwd_<T>[_rf32] takes one DkNormBwdArgs<T, R>, mirrored
+            // by NormBwdArgs; dz, ds, s, dx, dresidual hold rows * h elements, gamma h, stats
+            // 2 * rows doubles, keep the forward's mask (or 0); all guarded until queued.
+            unsafe { launch(&dev, builder, rows as u64 * ROW_ITEMS, &name)? };
+        }
+        // dgamma: block partials of dz * y, then the finish of the bias gradient's sums.
+        let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
+        let mut partial = dev.alloc_uninit::<f64>(blocks * h)?;
+        let (p_ptr, _gp) = partial.device_ptr_mut(st);
+        let (dg_ptr, _gg) = dgamma.device_ptr_mut(st);
+        let dgamma_args = NormDgammaArgs {
+            dz,
+            s,
+            stats,
+            partial: p_ptr,
+            rows: rows as u64,
+            h: h as u64,
+            block_rows: COLUMN_SUM_BLOCK_ROWS as u64,
+            norm: norm_code(call.norm),
+            pad: 0,
+        };
+        let (f, name) = pair_kernel::<T, R>(&dev, &ADD_NORM_DGAMMA_PARTIAL)?;
+        let mut builder = st.launch_builder(&f);
+        builder.arg(&dgamma_args);
+        // SAFETY: add_norm_dgamma_partial_<T>[_rf32] takes one DkNormDgammaArgs<T, R>; dz and s
+        // hold rows * h elements, stats 2 * rows doubles, partial blocks * h (allocated above).
+        unsafe { launch(&dev, builder, (blocks * h) as u64, &name)? };
+        let (fin, fin_name) = kernel::<T>(&dev, &COLUMN_SUM_FINISH)?;
+        let mut builder = st.launch_builder(&fin);
+        let (blocks_u, h_u) = (blocks as u64, h as u64);
+        builder.arg(&p_ptr).arg(&dg_ptr).arg(&blocks_u).arg(&h_u);
+        // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles,
+        // out (dgamma) h elements.
+        unsafe { launch(&dev, builder, h_u, &fin_name)? };
+        if let Some(db) = dbeta.as_mut() {
+            let (o, _g) = db.device_ptr_mut(st);
+            // SAFETY: dz holds rows * h elements and dbeta h, guarded until queued.
+            unsafe { queue_column_sum::<T>(&dev, dz, o, rows, h)? };
+        }
+        if let Some(db) = dbias.as_mut() {
+            let (o, _g) = db.device_ptr_mut(st);
+            // SAFETY: dx (written above, in stream order) holds rows * h elements, dbias h.
+            unsafe { queue_column_sum::<T>(&dev, dx_ptr, o, rows, h)? };
+        }
+    }
+    let wrap = |b, len| CudaBuffer::new(dev.clone(), b, 0, len);
+    Ok(NormBackward {
+        x: wrap(dx, n),
+        residual: dres.map(|d| CudaBuffer::new(dev.clone(), d, 0, n)),
+        bias: dbias.map(|d| wrap(d, h)),
+        gamma: wrap(dgamma, h),
+        beta: dbeta.map(|d| wrap(d, h)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{NormBwdArgs, NormDgammaArgs, NormFwdArgs};
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn argument_structs_have_the_kernels_layout() {
+        // The sizes kernels/dropout_add_norm.cu static_asserts, and the offsets of the
+        // fields after the pointers (the pointers are 8 bytes each, in order).
+        assert_eq!(size_of::<NormFwdArgs>(), 144);
+        assert_eq!(offset_of!(NormFwdArgs, rows), 72);
+        assert_eq!(offset_of!(NormFwdArgs, draw), 88);
+        assert_eq!(offset_of!(NormFwdArgs, eps), 120);
+        assert_eq!(offset_of!(NormFwdArgs, norm), 136);
+        assert_eq!(offset_of!(NormFwdArgs, training), 140);
+        assert_eq!(size_of::<NormBwdArgs>(), 128);
+        assert_eq!(offset_of!(NormBwdArgs, rows), 64);
+        assert_eq!(offset_of!(NormBwdArgs, draw), 80);
+        assert_eq!(offset_of!(NormBwdArgs, scale), 112);
+        assert_eq!(offset_of!(NormBwdArgs, training), 124);
+        assert_eq!(size_of::<NormDgammaArgs>(), 64);
+        assert_eq!(offset_of!(NormDgammaArgs, block_rows), 48);
+        assert_eq!(offset_of!(NormDgammaArgs, norm), 56);
+    }
+}
