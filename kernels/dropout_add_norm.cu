@@ -10,14 +10,14 @@
 // H: the passes re-read the row's s, which this thread itself wrote (program order), from
 // global memory (L1/L2), so no register or shared-memory limit on H.
 //
-// Decisions: the saved mask `keep` (SPEC section 4, local element order) when not null,
-// else drawn from `draw` (decision index_base + local element). `training == 0`: nothing is
-// dropped and nothing multiplied (eval). Column sums of dbias and dbeta are
+// Decisions: always the packed mask `keep` (SPEC section 4, local element order), which
+// the host has dropout_mask_bits draw first (into a transient buffer for the regenerate
+// form): that kernel uses all four words of each Philox call, where a per-element draw in
+// these row loops would use one and make them compute-bound. `training == 0`: no mask,
+// nothing dropped and nothing multiplied (eval). Column sums of dbias and dbeta are
 // column_sum_partial/finish (bias_dropout_residual.cu) over dx and dz; dgamma's partials
 // come from add_norm_dgamma_partial here, finished by column_sum_finish.
-#include "dk_draw.cuh"
 #include "dk_dtype.cuh"
-#include "philox.cuh"
 
 // The arguments of one forward, by value: one struct per (T, R), the Rust side's
 // `NormFwdArgs` (src/cuda/norm.rs) with the same layout. bias, residual, beta and keep may
@@ -29,13 +29,12 @@ struct DkNormFwdArgs {
     const R* residual;
     const T* gamma;
     const T* beta;
-    const uint32_t* keep;
+    const uint32_t* keep;  // the decisions (training only)
     T* z;
     R* s;
     double* stats;  // mean and rstd of row r at 2r, 2r + 1 (C values, widened exactly)
     uint64_t rows;
     uint64_t h;
-    DkDraw draw;
     double eps;    // rounded once to C here
     double scale;  // s of SPEC section 2 in f64, rounded once to C here
     uint32_t norm;      // 0: LayerNorm, 1: RMSNorm
@@ -55,7 +54,6 @@ struct DkNormBwdArgs {
     R* dresidual;
     uint64_t rows;
     uint64_t h;
-    DkDraw draw;
     double scale;
     uint32_t norm;
     uint32_t training;
@@ -76,8 +74,8 @@ struct DkNormDgammaArgs {
     uint32_t pad;
 };
 
-static_assert(sizeof(DkNormFwdArgs<float, float>) == 144, "NormFwdArgs is 144 bytes in Rust");
-static_assert(sizeof(DkNormBwdArgs<float, float>) == 128, "NormBwdArgs is 128 bytes in Rust");
+static_assert(sizeof(DkNormFwdArgs<float, float>) == 112, "NormFwdArgs is 112 bytes in Rust");
+static_assert(sizeof(DkNormBwdArgs<float, float>) == 96, "NormBwdArgs is 96 bytes in Rust");
 static_assert(sizeof(DkNormDgammaArgs<float, float>) == 64, "NormDgammaArgs is 64 bytes in Rust");
 
 __device__ __forceinline__ float dk_sub(float a, float b) { return __fsub_rn(a, b); }
@@ -99,10 +97,11 @@ __device__ __forceinline__ C dk_warp_sum(C acc) {
     return acc;
 }
 
-// Whether local element e is kept.
-__device__ __forceinline__ bool dk_norm_kept(const uint32_t* keep, const DkDraw& d, uint64_t e) {
-    if (keep) return (keep[e >> 5] >> (e & 31)) & 1u;
-    return !dk_dropped(dk_philox_word(d.seed, d.offset, d.index_base + e), d.threshold);
+// Whether element j of a row is kept: kr points at the mask word of the row's first
+// element, koff is that element's bit in it (32-bit index math in the loops).
+__device__ __forceinline__ bool dk_norm_kept(const uint32_t* kr, uint32_t koff, uint32_t j) {
+    const uint32_t b = koff + j;
+    return (kr[b >> 5] >> (b & 31u)) & 1u;
 }
 
 // The normalized value y of section 6.3.
@@ -116,7 +115,7 @@ __device__ __forceinline__ void dk_norm_fwd(const DkNormFwdArgs<T, R>& a) {
     using C = typename DkType<T>::C;
     const uint32_t lane = threadIdx.x & 31u;
     const uint64_t warps = blockDim.x / 32;
-    const uint64_t h = a.h;
+    const uint32_t h = (uint32_t)a.h;  // H < 2^31 (the host checks): 32-bit column math
     C scale, eps, hc;
     dk_from_double(a.scale, scale);
     dk_from_double(a.eps, eps);
@@ -125,16 +124,21 @@ __device__ __forceinline__ void dk_norm_fwd(const DkNormFwdArgs<T, R>& a) {
     for (uint64_t r = (uint64_t)blockIdx.x * warps + threadIdx.x / 32; r < a.rows;
          r += (uint64_t)gridDim.x * warps) {
         const uint64_t e0 = r * h;
+        const T* xr = a.x + e0;
+        const R* rr = a.residual ? a.residual + e0 : nullptr;
+        R* sr = a.s + e0;
+        const uint32_t* kr = a.keep ? a.keep + (e0 >> 5) : nullptr;
+        const uint32_t koff = (uint32_t)(e0 & 31u);
         // Pass 1: s, and the lane sums of v (LayerNorm) or v * v (RMSNorm).
         C acc = (C)0;
-        for (uint64_t j = lane; j < h; j += 32) {
-            C av = DkType<T>::to_c(a.x[e0 + j]);
+        for (uint32_t j = lane; j < h; j += 32) {
+            C av = DkType<T>::to_c(xr[j]);
             if (a.bias) av = dk_add(av, DkType<T>::to_c(a.bias[j]));
             C m = av;
-            if (a.training) m = dk_norm_kept(a.keep, a.draw, e0 + j) ? dk_mul(av, scale) : (C)0;
-            const C sum = a.residual ? dk_add(DkType<R>::to_c(a.residual[e0 + j]), m) : m;
+            if (a.training) m = dk_norm_kept(kr, koff, j) ? dk_mul(av, scale) : (C)0;
+            const C sum = rr ? dk_add(DkType<R>::to_c(rr[j]), m) : m;
             const R sv = DkType<R>::round_t(sum);
-            a.s[e0 + j] = sv;
+            sr[j] = sv;
             const C v = DkType<R>::to_c(sv);
             acc = dk_add(acc, a.norm == 0 ? v : dk_mul(v, v));
         }
@@ -143,8 +147,8 @@ __device__ __forceinline__ void dk_norm_fwd(const DkNormFwdArgs<T, R>& a) {
             mean = dk_div(dk_warp_sum(acc), hc);
             // Pass 2: the variance around the mean.
             C acc2 = (C)0;
-            for (uint64_t j = lane; j < h; j += 32) {
-                const C d = dk_sub(DkType<R>::to_c(a.s[e0 + j]), mean);
+            for (uint32_t j = lane; j < h; j += 32) {
+                const C d = dk_sub(DkType<R>::to_c(sr[j]), mean);
                 acc2 = dk_add(acc2, dk_mul(d, d));
             }
             const C var = dk_div(dk_warp_sum(acc2), hc);
@@ -154,10 +158,11 @@ __device__ __forceinline__ void dk_norm_fwd(const DkNormFwdArgs<T, R>& a) {
             rstd = dk_div(one, dk_sqrt(dk_add(ms, eps)));
         }
         // Pass 3: z.
-        for (uint64_t j = lane; j < h; j += 32) {
-            const C y = dk_normalized(a.norm, DkType<R>::to_c(a.s[e0 + j]), mean, rstd);
+        T* zr = a.z + e0;
+        for (uint32_t j = lane; j < h; j += 32) {
+            const C y = dk_normalized(a.norm, DkType<R>::to_c(sr[j]), mean, rstd);
             const C g = dk_mul(y, DkType<T>::to_c(a.gamma[j]));
-            a.z[e0 + j] = DkType<T>::round_t(a.beta ? dk_add(g, DkType<T>::to_c(a.beta[j])) : g);
+            zr[j] = DkType<T>::round_t(a.beta ? dk_add(g, DkType<T>::to_c(a.beta[j])) : g);
         }
         if (lane == 0) {
             a.stats[2 * r] = (double)mean;
@@ -171,43 +176,50 @@ __device__ __forceinline__ void dk_norm_bwd(const DkNormBwdArgs<T, R>& a) {
     using C = typename DkType<T>::C;
     const uint32_t lane = threadIdx.x & 31u;
     const uint64_t warps = blockDim.x / 32;
-    const uint64_t h = a.h;
+    const uint32_t h = (uint32_t)a.h;
     C scale, hc;
     dk_from_double(a.scale, scale);
     dk_from_double((double)h, hc);
     for (uint64_t r = (uint64_t)blockIdx.x * warps + threadIdx.x / 32; r < a.rows;
          r += (uint64_t)gridDim.x * warps) {
         const uint64_t e0 = r * h;
+        const T* dzr = a.dz + e0;
+        const R* sr = a.s + e0;
+        const R* dsr = a.ds ? a.ds + e0 : nullptr;
+        R* drr = a.dresidual ? a.dresidual + e0 : nullptr;
+        T* dxr = a.dx + e0;
+        const uint32_t* kr = a.keep ? a.keep + (e0 >> 5) : nullptr;
+        const uint32_t koff = (uint32_t)(e0 & 31u);
         C mean, rstd;
         dk_from_double(a.stats[2 * r], mean);
         dk_from_double(a.stats[2 * r + 1], rstd);
         // Pass 1: the lane sums of g * y and g.
         C acc1 = (C)0, acc2 = (C)0;
-        for (uint64_t j = lane; j < h; j += 32) {
-            const C y = dk_normalized(a.norm, DkType<R>::to_c(a.s[e0 + j]), mean, rstd);
-            const C g = dk_mul(DkType<T>::to_c(a.dz[e0 + j]), DkType<T>::to_c(a.gamma[j]));
+        for (uint32_t j = lane; j < h; j += 32) {
+            const C y = dk_normalized(a.norm, DkType<R>::to_c(sr[j]), mean, rstd);
+            const C g = dk_mul(DkType<T>::to_c(dzr[j]), DkType<T>::to_c(a.gamma[j]));
             acc1 = dk_add(acc1, dk_mul(g, y));
             acc2 = dk_add(acc2, g);
         }
         const C c1 = dk_div(dk_warp_sum(acc1), hc);
         const C c2 = a.norm == 0 ? dk_div(dk_warp_sum(acc2), hc) : (C)0;
         // Pass 2: the gradient at s, then dresidual and dx.
-        for (uint64_t j = lane; j < h; j += 32) {
-            const C y = dk_normalized(a.norm, DkType<R>::to_c(a.s[e0 + j]), mean, rstd);
-            const C g = dk_mul(DkType<T>::to_c(a.dz[e0 + j]), DkType<T>::to_c(a.gamma[j]));
+        for (uint32_t j = lane; j < h; j += 32) {
+            const C y = dk_normalized(a.norm, DkType<R>::to_c(sr[j]), mean, rstd);
+            const C g = dk_mul(DkType<T>::to_c(dzr[j]), DkType<T>::to_c(a.gamma[j]));
             const C w = dk_sub(g, dk_mul(y, c1));
             const C t = a.norm == 0 ? dk_mul(dk_sub(w, c2), rstd) : dk_mul(w, rstd);
-            const C u = a.ds ? dk_add(t, DkType<R>::to_c(a.ds[e0 + j])) : t;
-            if (a.dresidual) a.dresidual[e0 + j] = DkType<R>::round_t(u);
+            const C u = dsr ? dk_add(t, DkType<R>::to_c(dsr[j])) : t;
+            if (drr) drr[j] = DkType<R>::round_t(u);
             T dx;
             if (!a.training) {
                 dx = DkType<T>::round_t(u);
-            } else if (dk_norm_kept(a.keep, a.draw, e0 + j)) {
+            } else if (dk_norm_kept(kr, koff, j)) {
                 dx = DkType<T>::round_t(dk_mul(u, scale));
             } else {
                 dx = DkType<T>::zero();
             }
-            a.dx[e0 + j] = dx;
+            dxr[j] = dx;
         }
     }
 }

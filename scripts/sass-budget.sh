@@ -102,7 +102,22 @@ BUDGET = {
     ("bias_dropout_residual_bwd", "f32", "none (regen)"): 90,
     ("bias_dropout_residual_bwd", "f64", "none (regen)"): 90,
 }
-ELEMENT_STORES = {"bias_dropout_residual_bwd"}
+# The row kernels of the fused dropout + add + norm (a warp per row): every loop that
+# stores, per element ("row pass": forward pass 1 writes s, pass 3 z; backward pass 2 dx and
+# dresidual; the loops without stores, the variance and the backward's sums, are not
+# counted). Measured (PTX compute_80), worst variant (bias, residual, training present):
+# fwd 41 (bf16, f16), 24 (rf32), 35 (f32), 37 (f64); bwd 61 (bf16, f16), 57 (rf32), 51
+# (f32), 53 (f64); budgets ~10% over. Memory-bound limits (bytes as docs/PERFORMANCE.md
+# counts them for this op: x, residual in; s, z out; the mask): a bf16 forward moves 8.25
+# B/element, so ~64 instructions for all its passes; with pass 3 at 22 and the variance
+# loop it is at that edge, where f32 (16.25 B, ~127) has room: the GPU run (issue 26)
+# measures it with ncu.
+for _d, _f, _b in [("f32", 39, 56), ("f64", 41, 58), ("f16", 45, 67), ("bf16", 45, 67),
+                   ("f16_rf32", 27, 63), ("bf16_rf32", 27, 63)]:
+    BUDGET[("dropout_add_norm_fwd", _d)] = _f
+    BUDGET[("dropout_add_norm_bwd", _d)] = _b
+ELEMENT_STORES = {"bias_dropout_residual_bwd", "dropout_add_norm_fwd", "dropout_add_norm_bwd"}
+ROW_KERNELS = {"dropout_add_norm_fwd", "dropout_add_norm_bwd"}
 # Kernels with no budget, and why (printed with the table). Their loops store no elements
 # (16-byte vectors or single ones) to count, and none is an elementwise pass.
 EXEMPT = {
@@ -110,10 +125,15 @@ EXEMPT = {
     " (one 8-byte store per (block, column) after it), so stores count no elements",
     "column_sum_finish": "a short serial loop per column over the blocks' partial sums"
     " (rows / block_rows of them), no store in it; work h * blocks, small beside a pass",
+    "add_norm_dgamma_partial": "a column reduction as column_sum_partial (loads, the product"
+    " dz * y and f64 adds; one 8-byte store per (block, column) after the loop), so stores"
+    " count no elements",
     "dropout_mask_bits": "one 4-byte word per 32 decisions, and decisions are few (N*C"
     " or N, not elements), so there is no per-element cost to budget",
 }
 SIZE = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8}
+# The f32-residual-stream forms of the norm kernels are counted by their input dtype.
+SIZE.update({"f16_rf32": 2, "bf16_rf32": 2})
 # The Philox multipliers (0xd2511f53, 0xcd9e8d57), as SASS writes them as immediates.
 PHILOX_RE = re.compile(r"-0x2daee0ad|-0x326172a9|0xd2511f53|0xcd9e8d57")
 # An element-wide global store per size (STG.E.U16, STG.E, STG.E.64).
@@ -161,8 +181,10 @@ def loops(code):
 
 def split(fn):
     """(kernel, dtype) of a kernel name; dtype None for one without a dtype suffix."""
-    kernel, _, dtype = fn.rpartition("_")
-    return (kernel, dtype) if dtype in SIZE else (fn, None)
+    for dtype in sorted(SIZE, key=len, reverse=True):
+        if fn.endswith("_" + dtype):
+            return fn[: -len(dtype) - 1], dtype
+    return fn, None
 
 
 rows, failed = [], False
@@ -203,6 +225,12 @@ for fn in sorted(entries & set(functions)):
             if stores == 0:
                 continue
             philox = any(PHILOX_RE.search(t) for t in body)
+            if kernel in ROW_KERNELS:
+                # A lane's iteration is one column of a row (the spec's order forbids
+                # vectors per lane); its stores are that element's outputs (s; z; dx and
+                # dresidual), so elements per iteration is 1.
+                main.append(("row pass", len(body), 1))
+                continue
             form = "none (regen)" if philox else "none (bits in)"
             main.append((form, len(body), stores))
             continue
@@ -234,6 +262,9 @@ for fn in sorted(entries & set(functions)):
             failed |= per > budget
         if len(variants) == 1:
             shown = [("-", variants[0])]
+        elif kernel in ROW_KERNELS:
+            # Row passes and the compiler's copies of them (one per present input).
+            shown = [("cheapest loop", variants[0]), (f"dearest of {len(variants)}", variants[-1])]
         else:
             shown = [("aligned", variants[0]), (f"worst of {len(variants) - 1} shifted", variants[-1])]
         for label, (per, n, e) in shown:

@@ -61,7 +61,7 @@ pub(crate) struct NormBackward<T, R> {
 }
 
 /// `struct DkNormFwdArgs` of kernels/dropout_add_norm.cu: device addresses (0 = absent)
-/// and scalars, 144 bytes.
+/// and scalars, 112 bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct NormFwdArgs {
@@ -76,14 +76,13 @@ struct NormFwdArgs {
     stats: u64,
     rows: u64,
     h: u64,
-    draw: DkDraw,
     eps: f64,
     scale: f64,
     norm: u32,
     training: u32,
 }
 
-/// `struct DkNormBwdArgs`, 128 bytes.
+/// `struct DkNormBwdArgs`, 96 bytes.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 struct NormBwdArgs {
@@ -97,7 +96,6 @@ struct NormBwdArgs {
     dresidual: u64,
     rows: u64,
     h: u64,
-    draw: DkDraw,
     scale: f64,
     norm: u32,
     training: u32,
@@ -118,7 +116,7 @@ struct NormDgammaArgs {
     pad: u32,
 }
 
-// SAFETY: each struct is `#[repr(C)]` over u64, f64, u32 and `DkDraw` (itself four u64), so
+// SAFETY: each struct is `#[repr(C)]` over u64, f64 and u32 fields, so
 // it has C's layout with no padding: the sizes and offsets are asserted in the tests
 // below, and the .cu twins static_assert the same sizes. Plain data (device addresses as
 // integers), so cudarc may copy its bytes into the kernel's parameter buffer.
@@ -152,8 +150,19 @@ fn optional_ptr<'a, T>(
     }
 }
 
-/// The forward: for [`MaskMode::Bits`], `dropout_mask_bits` first (the kernel then reads
-/// the decisions), else the kernel draws them. No host sync.
+/// The decisions of a training call: `dropout_mask_bits` into a new mask (kept by the
+/// caller for the bits form, a transient buffer freed in stream order for the regenerate
+/// form); `None` in eval mode.
+fn draw_mask(dev: &CudaDevice, call: &NormCall, n: usize) -> Result<Option<MaskSlice>> {
+    if !call.training {
+        return Ok(None);
+    }
+    let mut mask = MaskSlice::alloc(dev, mask_words(n))?;
+    mask_bits(dev, &mut mask, DkDraw::new(call.pos, &call.prob), n)?;
+    Ok(Some(mask))
+}
+
+/// The forward: the decisions first ([`draw_mask`]), then one row pass. No host sync.
 pub(crate) fn forward<T: Element, R: Element>(
     b: NormBuffers<'_, T, R>,
     call: &NormCall,
@@ -163,14 +172,7 @@ pub(crate) fn forward<T: Element, R: Element>(
     let dev = b.x.device().clone();
     let n = b.x.len();
     let rows = n / call.hidden;
-    let draw = DkDraw::new(call.pos, &call.prob);
-    let mut mask = match (call.training, mode) {
-        (true, MaskMode::Bits) => Some(MaskSlice::alloc(&dev, mask_words(n))?),
-        _ => None,
-    };
-    if let Some(m) = mask.as_mut() {
-        mask_bits(&dev, m, draw, n)?;
-    }
+    let mask = draw_mask(&dev, call, n)?;
     let mut z = dev.alloc_uninit::<T>(n)?;
     let mut s = dev.alloc_uninit::<R>(n)?;
     let mut stats = dev.alloc_uninit::<f64>(2 * rows)?;
@@ -209,7 +211,6 @@ pub(crate) fn forward<T: Element, R: Element>(
             stats: stats_ptr,
             rows: rows as u64,
             h: call.hidden as u64,
-            draw,
             eps: call.eps,
             scale: call.prob.scale_f64(),
             norm: norm_code(call.norm),
@@ -228,7 +229,8 @@ pub(crate) fn forward<T: Element, R: Element>(
         z: CudaBuffer::new(dev.clone(), z, 0, n),
         s: CudaBuffer::new(dev.clone(), s, 0, n),
         stats: CudaBuffer::new(dev, stats, 0, 2 * rows),
-        mask,
+        // The regenerate form keeps nothing: the transient mask is freed in stream order.
+        mask: mask.filter(|_| mode == MaskMode::Bits),
     })
 }
 
@@ -253,6 +255,12 @@ pub(crate) fn backward<T: Element, R: Element>(
     let mut dbias = want.bias.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
     let mut dgamma = dev.alloc_uninit::<T>(h)?;
     let is_layer = call.norm == Norm::LayerNorm;
+    // The regenerate form draws its decisions again (a transient mask).
+    let redrawn = match b.mask {
+        None => draw_mask(&dev, call, n)?,
+        Some(_) => None,
+    };
+    let mask = b.mask.or(redrawn.as_ref());
     let mut dbeta = is_layer.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
     // The guards of the device addresses live in this block, until every launch is queued.
     {
@@ -263,7 +271,7 @@ pub(crate) fn backward<T: Element, R: Element>(
         let (stats, _g4) = statv.device_ptr(st);
         let dsv = b.ds.map(|t| t.view());
         let (ds, _g5) = optional_ptr(&dev, dsv.as_ref());
-        let (keep, _g6) = match b.mask {
+        let (keep, _g6) = match mask {
             Some(m) => {
                 let (p, g) = m.slice().device_ptr(st);
                 (p, Some(g))
@@ -290,7 +298,6 @@ pub(crate) fn backward<T: Element, R: Element>(
                 dresidual: dres_ptr,
                 rows: rows as u64,
                 h: h as u64,
-                draw: DkDraw::new(call.pos, &call.prob),
                 scale: call.prob.scale_f64(),
                 norm: norm_code(call.norm),
                 training: u32::from(call.training),
@@ -362,17 +369,15 @@ mod tests {
     fn argument_structs_have_the_kernels_layout() {
         // The sizes kernels/dropout_add_norm.cu static_asserts, and the offsets of the
         // fields after the pointers (the pointers are 8 bytes each, in order).
-        assert_eq!(size_of::<NormFwdArgs>(), 144);
+        assert_eq!(size_of::<NormFwdArgs>(), 112);
         assert_eq!(offset_of!(NormFwdArgs, rows), 72);
-        assert_eq!(offset_of!(NormFwdArgs, draw), 88);
-        assert_eq!(offset_of!(NormFwdArgs, eps), 120);
-        assert_eq!(offset_of!(NormFwdArgs, norm), 136);
-        assert_eq!(offset_of!(NormFwdArgs, training), 140);
-        assert_eq!(size_of::<NormBwdArgs>(), 128);
+        assert_eq!(offset_of!(NormFwdArgs, eps), 88);
+        assert_eq!(offset_of!(NormFwdArgs, norm), 104);
+        assert_eq!(offset_of!(NormFwdArgs, training), 108);
+        assert_eq!(size_of::<NormBwdArgs>(), 96);
         assert_eq!(offset_of!(NormBwdArgs, rows), 64);
-        assert_eq!(offset_of!(NormBwdArgs, draw), 80);
-        assert_eq!(offset_of!(NormBwdArgs, scale), 112);
-        assert_eq!(offset_of!(NormBwdArgs, training), 124);
+        assert_eq!(offset_of!(NormBwdArgs, scale), 80);
+        assert_eq!(offset_of!(NormBwdArgs, training), 92);
         assert_eq!(size_of::<NormDgammaArgs>(), 64);
         assert_eq!(offset_of!(NormDgammaArgs, block_rows), 48);
         assert_eq!(offset_of!(NormDgammaArgs, norm), 56);

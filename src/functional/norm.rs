@@ -165,6 +165,13 @@ pub(crate) fn check_add_norm<T: Element, R: Element>(
             reason: "x must be (..., H) with H >= 1: the norm runs over the last axis".into(),
         });
     }
+    if hidden >= 1 << 31 {
+        return Err(Error::InvalidShape {
+            op: OP,
+            shape: x.shape().to_vec(),
+            reason: "H must be below 2^31 (the kernels index a row in 32 bits)".into(),
+        });
+    }
     let dev = x.device();
     let row_vectors = [Some(inputs.gamma), inputs.bias, inputs.beta];
     for v in row_vectors.into_iter().flatten() {
