@@ -17,6 +17,7 @@
 //! | [`AlphaDropout`] | [`crate::AlphaDropout`] | any |
 //! | [`FeatureAlphaDropout`] | [`crate::FeatureAlphaDropout`] | (N, C, ...) |
 //! | [`BiasDropoutResidual`] (three inputs, not a `ModuleT`) | [`crate::BiasDropoutResidual`] | x, residual (..., H); bias (H) |
+//! | [`DropoutAddNorm`] (five inputs, two outputs; CPU storage) | [`crate::DropoutAddNorm`] | x, residual (..., H); bias, gamma, beta (H) |
 //!
 //! ```
 //! use candle_core::{Device, Tensor};
@@ -35,6 +36,7 @@
 mod alpha;
 mod dropout;
 mod grouped;
+mod norm;
 mod op;
 mod residual;
 mod util;
@@ -42,5 +44,6 @@ mod util;
 pub use alpha::{alpha_dropout, AlphaDropout, FeatureAlphaDropout};
 pub use dropout::{dropout, Dropout};
 pub use grouped::{grouped_dropout, DropPath, Dropout1d, Dropout2d, Dropout3d};
+pub use norm::DropoutAddNorm;
 pub use residual::{bias_dropout_residual, BiasDropoutResidual};
 pub use util::to_candle_error;

@@ -264,6 +264,31 @@ where
     Ok(())
 }
 
+/// The row statistics (mean, rstd per row, as [`forward`] saves them) recomputed from a
+/// forward's s: the same function of the same values, so the same bits. For callers that
+/// keep s but not the statistics (the candle form's backward).
+/// [`Error::OutOfMemory`](crate::Error::OutOfMemory) when they cannot be allocated.
+pub fn row_stats_from_s<T, R>(s: &[R], call: &NormCall) -> Result<Vec<f64>>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    let h = call.hidden;
+    let h_c = <T::Compute as ComputeFloat>::from_f64(h as f64);
+    let eps = <T::Compute as ComputeFloat>::from_f64(call.eps);
+    let mut stats = crate::alloc::filled(0f64, 2 * (s.len() / h))?;
+    stats
+        .par_chunks_mut(2)
+        .zip(s.par_chunks(h))
+        .for_each(|(st, row)| {
+            let v: Vec<T::Compute> = row.iter().map(|x| x.to_compute()).collect();
+            let (mean, rstd) = row_stats(call.norm, &v, h_c, eps);
+            st[0] = mean.to_f64();
+            st[1] = rstd.to_f64();
+        });
+    Ok(stats)
+}
+
 /// One forward task: the rows from local element `first`, with their outputs.
 struct FwdTask<'a, T, R> {
     first: usize,

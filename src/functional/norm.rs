@@ -149,50 +149,60 @@ fn check_residual_dtype<T: Element, R: Element>(op: &'static str) -> Result<()> 
     }
 }
 
-/// Checks a forward; returns H. Nothing is taken from a generator before this passes.
-pub(crate) fn check_add_norm<T: Element, R: Element>(
-    inputs: &AddNormInputs<'_, T, R>,
+/// The shapes of one forward, for the checks the dropkit and candle front ends share.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AddNormShapes<'a> {
+    pub x: &'a [usize],
+    pub bias: Option<&'a [usize]>,
+    pub residual: Option<&'a [usize]>,
+    pub gamma: &'a [usize],
+    pub beta: Option<&'a [usize]>,
+}
+
+fn expect_dims(got: &[usize], expected: &[usize]) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(Error::ShapeMismatch {
+            op: OP,
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+        })
+    }
+}
+
+/// Everything but dtypes and devices: shapes, beta for the norm, eps, p, the shard's row
+/// start and the decision range. Returns H.
+pub(crate) fn check_add_norm_shapes(
+    shapes: AddNormShapes<'_>,
     config: &AddNormConfig,
     index_base: u64,
 ) -> Result<usize> {
-    check_residual_dtype::<T, R>(OP)?;
-    let x = inputs.x;
-    let hidden = x.shape().last().copied().unwrap_or(0);
-    if hidden == 0 {
+    let x = shapes.x;
+    let hidden = x.last().copied().unwrap_or(0);
+    if hidden == 0 || hidden >= 1 << 31 {
         return Err(Error::InvalidShape {
             op: OP,
-            shape: x.shape().to_vec(),
-            reason: "x must be (..., H) with H >= 1: the norm runs over the last axis".into(),
+            shape: x.to_vec(),
+            reason: "x must be (..., H) with 1 <= H < 2^31: the norm runs over the last axis"
+                .into(),
         });
     }
-    if hidden >= 1 << 31 {
-        return Err(Error::InvalidShape {
-            op: OP,
-            shape: x.shape().to_vec(),
-            reason: "H must be below 2^31 (the kernels index a row in 32 bits)".into(),
-        });
+    for v in [Some(shapes.gamma), shapes.bias, shapes.beta]
+        .into_iter()
+        .flatten()
+    {
+        expect_dims(v, &[hidden])?;
     }
-    let dev = x.device();
-    let row_vectors = [Some(inputs.gamma), inputs.bias, inputs.beta];
-    for v in row_vectors.into_iter().flatten() {
-        v.expect_shape(&[hidden], OP)?;
-        dev.expect_same(&v.device(), OP)?;
+    if let Some(r) = shapes.residual {
+        expect_dims(r, x)?;
     }
-    if let Some(r) = inputs.residual {
-        r.expect_shape(x.shape(), OP)?;
-        dev.expect_same(&r.device(), OP)?;
-    }
-    match (config.norm, inputs.beta.is_some()) {
+    match (config.norm, shapes.beta.is_some()) {
         (Norm::LayerNorm, false) => return Err(beta_error("LayerNorm needs beta (H)")),
         (Norm::RmsNorm, true) => return Err(beta_error("RMSNorm has no beta; pass None")),
         _ => {}
     }
-    if !(config.eps.is_finite() && config.eps >= 0.0) {
-        return Err(Error::InvalidArgument {
-            op: OP,
-            reason: format!("eps = {} must be a finite number >= 0", config.eps),
-        });
-    }
+    check_eps(OP, config.eps)?;
     Probability::new(config.p)?;
     if !index_base.is_multiple_of(hidden as u64) {
         return Err(Error::InvalidArgument {
@@ -203,8 +213,47 @@ pub(crate) fn check_add_norm<T: Element, R: Element>(
             ),
         });
     }
-    super::check_index_range(index_base, x.len())?;
+    let n = crate::tensor::element_count(x)?;
+    super::check_index_range(index_base, n)?;
     Ok(hidden)
+}
+
+/// eps is finite and >= 0.
+pub(crate) fn check_eps(op: &'static str, eps: f64) -> Result<()> {
+    if eps.is_finite() && eps >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            op,
+            reason: format!("eps = {eps} must be a finite number >= 0"),
+        })
+    }
+}
+
+/// Checks a forward; returns H. Nothing is taken from a generator before this passes.
+pub(crate) fn check_add_norm<T: Element, R: Element>(
+    inputs: &AddNormInputs<'_, T, R>,
+    config: &AddNormConfig,
+    index_base: u64,
+) -> Result<usize> {
+    check_residual_dtype::<T, R>(OP)?;
+    let x = inputs.x;
+    let dev = x.device();
+    let row_vectors = [Some(inputs.gamma), inputs.bias, inputs.beta];
+    for v in row_vectors.into_iter().flatten() {
+        dev.expect_same(&v.device(), OP)?;
+    }
+    if let Some(r) = inputs.residual {
+        dev.expect_same(&r.device(), OP)?;
+    }
+    let shapes = AddNormShapes {
+        x: x.shape(),
+        bias: inputs.bias.map(|t| t.shape()),
+        residual: inputs.residual.map(|t| t.shape()),
+        gamma: inputs.gamma.shape(),
+        beta: inputs.beta.map(|t| t.shape()),
+    };
+    check_add_norm_shapes(shapes, config, index_base)
 }
 
 fn beta_error(reason: &str) -> Error {

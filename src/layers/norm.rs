@@ -6,8 +6,8 @@ use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    check_add_norm, dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads,
-    AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
+    check_add_norm, check_eps, dropout_add_norm, dropout_add_norm_backward, AddNormConfig,
+    AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
 };
 use crate::plan::{Norm, StreamPos};
 use crate::tensor::Tensor;
@@ -64,19 +64,13 @@ impl DropoutAddNorm {
     }
 
     fn with_norm(norm: Norm, p: f64, eps: f64) -> Result<Self> {
-        let layer = Self {
+        // eps is checked here too, so a bad one fails at construction.
+        check_eps("DropoutAddNorm", eps)?;
+        Ok(Self {
             core: LayerCore::new(p)?,
             norm,
             eps,
-        };
-        // eps is checked once here, so a bad one fails at construction.
-        if !(eps.is_finite() && eps >= 0.0) {
-            return Err(crate::error::Error::InvalidArgument {
-                op: "DropoutAddNorm",
-                reason: format!("eps = {eps} must be a finite number >= 0"),
-            });
-        }
-        Ok(layer)
+        })
     }
 
     /// The norm.
