@@ -2,7 +2,8 @@
 # cuda-emulated.sh: dropkit's whole CUDA path on the CPU. Builds the emulated CUDA driver
 # (scripts/emulated-driver.sh), puts it on LD_LIBRARY_PATH as libcuda.so, and runs with
 # DROPKIT_REQUIRE_CUDA=1 (so a test that cannot get the device fails instead of skipping):
-# every CUDA test binary (each tests/*.rs that calls cuda_or_skip or uses dropkit::cuda),
+# every CUDA test binary (each tests/*.rs that calls cuda_or_skip, generates per-device
+# tests with test_device! or uses dropkit::cuda),
 # the doctests, and the
 # examples quickstart (which must say it ran on cuda), 02-tensor-parallel (CUDA shards
 # against the CPU) and 03-cudarc-interop. Fails on a failed test, on any line saying
@@ -15,7 +16,8 @@
 #   cuda12  a CUDA 12.4 driver: the embedded PTX (ISA 9.0) is rejected, so the NVRTC
 #           fallback compiles a cubin; needs DROPKIT_NVRTC_LIB (the folder of an NVRTC 12
 #           libnvrtc) and DROPKIT_CUDA_INCLUDE (check-cuda12.sh sets both)
-#   blocks  sm90 with DROPKIT_CUDA_MAX_BLOCKS at 1, 2 and 3: the parity tests only
+#   blocks  sm90 with DROPKIT_CUDA_MAX_BLOCKS at 1, 2 and 3: the binaries of the parity
+#           tests only (dropout, family, cuda_edges; all of each, CPU runs included)
 #
 # With NVCC set (CI), NVRTC 13 from beside it is on the path too, so the NVRTC tests of
 # tests/kernels.rs run instead of skipping.
@@ -33,13 +35,14 @@ trap 'rm -rf "$work"' EXIT
 reports="$work/reports.log"
 : >"$reports"
 
-# The CUDA test binaries: every test file that asks for the GPU through tests/common or
-# uses dropkit::cuda directly.
+# The CUDA test binaries: every test file that asks for the GPU through tests/common
+# (cuda_or_skip, or test_device!, whose <name>_cuda tests call it) or uses dropkit::cuda
+# directly.
 # tests/candle.rs is left out: its CUDA half is candle's CUDA backend (feature candle-cuda,
 # cuBLAS and candle's own kernels), which this driver does not run (docs/CANDLE.md).
-mapfile -t cuda_tests < <(grep -lE '(^|[^a-z_])cuda_or_skip\(|dropkit::cuda::' tests/*.rs |
+mapfile -t cuda_tests < <(grep -lE '(^|[^a-z_])(cuda_or_skip\(|test_device!)|dropkit::cuda::' tests/*.rs |
     grep -v '^tests/candle\.rs$' | xargs -n1 basename | sed 's/\.rs$//' | sort)
-parity_tests=(dropout_cuda family_cuda cuda_edges add_norm)
+parity_tests=(dropout family cuda_edges add_norm)
 log "CUDA test binaries: ${cuda_tests[*]}"
 
 nvrtc_path=""

@@ -3,7 +3,8 @@
 # gpu-bundle/ (ignored by git), and nothing else (the CPU tests and the CPU bench run in CI):
 #
 #   gpu-bundle/run.sh              the script to run there (from scripts/gpu-bundle-run.sh)
-#   gpu-bundle/bin/test-<name>     the CUDA test binaries (tests/*.rs calling cuda_or_skip)
+#   gpu-bundle/bin/test-<name>     the CUDA test binaries (tests/*.rs calling cuda_or_skip
+#                                  or test_device!)
 #   gpu-bundle/bin/gpu_dropout     benches/gpu_dropout.rs
 #   gpu-bundle/bin/quickstart      examples/quickstart.rs
 #   gpu-bundle/data/               tests/data (run.sh points DROPKIT_TEST_DATA at it)
@@ -45,10 +46,11 @@ export CARGO_TARGET_DIR="${DROPKIT_BUNDLE_TARGET:-$repo/target/gpu-bundle}"
 export CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=debuginfo
 
 # The CUDA test targets: every tests/*.rs that asks for the GPU through tests/common's
-# cuda_or_skip (the rule of scripts/cuda-emulated.sh, without tests/kernels.rs, which
-# needs no GPU, and tests/candle.rs, whose CUDA half is candle-cuda's).
+# cuda_or_skip, directly or through test_device! (the rule of scripts/cuda-emulated.sh,
+# without tests/kernels.rs, which needs no GPU, and tests/candle.rs, whose CUDA half is
+# candle-cuda's).
 test_args=()
-for t in $(grep -lE '(^|[^a-z_])cuda_or_skip\(' tests/*.rs | grep -v '^tests/candle\.rs$'); do
+for t in $(grep -lE '(^|[^a-z_])(cuda_or_skip\(|test_device!)' tests/*.rs | grep -v '^tests/candle\.rs$'); do
     test_args+=(--test "$(basename "$t" .rs)")
 done
 
@@ -89,7 +91,7 @@ while read -r kind name exe; do
     say "  bin/$dest  <- $exe"
 done <"$json/list"
 
-for need in test-dropout_cuda test-family_cuda test-cuda_edges test-cuda_oom gpu_dropout \
+for need in test-dropout test-family test-cuda_edges test-cuda_oom gpu_dropout \
     quickstart; do
     if [ ! -x "$bundle/bin/$need" ]; then
         say "error: bin/$need was not built"

@@ -31,7 +31,7 @@ PY
   echo "=== plant $name ($file)"
   (cd $scratch && diff -u "$tmp/orig" "$file" | tail -n +3)
   local caught=0
-  for t in lib dropout_cuda family_cuda cuda_edges cuda_oom; do
+  for t in lib dropout family cuda_edges cuda_oom; do
     local which=(--test "$t")
     [ "$t" = lib ] && which=(--lib)
     (cd "$scratch" && env LD_LIBRARY_PATH="$drv" DROPKIT_REQUIRE_CUDA=1 \
@@ -42,7 +42,7 @@ PY
   done
   echo "  reports: $(sort $tmp/$name.reports 2>/dev/null | cut -d']' -f1 | uniq -c | tr '\n' ' ')"
   head -c 600 $tmp/$name.reports 2>/dev/null; echo
-  for t in lib dropout_cuda family_cuda cuda_edges cuda_oom; do
+  for t in lib dropout family cuda_edges cuda_oom; do
     grep -m2 "panicked at\|assertion" "$tmp/$name-$t.log" | sed "s/^/  $t: /" | cut -c1-240
   done
   [ "$caught" = 1 ] && echo "  => caught" || echo "  => NOT caught"

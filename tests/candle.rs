@@ -9,7 +9,7 @@ mod common;
 use candle_core::{DType as CDType, Device as CDevice, Tensor as CTensor, Var, WithDType};
 use candle_nn::ModuleT;
 // Finite data: these tests check values against tolerances and zero patterns, which NaN
-// and -0.0 would blur; the special values are covered by tests/dropout_cpu.rs,
+// and -0.0 would blur; the special values are covered by tests/dropout.rs,
 // tests/properties.rs and the CUDA tests.
 use common::{bits_of, finite_test_data as test_data};
 use dropkit::functional::{self, MaskMode, StreamPos};

@@ -1,7 +1,35 @@
-//! Shared test helpers: finding a GPU (or saying why the test skipped) and bit views.
+//! Shared test helpers: finding a GPU (or saying why the test skipped), one test per
+//! device for a behaviour written once ([`test_device!`]), tensors on a device, and bit
+//! views.
 #![allow(dead_code)]
 
-use dropkit::{Device, Element};
+use dropkit::{Device, Element, Tensor};
+
+/// One `#[test]` per device for a behaviour written once as `fn body(dev: &Device)`, in
+/// the spirit of candle's `test_device!` (candle-core's tests/test_utils.rs):
+/// `test_device!(body, body_cpu, body_cuda)` makes `body_cpu`, which runs `body` on the
+/// CPU, and `body_cuda`, which runs it on CUDA device 0 from [`cuda_or_skip`]: it prints
+/// "skipped body_cuda: ..." without a usable GPU (or without the `cuda` feature), and
+/// fails instead under `DROPKIT_REQUIRE_CUDA=1`. Both names are spelled out, as in candle,
+/// since `macro_rules!` cannot paste identifiers.
+#[allow(unused_macros)]
+macro_rules! test_device {
+    ($body:ident, $cpu:ident, $cuda:ident) => {
+        #[test]
+        fn $cpu() {
+            $body(&dropkit::Device::Cpu);
+        }
+
+        #[test]
+        fn $cuda() {
+            if let Some(dev) = $crate::common::cuda_or_skip(stringify!($cuda)) {
+                $body(&dev);
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use test_device;
 
 /// CUDA device 0, or `None` after printing why the test is skipped. With
 /// `DROPKIT_REQUIRE_CUDA=1` a missing GPU fails the test instead.
@@ -32,6 +60,35 @@ fn cuda_with_kernels() -> Result<Device, String> {
 #[cfg(not(feature = "cuda"))]
 fn cuda_with_kernels() -> Result<Device, String> {
     Err("dropkit was built without its cuda feature".into())
+}
+
+/// A tensor of `shape` over `data` on `dev` (built on the host, copied with `to_device`).
+pub fn tensor_on<T: Element>(dev: &Device, data: Vec<T>, shape: &[usize]) -> Tensor<T> {
+    Tensor::from_vec(data, shape)
+        .unwrap()
+        .to_device(dev)
+        .unwrap()
+}
+
+/// A tensor of `shape` over `data` on `dev`; on CUDA it starts `start` elements into its
+/// device buffer ([`cuda_tensor`]), so views at unaligned addresses get tested. On the CPU
+/// `start` is moot.
+pub fn tensor_at<T: Element>(dev: &Device, data: &[T], start: usize, shape: &[usize]) -> Tensor<T> {
+    match dev {
+        Device::Cpu => {
+            let _ = start;
+            Tensor::from_vec(data.to_vec(), shape).unwrap()
+        }
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => cuda_tensor(dev, data, start, shape),
+    }
+}
+
+/// Held by tests that set the process-wide default generator and then read its offset:
+/// the CPU and CUDA runs of one behaviour run on parallel test threads of one process.
+pub fn default_generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Raw bits of every element, for `==` comparisons that see -0.0, infinities and

@@ -1,13 +1,21 @@
-//! The rest of the family on the CPU against SPEC section 6: exact formulas, one decision
-//! per channel or sample, moments of AlphaDropout, the fused layer's three gradients,
-//! sharding, in-place variants and error paths.
+//! The rest of the family against SPEC section 6, each behaviour written once and run on
+//! every device (`test_device!`: `<name>_cpu`, and `<name>_cuda`, which skips with a
+//! message without a GPU and fails then under `DROPKIT_REQUIRE_CUDA=1`): exact formulas,
+//! one decision per channel or sample, moments of AlphaDropout, the fused layer's three
+//! gradients, sharding, in-place variants and error paths. The CPU column sum's order and
+//! thread-count independence are CPU-only. Then the family on CUDA against the CPU
+//! reference, bit for bit: channel dropout, DropPath, AlphaDropout, FeatureAlphaDropout and
+//! the fused bias-dropout-residual, every dtype, both saved forms, unaligned views,
+//! in-place, and shards split between CPU and CUDA.
 
 mod common;
 
-// Finite data: these tests check values against tolerances and zero patterns, which NaN
-// and -0.0 would blur; the special values are covered by tests/dropout_cpu.rs,
-// tests/properties.rs and the CUDA tests.
-use common::{bits_of, finite_test_data as test_data};
+// The behaviour tests take finite data: they check values against tolerances and zero
+// patterns, which NaN and -0.0 would blur; the special values are covered by
+// tests/dropout.rs, tests/properties.rs and the CUDA parity tests below (`test_data`).
+use common::{
+    bits_of, cuda_or_skip, finite_test_data, tensor_at, tensor_on, test_data, test_device,
+};
 use dropkit::element::{to_compute_f64, ComputeFloat};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
@@ -15,8 +23,8 @@ use dropkit::functional::{
 };
 use dropkit::mask::{keep_bits, Probability};
 use dropkit::{
-    AlphaDropout, BiasDropoutResidual, Device, DropPath, Dropout1d, Dropout2d, Dropout3d, Element,
-    Error, FeatureAlphaDropout, Generator, MaskMode, StreamPos, Tensor,
+    AlphaDropout, BiasDropoutResidual, Device, DropPath, Dropout1d, Dropout2d, Dropout3d,
+    DropoutState, Element, Error, FeatureAlphaDropout, Generator, MaskMode, StreamPos, Tensor,
 };
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -31,9 +39,9 @@ fn gen(seed: u64) -> Arc<Generator> {
     Arc::new(Generator::new(seed))
 }
 
-fn tensor<T: Element>(shape: &[usize], salt: u64) -> Tensor<T> {
+fn tensor<T: Element>(dev: &Device, shape: &[usize], salt: u64) -> Tensor<T> {
     let n = shape.iter().product();
-    Tensor::from_vec(test_data(n, salt), shape).unwrap()
+    tensor_on(dev, finite_test_data(n, salt), shape)
 }
 
 /// The alpha-dropout constants of SPEC section 6, rounded to the compute type of T.
@@ -88,9 +96,9 @@ fn check_layer<T: Element>(
     }
 }
 
-fn channel_case<T: Element>(shape: &[usize], spatial: usize, p: f64) {
-    let x = tensor::<T>(shape, 1);
-    let dy = tensor::<T>(shape, 2);
+fn channel_case<T: Element>(dev: &Device, shape: &[usize], spatial: usize, p: f64) {
+    let x = tensor::<T>(dev, shape, 1);
+    let dy = tensor::<T>(dev, shape, 2);
     let group: usize = shape[shape.len() - spatial..].iter().product();
     let decisions = x.len() / group;
     let s = to_compute_f64::<T>(Probability::new(p).unwrap().scale_f64());
@@ -134,23 +142,26 @@ fn channel_case<T: Element>(shape: &[usize], spatial: usize, p: f64) {
     }
 }
 
-#[test]
-fn channel_dropout_drops_whole_feature_maps() {
+fn channel_dropout_drops_whole_feature_maps(dev: &Device) {
     for p in [0.0, 0.3, 0.5, 1.0] {
-        channel_case::<f32>(&[3, 5, 7], 1, p);
-        channel_case::<f32>(&[5, 7], 1, p);
-        channel_case::<f64>(&[2, 6, 3, 4], 2, p);
-        channel_case::<f16>(&[6, 3, 4], 2, p);
-        channel_case::<bf16>(&[2, 3, 2, 3, 4], 3, p);
-        channel_case::<f32>(&[3, 2, 3, 4], 3, p);
+        channel_case::<f32>(dev, &[3, 5, 7], 1, p);
+        channel_case::<f32>(dev, &[5, 7], 1, p);
+        channel_case::<f64>(dev, &[2, 6, 3, 4], 2, p);
+        channel_case::<f16>(dev, &[6, 3, 4], 2, p);
+        channel_case::<bf16>(dev, &[2, 3, 2, 3, 4], 3, p);
+        channel_case::<f32>(dev, &[3, 2, 3, 4], 3, p);
     }
 }
+test_device!(
+    channel_dropout_drops_whole_feature_maps,
+    channel_dropout_drops_whole_feature_maps_cpu,
+    channel_dropout_drops_whole_feature_maps_cuda
+);
 
-#[test]
-fn drop_path_decides_per_sample() {
+fn drop_path_decides_per_sample(dev: &Device) {
     for p in [0.2, 0.7] {
-        let x = tensor::<f32>(&[40, 3, 5], 3);
-        let dy = tensor::<f32>(&[40, 3, 5], 4);
+        let x = tensor::<f32>(dev, &[40, 3, 5], 3);
+        let dy = tensor::<f32>(dev, &[40, 3, 5], 4);
         let layer = DropPath::new(p).unwrap().with_generator(gen(5));
         let (y, st) = layer.forward(&x).unwrap();
         let want = keep_bits(5, 0, p, 40).unwrap();
@@ -160,10 +171,15 @@ fn drop_path_decides_per_sample() {
         check_layer([&x, &y, &dx, &dy], 15, &want, |v| v * s, 0.0, s);
     }
 }
+test_device!(
+    drop_path_decides_per_sample,
+    drop_path_decides_per_sample_cpu,
+    drop_path_decides_per_sample_cuda
+);
 
-fn alpha_case<T: Element>(n: usize, p: f64) {
-    let x = tensor::<T>(&[n], 6);
-    let dy = tensor::<T>(&[n], 7);
+fn alpha_case<T: Element>(dev: &Device, n: usize, p: f64) {
+    let x = tensor::<T>(dev, &[n], 6);
+    let dy = tensor::<T>(dev, &[n], 7);
     let (a, b, dropped, _) = alpha_consts::<T>(p);
     let want = keep_bits(13, 0, p, n).unwrap();
     let mut grads = Vec::new();
@@ -187,19 +203,22 @@ fn alpha_case<T: Element>(n: usize, p: f64) {
     assert_eq!(grads[0], grads[1]);
 }
 
-#[test]
-fn alpha_dropout_formula_for_every_dtype() {
+fn alpha_dropout_formula_for_every_dtype(dev: &Device) {
     for p in [0.05, 0.5, 0.9] {
-        alpha_case::<f32>(1000, p);
-        alpha_case::<f64>(1000, p);
-        alpha_case::<f16>(333, p);
-        alpha_case::<bf16>(333, p);
+        alpha_case::<f32>(dev, 1000, p);
+        alpha_case::<f64>(dev, 1000, p);
+        alpha_case::<f16>(dev, 333, p);
+        alpha_case::<bf16>(dev, 333, p);
     }
 }
+test_device!(
+    alpha_dropout_formula_for_every_dtype,
+    alpha_dropout_formula_for_every_dtype_cpu,
+    alpha_dropout_formula_for_every_dtype_cuda
+);
 
-#[test]
-fn alpha_dropout_edges() {
-    let x = tensor::<f32>(&[100], 8);
+fn alpha_dropout_edges(dev: &Device) {
+    let x = tensor::<f32>(dev, &[100], 8);
     // p = 0: a = 1, b = 0, so the output is x itself.
     let (y, _) = alpha_dropout(&x, 0.0, true, StreamPos::new(1, 1), MaskMode::Bits).unwrap();
     assert_eq!(bits_of(&y.to_vec().unwrap()), bits_of(&x.to_vec().unwrap()));
@@ -209,6 +228,11 @@ fn alpha_dropout_edges() {
     let dx = dropout_backward(&x, &st).unwrap();
     assert!(dx.to_vec().unwrap().iter().all(|v| v.to_bits() == 0));
 }
+test_device!(
+    alpha_dropout_edges,
+    alpha_dropout_edges_cpu,
+    alpha_dropout_edges_cuda
+);
 
 /// Standard-normal samples from a fixed stream (Box-Muller over our own Philox words).
 fn normal(n: usize) -> Vec<f64> {
@@ -223,10 +247,9 @@ fn normal(n: usize) -> Vec<f64> {
         .collect()
 }
 
-#[test]
-fn alpha_dropout_keeps_mean_and_variance() {
+fn alpha_dropout_keeps_mean_and_variance(dev: &Device) {
     let n = 1_000_000;
-    let x = Tensor::from_vec(normal(n), &[n]).unwrap();
+    let x = tensor_on(dev, normal(n), &[n]);
     for p in [0.1, 0.5] {
         for feature in [false, true] {
             let (y, _) = if feature {
@@ -260,11 +283,15 @@ fn alpha_dropout_keeps_mean_and_variance() {
         }
     }
 }
+test_device!(
+    alpha_dropout_keeps_mean_and_variance,
+    alpha_dropout_keeps_mean_and_variance_cpu,
+    alpha_dropout_keeps_mean_and_variance_cuda
+);
 
-#[test]
-fn feature_alpha_dropout_decides_per_channel() {
-    let x = tensor::<f32>(&[4, 6, 10], 9);
-    let dy = tensor::<f32>(&[4, 6, 10], 10);
+fn feature_alpha_dropout_decides_per_channel(dev: &Device) {
+    let x = tensor::<f32>(dev, &[4, 6, 10], 9);
+    let dy = tensor::<f32>(dev, &[4, 6, 10], 10);
     let layer = FeatureAlphaDropout::new(0.4)
         .unwrap()
         .with_generator(gen(3));
@@ -275,12 +302,16 @@ fn feature_alpha_dropout_decides_per_channel() {
     let dx = layer.backward(&dy, &st).unwrap();
     check_layer([&x, &y, &dx, &dy], 10, &want, |v| v * a + b, dropped, a);
 }
+test_device!(
+    feature_alpha_dropout_decides_per_channel,
+    feature_alpha_dropout_decides_per_channel_cpu,
+    feature_alpha_dropout_decides_per_channel_cuda
+);
 
-#[test]
-fn drop_rates_of_grouped_layers() {
+fn drop_rates_of_grouped_layers(dev: &Device) {
     // 10^5 decisions each: the dropped fraction is within 6 sigma of p.
     for p in [0.1, 0.5, 0.9] {
-        let x = Tensor::<f32>::ones(&[1000, 100, 2], &Device::Cpu).unwrap();
+        let x = Tensor::<f32>::ones(&[1000, 100, 2], dev).unwrap();
         let (y, _) = Dropout1d::new(p)
             .unwrap()
             .with_generator(gen(4))
@@ -294,12 +325,17 @@ fn drop_rates_of_grouped_layers() {
         );
     }
 }
+test_device!(
+    drop_rates_of_grouped_layers,
+    drop_rates_of_grouped_layers_cpu,
+    drop_rates_of_grouped_layers_cuda
+);
 
-fn fused_case<T: Element>(rows: usize, h: usize, p: f64) {
-    let x = tensor::<T>(&[rows, h], 20);
-    let bias = tensor::<T>(&[h], 21);
-    let res = tensor::<T>(&[rows, h], 22);
-    let dout = tensor::<T>(&[rows, h], 23);
+fn fused_case<T: Element>(dev: &Device, rows: usize, h: usize, p: f64) {
+    let x = tensor::<T>(dev, &[rows, h], 20);
+    let bias = tensor::<T>(dev, &[h], 21);
+    let res = tensor::<T>(dev, &[rows, h], 22);
+    let dout = tensor::<T>(dev, &[rows, h], 23);
     let prob = Probability::new(p).unwrap();
     let s = to_compute_f64::<T>(prob.scale_f64());
     let mask = keep_bits(17, 4, p, rows * h).unwrap();
@@ -368,21 +404,25 @@ fn fused_case<T: Element>(rows: usize, h: usize, p: f64) {
     assert_eq!(grads[0], grads[1], "both saved forms, same gradients");
 }
 
-#[test]
-fn fused_bias_dropout_residual_for_every_dtype() {
+fn fused_bias_dropout_residual_for_every_dtype(dev: &Device) {
     for p in [0.0, 0.1, 0.6, 1.0] {
-        fused_case::<f32>(37, 24, p);
-        fused_case::<f64>(9, 5, p);
-        fused_case::<f16>(16, 12, p);
-        fused_case::<bf16>(7, 33, p);
+        fused_case::<f32>(dev, 37, 24, p);
+        fused_case::<f64>(dev, 9, 5, p);
+        fused_case::<f16>(dev, 16, 12, p);
+        fused_case::<bf16>(dev, 7, 33, p);
     }
     // Many rows: the f32 bias gradient stays within 1e-5 of f64.
-    fused_case::<f32>(4096, 8, 0.1);
+    fused_case::<f32>(dev, 4096, 8, 0.1);
     // Several row blocks with a partial last one, every dtype.
-    fused_case::<f64>(600, 3, 0.2);
-    fused_case::<bf16>(513, 1, 0.5);
-    fused_case::<f16>(300, 17, 0.1);
+    fused_case::<f64>(dev, 600, 3, 0.2);
+    fused_case::<bf16>(dev, 513, 1, 0.5);
+    fused_case::<f16>(dev, 300, 17, 0.1);
 }
+test_device!(
+    fused_bias_dropout_residual_for_every_dtype,
+    fused_bias_dropout_residual_for_every_dtype_cpu,
+    fused_bias_dropout_residual_for_every_dtype_cuda
+);
 
 /// The bias-gradient order of docs/spec.md written out on its own: blocks of R = 256
 /// consecutive rows, each summed in f64 from +0.0 in increasing row order, the block sums
@@ -410,7 +450,7 @@ fn blocked_column_sum<T: Element>(g: &[T], rows: usize, h: usize) -> Vec<T> {
 /// after it are lost or rounded while it is in the sum), mid-sized ones of both signs,
 /// and in some columns the huge value cancelled in the last row. `big` must be exact in T.
 fn order_sensitive<T: Element>(rows: usize, h: usize, big: f64) -> Vec<T> {
-    let small = test_data::<T>(rows * h, 40);
+    let small = finite_test_data::<T>(rows * h, 40);
     (0..rows * h)
         .map(|i| {
             let (r, c) = (i / h, i % h);
@@ -456,6 +496,7 @@ fn column_sum_case<T: Element>(rows: usize, h: usize, g: &[T]) -> usize {
         .count()
 }
 
+// CPU-only: dropkit::cpu::residual::column_sum on rayon pools of several sizes.
 #[test]
 fn column_sum_is_the_documented_blocked_order() {
     assert_eq!(
@@ -484,7 +525,7 @@ fn column_sum_is_the_documented_blocked_order() {
         // f16 sums of few thousand rows are exact in f64 whatever the order (the exponent
         // range is 40 bits); this checks the blocking and the one rounding.
         column_sum_case(rows, h, &order_sensitive::<f16>(rows, h, 32768.0));
-        column_sum_case(rows, h, &test_data::<f32>(rows * h, 41));
+        column_sum_case(rows, h, &finite_test_data::<f32>(rows * h, 41));
     }
     assert!(
         differs.iter().all(|&d| d > 0),
@@ -505,12 +546,11 @@ fn column_sum_is_the_documented_blocked_order() {
     assert_eq!(out[0].to_f64(), 258.0);
 }
 
-#[test]
-fn fused_eval_mode_adds_without_dropping() {
+fn fused_eval_mode_adds_without_dropping(dev: &Device) {
     let (x, bias, res) = (
-        tensor::<f32>(&[3, 4], 1),
-        tensor::<f32>(&[4], 2),
-        tensor::<f32>(&[3, 4], 3),
+        tensor::<f32>(dev, &[3, 4], 1),
+        tensor::<f32>(dev, &[4], 2),
+        tensor::<f32>(dev, &[3, 4], 3),
     );
     let mut layer = BiasDropoutResidual::new(0.9)
         .unwrap()
@@ -526,11 +566,15 @@ fn fused_eval_mode_adds_without_dropping() {
     assert_eq!(bits_of(&out.to_vec().unwrap()), bits_of(&want));
     assert!(st.dropout_state().mask_mode().is_none());
 }
+test_device!(
+    fused_eval_mode_adds_without_dropping,
+    fused_eval_mode_adds_without_dropping_cpu,
+    fused_eval_mode_adds_without_dropping_cuda
+);
 
-#[test]
-fn shards_reproduce_the_whole_tensor() {
+fn shards_reproduce_the_whole_tensor(dev: &Device) {
     let n = 1000;
-    let x = tensor::<f32>(&[n], 30);
+    let x = tensor::<f32>(dev, &[n], 30);
     let pos = StreamPos::new(21, 6);
     // Elementwise layers: cut anywhere, including inside Philox groups and mask words.
     let cuts = [0, 1, 7, 32, 333, 334, 999, n];
@@ -539,7 +583,7 @@ fn shards_reproduce_the_whole_tensor() {
     let xv = x.to_vec().unwrap();
     let (mut parts, mut parts_alpha) = (Vec::new(), Vec::new());
     for w in cuts.windows(2) {
-        let shard = Tensor::from_vec(xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]).unwrap();
+        let shard = tensor_on(dev, xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]);
         let at = pos.with_index_base(w[0] as u64);
         parts.extend(
             dropout(&shard, 0.4, true, at, MaskMode::Bits)
@@ -566,7 +610,7 @@ fn shards_reproduce_the_whole_tensor() {
         grouped_dropout(&x, 0.5, true, 10, GroupedKind::Scale, pos, MaskMode::Bits).unwrap();
     let mut parts = Vec::new();
     for w in cuts.windows(2) {
-        let shard = Tensor::from_vec(xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]).unwrap();
+        let shard = tensor_on(dev, xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]);
         let at = pos.with_index_base(w[0] as u64);
         let (y, st) = grouped_dropout(
             &shard,
@@ -580,7 +624,7 @@ fn shards_reproduce_the_whole_tensor() {
         .unwrap();
         // The shard's gradient uses its own slice of decisions as well.
         let dx = dropout_backward(
-            &Tensor::from_vec(vec![1.0f32; w[1] - w[0]], &[w[1] - w[0]]).unwrap(),
+            &tensor_on(dev, vec![1.0f32; w[1] - w[0]], &[w[1] - w[0]]),
             &st,
         )
         .unwrap();
@@ -591,15 +635,15 @@ fn shards_reproduce_the_whole_tensor() {
     }
     assert_eq!(bits_of(&parts), bits_of(&whole.to_vec().unwrap()));
     // Layers on a batch split across ranks: Dropout2d on (8, C, H, W) as 3 + 5 samples.
-    let x = tensor::<f32>(&[8, 3, 2, 2], 31);
+    let x = tensor::<f32>(dev, &[8, 3, 2, 2], 31);
     let xv = x.to_vec().unwrap();
     let (whole, _) = Dropout2d::new(0.5)
         .unwrap()
         .with_generator(gen(8))
         .forward(&x)
         .unwrap();
-    let first = Tensor::from_vec(xv[..36].to_vec(), &[3, 3, 2, 2]).unwrap();
-    let second = Tensor::from_vec(xv[36..].to_vec(), &[5, 3, 2, 2]).unwrap();
+    let first = tensor_on(dev, xv[..36].to_vec(), &[3, 3, 2, 2]);
+    let second = tensor_on(dev, xv[36..].to_vec(), &[5, 3, 2, 2]);
     let mut parts = Dropout2d::new(0.5)
         .unwrap()
         .with_generator(gen(8))
@@ -615,10 +659,14 @@ fn shards_reproduce_the_whole_tensor() {
     parts.extend(rank1.forward(&second).unwrap().0.to_vec().unwrap());
     assert_eq!(bits_of(&parts), bits_of(&whole.to_vec().unwrap()));
 }
+test_device!(
+    shards_reproduce_the_whole_tensor,
+    shards_reproduce_the_whole_tensor_cpu,
+    shards_reproduce_the_whole_tensor_cuda
+);
 
-#[test]
-fn in_place_variants_match() {
-    let x = tensor::<f32>(&[4, 5, 6], 40);
+fn in_place_variants_match(dev: &Device) {
+    let x = tensor::<f32>(dev, &[4, 5, 6], 40);
     let mut a = x.try_clone().unwrap();
     let (y, _) = AlphaDropout::new(0.3)
         .unwrap()
@@ -655,8 +703,8 @@ fn in_place_variants_match() {
         .forward_in_place(&mut d)
         .unwrap();
     assert_eq!(bits_of(&d.to_vec().unwrap()), bits_of(&y.to_vec().unwrap()));
-    let bias = tensor::<f32>(&[6], 41);
-    let mut res = tensor::<f32>(&[4, 5, 6], 42);
+    let bias = tensor::<f32>(dev, &[6], 41);
+    let mut res = tensor::<f32>(dev, &[4, 5, 6], 42);
     let layer = || {
         BiasDropoutResidual::new(0.3)
             .unwrap()
@@ -669,10 +717,14 @@ fn in_place_variants_match() {
         bits_of(&out.to_vec().unwrap())
     );
 }
+test_device!(
+    in_place_variants_match,
+    in_place_variants_match_cpu,
+    in_place_variants_match_cuda
+);
 
-#[test]
-fn derived_generators_differ_per_rank() {
-    let x = Tensor::<f32>::ones(&[100_000], &Device::Cpu).unwrap();
+fn derived_generators_differ_per_rank(dev: &Device) {
+    let x = Tensor::<f32>::ones(&[100_000], dev).unwrap();
     let run = |g: Generator| {
         let layer = dropkit::Dropout::new(0.5)
             .unwrap()
@@ -692,11 +744,14 @@ fn derived_generators_differ_per_rank() {
     // Independent masks agree on half the elements at p = 0.5.
     assert!((f64::from(agree) / 1e5 - 0.5).abs() < 6.0 * (0.25f64 / 1e5).sqrt());
 }
+test_device!(
+    derived_generators_differ_per_rank,
+    derived_generators_differ_per_rank_cpu,
+    derived_generators_differ_per_rank_cuda
+);
 
-#[test]
-fn family_errors_not_panics() {
-    let cpu = Device::Cpu;
-    let t = |shape: &[usize]| Tensor::<f32>::ones(shape, &cpu).unwrap();
+fn family_errors_not_panics(dev: &Device) {
+    let t = |shape: &[usize]| Tensor::<f32>::ones(shape, dev).unwrap();
     assert!(matches!(
         Dropout1d::new(0.5).unwrap().forward(&t(&[2, 3, 4, 5])),
         Err(Error::InvalidShape { .. })
@@ -760,15 +815,19 @@ fn family_errors_not_panics() {
         .unwrap();
     assert!(y.is_empty());
 }
+test_device!(
+    family_errors_not_panics,
+    family_errors_not_panics_cpu,
+    family_errors_not_panics_cuda
+);
 
-#[test]
-fn fused_eval_shard_keeps_its_bias_columns() {
+fn fused_eval_shard_keeps_its_bias_columns(dev: &Device) {
     // A shard starting mid-row (element 3 of rows of 4) pairs its elements with bias
     // columns 3, 0, 1, ... in eval exactly as the whole tensor does.
     let (x, bias, res) = (
-        tensor::<f32>(&[12], 1),
-        tensor::<f32>(&[4], 2),
-        tensor::<f32>(&[12], 3),
+        tensor::<f32>(dev, &[12], 1),
+        tensor::<f32>(dev, &[4], 2),
+        tensor::<f32>(dev, &[12], 3),
     );
     let mut whole = BiasDropoutResidual::new(0.5).unwrap();
     whole.eval();
@@ -780,12 +839,303 @@ fn fused_eval_shard_keeps_its_bias_columns() {
         )
         .unwrap();
     let (xv, rv) = (x.to_vec().unwrap(), res.to_vec().unwrap());
-    let shard = |v: &[f32]| Tensor::from_vec(v[3..11].to_vec(), &[2, 4]).unwrap();
+    let shard = |v: &[f32]| tensor_on(dev, v[3..11].to_vec(), &[2, 4]);
     let mut part = BiasDropoutResidual::new(0.5).unwrap().with_index_base(3);
     part.eval();
     let (got, _) = part.forward(&shard(&xv), &bias, &shard(&rv)).unwrap();
     assert_eq!(
         bits_of(&got.to_vec().unwrap()),
         bits_of(&want.to_vec().unwrap()[3..11])
+    );
+}
+test_device!(
+    fused_eval_shard_keeps_its_bias_columns,
+    fused_eval_shard_keeps_its_bias_columns_cpu,
+    fused_eval_shard_keeps_its_bias_columns_cuda
+);
+
+// The family on CUDA against the CPU reference, bit for bit (CUDA-only: the CPU is the
+// reference). Here the data has the special values (`test_data`).
+
+type Forward<T> = fn(&Tensor<T>, StreamPos, MaskMode) -> (Tensor<T>, DropoutState);
+
+fn compare<T: Element>(
+    dev: &Device,
+    shape: &[usize],
+    start: usize,
+    pos: StreamPos,
+    what: &str,
+    f: Forward<T>,
+) {
+    let n: usize = shape.iter().product();
+    let (x, g) = (test_data::<T>(n, 3), test_data::<T>(n, 4));
+    let (x_cpu, g_cpu) = (
+        Tensor::from_vec(x.clone(), shape).unwrap(),
+        Tensor::from_vec(g.clone(), shape).unwrap(),
+    );
+    let (x_gpu, g_gpu) = (
+        tensor_at(dev, &x, start, shape),
+        tensor_at(dev, &g, start, shape),
+    );
+    let label = format!("{what} {} {shape:?} start {start} {pos:?}", T::DTYPE);
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        let (y_c, st_c) = f(&x_cpu, pos, mode);
+        let (y_g, st_g) = f(&x_gpu, pos, mode);
+        assert_eq!(
+            bits_of(&y_g.to_vec().unwrap()),
+            bits_of(&y_c.to_vec().unwrap()),
+            "y {label} {mode:?}"
+        );
+        assert_eq!(
+            st_g.keep_bits().unwrap(),
+            st_c.keep_bits().unwrap(),
+            "bits {label}"
+        );
+        let dx_c = dropout_backward(&g_cpu, &st_c).unwrap().to_vec().unwrap();
+        let dx_g = dropout_backward(&g_gpu, &st_g).unwrap().to_vec().unwrap();
+        assert_eq!(bits_of(&dx_g), bits_of(&dx_c), "dx {label} {mode:?}");
+    }
+}
+
+fn family_parity<T: Element>(dev: &Device) {
+    let channel: Forward<T> = |x, pos, mode| {
+        let group = x.shape()[2..].iter().product();
+        grouped_dropout(x, 0.4, true, group, GroupedKind::Scale, pos, mode).unwrap()
+    };
+    let feature_alpha: Forward<T> = |x, pos, mode| {
+        let group = x.shape()[2..].iter().product();
+        grouped_dropout(x, 0.3, true, group, GroupedKind::Alpha, pos, mode).unwrap()
+    };
+    let drop_path: Forward<T> = |x, pos, mode| {
+        let group = x.shape()[1..].iter().product();
+        grouped_dropout(x, 0.5, true, group, GroupedKind::Scale, pos, mode).unwrap()
+    };
+    let alpha: Forward<T> = |x, pos, mode| alpha_dropout(x, 0.2, true, pos, mode).unwrap();
+    for (shape, start) in [
+        (vec![2usize, 3, 5], 0),
+        (vec![4, 7, 33], 1),
+        (vec![3, 64, 1024], 3),
+        (vec![1, 1, 1], 2),
+    ] {
+        for pos in [
+            StreamPos::new(5, 2),
+            StreamPos::new(u64::MAX, 9).with_index_base(13),
+        ] {
+            compare::<T>(dev, &shape, start, pos, "channel", channel);
+            compare::<T>(dev, &shape, start, pos, "feature alpha", feature_alpha);
+            compare::<T>(dev, &shape, start, pos, "drop path", drop_path);
+            compare::<T>(dev, &shape, start, pos, "alpha", alpha);
+        }
+    }
+    // The fused layer: output and all three gradients.
+    for (rows, h, start) in [
+        (1usize, 1usize, 0usize),
+        (7, 33, 1),
+        (256, 768, 0),
+        (3, 4096, 5),
+    ] {
+        let n = rows * h;
+        let (x, b, r, g) = (
+            test_data::<T>(n, 5),
+            test_data::<T>(h, 6),
+            test_data::<T>(n, 7),
+            test_data::<T>(n, 8),
+        );
+        let cpu = |d: &[T], s: &[usize]| Tensor::from_vec(d.to_vec(), s).unwrap();
+        let gpu = |d: &[T], s: &[usize]| tensor_at(dev, d, start, s);
+        for p in [0.0, 0.1, 1.0] {
+            for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+                let pos = StreamPos::new(9, 1).with_index_base(3);
+                let (o_c, st_c) = bias_dropout_residual(
+                    &cpu(&x, &[rows, h]),
+                    &cpu(&b, &[h]),
+                    &cpu(&r, &[rows, h]),
+                    p,
+                    true,
+                    pos,
+                    mode,
+                )
+                .unwrap();
+                let (o_g, st_g) = bias_dropout_residual(
+                    &gpu(&x, &[rows, h]),
+                    &gpu(&b, &[h]),
+                    &gpu(&r, &[rows, h]),
+                    p,
+                    true,
+                    pos,
+                    mode,
+                )
+                .unwrap();
+                let label = format!("fused {} {rows}x{h} p {p} {mode:?}", T::DTYPE);
+                assert_eq!(
+                    bits_of(&o_g.to_vec().unwrap()),
+                    bits_of(&o_c.to_vec().unwrap()),
+                    "{label}"
+                );
+                let gc = bias_dropout_residual_backward(&cpu(&g, &[rows, h]), &st_c).unwrap();
+                let gg = bias_dropout_residual_backward(&gpu(&g, &[rows, h]), &st_g).unwrap();
+                assert_eq!(
+                    bits_of(&gg.x.to_vec().unwrap()),
+                    bits_of(&gc.x.to_vec().unwrap()),
+                    "dx {label}"
+                );
+                assert_eq!(
+                    bits_of(&gg.residual.to_vec().unwrap()),
+                    bits_of(&g),
+                    "dres {label}"
+                );
+                // Both sum dx in f64 in the same blocked order and round once: the same bits too.
+                assert_eq!(
+                    bits_of(&gg.bias.to_vec().unwrap()),
+                    bits_of(&gc.bias.to_vec().unwrap()),
+                    "dbias {label}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn family_cuda_matches_cpu_f32() {
+    if let Some(dev) = cuda_or_skip("family_cuda_matches_cpu_f32") {
+        family_parity::<f32>(&dev);
+    }
+}
+
+#[test]
+fn family_cuda_matches_cpu_f64() {
+    if let Some(dev) = cuda_or_skip("family_cuda_matches_cpu_f64") {
+        family_parity::<f64>(&dev);
+    }
+}
+
+#[test]
+fn family_cuda_matches_cpu_f16() {
+    if let Some(dev) = cuda_or_skip("family_cuda_matches_cpu_f16") {
+        family_parity::<f16>(&dev);
+    }
+}
+
+#[test]
+fn family_cuda_matches_cpu_bf16() {
+    if let Some(dev) = cuda_or_skip("family_cuda_matches_cpu_bf16") {
+        family_parity::<bf16>(&dev);
+    }
+}
+
+#[test]
+fn shards_split_between_cpu_and_cuda() {
+    let Some(dev) = cuda_or_skip("shards_split_between_cpu_and_cuda") else {
+        return;
+    };
+    let n = 10_000;
+    let x = test_data::<f32>(n, 9);
+    let pos = StreamPos::new(77, 4);
+    let whole_cpu = Tensor::from_vec(x.clone(), &[n]).unwrap();
+    for (kind, group) in [
+        (None, 1usize),
+        (Some(GroupedKind::Scale), 10),
+        (Some(GroupedKind::Alpha), 7),
+    ] {
+        let run = |t: &Tensor<f32>, at: StreamPos| match kind {
+            None => {
+                dropkit::functional::dropout(t, 0.3, true, at, MaskMode::Bits)
+                    .unwrap()
+                    .0
+            }
+            Some(k) => {
+                grouped_dropout(t, 0.3, true, group, k, at, MaskMode::Bits)
+                    .unwrap()
+                    .0
+            }
+        };
+        let whole = run(&whole_cpu, pos).to_vec().unwrap();
+        let cuts = [0, 3, 4099, 4100, 7777, n];
+        let mut parts = Vec::new();
+        for (k, w) in cuts.windows(2).enumerate() {
+            let shard = &x[w[0]..w[1]];
+            let at = pos.with_index_base(w[0] as u64);
+            // Alternate devices: even shards on the GPU, odd ones on the CPU.
+            let t = if k % 2 == 0 {
+                tensor_at(&dev, shard, k, &[shard.len()])
+            } else {
+                Tensor::from_vec(shard.to_vec(), &[shard.len()]).unwrap()
+            };
+            parts.extend(run(&t, at).to_vec().unwrap());
+        }
+        assert_eq!(bits_of(&parts), bits_of(&whole), "{kind:?}");
+    }
+}
+
+#[test]
+fn in_place_on_cuda_matches() {
+    let Some(dev) = cuda_or_skip("in_place_on_cuda_matches") else {
+        return;
+    };
+    let gen = || std::sync::Arc::new(dropkit::Generator::new(3));
+    let shape = [4, 8, 9];
+    let data = test_data::<bf16>(4 * 8 * 9, 1);
+    let x = tensor_at(&dev, &data, 1, &shape);
+    let x_cpu = Tensor::from_vec(data.clone(), &shape).unwrap();
+    // Each in-place result equals the out-of-place one, and both equal the CPU's.
+    let drop1d = || dropkit::Dropout1d::new(0.5).unwrap().with_generator(gen());
+    let (y, _) = drop1d().forward(&x).unwrap();
+    let (y_cpu, _) = drop1d().forward(&x_cpu).unwrap();
+    let mut z = tensor_at(&dev, &data, 1, &shape);
+    drop1d().forward_in_place(&mut z).unwrap();
+    assert_eq!(
+        bits_of(&y.to_vec().unwrap()),
+        bits_of(&y_cpu.to_vec().unwrap()),
+        "Dropout1d"
+    );
+    assert_eq!(
+        bits_of(&z.to_vec().unwrap()),
+        bits_of(&y.to_vec().unwrap()),
+        "Dropout1d in place"
+    );
+
+    let alpha = || {
+        dropkit::AlphaDropout::new(0.5)
+            .unwrap()
+            .with_generator(gen())
+    };
+    let (y, _) = alpha().forward(&x).unwrap();
+    let (y_cpu, _) = alpha().forward(&x_cpu).unwrap();
+    let mut a = tensor_at(&dev, &data, 3, &shape);
+    alpha().forward_in_place(&mut a).unwrap();
+    assert_eq!(
+        bits_of(&y.to_vec().unwrap()),
+        bits_of(&y_cpu.to_vec().unwrap()),
+        "AlphaDropout"
+    );
+    assert_eq!(
+        bits_of(&a.to_vec().unwrap()),
+        bits_of(&y.to_vec().unwrap()),
+        "AlphaDropout in place"
+    );
+
+    let bias_data = test_data::<bf16>(9, 2);
+    let res_data = test_data::<bf16>(4 * 8 * 9, 3);
+    let bias = tensor_at(&dev, &bias_data, 0, &[9]);
+    let mut res = tensor_at(&dev, &res_data, 2, &shape);
+    let bias_cpu = Tensor::from_vec(bias_data, &[9]).unwrap();
+    let res_cpu = Tensor::from_vec(res_data, &shape).unwrap();
+    let layer = || {
+        dropkit::BiasDropoutResidual::new(0.5)
+            .unwrap()
+            .with_generator(gen())
+    };
+    let (out, _) = layer().forward(&x, &bias, &res).unwrap();
+    let (out_cpu, _) = layer().forward(&x_cpu, &bias_cpu, &res_cpu).unwrap();
+    layer().forward_in_place(&x, &bias, &mut res).unwrap();
+    assert_eq!(
+        bits_of(&out.to_vec().unwrap()),
+        bits_of(&out_cpu.to_vec().unwrap()),
+        "BiasDropoutResidual"
+    );
+    assert_eq!(
+        bits_of(&res.to_vec().unwrap()),
+        bits_of(&out.to_vec().unwrap()),
+        "BiasDropoutResidual in place"
     );
 }
