@@ -77,6 +77,9 @@ pub trait ComputeFloat:
     fn div(self, rhs: Self) -> Self;
     /// The IEEE square root, correctly rounded.
     fn sqrt(self) -> Self;
+    /// `self` when `keep`, else +0: a select on the bits (so a NaN or inf in `self`
+    /// cannot leak into a dropped value), branch-free so that loops of it vectorize.
+    fn kept_or_zero(self, keep: bool) -> Self;
 }
 
 impl ComputeFloat for f32 {
@@ -110,6 +113,10 @@ impl ComputeFloat for f32 {
         // Rust's sqrt is IEEE's correctly rounded square root (sqrtss / sqrtsd).
         Self::sqrt(self)
     }
+    #[inline(always)]
+    fn kept_or_zero(self, keep: bool) -> Self {
+        f32::from_bits(self.to_bits() & 0u32.wrapping_sub(u32::from(keep)))
+    }
 }
 
 impl ComputeFloat for f64 {
@@ -142,6 +149,10 @@ impl ComputeFloat for f64 {
     fn sqrt(self) -> Self {
         // Rust's sqrt is IEEE's correctly rounded square root (sqrtss / sqrtsd).
         Self::sqrt(self)
+    }
+    #[inline(always)]
+    fn kept_or_zero(self, keep: bool) -> Self {
+        f64::from_bits(self.to_bits() & 0u64.wrapping_sub(u64::from(keep)))
     }
 }
 

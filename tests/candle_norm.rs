@@ -84,7 +84,10 @@ fn parity<T: Element + WithDType>(norm: Norm, with_bias: bool, train: bool) {
     };
     let out =
         dropout_add_norm(inputs, &config, StreamPos::new(77, 0), MaskMode::Regenerate).unwrap();
-    let what = format!("{} {norm:?} bias={with_bias} train={train}", <T as Element>::DTYPE);
+    let what = format!(
+        "{} {norm:?} bias={with_bias} train={train}",
+        <T as Element>::DTYPE
+    );
     let host = |t: &Tensor<T>| bits_of(&t.to_vec().unwrap());
     assert_eq!(bits_of(&values::<T>(&z)), host(&out.z), "z {what}");
     assert_eq!(bits_of(&values::<T>(&s)), host(&out.s), "s {what}");

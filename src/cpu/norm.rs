@@ -75,19 +75,111 @@ pub struct NormGrads<'a, T, R> {
     pub beta: Option<&'a mut [T]>,
 }
 
-/// The row sum S(f) of section 6.3: 32 lanes striding by 32, then the fixed tree.
-#[inline(always)]
-fn row_sum<C: ComputeFloat>(h: usize, f: impl Fn(usize) -> C) -> C {
-    let mut acc = [C::ZERO; ROW_SUM_LANES];
-    let mut c0 = 0;
-    while c0 + ROW_SUM_LANES <= h {
-        for (k, a) in acc.iter_mut().enumerate() {
-            *a = a.add(f(c0 + k));
-        }
-        c0 += ROW_SUM_LANES;
+/// Runs `run` on every task, on all cores when `parallel`, each call through [`simd_call`].
+fn for_tasks<X: Send>(tasks: Vec<X>, parallel: bool, run: impl Fn(X) + Sync) {
+    if parallel {
+        tasks.into_par_iter().for_each(|t| {
+            simd_call(
+                #[inline(always)]
+                || run(t),
+            )
+        });
+    } else {
+        tasks.into_iter().for_each(|t| {
+            simd_call(
+                #[inline(always)]
+                || run(t),
+            )
+        });
     }
-    for (k, a) in acc.iter_mut().enumerate().take(h - c0) {
-        *a = a.add(f(c0 + k));
+}
+
+/// Runs `f` compiled for AVX2 and F16C where the CPU has them (the row loops are plain
+/// slice loops: this lets them run 8 lanes wide instead of SSE2's 4; the arithmetic is the
+/// same IEEE operations, never contracted).
+#[inline(always)]
+fn simd_call(f: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if crate::host::simd::avx2() {
+            // SAFETY: the CPU supports AVX2 and F16C (host::simd checked both).
+            unsafe { call_avx2(f) };
+            return;
+        }
+    }
+    f()
+}
+
+/// `f` inlined into a function compiled for AVX2 and F16C.
+///
+/// # Safety
+/// The CPU must support AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn call_avx2(f: impl FnOnce()) {
+    f()
+}
+
+/// Runs `$body` for each chunk of 32 columns of a row of `$h` (`$c0` its first column,
+/// `$len` its width): full chunks with `$len` the constant 32, so their loops unroll and
+/// vectorize, then the partial last chunk, if any.
+macro_rules! for_chunks {
+    ($h:expr, |$c0:ident, $len:ident| $body:block) => {{
+        let h = $h;
+        let full = h - h % ROW_SUM_LANES;
+        let mut $c0 = 0;
+        while $c0 < full {
+            let $len = ROW_SUM_LANES;
+            $body
+            $c0 += ROW_SUM_LANES;
+        }
+        if $c0 < h {
+            let $len = h - $c0;
+            $body
+        }
+    }};
+}
+
+/// The fixed tree of section 6.3 over the 32 lane sums: lane l adds lane l + w for w =
+/// 16, 8, 4, 2, 1.
+#[inline(always)]
+fn lane_tree<C: ComputeFloat>(mut acc: [C; ROW_SUM_LANES]) -> C {
+    let mut w = ROW_SUM_LANES / 2;
+    while w >= 1 {
+        for l in 0..w {
+            acc[l] = acc[l].add(acc[l + w]);
+        }
+        w /= 2;
+    }
+    acc[0]
+}
+
+/// The 32 mask bits from bit `b` of `bits` on (bit j of the result is bit b + j; bits
+/// past the end of the mask read as 0).
+#[inline(always)]
+fn bits_at(bits: &[u32], b: usize) -> u32 {
+    let (w, sh) = (b / 32, b % 32);
+    let lo = bits[w] >> sh;
+    if sh == 0 {
+        lo
+    } else {
+        lo | bits.get(w + 1).map_or(0, |&hi| hi << (32 - sh))
+    }
+}
+
+/// The row sum S(f) of section 6.3 of `f(v_j)`: 32 lanes striding by 32 (lane k adds
+/// v_k, v_{k+32}, ... in order, from +0), then the fixed tree.
+#[inline(always)]
+fn row_sum<C: ComputeFloat>(v: &[C], f: impl Fn(C) -> C) -> C {
+    let mut acc = [C::ZERO; ROW_SUM_LANES];
+    let mut chunks = v.chunks_exact(ROW_SUM_LANES);
+    for chunk in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a = a.add(f(x));
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
+        *a = a.add(f(x));
     }
     let mut w = ROW_SUM_LANES / 2;
     while w >= 1 {
@@ -109,12 +201,6 @@ fn widened<T: Element>(vals: Option<&[T]>) -> Result<Option<Vec<T::Compute>>> {
     .transpose()
 }
 
-/// Whether local element `e` of a mask piece starting at a word boundary is kept.
-#[inline(always)]
-fn kept_at(bits: &[u32], e: usize) -> bool {
-    bits[e / 32] >> (e % 32) & 1 != 0
-}
-
 /// The decisions of `count` elements from local element `first` (a multiple of 32):
 /// computed into `scratch`.
 fn regenerate<'b>(
@@ -131,34 +217,24 @@ fn regenerate<'b>(
     scratch
 }
 
-/// The row statistics of section 6.3 from the row's s values in C: (mean, rstd).
+/// The row statistics of section 6.3 from the row's s values in C: (mean, rstd). `d` is
+/// scratch of the row's length (it ends holding v - mean for LayerNorm).
 #[inline(always)]
-fn row_stats<C: ComputeFloat>(norm: Norm, v: &[C], h_c: C, eps: C) -> (C, C) {
-    let h = v.len();
+fn row_stats<C: ComputeFloat>(norm: Norm, v: &[C], d: &mut [C], h_c: C, eps: C) -> (C, C) {
     let one = C::from_f64(1.0);
     match norm {
         Norm::LayerNorm => {
-            let mean = row_sum(h, |j| v[j]).div(h_c);
-            let var = row_sum(h, |j| {
-                let d = v[j].sub(mean);
-                d.mul(d)
-            })
-            .div(h_c);
+            let mean = row_sum(v, |x| x).div(h_c);
+            for (d, &x) in d.iter_mut().zip(v) {
+                *d = x.sub(mean);
+            }
+            let var = row_sum(d, |x| x.mul(x)).div(h_c);
             (mean, one.div(var.add(eps).sqrt()))
         }
         Norm::RmsNorm => {
-            let ms = row_sum(h, |j| v[j].mul(v[j])).div(h_c);
+            let ms = row_sum(v, |x| x.mul(x)).div(h_c);
             (C::ZERO, one.div(ms.add(eps).sqrt()))
         }
-    }
-}
-
-/// The normalized value y_j of section 6.3.
-#[inline(always)]
-fn normalized<C: ComputeFloat>(norm: Norm, v: C, mean: C, rstd: C) -> C {
-    match norm {
-        Norm::LayerNorm => v.sub(mean).mul(rstd),
-        Norm::RmsNorm => v.mul(rstd),
     }
 }
 
@@ -184,6 +260,7 @@ where
     let h_c = <T::Compute as ComputeFloat>::from_f64(h as f64);
     let eps = <T::Compute as ComputeFloat>::from_f64(call.eps);
     let zero = <T::Compute as ComputeFloat>::ZERO;
+    let one = <T::Compute as ComputeFloat>::from_f64(1.0);
     const CHUNK_ROWS: usize = 32;
     let n = inputs.x.len();
     let chunk = CHUNK_ROWS * h;
@@ -206,61 +283,121 @@ where
             bits,
         })
         .collect();
-    let run = |FwdTask {
-                   first,
-                   z,
-                   s,
-                   stats,
-                   bits,
-               }: FwdTask<'_, T, R>| {
-        let mut scratch = Vec::new();
-        let keep: Option<&[u32]> = if !call.training {
-            None
-        } else if let Some(b) = bits {
-            let pos = call.pos;
-            let global = pos.index_base.wrapping_add(first as u64);
-            fill_keep_bits(pos.seed, pos.offset, global, &call.prob, z.len(), b);
-            Some(b)
-        } else {
-            Some(regenerate(call, first, z.len(), &mut scratch))
-        };
-        let mut v = vec![zero; h];
-        for (r, (zr, sr)) in z.chunks_mut(h).zip(s.chunks_mut(h)).enumerate() {
-            let e0 = first + r * h;
-            for j in 0..h {
-                let mut a = inputs.x[e0 + j].to_compute();
-                if let Some(b) = &bias {
-                    a = a.add(b[j]);
-                }
-                let m = match keep {
-                    None => a,
-                    Some(k) if kept_at(k, r * h + j) => a.mul(scale),
-                    Some(_) => zero,
-                };
-                let sum = match inputs.residual {
-                    Some(res) => res[e0 + j].to_compute().add(m),
-                    None => m,
-                };
-                sr[j] = R::from_compute(sum);
-                v[j] = sr[j].to_compute();
-            }
-            let (mean, rstd) = row_stats(call.norm, &v, h_c, eps);
-            for j in 0..h {
-                let y = normalized(call.norm, v[j], mean, rstd).mul(gamma[j]);
-                zr[j] = T::from_compute(match &beta {
-                    Some(b) => y.add(b[j]),
-                    None => y,
+    let parallel = n > super::SERIAL_MAX;
+    for_tasks(
+        tasks,
+        parallel,
+        #[inline(always)]
+        |FwdTask {
+             first,
+             z,
+             s,
+             stats,
+             bits,
+         }: FwdTask<'_, T, R>| {
+            let mut scratch = Vec::new();
+            let keep: Option<&[u32]> = if !call.training {
+                None
+            } else if let Some(b) = bits {
+                let pos = call.pos;
+                let global = pos.index_base.wrapping_add(first as u64);
+                fill_keep_bits(pos.seed, pos.offset, global, &call.prob, z.len(), b);
+                Some(b)
+            } else {
+                Some(regenerate(call, first, z.len(), &mut scratch))
+            };
+            // Three passes over each row, in chunks of 32 columns (a chunk is the 32 lanes of
+            // the row sum): s and the lane sums of v (or v * v); the variance; z. v, the row
+            // in C, stays in this scratch (L1 / L2) between them.
+            let mut v = vec![zero; h];
+            for (r, (zr, sr)) in z.chunks_mut(h).zip(s.chunks_mut(h)).enumerate() {
+                let e0 = first + r * h;
+                let (xr, rr) = (
+                    &inputs.x[e0..e0 + h],
+                    inputs.residual.map(|res| &res[e0..e0 + h]),
+                );
+                let mut acc = [zero; ROW_SUM_LANES];
+                let mut blk = [zero; ROW_SUM_LANES];
+                let mut res = [zero; ROW_SUM_LANES];
+                for_chunks!(h, |c0, len| {
+                    let (a, rb) = (&mut blk[..len], &mut res[..len]);
+                    T::to_compute_block(&xr[c0..c0 + len], a);
+                    if let Some(b) = &bias {
+                        for (a, &b) in a.iter_mut().zip(&b[c0..c0 + len]) {
+                            *a = a.add(b);
+                        }
+                    }
+                    if let Some(k) = keep {
+                        let word = bits_at(k, r * h + c0);
+                        for (j, a) in a.iter_mut().enumerate() {
+                            *a = a.mul(scale).kept_or_zero((word >> j) & 1 != 0);
+                        }
+                    }
+                    if let Some(rr) = rr {
+                        R::to_compute_block(&rr[c0..c0 + len], rb);
+                        for (a, &r) in a.iter_mut().zip(rb.iter()) {
+                            *a = r.add(*a);
+                        }
+                    }
+                    let (sc, vc) = (&mut sr[c0..c0 + len], &mut v[c0..c0 + len]);
+                    R::from_compute_block(a, sc);
+                    // v = to_C(s): exact (the identity when R is C).
+                    R::to_compute_block(sc, vc);
+                    match call.norm {
+                        Norm::LayerNorm => {
+                            for (acc, &x) in acc.iter_mut().zip(vc.iter()) {
+                                *acc = acc.add(x);
+                            }
+                        }
+                        Norm::RmsNorm => {
+                            for (acc, &x) in acc.iter_mut().zip(vc.iter()) {
+                                *acc = acc.add(x.mul(x));
+                            }
+                        }
+                    }
                 });
+                let (mean, rstd) = match call.norm {
+                    Norm::LayerNorm => {
+                        let mean = lane_tree(acc).div(h_c);
+                        let mut acc2 = [zero; ROW_SUM_LANES];
+                        for_chunks!(h, |c0, len| {
+                            for (acc, &x) in acc2.iter_mut().zip(&v[c0..c0 + len]) {
+                                let d = x.sub(mean);
+                                *acc = acc.add(d.mul(d));
+                            }
+                        });
+                        let var = lane_tree(acc2).div(h_c);
+                        (mean, one.div(var.add(eps).sqrt()))
+                    }
+                    Norm::RmsNorm => (zero, one.div(lane_tree(acc).div(h_c).add(eps).sqrt())),
+                };
+                for_chunks!(h, |c0, len| {
+                    let a = &mut blk[..len];
+                    let (vc, gc) = (&v[c0..c0 + len], &gamma[c0..c0 + len]);
+                    match call.norm {
+                        Norm::LayerNorm => {
+                            for ((a, &x), &g) in a.iter_mut().zip(vc).zip(gc) {
+                                *a = x.sub(mean).mul(rstd).mul(g);
+                            }
+                        }
+                        Norm::RmsNorm => {
+                            for ((a, &x), &g) in a.iter_mut().zip(vc).zip(gc) {
+                                *a = x.mul(rstd).mul(g);
+                            }
+                        }
+                    }
+                    if let Some(b) = &beta {
+                        for (a, &b) in a.iter_mut().zip(&b[c0..c0 + len]) {
+                            *a = a.add(b);
+                        }
+                    }
+                    T::from_compute_block(a, &mut zr[c0..c0 + len]);
+                });
+                stats[2 * r] = mean.to_f64();
+                stats[2 * r + 1] = rstd.to_f64();
             }
-            stats[2 * r] = mean.to_f64();
-            stats[2 * r + 1] = rstd.to_f64();
-        }
-    };
-    if n <= super::SERIAL_MAX {
-        tasks.into_iter().for_each(run);
-    } else {
-        tasks.into_par_iter().for_each(run);
-    }
+        },
+    );
     Ok(())
 }
 
@@ -281,8 +418,10 @@ where
         .par_chunks_mut(2)
         .zip(s.par_chunks(h))
         .for_each(|(st, row)| {
-            let v: Vec<T::Compute> = row.iter().map(|x| x.to_compute()).collect();
-            let (mean, rstd) = row_stats(call.norm, &v, h_c, eps);
+            let mut v = vec![<T::Compute as ComputeFloat>::ZERO; h];
+            let mut d = v.clone();
+            R::to_compute_block(row, &mut v);
+            let (mean, rstd) = row_stats(call.norm, &v, &mut d, h_c, eps);
             st[0] = mean.to_f64();
             st[1] = rstd.to_f64();
         });
@@ -369,68 +508,121 @@ where
             part,
         })
         .collect();
-    let run = |BwdTask {
-                   first,
-                   dx,
-                   mut dres,
-                   part,
-               }: BwdTask<'_, T, R>| {
-        let mut scratch = Vec::new();
-        let keep: Option<&[u32]> = match (call.training, inputs.bits) {
-            (false, _) => None,
-            (true, Some(bits)) => Some(&bits[first / 32..]),
-            (true, None) => Some(regenerate(call, first, dx.len(), &mut scratch)),
-        };
-        let (mut y, mut g) = (vec![zero; h], vec![zero; h]);
-        for (r, dxr) in dx.chunks_mut(h).enumerate() {
-            let e0 = first + r * h;
-            let row = e0 / h;
-            let mean = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row]);
-            let rstd = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row + 1]);
-            for j in 0..h {
-                let v = inputs.s[e0 + j].to_compute();
-                y[j] = normalized(call.norm, v, mean, rstd);
-                g[j] = inputs.dz[e0 + j].to_compute().mul(gamma[j]);
-            }
-            let c1 = row_sum(h, |j| g[j].mul(y[j])).div(h_c);
-            let c2 = match call.norm {
-                Norm::LayerNorm => row_sum(h, |j| g[j]).div(h_c),
-                Norm::RmsNorm => zero,
+    let parallel = n > super::SERIAL_MAX;
+    for_tasks(
+        tasks,
+        parallel,
+        #[inline(always)]
+        |BwdTask {
+             first,
+             dx,
+             mut dres,
+             part,
+         }: BwdTask<'_, T, R>| {
+            let mut scratch = Vec::new();
+            let keep: Option<&[u32]> = match (call.training, inputs.bits) {
+                (false, _) => None,
+                (true, Some(bits)) => Some(&bits[first / 32..]),
+                (true, None) => Some(regenerate(call, first, dx.len(), &mut scratch)),
             };
-            for j in 0..h {
-                let w = g[j].sub(y[j].mul(c1));
-                let t = match call.norm {
-                    Norm::LayerNorm => w.sub(c2).mul(rstd),
-                    Norm::RmsNorm => w.mul(rstd),
+            // Two passes over each row in chunks of 32 columns (the row sum's lanes): y, g
+            // and the lane sums of g * y and g; then the gradients and the column partials.
+            let mut y = vec![zero; h];
+            let mut g = y.clone();
+            let (mut c_a, mut c_b) = ([zero; ROW_SUM_LANES], [zero; ROW_SUM_LANES]);
+            for (r, dxr) in dx.chunks_mut(h).enumerate() {
+                let e0 = first + r * h;
+                let row = e0 / h;
+                let mean = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row]);
+                let rstd = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row + 1]);
+                let (sr, dzr) = (&inputs.s[e0..e0 + h], &inputs.dz[e0..e0 + h]);
+                let (mut acc1, mut acc2) = ([zero; ROW_SUM_LANES], [zero; ROW_SUM_LANES]);
+                for_chunks!(h, |c0, len| {
+                    let (vb, db) = (&mut c_a[..len], &mut c_b[..len]);
+                    R::to_compute_block(&sr[c0..c0 + len], vb);
+                    T::to_compute_block(&dzr[c0..c0 + len], db);
+                    let (yc, gc) = (&mut y[c0..c0 + len], &mut g[c0..c0 + len]);
+                    match call.norm {
+                        Norm::LayerNorm => {
+                            for (y, &v) in yc.iter_mut().zip(vb.iter()) {
+                                *y = v.sub(mean).mul(rstd);
+                            }
+                        }
+                        Norm::RmsNorm => {
+                            for (y, &v) in yc.iter_mut().zip(vb.iter()) {
+                                *y = v.mul(rstd);
+                            }
+                        }
+                    }
+                    for ((g, &d), &gm) in gc.iter_mut().zip(db.iter()).zip(&gamma[c0..c0 + len]) {
+                        *g = d.mul(gm);
+                    }
+                    let accs = acc1.iter_mut().zip(acc2.iter_mut());
+                    for ((a1, a2), (&g, &y)) in accs.zip(gc.iter().zip(yc.iter())) {
+                        *a1 = a1.add(g.mul(y));
+                        *a2 = a2.add(g);
+                    }
+                });
+                let c1 = lane_tree(acc1).div(h_c);
+                let c2 = match call.norm {
+                    Norm::LayerNorm => lane_tree(acc2).div(h_c),
+                    Norm::RmsNorm => zero,
                 };
-                let u = match inputs.ds {
-                    Some(ds) => t.add(ds[e0 + j].to_compute()),
-                    None => t,
-                };
-                if let Some(dr) = dres.as_deref_mut() {
-                    dr[r * h + j] = R::from_compute(u);
-                }
-                dxr[j] = match keep {
-                    None => T::from_compute(u),
-                    Some(k) if kept_at(k, r * h + j) => T::from_compute(u.mul(scale)),
-                    Some(_) => T::from_compute(zero),
-                };
-                let dz = inputs.dz[e0 + j].to_compute();
-                part.gamma[j] += dz.mul(y[j]).to_f64();
-                if want_beta {
-                    part.beta[j] += dz.to_f64();
-                }
-                if want_bias {
-                    part.bias[j] += dxr[j].to_compute().to_f64();
-                }
+                for_chunks!(h, |c0, len| {
+                    let (u, tmp) = (&mut c_a[..len], &mut c_b[..len]);
+                    let (yc, gc) = (&y[c0..c0 + len], &g[c0..c0 + len]);
+                    match call.norm {
+                        Norm::LayerNorm => {
+                            for ((u, &g), &y) in u.iter_mut().zip(gc).zip(yc) {
+                                *u = g.sub(y.mul(c1)).sub(c2).mul(rstd);
+                            }
+                        }
+                        Norm::RmsNorm => {
+                            for ((u, &g), &y) in u.iter_mut().zip(gc).zip(yc) {
+                                *u = g.sub(y.mul(c1)).mul(rstd);
+                            }
+                        }
+                    }
+                    if let Some(ds) = inputs.ds {
+                        R::to_compute_block(&ds[e0 + c0..e0 + c0 + len], tmp);
+                        for (u, &d) in u.iter_mut().zip(tmp.iter()) {
+                            *u = u.add(d);
+                        }
+                    }
+                    if let Some(dr) = dres.as_deref_mut() {
+                        let at = r * h + c0;
+                        R::from_compute_block(u, &mut dr[at..at + len]);
+                    }
+                    // dx: u (eval), or kept ? u * scale : +0.
+                    if let Some(k) = keep {
+                        let word = bits_at(k, r * h + c0);
+                        for (j, u) in u.iter_mut().enumerate() {
+                            *u = u.mul(scale).kept_or_zero((word >> j) & 1 != 0);
+                        }
+                    }
+                    let dxc = &mut dxr[c0..c0 + len];
+                    T::from_compute_block(u, dxc);
+                    T::to_compute_block(&dzr[c0..c0 + len], tmp);
+                    let pg = &mut part.gamma[c0..c0 + len];
+                    for ((p, &d), &y) in pg.iter_mut().zip(tmp.iter()).zip(yc) {
+                        *p += d.mul(y).to_f64();
+                    }
+                    if want_beta {
+                        for (p, &d) in part.beta[c0..c0 + len].iter_mut().zip(tmp.iter()) {
+                            *p += d.to_f64();
+                        }
+                    }
+                    if want_bias {
+                        // The rounded dx, widened again: the column sums add what dx holds.
+                        T::to_compute_block(dxc, tmp);
+                        for (p, &d) in part.bias[c0..c0 + len].iter_mut().zip(tmp.iter()) {
+                            *p += d.to_f64();
+                        }
+                    }
+                });
             }
-        }
-    };
-    if n <= super::SERIAL_MAX {
-        tasks.into_iter().for_each(run);
-    } else {
-        tasks.into_par_iter().for_each(run);
-    }
+        },
+    );
     finish_columns(&partials, |p| &p.gamma, out.gamma);
     if let Some(db) = out.beta {
         finish_columns(&partials, |p| &p.beta, db);
@@ -476,11 +668,11 @@ mod tests {
                 acc[l] += acc[l + w];
             }
         }
-        assert_eq!(row_sum(40, |j| vals[j]).to_bits(), acc[0].to_bits());
+        assert_eq!(row_sum(&vals, |x| x).to_bits(), acc[0].to_bits());
         // And it is not the plain left-to-right sum for these values.
         let plain: f32 = vals.iter().sum();
         assert_ne!(plain.to_bits(), acc[0].to_bits());
         // Fewer than 32 values: idle lanes stay +0, so -0 becomes +0.
-        assert_eq!(row_sum(1, |_| -0.0f32).to_bits(), 0.0f32.to_bits());
+        assert_eq!(row_sum(&[-0.0f32], |x| x).to_bits(), 0.0f32.to_bits());
     }
 }

@@ -47,5 +47,8 @@ pub(crate) use dispatch::check_index_range;
 pub(crate) use dispatch::{new_output, Operand, TrainResult};
 pub(crate) use dropout::dropout_train;
 pub(crate) use grouped::grouped_train;
-pub(crate) use norm::{check_add_norm, check_add_norm_shapes, check_eps, AddNormShapes};
+pub(crate) use norm::{check_add_norm, check_eps};
+/// The candle form checks shapes with the same function.
+#[cfg(feature = "candle")]
+pub(crate) use norm::{check_add_norm_shapes, AddNormShapes};
 pub(crate) use residual::{bias_dropout_residual_run, check_fused};
