@@ -52,6 +52,14 @@
 //! counts the bytes of the fused op of the same form (what the result must move, not what
 //! its passes move), so its GB/s compare directly with the fused op's.
 //!
+//! The fused dropout + add + norm (docs/spec.md 6.3), on the same (n / H, H) tensors with
+//! bias, residual, gamma (and beta): `norm_layer_fwd_bits`, `norm_layer_fwd_regen`,
+//! `norm_layer_bwd` and the `norm_rms_*` three (`dropout_add_norm` and its backward with
+//! ds). Bytes: forward reads x and residual and writes z and s (4n elements), + the mask
+//! written for the bits form; backward reads dz, ds and s and writes dx and dresidual (5n
+//! elements) + the mask read. benches/torch_add_norm.py times PyTorch eager and
+//! torch.compile on the same cases.
+//!
 //! Output: one `RESULT impl=dropkit op=<op> device=cuda dtype=<dt> n=<n> median_s=<s>
 //! gbps=<g>` line per case (for scripts/compare.py) and tables at the end. Without a usable
 //! GPU (or kernels that load on it) it prints that it skipped and exits 0 (1 under
@@ -74,7 +82,10 @@ use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
     dropout_backward, grouped_dropout, GroupedKind,
 };
-use dropkit::{DropoutState, Element, MaskMode, StreamPos, Tensor};
+use dropkit::functional::{
+    dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormInputs, AddNormSaved,
+};
+use dropkit::{DropoutState, Element, MaskMode, Norm, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::error::Error;
 use std::sync::Arc;
@@ -124,6 +135,16 @@ const FUSED_OPS: [&str; 6] = [
     "threepass_fwd_bits",
     "threepass_fwd_regen",
     "colsum",
+];
+
+/// The fused dropout + add + norm cases (on (n / H, H) tensors).
+const NORM_OPS: [&str; 6] = [
+    "norm_layer_fwd_bits",
+    "norm_layer_fwd_regen",
+    "norm_layer_bwd",
+    "norm_rms_fwd_bits",
+    "norm_rms_fwd_regen",
+    "norm_rms_bwd",
 ];
 
 /// The layers of [`FAMILY_OPS`].
@@ -212,6 +233,7 @@ impl Config {
             .iter()
             .chain(FAMILY_OPS.iter().map(|f| &f.0))
             .chain(&FUSED_OPS)
+            .chain(&NORM_OPS)
             .copied()
             .collect();
         let ops = common::list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
@@ -415,6 +437,12 @@ fn run_dtype<T: Element>(gpu: &mut Gpu, cfg: &Config, rows: &mut Vec<Row>) {
                 let _ = gpu.stream.synchronize();
             }
         }
+        if cfg.wants_any(&NORM_OPS) {
+            if let Err(e) = run_norm_case::<T>(gpu, cfg, n, rows) {
+                println!("# error: norm dtype={dtype} n={n}: {e}");
+                let _ = gpu.stream.synchronize();
+            }
+        }
     }
 }
 
@@ -600,6 +628,125 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
         record(rows, op, t, h, bytes);
     }
     drop(xs);
+    stream.synchronize()?;
+    Ok(())
+}
+
+/// The fused dropout + add + norm cases at n = rows * H elements.
+fn run_norm_case<T: Element>(
+    gpu: &mut Gpu,
+    cfg: &Config,
+    n: usize,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    let dtype = T::DTYPE.name();
+    let h = cfg.hidden;
+    if !n.is_multiple_of(h) {
+        println!("# skipped norm dtype={dtype} n={n}: n is not a multiple of H={h}");
+        return Ok(());
+    }
+    let shape = [n / h, h];
+    let tensor_bytes = n * std::mem::size_of::<T>();
+    let mask_bytes = 4 * n.div_ceil(32);
+    // Per set: x and residual (the backward's dz and ds are the set's x and residual). On
+    // top: the outputs of calls in flight (z, s, mask; dx, dresidual) and the states' s.
+    let need = |sets: usize| sets * (4 * tensor_bytes + mask_bytes) + 6 * tensor_bytes;
+    let what = format!("norm dtype={dtype} n={n} (x, residual, z, s: 4 x {tensor_bytes} B)");
+    let Some(sets) = fit_sets(gpu, cfg, &what, 4 * tensor_bytes, need)? else {
+        return Ok(());
+    };
+    let batch = sets.max(8);
+    let stream = gpu.stream.clone();
+    let tensors = |count: usize, len: usize, shape: &[usize]| {
+        (0..count)
+            .map(|_| Ok(Tensor::from_cuda_slice(pattern::<T>(&stream, len)?, shape)?))
+            .collect::<Res<Vec<Tensor<T>>>>()
+    };
+    let (xs, residuals) = (tensors(sets, n, &shape)?, tensors(sets, n, &shape)?);
+    let params = tensors(3, h, &[h])?;
+    stream.synchronize()?;
+    let pos = StreamPos::new(SEED, OFFSET);
+    let row = |op: &'static str, median_s: f64, host_us: f64, bytes: u64| Row {
+        dtype,
+        n,
+        op,
+        sets,
+        batch,
+        median_s,
+        bytes,
+        host_us,
+    };
+    for (norm, name) in [(Norm::LayerNorm, "layer"), (Norm::RmsNorm, "rms")] {
+        let config = AddNormConfig {
+            norm,
+            p: cfg.p,
+            eps: 1e-5,
+            training: true,
+        };
+        let inputs = |i: usize| AddNormInputs {
+            x: &xs[i],
+            bias: Some(&params[0]),
+            residual: Some(&residuals[i]),
+            gamma: &params[1],
+            beta: (norm == Norm::LayerNorm).then_some(&params[2]),
+        };
+        for (form, mode) in [
+            ("fwd_bits", MaskMode::Bits),
+            ("fwd_regen", MaskMode::Regenerate),
+        ] {
+            let op = NORM_OPS
+                .iter()
+                .find(|o| **o == format!("norm_{name}_{form}"))
+                .copied()
+                .unwrap_or("norm");
+            if !cfg.wants(op) {
+                continue;
+            }
+            let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+            let (t, host) = gpu.measure(cfg, batch, |k| {
+                drop(dropout_add_norm(inputs(k % sets), &config, pos, mode)?);
+                Ok(())
+            })?;
+            let bits = if mode == MaskMode::Bits {
+                mask_bytes
+            } else {
+                0
+            };
+            record(
+                cfg,
+                rows,
+                row(op, t, host, (4 * tensor_bytes + bits) as u64),
+            );
+        }
+        let op = if norm == Norm::LayerNorm {
+            "norm_layer_bwd"
+        } else {
+            "norm_rms_bwd"
+        };
+        if cfg.wants(op) {
+            let outs = (0..sets)
+                .map(|i| Ok(dropout_add_norm(inputs(i), &config, pos, MaskMode::Bits)?))
+                .collect::<Res<Vec<_>>>()?;
+            let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
+            let (t, host) = gpu.measure(cfg, batch, |k| {
+                let i = k % sets;
+                let saved = AddNormSaved {
+                    s: &outs[i].s,
+                    gamma: &params[1],
+                };
+                let g =
+                    dropout_add_norm_backward(&xs[i], Some(&residuals[i]), saved, &outs[i].state)?;
+                drop(g);
+                Ok(())
+            })?;
+            record(
+                cfg,
+                rows,
+                row(op, t, host, (5 * tensor_bytes + mask_bytes) as u64),
+            );
+        }
+    }
+    drop((xs, residuals, params));
     stream.synchronize()?;
     Ok(())
 }

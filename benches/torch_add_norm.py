@@ -12,8 +12,11 @@ Eager PyTorch runs the sequence as separate ops:
     bwd: torch.autograd.grad((z, s), (x, residual, bias, gamma[, beta]), (dz, ds)) on a
          graph built once (retain_graph=True), which is what a training step's backward
          runs for it;
-    compile_fwd, compile_bwd (--compile): the same under torch.compile (CUDA only by
-         default: it needs a working Inductor toolchain).
+    compile_<op> (--compile): the same under torch.compile (it needs a working Inductor
+         toolchain; a failure is reported as a comment and the case skipped);
+    flash_<op> (CUDA, where flash_attn imports): FlashAttention's Triton layer_norm_fn(x,
+         gamma, beta, residual=residual, dropout_p=p, prenorm=True, is_rms_norm=...),
+         which has no bias before the dropout (so x + bias is not in its time).
 
 Prints one line per case:
 
@@ -59,6 +62,11 @@ def main() -> int:
     import torch.nn.functional as F
 
     dev = torch.device(args.device)
+    try:
+        from flash_attn.ops.triton.layer_norm import layer_norm_fn as flash_fn
+    except Exception:  # not installed, or no Triton: the flash cases are left out
+        flash_fn = None
+    print(f"# flash_attn layer_norm_fn: {'yes' if flash_fn else 'not importable'}")
     dtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
     n_req = parse_n(args.n)
     name = (torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor()
@@ -111,15 +119,34 @@ def main() -> int:
                 variants = [("", seq)]
                 if args.compile:
                     variants.append(("compile_", torch.compile(seq)))
+                if flash_fn is not None and args.device == "cuda":
+                    def flash(x, residual, bias, gamma, beta):
+                        z, s = flash_fn(x, gamma, beta if norm == "layer" else None,
+                                        residual=residual, dropout_p=args.p, prenorm=True,
+                                        is_rms_norm=norm == "rms")
+                        return z, s
+                    variants.append(("flash_", flash))
                 for prefix, fn in variants:
-                    with torch.no_grad():
-                        fwd = timed(lambda: fn(x, residual, bias, gamma, beta))
+                    try:
+                        with torch.no_grad():
+                            fwd = timed(lambda: fn(x, residual, bias, gamma, beta))
+                    except Exception as e:  # a toolchain that cannot compile: say so
+                        print(f"# {prefix}{norm} dtype={dname} h={h}: failed: "
+                              f"{type(e).__name__}: {e}", flush=True)
+                        continue
                     print(f"RESULT impl=torch op={prefix}{norm}_fwd dtype={dname} h={h} n={n} "
                           f"median_s={fwd:.6e} gbps={(4 * n * size + n / 8) / fwd / 1e9:.3f}",
                           flush=True)
                     z, s = fn(x, residual, bias, gamma, beta)
-                    bwd = timed(lambda: torch.autograd.grad((z, s), params, (dz, ds),
-                                                            retain_graph=True))
+                    used = params if prefix != "flash_" else tuple(
+                        t for t in params if t is not bias)
+                    try:
+                        bwd = timed(lambda: torch.autograd.grad((z, s), used, (dz, ds),
+                                                                retain_graph=True))
+                    except Exception as e:
+                        print(f"# {prefix}{norm}_bwd dtype={dname} h={h}: failed: "
+                              f"{type(e).__name__}: {e}", flush=True)
+                        continue
                     print(f"RESULT impl=torch op={prefix}{norm}_bwd dtype={dname} h={h} n={n} "
                           f"median_s={bwd:.6e} gbps={(5 * n * size + n / 8) / bwd / 1e9:.3f}",
                           flush=True)

@@ -345,6 +345,13 @@ if wants torch; then
     else
         skip torch-baseline "$python cannot import torch with CUDA" bench
     fi
+    # The fused dropout + add + norm against PyTorch eager, torch.compile and, where it
+    # imports, FlashAttention's Triton layer_norm_fn (logs/torch-add-norm.log, in the
+    # tarball; dropkit's side is the gpu_dropout bench's norm_* cases).
+    if [ -f "$here/torch_add_norm.py" ]; then
+        step torch-add-norm bench 150 30 torch-add-norm.log -- "$python" -u \
+            "$here/torch_add_norm.py" --device cuda --n 2^24 --hidden 768,4096,8192 --compile
+    fi
 fi
 
 if wants compare; then

@@ -8,7 +8,7 @@
 #   gpu-bundle/bin/gpu_dropout     benches/gpu_dropout.rs
 #   gpu-bundle/bin/quickstart      examples/quickstart.rs
 #   gpu-bundle/data/               tests/data (run.sh points DROPKIT_TEST_DATA at it)
-#   gpu-bundle/*.py                torch_baseline.py, compare.py
+#   gpu-bundle/*.py                torch_baseline.py, torch_add_norm.py, compare.py
 #   gpu-bundle/shared-memory-kernels.txt  only when a kernel declares __shared__ memory:
 #                                  run.sh then adds compute-sanitizer's racecheck
 #   gpu-bundle/MANIFEST.txt        what was built from which commit, with sizes
@@ -107,7 +107,7 @@ for exe in "$bundle"/bin/*; do
 done
 
 cp -r tests/data "$bundle/data"
-cp benches/torch_baseline.py scripts/compare.py "$bundle/"
+cp benches/torch_baseline.py benches/torch_add_norm.py scripts/compare.py "$bundle/"
 cp scripts/gpu-bundle-run.sh "$bundle/run.sh"
 chmod +x "$bundle/run.sh" "$bundle"/bin/*
 # compute-sanitizer's racecheck checks shared memory only: run.sh adds it when this lists
