@@ -50,6 +50,10 @@
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# gpu-bundle.sh ships the binaries packed (bin.tar.xz): unpack them once.
+if [ ! -d "$here/bin" ] && [ -f "$here/bin.tar.xz" ]; then
+    tar -C "$here" -xJf "$here/bin.tar.xz"
+fi
 out="${OUT:-./out}"
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"

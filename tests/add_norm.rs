@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{bits_of, cuda_or_skip};
+use common::{bits_of, cuda_or_skip, test_device};
 use dropkit::element::ComputeFloat;
 use dropkit::functional::{
     dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads, AddNormInputs,
@@ -313,17 +313,7 @@ fn known_answers(dev: &Device) {
     assert!(count >= 40);
 }
 
-#[test]
-fn known_answers_cpu() {
-    known_answers(&Device::Cpu);
-}
-
-#[test]
-fn known_answers_cuda() {
-    if let Some(dev) = cuda_or_skip("known_answers_cuda") {
-        known_answers(&dev);
-    }
-}
+test_device!(known_answers, known_answers_cpu, known_answers_cuda);
 
 // ---------------------------------------------------------------------------------------
 // Generated cases: CUDA against the CPU for every dtype, norm and optional input.
@@ -615,17 +605,7 @@ fn edge_rows(dev: &Device) {
     }
 }
 
-#[test]
-fn edge_rows_cpu() {
-    edge_rows(&Device::Cpu);
-}
-
-#[test]
-fn edge_rows_cuda() {
-    if let Some(dev) = cuda_or_skip("edge_rows_cuda") {
-        edge_rows(&dev);
-    }
-}
+test_device!(edge_rows, edge_rows_cpu, edge_rows_cuda);
 
 #[test]
 fn results_do_not_depend_on_the_thread_count() {
@@ -771,14 +751,85 @@ fn errors(dev: &Device) {
     assert!(layer.backward(&dz, None, saved, &out.state).is_ok());
 }
 
-#[test]
-fn errors_not_panics_cpu() {
-    errors(&Device::Cpu);
-}
+test_device!(errors, errors_not_panics_cpu, errors_not_panics_cuda);
 
+// ---------------------------------------------------------------------------------------
+// Accuracy against an f64 reference (docs/spec.md 6.3 links here).
+// ---------------------------------------------------------------------------------------
+
+/// The f32 results against the same call in f64 (f32 inputs, exact in f64): the largest
+/// error of each output relative to the largest magnitude of that output, which is what
+/// docs/spec.md quotes.
 #[test]
-fn errors_not_panics_cuda() {
-    if let Some(dev) = cuda_or_skip("errors_not_panics_cuda") {
-        errors(&dev);
+fn f32_results_against_an_f64_reference() {
+    let (rows, h) = (1000, 512);
+    for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+        let c32 = generated::<f32, f32>(rows, h, norm, 0.2, [true, true, true], true, 31);
+        let widen = |v: &Vec<f32>| v.iter().map(|&x| f64::from(x)).collect::<Vec<f64>>();
+        let c64 = Case::<f64, f64> {
+            rows,
+            h,
+            x: widen(&c32.x),
+            bias: c32.bias.as_ref().map(widen),
+            residual: c32.residual.as_ref().map(widen),
+            gamma: widen(&c32.gamma),
+            beta: c32.beta.as_ref().map(widen),
+            dz: widen(&c32.dz),
+            ds: c32.ds.as_ref().map(widen),
+            config: c32.config,
+            pos: c32.pos,
+        };
+        let outputs = |r32: &Tensors<f32, f32>, r64: &Tensors<f64, f64>| {
+            let o32 = dropout_add_norm(r32.inputs(), &c32.config, c32.pos, MaskMode::Bits).unwrap();
+            let o64 = dropout_add_norm(r64.inputs(), &c64.config, c64.pos, MaskMode::Bits).unwrap();
+            let g32 = dropout_add_norm_backward(
+                &r32.dz,
+                r32.ds.as_ref(),
+                AddNormSaved {
+                    s: &o32.s,
+                    gamma: &r32.gamma,
+                },
+                &o32.state,
+            )
+            .unwrap();
+            let g64 = dropout_add_norm_backward(
+                &r64.dz,
+                r64.ds.as_ref(),
+                AddNormSaved {
+                    s: &o64.s,
+                    gamma: &r64.gamma,
+                },
+                &o64.state,
+            )
+            .unwrap();
+            let v32 = |t: &Tensor<f32>| widen(&t.to_vec().unwrap());
+            let v64 = |t: &Tensor<f64>| t.to_vec().unwrap();
+            let mut pairs = vec![
+                ("z", v32(&o32.z), v64(&o64.z)),
+                ("dx", v32(&g32.x), v64(&g64.x)),
+                ("dgamma", v32(&g32.gamma), v64(&g64.gamma)),
+                (
+                    "dbias",
+                    v32(g32.bias.as_ref().unwrap()),
+                    v64(g64.bias.as_ref().unwrap()),
+                ),
+            ];
+            if let (Some(a), Some(b)) = (&g32.beta, &g64.beta) {
+                pairs.push(("dbeta", v32(a), v64(b)));
+            }
+            pairs
+        };
+        let (t32, t64) = (c32.tensors(&Device::Cpu), c64.tensors(&Device::Cpu));
+        // The same decisions: the masks of the two calls are equal.
+        for (what, a, b) in outputs(&t32, &t64) {
+            let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+            let err = a
+                .iter()
+                .zip(&b)
+                .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+                / scale;
+            println!("{norm:?} {what}: max |f32 - f64| / max |f64| = {err:.2e}");
+            assert!(err < 1e-6, "{norm:?} {what}: relative error {err:e}");
+        }
     }
 }
