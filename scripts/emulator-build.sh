@@ -18,7 +18,7 @@ emu_compile() {
     shift 2
     local newest
     newest="$( (ls -t "$src" tests/emulator/*.h tests/emulator/include/*.h kernels/* \
-        "$BASH_SOURCE" "$(dirname "$out")"/kernel_rows.inc 2>/dev/null || true) | head -n 1)"
+        "$BASH_SOURCE" "$(dirname "$out")"/kernel_*.inc 2>/dev/null || true) | head -n 1)"
     if [ -e "$out" ] && [ "$out" -nt "$newest" ]; then return 0; fi
     "$cxx" "${emu_flags[@]}" "$@" -c -o "$out" "$src"
 }
@@ -38,6 +38,14 @@ emu_kernel_object() {
         >"$dir/kernel_rows.inc.new"
     if ! cmp -s "$dir/kernel_rows.inc.new" "$dir/kernel_rows.inc"; then
         mv "$dir/kernel_rows.inc.new" "$dir/kernel_rows.inc"
+    fi
+    # ... and the kernel sources to compile: each module kernels.list names, once.
+    awk '{ sub(/#.*/, "") } NF == 3 && !seen[$1]++ { print $1 }' kernels/kernels.list |
+        sort | while read -r module; do
+            printf '#include "%s/kernels/%s.cu"\n' "$PWD" "$module"
+        done >"$dir/kernel_sources.inc.new"
+    if ! cmp -s "$dir/kernel_sources.inc.new" "$dir/kernel_sources.inc"; then
+        mv "$dir/kernel_sources.inc.new" "$dir/kernel_sources.inc"
     fi
     emu_compile "$out.tmp.o" tests/emulator/kernel_set.cpp -D__CUDA_ARCH__="$arch" \
         -I "$dir" "${emu_sanitize[@]}"

@@ -31,23 +31,33 @@ fn entries(ptx: &str) -> BTreeSet<String> {
         .collect()
 }
 
-const MODULES: [&str; 5] = [
-    "alpha_dropout",
-    "bias_dropout_residual",
-    "bias_dropout_residual_bwd",
-    "dropout",
-    "grouped_dropout",
-];
+/// Every module that kernels/kernels.list names, sorted (the list, not a copy of it here).
+fn modules() -> Vec<&'static str> {
+    let names: BTreeSet<&'static str> = dropkit::cuda::kernels::ops::ALL
+        .iter()
+        .map(|op| op.module.name)
+        .collect();
+    names.into_iter().collect()
+}
 
 #[test]
 fn embedded_sources_cover_every_module() {
-    assert_eq!(nvrtc::source_modules().collect::<Vec<_>>(), MODULES);
+    assert_eq!(nvrtc::source_modules().collect::<Vec<_>>(), modules());
+    // And every kernels/*.cu is one of them (a module with no listed op would not load).
+    let mut on_disk: Vec<String> = std::fs::read_dir("kernels")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, modules());
 }
 
 #[test]
 fn nvcc_ptx_has_every_kernel_or_documented_error() {
     if !kernels_built() {
-        for module in MODULES {
+        for module in modules() {
             assert_eq!(embedded_ptx(module), Err(Error::KernelsNotBuilt));
         }
         let msg = Error::KernelsNotBuilt.to_string();
@@ -58,7 +68,7 @@ fn nvcc_ptx_has_every_kernel_or_documented_error() {
         println!("built without nvcc: every module reports the documented error");
         return;
     }
-    for module in MODULES {
+    for module in modules() {
         let portable = embedded_ptx(module).unwrap();
         // Every flavour (the portable one, then compute_80 for bf16 in hardware).
         let flavours = dropkit::cuda::kernels::by_name(module).unwrap().ptx;
@@ -85,7 +95,7 @@ fn nvcc_ptx_has_every_kernel_or_documented_error() {
 #[test]
 fn nvrtc_compiles_every_kernel() {
     let mut compiled = 0;
-    for module in MODULES {
+    for module in modules() {
         match nvrtc::compile_module(module, "compute_90") {
             Ok(ptx) => {
                 assert_eq!(entries(&ptx), expected(module), "{module}");
@@ -106,12 +116,12 @@ fn nvrtc_compiles_every_kernel() {
             Err(e) => panic!("{module}: {e}"),
         }
     }
-    assert_eq!(compiled, MODULES.len());
+    assert_eq!(compiled, modules().len());
 }
 
 #[test]
 fn nvrtc_compiles_every_kernel_to_a_cubin() {
-    for module in MODULES {
+    for module in modules() {
         match nvrtc::compile_cubin_module(module, "sm_80") {
             // An ELF image: what the run-time fallback loads first.
             Ok(cubin) => assert_eq!(&cubin[..4], b"\x7fELF", "{module}"),

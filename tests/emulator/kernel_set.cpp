@@ -31,13 +31,9 @@
 namespace DKEMU_NS {
 #include "cuda_shim.h"
 
-// The kernels, compiled unchanged.
-#include "../../kernels/alpha_dropout.cu"
-#include "../../kernels/bias_dropout_residual.cu"
-#include "../../kernels/bias_dropout_residual_bwd.cu"
-#include "../../kernels/dropout.cu"
-#include "../../kernels/dropout_add_norm.cu"
-#include "../../kernels/grouped_dropout.cu"
+// The kernels, compiled unchanged: every module of kernels/kernels.list
+// (emulator-build.sh writes kernel_sources.inc from it).
+#include "kernel_sources.inc"
 }  // namespace DKEMU_NS
 
 namespace DKEMU_NS {
