@@ -73,6 +73,19 @@ impl Device {
         }
     }
 
+    /// [`Error::StreamCapturing`] while this device's stream captures a CUDA graph (never
+    /// on the CPU): layers check it before they take an offset, so a refused call leaves
+    /// their generator where it was.
+    pub(crate) fn refuse_capture(&self, op: &'static str) -> Result<()> {
+        #[cfg(not(feature = "cuda"))]
+        let _ = op;
+        match self {
+            Device::Cpu => Ok(()),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(d) => d.refuse_capture(op),
+        }
+    }
+
     pub(crate) fn expect_same(&self, other: &Device, op: &'static str) -> Result<()> {
         if self.same_as(other) {
             Ok(())

@@ -133,6 +133,19 @@ pub enum Error {
     #[error("an RNG region named {0:?} is already registered in this tracker")]
     DuplicateRegion(String),
 
+    /// A call that allocates device memory or copies to or from the host was made while
+    /// dropkit's CUDA stream is capturing a graph; nothing was queued, and the capture is
+    /// intact.
+    #[error(
+        "{op} is not allowed while dropkit's CUDA stream is capturing a graph (it would \
+         invalidate the capture); make allocating calls before begin_capture or after \
+         end_capture"
+    )]
+    StreamCapturing {
+        /// What the call was about to do.
+        op: &'static str,
+    },
+
     /// A parameter other than p is out of its domain (e.g. a norm's eps).
     #[error("{op}: {reason}")]
     InvalidArgument {

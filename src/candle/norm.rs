@@ -79,7 +79,10 @@ impl DropoutAddNorm {
     }
 
     /// Uses `generator` instead of the process-wide default.
-    pub fn with_generator(mut self, generator: std::sync::Arc<crate::generator::Generator>) -> Self {
+    pub fn with_generator(
+        mut self,
+        generator: std::sync::Arc<crate::generator::Generator>,
+    ) -> Self {
         self.core.generator = Some(generator);
         self
     }

@@ -10,6 +10,7 @@ use std::fmt;
 impl CudaDevice {
     /// Uploads host data into a new device buffer.
     pub(crate) fn upload<T: Element>(&self, data: &[T]) -> Result<CudaBuffer<T>> {
+        self.refuse_capture("a host to device copy")?;
         let slice = if data.is_empty() {
             // One unused element, never a 0-byte allocation (see `alloc_uninit`).
             self.alloc_uninit::<T>(0)?
@@ -29,6 +30,7 @@ impl CudaDevice {
             return self.upload::<T>(&[]);
         }
         let bytes = self.byte_size::<T>(len)?;
+        self.refuse_capture("allocating a device buffer")?;
         let slice = self
             .stream()
             .alloc_zeros::<T>(len)
@@ -42,6 +44,7 @@ impl CudaDevice {
             return self.upload::<T>(&[]);
         }
         let bytes = self.byte_size::<T>(src.len())?;
+        self.refuse_capture("allocating a device buffer")?;
         let slice = self
             .stream()
             .clone_dtod(&src.view())
@@ -112,6 +115,7 @@ impl<T: Element> CudaBuffer<T> {
         if self.is_empty() {
             return Ok(Vec::new());
         }
+        self.device.refuse_capture("a device to host copy")?;
         self.device
             .stream()
             .clone_dtoh(&self.view())
@@ -204,6 +208,7 @@ pub(crate) fn download_u32(mask: &MaskSlice) -> Result<Vec<u32>> {
     if mask.words == 0 {
         return Ok(Vec::new());
     }
+    super::device::refuse_capture_on(mask.slice.stream(), "a device to host copy")?;
     mask.slice
         .stream()
         .clone_dtoh(&mask.slice.slice(..mask.words))

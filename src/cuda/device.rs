@@ -63,6 +63,16 @@ fn reason(e: Error) -> String {
 }
 
 /// Maps a driver error to [`Error::Cuda`] with its code and name.
+/// [`CudaDevice::refuse_capture`] for a stream known only through a buffer.
+pub(crate) fn refuse_capture_on(stream: &CudaStream, op: &'static str) -> Result<()> {
+    use cudarc::driver::sys::CUstreamCaptureStatus as S;
+    match stream.capture_status() {
+        Ok(S::CU_STREAM_CAPTURE_STATUS_NONE) => Ok(()),
+        Ok(_) => Err(Error::StreamCapturing { op }),
+        Err(e) => Err(driver_error(format!("{op}: cuStreamIsCapturing"))(e)),
+    }
+}
+
 pub(crate) fn driver_error(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
     let context = context.into();
     move |e| {
@@ -176,6 +186,15 @@ impl CudaDevice {
             .map_err(driver_error("stream synchronize"))
     }
 
+    /// [`Error::StreamCapturing`] while dropkit's stream is capturing a CUDA graph: every
+    /// call that allocates device memory or copies to or from the host checks this first,
+    /// so it refuses before it queues anything, and the capture stays intact (an
+    /// allocation or a host copy there would invalidate it, or capture a buffer the graph
+    /// cannot own).
+    pub(crate) fn refuse_capture(&self, op: &'static str) -> Result<()> {
+        refuse_capture_on(&self.stream, op)
+    }
+
     pub(crate) fn same_as(&self, other: &CudaDevice) -> bool {
         self.stream.context().cu_ctx() == other.stream.context().cu_ctx()
     }
@@ -193,6 +212,7 @@ impl CudaDevice {
     ) -> Result<CudaSlice<T>> {
         let len = len.max(1);
         let bytes = self.byte_size::<T>(len)?;
+        self.refuse_capture("allocating a device buffer")?;
         // SAFETY: every caller launches a kernel that writes all `len` elements before any
         // read, on this same stream (the spare element of an empty buffer is never read);
         // `len * size_of::<T>()` fits usize (checked above).

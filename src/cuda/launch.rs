@@ -117,6 +117,9 @@ pub(crate) unsafe fn launch(
     items: u64,
     name: &str,
 ) -> Result<()> {
+    // A kernel captured into a graph would replay this call's (seed, offset) forever (one
+    // mask for every replay); until the capture-safe random state exists, refuse.
+    dev.refuse_capture("a kernel launch (its random state is fixed at capture)")?;
     // SAFETY: the caller's contract above is what cudarc's `launch` asks for.
     unsafe { args.launch(dev.launch_config(items, PER_THREAD)) }
         .map_err(driver_error(format!("launching {name}")))?;

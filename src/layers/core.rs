@@ -55,6 +55,7 @@ impl LayerCore {
         // A call that fails takes no offset: the range is checked before one is taken
         // (the layers check ranks and shapes before they get here).
         functional::check_index_range(self.index_base, x.len())?;
+        x.device().refuse_capture("a training forward")?;
         let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
         Ok((new_output(y)?, state))
     }
@@ -69,6 +70,7 @@ impl LayerCore {
             return Ok(DropoutState::identity(x, self.prob));
         }
         functional::check_index_range(self.index_base, x.len())?;
+        x.device().refuse_capture("a training forward")?;
         let pos = self.next_pos();
         train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
     }

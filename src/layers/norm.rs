@@ -96,6 +96,7 @@ impl DropoutAddNorm {
         let (core, config) = (&self.core, self.config());
         // A call that fails takes no offset: validate first.
         check_add_norm(&inputs, &config, core.index_base)?;
+        inputs.x.device().refuse_capture("a fused forward")?;
         let pos = if core.training {
             core.next_pos()
         } else {

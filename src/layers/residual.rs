@@ -69,6 +69,7 @@ impl BiasDropoutResidual {
         let core = &self.core;
         // A call that fails takes no offset: validate first.
         check_fused(x, bias, residual.tensor(), core.index_base)?;
+        x.device().refuse_capture("a fused forward")?;
         // Eval calls take no offset (SPEC section 5).
         let pos = if core.training {
             core.next_pos()

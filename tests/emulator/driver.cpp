@@ -62,10 +62,13 @@ enum : int {
     CUDA_ERROR_INVALID_PTX = 218,
     CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222,
     CUDA_ERROR_INVALID_HANDLE = 400,
+    CUDA_ERROR_ILLEGAL_STATE = 401,
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
     CUDA_ERROR_UNKNOWN = 999,
 };
 
@@ -88,11 +91,17 @@ const ErrorText ERRORS[] = {
     {CUDA_ERROR_UNSUPPORTED_PTX_VERSION, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
      "the provided PTX was compiled with an unsupported toolchain."},
     {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE",
+     "the operation is not permitted when the stream is in this state"},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS",
      "an illegal memory access was encountered"},
     {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
+    {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+     "operation not permitted when stream is capturing"},
+    {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+     "operation failed due to a previous error during capture"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -134,8 +143,18 @@ Personality read_personality() {
 struct Context {
     int refs = 0;
 };
+// Capture is modelled as far as refusing work: cuStreamBeginCapture marks the stream
+// capturing (cuStreamIsCapturing says so), and any work queued on it then (a launch, a
+// copy, a memset, an allocation or free, a synchronize) is refused with
+// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, as CUDA does for
+// the calls a capture cannot hold. No graph is recorded: cuStreamEndCapture of an intact
+// capture returns an empty graph (null), of an invalidated one
+// CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. So a host path that queues nothing while its
+// stream captures passes, and one that would have queued work fails.
+enum Capture : int { CAPTURE_NONE = 0, CAPTURE_ACTIVE = 1, CAPTURE_INVALIDATED = 2 };
 struct Stream {
     unsigned flags = 0;
+    int capture = CAPTURE_NONE;
 };
 struct Event {
     double ms = 0;  // host time at the last record
@@ -195,6 +214,20 @@ int ready() {
 bool valid_stream(void* s) {
     const uintptr_t v = reinterpret_cast<uintptr_t>(s);
     return v <= 2 || g_streams.count(static_cast<Stream*>(s));
+}
+
+// Work queued on stream `s`: refused while it captures (and the capture invalidated).
+int capture_guard(void* s, const char* call) {
+    const uintptr_t v = reinterpret_cast<uintptr_t>(s);
+    if (v <= 2) return CUDA_SUCCESS;
+    Stream* st = static_cast<Stream*>(s);
+    if (st->capture == CAPTURE_ACTIVE) {
+        st->capture = CAPTURE_INVALIDATED;
+        trace("%s on a capturing stream: not modelled, the capture is invalidated", call);
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
+    return st->capture == CAPTURE_INVALIDATED ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+                                              : CUDA_SUCCESS;
 }
 
 double now_ms() {
@@ -446,6 +479,7 @@ int launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsi
     if (int r = ready()) return r;
     if (!g_functions.count(f)) return CUDA_ERROR_INVALID_HANDLE;
     if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(stream, "cuLaunchKernel")) return r;
     const dkemu::KernelDesc& k = f->module->set->kernels[f->index];
     if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || bx > 1024 ||
         gx > 0x7fffffffu || shared > 48 * 1024)
@@ -688,7 +722,42 @@ DKEMU_API cuStreamDestroy_v2(void* s) {
 DKEMU_API cuStreamSynchronize(void* s) {
     LOCKED;
     if (int r = ready()) return r;
-    return valid_stream(s) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    return capture_guard(s, "cuStreamSynchronize");
+}
+
+DKEMU_API cuStreamBeginCapture_v2(void* s, int mode) {
+    LOCKED;
+    if (int r = ready()) return r;
+    if (!valid_stream(s) || reinterpret_cast<uintptr_t>(s) <= 2) return CUDA_ERROR_INVALID_HANDLE;
+    if (mode < 0 || mode > 2) return CUDA_ERROR_INVALID_VALUE;
+    Stream* st = static_cast<Stream*>(s);
+    if (st->capture != CAPTURE_NONE) return CUDA_ERROR_ILLEGAL_STATE;
+    st->capture = CAPTURE_ACTIVE;
+    return CUDA_SUCCESS;
+}
+
+DKEMU_API cuStreamEndCapture(void* s, void** graph) {
+    LOCKED;
+    if (int r = ready()) return r;
+    if (!valid_stream(s) || reinterpret_cast<uintptr_t>(s) <= 2) return CUDA_ERROR_INVALID_HANDLE;
+    if (!graph) return CUDA_ERROR_INVALID_VALUE;
+    Stream* st = static_cast<Stream*>(s);
+    const int was = st->capture;
+    if (was == CAPTURE_NONE) return CUDA_ERROR_ILLEGAL_STATE;
+    st->capture = CAPTURE_NONE;
+    *graph = nullptr;  // nothing is recorded: an empty graph
+    return was == CAPTURE_INVALIDATED ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED : CUDA_SUCCESS;
+}
+
+DKEMU_API cuStreamIsCapturing(void* s, int* status) {
+    LOCKED;
+    if (int r = ready()) return r;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (!status) return CUDA_ERROR_INVALID_VALUE;
+    const uintptr_t v = reinterpret_cast<uintptr_t>(s);
+    *status = v <= 2 ? CAPTURE_NONE : static_cast<Stream*>(s)->capture;
+    return CUDA_SUCCESS;
 }
 
 DKEMU_API cuStreamQuery(void* s) { return cuStreamSynchronize(s); }
@@ -771,6 +840,7 @@ DKEMU_API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
     if (int r = ready()) return r;
     if (!g_p.pools) return CUDA_ERROR_NOT_SUPPORTED;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(s, "cuMemAllocAsync")) return r;
     return alloc(p, bytes);
 }
 
@@ -785,6 +855,7 @@ DKEMU_API cuMemFreeAsync(CUdeviceptr p, void* s) {
     if (int r = ready()) return r;
     if (!g_p.pools) return CUDA_ERROR_NOT_SUPPORTED;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(s, "cuMemFreeAsync")) return r;
     return release(p);
 }
 
@@ -810,6 +881,7 @@ DKEMU_API cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
 DKEMU_API cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* s) {
     LOCKED;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(s, "cuMemsetD8Async")) return r;
     return memset8(d, v, n);
 }
 
@@ -821,6 +893,7 @@ DKEMU_API cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
 DKEMU_API cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) {
     LOCKED;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(s, "cuMemcpyHtoDAsync")) return r;
     return copy_htod(d, h, n);
 }
 
@@ -832,6 +905,7 @@ DKEMU_API cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
 DKEMU_API cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
     LOCKED;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(s, "cuMemcpyDtoHAsync")) return r;
     return copy_dtoh(h, d, n);
 }
 
@@ -843,6 +917,7 @@ DKEMU_API cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) {
 DKEMU_API cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, void* st) {
     LOCKED;
     if (!valid_stream(st)) return CUDA_ERROR_INVALID_HANDLE;
+    if (int r = capture_guard(st, "cuMemcpyDtoDAsync")) return r;
     return copy_dtod(d, s, n);
 }
 
