@@ -27,6 +27,10 @@
 //! # Ok::<(), dropkit::Error>(())
 //! ```
 #![warn(missing_docs)]
+// Every unsafe operation sits in its own block with a `SAFETY:` comment saying why it holds,
+// also inside an `unsafe fn` (the body of an unsafe fn is not a licence).
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod alloc;
 #[cfg(feature = "candle")]

@@ -141,17 +141,21 @@ mod x86 {
         group: u64,
         prob: &Probability,
     ) -> u32 {
-        if prob.drops_all() {
-            return 0;
+        // SAFETY: the caller upholds this fn's contract: the CPU must support AVX2. Fast when
+        // inlined into AVX2 code (see `philox::x86`).
+        unsafe {
+            if prob.drops_all() {
+                return 0;
+            }
+            // t < 2^32 here.
+            let t = _mm256_set1_epi32(prob.threshold() as u32 as i32);
+            let mut bits = 0u32;
+            for (i, u) in blocks8_avx2(seed, offset, group).into_iter().enumerate() {
+                let kept = _mm256_cmpeq_epi32(_mm256_max_epu32(u, t), u);
+                bits |= (_mm256_movemask_ps(_mm256_castsi256_ps(kept)) as u32) << (8 * i);
+            }
+            bits
         }
-        // t < 2^32 here.
-        let t = _mm256_set1_epi32(prob.threshold() as u32 as i32);
-        let mut bits = 0u32;
-        for (i, u) in blocks8_avx2(seed, offset, group).into_iter().enumerate() {
-            let kept = _mm256_cmpeq_epi32(_mm256_max_epu32(u, t), u);
-            bits |= (_mm256_movemask_ps(_mm256_castsi256_ps(kept)) as u32) << (8 * i);
-        }
-        bits
     }
 }
 

@@ -135,73 +135,80 @@ pub(crate) mod x86 {
     /// The CPU must support AVX2.
     #[inline(always)]
     pub unsafe fn blocks8_avx2(seed: u64, offset: u64, first_group: u64) -> [__m256i; 4] {
-        let m0 = _mm256_set1_epi64x(i64::from(M0));
-        let m1 = _mm256_set1_epi64x(i64::from(M1));
-        let [mut k0, mut k1] = key(seed);
-        // Blocks first_group + 0..4 in the `a` registers, + 4..8 in `b` (wrapping like the
-        // scalar form).
-        let g = |i: u64| first_group.wrapping_add(i);
-        let lo = |i: u64| (g(i) & 0xFFFF_FFFF) as i64;
-        let hi = |i: u64| (g(i) >> 32) as i64;
-        let mut c0a = _mm256_setr_epi64x(lo(0), lo(1), lo(2), lo(3));
-        let mut c0b = _mm256_setr_epi64x(lo(4), lo(5), lo(6), lo(7));
-        let mut c1a = _mm256_setr_epi64x(hi(0), hi(1), hi(2), hi(3));
-        let mut c1b = _mm256_setr_epi64x(hi(4), hi(5), hi(6), hi(7));
-        let mut c2a = _mm256_set1_epi64x((offset & 0xFFFF_FFFF) as i64);
-        let mut c2b = c2a;
-        let mut c3a = _mm256_set1_epi64x((offset >> 32) as i64);
-        let mut c3b = c3a;
-        // Ten rounds, unrolled by hand: the round keys are then constants of the call that
-        // the compiler can hoist out of a caller's loop.
-        macro_rules! round {
-            () => {{
-                let kv0 = _mm256_set1_epi64x(i64::from(k0));
-                let kv1 = _mm256_set1_epi64x(i64::from(k1));
-                let p0a = _mm256_mul_epu32(c0a, m0);
-                let p0b = _mm256_mul_epu32(c0b, m0);
-                let p1a = _mm256_mul_epu32(c2a, m1);
-                let p1b = _mm256_mul_epu32(c2b, m1);
-                c0a = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p1a), c1a), kv0);
-                c0b = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p1b), c1b), kv0);
-                c2a = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p0a), c3a), kv1);
-                c2b = _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p0b), c3b), kv1);
-                c1a = p1a;
-                c1b = p1b;
-                c3a = p0a;
-                c3b = p0b;
-            }};
-            (bump) => {{
-                k0 = k0.wrapping_add(W0);
-                k1 = k1.wrapping_add(W1);
-                round!();
-            }};
+        // SAFETY: the caller upholds this fn's contract: the CPU must support AVX2.
+        unsafe {
+            let m0 = _mm256_set1_epi64x(i64::from(M0));
+            let m1 = _mm256_set1_epi64x(i64::from(M1));
+            let [mut k0, mut k1] = key(seed);
+            // Blocks first_group + 0..4 in the `a` registers, + 4..8 in `b` (wrapping like the
+            // scalar form).
+            let g = |i: u64| first_group.wrapping_add(i);
+            let lo = |i: u64| (g(i) & 0xFFFF_FFFF) as i64;
+            let hi = |i: u64| (g(i) >> 32) as i64;
+            let mut c0a = _mm256_setr_epi64x(lo(0), lo(1), lo(2), lo(3));
+            let mut c0b = _mm256_setr_epi64x(lo(4), lo(5), lo(6), lo(7));
+            let mut c1a = _mm256_setr_epi64x(hi(0), hi(1), hi(2), hi(3));
+            let mut c1b = _mm256_setr_epi64x(hi(4), hi(5), hi(6), hi(7));
+            let mut c2a = _mm256_set1_epi64x((offset & 0xFFFF_FFFF) as i64);
+            let mut c2b = c2a;
+            let mut c3a = _mm256_set1_epi64x((offset >> 32) as i64);
+            let mut c3b = c3a;
+            // Ten rounds, unrolled by hand: the round keys are then constants of the call that
+            // the compiler can hoist out of a caller's loop.
+            macro_rules! round {
+                () => {{
+                    let kv0 = _mm256_set1_epi64x(i64::from(k0));
+                    let kv1 = _mm256_set1_epi64x(i64::from(k1));
+                    let p0a = _mm256_mul_epu32(c0a, m0);
+                    let p0b = _mm256_mul_epu32(c0b, m0);
+                    let p1a = _mm256_mul_epu32(c2a, m1);
+                    let p1b = _mm256_mul_epu32(c2b, m1);
+                    c0a =
+                        _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p1a), c1a), kv0);
+                    c0b =
+                        _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p1b), c1b), kv0);
+                    c2a =
+                        _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p0a), c3a), kv1);
+                    c2b =
+                        _mm256_xor_si256(_mm256_xor_si256(_mm256_srli_epi64::<32>(p0b), c3b), kv1);
+                    c1a = p1a;
+                    c1b = p1b;
+                    c3a = p0a;
+                    c3b = p0b;
+                }};
+                (bump) => {{
+                    k0 = k0.wrapping_add(W0);
+                    k1 = k1.wrapping_add(W1);
+                    round!();
+                }};
+            }
+            round!();
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            round!(bump);
+            // Per u64 lane (block): (c1 << 32 | c0) and (c3 << 32 | c2) are its four words in
+            // order. Interleaving those 64 bits at a time gives blocks (0 | 2) and (1 | 3) of
+            // the four; swapping 128-bit halves puts them in order.
+            let order = |c0, c1, c2, c3| {
+                let w01 = _mm256_blend_epi32::<0b1010_1010>(c0, _mm256_slli_epi64::<32>(c1));
+                let w23 = _mm256_blend_epi32::<0b1010_1010>(c2, _mm256_slli_epi64::<32>(c3));
+                let even = _mm256_unpacklo_epi64(w01, w23);
+                let odd = _mm256_unpackhi_epi64(w01, w23);
+                (
+                    _mm256_permute2x128_si256::<0x20>(even, odd),
+                    _mm256_permute2x128_si256::<0x31>(even, odd),
+                )
+            };
+            let (r0, r1) = order(c0a, c1a, c2a, c3a);
+            let (r2, r3) = order(c0b, c1b, c2b, c3b);
+            [r0, r1, r2, r3]
         }
-        round!();
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        round!(bump);
-        // Per u64 lane (block): (c1 << 32 | c0) and (c3 << 32 | c2) are its four words in
-        // order. Interleaving those 64 bits at a time gives blocks (0 | 2) and (1 | 3) of
-        // the four; swapping 128-bit halves puts them in order.
-        let order = |c0, c1, c2, c3| {
-            let w01 = _mm256_blend_epi32::<0b1010_1010>(c0, _mm256_slli_epi64::<32>(c1));
-            let w23 = _mm256_blend_epi32::<0b1010_1010>(c2, _mm256_slli_epi64::<32>(c3));
-            let even = _mm256_unpacklo_epi64(w01, w23);
-            let odd = _mm256_unpackhi_epi64(w01, w23);
-            (
-                _mm256_permute2x128_si256::<0x20>(even, odd),
-                _mm256_permute2x128_si256::<0x31>(even, odd),
-            )
-        };
-        let (r0, r1) = order(c0a, c1a, c2a, c3a);
-        let (r2, r3) = order(c0b, c1b, c2b, c3b);
-        [r0, r1, r2, r3]
     }
 
     /// [`super::words32`] on AVX2.
@@ -210,13 +217,16 @@ pub(crate) mod x86 {
     /// The CPU must support AVX2.
     #[inline(always)]
     pub unsafe fn words32_avx2(seed: u64, offset: u64, first_group: u64) -> [u32; 32] {
-        let regs = blocks8_avx2(seed, offset, first_group);
-        let mut out = [0u32; 32];
-        for (i, r) in regs.into_iter().enumerate() {
-            // SAFETY: `out` holds 4 x 8 u32; unaligned stores of 8 u32 at 8 * i, i < 4.
-            _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, r);
+        // SAFETY: the caller upholds this fn's contract: the CPU must support AVX2.
+        unsafe {
+            let regs = blocks8_avx2(seed, offset, first_group);
+            let mut out = [0u32; 32];
+            for (i, r) in regs.into_iter().enumerate() {
+                // SAFETY: `out` holds 4 x 8 u32; unaligned stores of 8 u32 at 8 * i, i < 4.
+                _mm256_storeu_si256(out.as_mut_ptr().add(8 * i) as *mut __m256i, r);
+            }
+            out
         }
-        out
     }
 }
 

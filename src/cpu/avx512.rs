@@ -78,10 +78,12 @@ impl KeepSource for Regenerate {
                 crate::mask::keep_word(self.seed, self.offset, first, &self.prob)
             });
         }
-        // t < 2^32 here; u >= t keeps.
-        let t = _mm512_set1_epi32(self.prob.threshold() as u32 as i32);
-        // SAFETY: AVX-512 F and BMI2, by this function's contract.
-        unsafe { philox::keep_words4(&self.keys, self.offset, first >> 2, t) }
+        // SAFETY: AVX-512 F and BMI2, by this function's contract (as KeepSource::words4).
+        unsafe {
+            // t < 2^32 here; u >= t keeps.
+            let t = _mm512_set1_epi32(self.prob.threshold() as u32 as i32);
+            philox::keep_words4(&self.keys, self.offset, first >> 2, t)
+        }
     }
 }
 
@@ -153,12 +155,15 @@ fn live(len: usize) -> u32 {
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
 unsafe fn map_ps(v: __m512, k: __mmask16, op: &Kept<f32>) -> __m512 {
-    match *op {
-        // The masked multiply writes +0 (all bits clear) in dropped lanes.
-        Kept::Scale(s) => _mm512_maskz_mul_ps(k, v, _mm512_set1_ps(s)),
-        Kept::Affine { a, b, dropped } => {
-            let kept = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(a)), _mm512_set1_ps(b));
-            _mm512_mask_blend_ps(k, _mm512_set1_ps(dropped), kept)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW and VL.
+    unsafe {
+        match *op {
+            // The masked multiply writes +0 (all bits clear) in dropped lanes.
+            Kept::Scale(s) => _mm512_maskz_mul_ps(k, v, _mm512_set1_ps(s)),
+            Kept::Affine { a, b, dropped } => {
+                let kept = _mm512_add_ps(_mm512_mul_ps(v, _mm512_set1_ps(a)), _mm512_set1_ps(b));
+                _mm512_mask_blend_ps(k, _mm512_set1_ps(dropped), kept)
+            }
         }
     }
 }
@@ -168,11 +173,14 @@ unsafe fn map_ps(v: __m512, k: __mmask16, op: &Kept<f32>) -> __m512 {
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
 unsafe fn map_pd(v: __m512d, k: __mmask8, op: &Kept<f64>) -> __m512d {
-    match *op {
-        Kept::Scale(s) => _mm512_maskz_mul_pd(k, v, _mm512_set1_pd(s)),
-        Kept::Affine { a, b, dropped } => {
-            let kept = _mm512_add_pd(_mm512_mul_pd(v, _mm512_set1_pd(a)), _mm512_set1_pd(b));
-            _mm512_mask_blend_pd(k, _mm512_set1_pd(dropped), kept)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW and VL.
+    unsafe {
+        match *op {
+            Kept::Scale(s) => _mm512_maskz_mul_pd(k, v, _mm512_set1_pd(s)),
+            Kept::Affine { a, b, dropped } => {
+                let kept = _mm512_add_pd(_mm512_mul_pd(v, _mm512_set1_pd(a)), _mm512_set1_pd(b));
+                _mm512_mask_blend_pd(k, _mm512_set1_pd(dropped), kept)
+            }
         }
     }
 }
@@ -215,7 +223,8 @@ impl<T: Lanes16> Avx512Element for T {
         keep: &K,
         op: &Kept<f32>,
     ) {
-        stream::chunk::<T, K, HW_BF16>(first_word, x, y, n, bits, keep, op)
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::stream`].
+        unsafe { stream::chunk::<T, K, HW_BF16>(first_word, x, y, n, bits, keep, op) }
     }
 
     #[inline(always)]
@@ -228,11 +237,14 @@ impl<T: Lanes16> Avx512Element for T {
         keep: u32,
         op: &Kept<f32>,
     ) {
-        let m = live(len);
-        for half in 0..2 {
-            let (lanes, k) = ((m >> (16 * half)) as u16, (keep >> (16 * half)) as u16);
-            let r = map_ps(T::load16(x.add(16 * half), lanes), k, op);
-            T::store16::<HW_BF16>(y.add(16 * half), lanes, r);
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`].
+        unsafe {
+            let m = live(len);
+            for half in 0..2 {
+                let (lanes, k) = ((m >> (16 * half)) as u16, (keep >> (16 * half)) as u16);
+                let r = map_ps(T::load16(x.add(16 * half), lanes), k, op);
+                T::store16::<HW_BF16>(y.add(16 * half), lanes, r);
+            }
         }
     }
 }
@@ -244,19 +256,24 @@ impl Lanes16 for f32 {
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn load16(x: *const f32, lanes: __mmask16) -> __m512 {
-        _mm512_maskz_loadu_ps(lanes, x)
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`], for the
+        // lanes set in `lanes`.
+        unsafe { _mm512_maskz_loadu_ps(lanes, x) }
     }
     #[inline(always)]
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut f32, lanes: __mmask16, r: __m512) {
-        _mm512_mask_storeu_ps(y, lanes, r)
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`], for the
+        // lanes set in `lanes`.
+        unsafe { _mm512_mask_storeu_ps(y, lanes, r) }
     }
     #[inline(always)]
     /// # Safety
     /// As [`Lanes16::stream16`].
     unsafe fn stream16<const HW_BF16: bool>(y: *mut f32, r: __m512) {
-        _mm512_stream_ps(y, r)
+        // SAFETY: the caller upholds this fn's contract: as [`Lanes16::stream16`].
+        unsafe { _mm512_stream_ps(y, r) }
     }
 }
 
@@ -273,11 +290,14 @@ impl Avx512Element for f64 {
         keep: u32,
         op: &Kept<f64>,
     ) {
-        let m = live(len);
-        for quarter in 0..4 {
-            let (lanes, k) = ((m >> (8 * quarter)) as u8, (keep >> (8 * quarter)) as u8);
-            let v = _mm512_maskz_loadu_pd(lanes, x.add(8 * quarter));
-            _mm512_mask_storeu_pd(y.add(8 * quarter), lanes, map_pd(v, k, op));
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`].
+        unsafe {
+            let m = live(len);
+            for quarter in 0..4 {
+                let (lanes, k) = ((m >> (8 * quarter)) as u8, (keep >> (8 * quarter)) as u8);
+                let v = _mm512_maskz_loadu_pd(lanes, x.add(8 * quarter));
+                _mm512_mask_storeu_pd(y.add(8 * quarter), lanes, map_pd(v, k, op));
+            }
         }
     }
 }
@@ -287,15 +307,21 @@ impl Lanes16 for f16 {
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn load16(x: *const f16, lanes: __mmask16) -> __m512 {
-        _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, x as *const i16))
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`], for the
+        // lanes set in `lanes`.
+        unsafe { _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(lanes, x as *const i16)) }
     }
     #[inline(always)]
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut f16, lanes: __mmask16, r: __m512) {
-        // Round to nearest even, as F16C's form and `f16::from_f32`.
-        let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(r);
-        _mm256_mask_storeu_epi16(y as *mut i16, lanes, h);
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`], for the
+        // lanes set in `lanes`.
+        unsafe {
+            // Round to nearest even, as F16C's form and `f16::from_f32`.
+            let h = _mm512_cvtps_ph::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(r);
+            _mm256_mask_storeu_epi16(y as *mut i16, lanes, h);
+        }
     }
 }
 
@@ -308,7 +334,8 @@ impl Lanes16 for f16 {
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
 unsafe fn widen_bf16(h: __m256i) -> __m512 {
-    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW and VL.
+    unsafe { _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h))) }
 }
 
 /// f32 to bf16 with integer operations: round to nearest even (add 0x7FFF plus the last
@@ -317,17 +344,20 @@ unsafe fn widen_bf16(h: __m256i) -> __m512 {
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL.
 unsafe fn narrow_bf16_integer(r: __m512) -> __m256i {
-    let x = _mm512_castps_si512(r);
-    let nan = _mm512_cmpgt_epu32_mask(
-        _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF)),
-        _mm512_set1_epi32(0x7F80_0000),
-    );
-    let top = _mm512_srli_epi32::<16>(x);
-    let last = _mm512_and_si512(top, _mm512_set1_epi32(1));
-    let biased = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7FFF)), last);
-    let rounded = _mm512_srli_epi32::<16>(biased);
-    let out = _mm512_mask_or_epi32(rounded, nan, top, _mm512_set1_epi32(0x40));
-    _mm512_cvtepi32_epi16(out)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW and VL.
+    unsafe {
+        let x = _mm512_castps_si512(r);
+        let nan = _mm512_cmpgt_epu32_mask(
+            _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF)),
+            _mm512_set1_epi32(0x7F80_0000),
+        );
+        let top = _mm512_srli_epi32::<16>(x);
+        let last = _mm512_and_si512(top, _mm512_set1_epi32(1));
+        let biased = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7FFF)), last);
+        let rounded = _mm512_srli_epi32::<16>(biased);
+        let out = _mm512_mask_or_epi32(rounded, nan, top, _mm512_set1_epi32(0x40));
+        _mm512_cvtepi32_epi16(out)
+    }
 }
 
 /// f32 to bf16, the spec's rounding; `vcvtneps2bf16` when `HW_BF16`, except for vectors
@@ -336,13 +366,17 @@ unsafe fn narrow_bf16_integer(r: __m512) -> __m256i {
 /// # Safety
 /// The CPU must support AVX-512 F, BW and VL, and AVX-512 BF16 when `HW_BF16`.
 unsafe fn narrow_bf16<const HW_BF16: bool>(r: __m512) -> __m256i {
-    if HW_BF16 {
-        // 0x20: a denormal of either sign.
-        if _mm512_fpclass_ps_mask::<0x20>(r) == 0 {
-            return hardware_narrow_bf16(r);
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW and VL,
+    // and AVX-512 BF16 when `HW_BF16`.
+    unsafe {
+        if HW_BF16 {
+            // 0x20: a denormal of either sign.
+            if _mm512_fpclass_ps_mask::<0x20>(r) == 0 {
+                return hardware_narrow_bf16(r);
+            }
         }
+        narrow_bf16_integer(r)
     }
-    narrow_bf16_integer(r)
 }
 
 /// `vcvtneps2bf16`; a separate function so that its feature does not leak into callers.
@@ -350,8 +384,12 @@ unsafe fn narrow_bf16<const HW_BF16: bool>(r: __m512) -> __m256i {
 /// # Safety
 /// The CPU must support AVX-512 F and AVX-512 BF16.
 unsafe fn hardware_narrow_bf16(r: __m512) -> __m256i {
-    // SAFETY (layout): __m256bh and __m256i are both 32 bytes of plain bits.
-    std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(r))
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F and AVX-512
+    // BF16.
+    unsafe {
+        // SAFETY (layout): __m256bh and __m256i are both 32 bytes of plain bits.
+        std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(r))
+    }
 }
 
 impl Lanes16 for bf16 {
@@ -359,13 +397,19 @@ impl Lanes16 for bf16 {
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn load16(x: *const bf16, lanes: __mmask16) -> __m512 {
-        widen_bf16(_mm256_maskz_loadu_epi16(lanes, x as *const i16))
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`], for the
+        // lanes set in `lanes`.
+        unsafe { widen_bf16(_mm256_maskz_loadu_epi16(lanes, x as *const i16)) }
     }
     #[inline(always)]
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut bf16, lanes: __mmask16, r: __m512) {
-        _mm256_mask_storeu_epi16(y as *mut i16, lanes, narrow_bf16::<HW_BF16>(r));
+        // SAFETY: the caller upholds this fn's contract: as [`Avx512Element::word`], for the
+        // lanes set in `lanes`.
+        unsafe {
+            _mm256_mask_storeu_epi16(y as *mut i16, lanes, narrow_bf16::<HW_BF16>(r));
+        }
     }
 }
 
@@ -385,42 +429,48 @@ unsafe fn chunk_body<T: Avx512Element, K: KeepSource, const HW_BF16: bool>(
     op: &Kept<T::Compute>,
     streaming: bool,
 ) {
-    let n = y.len();
-    let yp = y.as_mut_ptr();
-    let xp = match x {
-        Some(x) => x.as_ptr(),
-        None => yp as *const T,
-    };
-    // Streaming needs a chunk of at most CHUNK elements (its mask buffer's size); a call
-    // small enough to run as one piece never streams in practice (`stream::worth_it`).
-    if streaming && T::STREAMS && x.is_some() && n > 0 && n <= CHUNK {
-        T::stream::<K, HW_BF16>(first_word, xp, yp, n, bits, keep, op);
-        return;
-    }
-    // Whole groups of four words (128 elements): no partial word, so no lane masks.
-    let groups = n / 128;
-    for g in 0..groups {
-        let keep4 = keep.words4(first_word + 4 * g);
-        for (j, word) in keep4.into_iter().enumerate() {
-            let w = 4 * g + j;
-            // SAFETY: 32w + 32 <= 128 * groups <= n elements of both x and y.
-            T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), 32, word, op);
-            if let Some(bits) = bits.as_deref_mut() {
-                bits[w] = word;
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW, VL,
+    // DQ, F16C and BMI2 (and AVX-512 BF16 where the function enables it or `HW_BF16` is set);
+    // `x`, when given, is as long as `y`, and `bits`, when given, holds one word per 32
+    // elements of `y`.
+    unsafe {
+        let n = y.len();
+        let yp = y.as_mut_ptr();
+        let xp = match x {
+            Some(x) => x.as_ptr(),
+            None => yp as *const T,
+        };
+        // Streaming needs a chunk of at most CHUNK elements (its mask buffer's size); a call
+        // small enough to run as one piece never streams in practice (`stream::worth_it`).
+        if streaming && T::STREAMS && x.is_some() && n > 0 && n <= CHUNK {
+            T::stream::<K, HW_BF16>(first_word, xp, yp, n, bits, keep, op);
+            return;
+        }
+        // Whole groups of four words (128 elements): no partial word, so no lane masks.
+        let groups = n / 128;
+        for g in 0..groups {
+            let keep4 = keep.words4(first_word + 4 * g);
+            for (j, word) in keep4.into_iter().enumerate() {
+                let w = 4 * g + j;
+                // SAFETY: 32w + 32 <= 128 * groups <= n elements of both x and y.
+                T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), 32, word, op);
+                if let Some(bits) = bits.as_deref_mut() {
+                    bits[w] = word;
+                }
             }
         }
-    }
-    // The last 0-3 words, the last of them possibly partial.
-    let words = n.div_ceil(32);
-    if 4 * groups < words {
-        let keep4 = keep.words4(first_word + 4 * groups);
-        for (w, word) in (4 * groups..words).zip(keep4) {
-            let len = (n - 32 * w).min(32);
-            let word = word & live(len);
-            // SAFETY: 32w + len <= n elements of both x and y.
-            T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), len, word, op);
-            if let Some(bits) = bits.as_deref_mut() {
-                bits[w] = word;
+        // The last 0-3 words, the last of them possibly partial.
+        let words = n.div_ceil(32);
+        if 4 * groups < words {
+            let keep4 = keep.words4(first_word + 4 * groups);
+            for (w, word) in (4 * groups..words).zip(keep4) {
+                let len = (n - 32 * w).min(32);
+                let word = word & live(len);
+                // SAFETY: 32w + len <= n elements of both x and y.
+                T::word::<HW_BF16>(xp.add(32 * w), yp.add(32 * w), len, word, op);
+                if let Some(bits) = bits.as_deref_mut() {
+                    bits[w] = word;
+                }
             }
         }
     }
@@ -440,7 +490,11 @@ unsafe fn chunk_avx512<T: Avx512Element, K: KeepSource>(
     op: &Kept<T::Compute>,
     streaming: bool,
 ) {
-    chunk_body::<T, K, false>(first_word, x, y, bits, keep, op, streaming)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW, VL,
+    // DQ, F16C and BMI2 (and AVX-512 BF16 where the function enables it or `HW_BF16` is set);
+    // `x`, when given, is as long as `y`, and `bits`, when given, holds one word per 32
+    // elements of `y`.
+    unsafe { chunk_body::<T, K, false>(first_word, x, y, bits, keep, op, streaming) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,f16c,bmi2,avx512bf16")]
@@ -457,7 +511,11 @@ unsafe fn chunk_avx512_bf16<T: Avx512Element, K: KeepSource>(
     op: &Kept<T::Compute>,
     streaming: bool,
 ) {
-    chunk_body::<T, K, true>(first_word, x, y, bits, keep, op, streaming)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW, VL,
+    // DQ, F16C and BMI2 (and AVX-512 BF16 where the function enables it or `HW_BF16` is set);
+    // `x`, when given, is as long as `y`, and `bits`, when given, holds one word per 32
+    // elements of `y`.
+    unsafe { chunk_body::<T, K, true>(first_word, x, y, bits, keep, op, streaming) }
 }
 
 /// y = keep ? op(x) : dropped over the whole call, chunks on all cores; the keep bits of
@@ -472,8 +530,12 @@ pub(crate) unsafe fn map_elementwise<T: Avx512Element, K: KeepSource>(
     keep: &K,
     op: Kept<T::Compute>,
 ) {
-    let streaming = matches!(x, Source::Slice(_)) && stream::worth_it(y);
-    map_elementwise_with(x, y, bits_out, keep, op, streaming)
+    // SAFETY: the caller upholds this fn's contract:
+    // [`has_avx512`](crate::host::simd::has_avx512) must be true.
+    unsafe {
+        let streaming = matches!(x, Source::Slice(_)) && stream::worth_it(y);
+        map_elementwise_with(x, y, bits_out, keep, op, streaming)
+    }
 }
 
 /// [`map_elementwise`] with the choice of streaming stores made by the caller (tests use
@@ -522,11 +584,15 @@ pub(crate) unsafe fn fill_keep_bits(bits: &mut [u32], keep: &Regenerate, n: usiz
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL, DQ and BMI2.
 unsafe fn fill_keep_bits_chunk(first_word: usize, words: &mut [u32], keep: &Regenerate, n: usize) {
-    for (g, out) in words.chunks_mut(4).enumerate() {
-        let w = first_word + 4 * g;
-        let keep4 = keep.words4(w);
-        for (j, (word, kept)) in out.iter_mut().zip(keep4).enumerate() {
-            *word = kept & live(n.saturating_sub(32 * (w + j)).min(32));
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW, VL, DQ
+    // and BMI2.
+    unsafe {
+        for (g, out) in words.chunks_mut(4).enumerate() {
+            let w = first_word + 4 * g;
+            let keep4 = keep.words4(w);
+            for (j, (word, kept)) in out.iter_mut().zip(keep4).enumerate() {
+                *word = kept & live(n.saturating_sub(32 * (w + j)).min(32));
+            }
         }
     }
 }

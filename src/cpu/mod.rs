@@ -12,6 +12,7 @@ pub mod grouped;
 pub mod norm;
 pub mod recycle;
 pub mod residual;
+mod rows;
 /// Which instruction set the CPU backend uses (the leaf module `host::simd`, re-exported).
 pub use crate::host::simd;
 

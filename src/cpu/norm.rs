@@ -8,6 +8,7 @@
 //! partial column sums, added in block order at the end. Neither depends on the thread
 //! count.
 
+use super::rows::{bits_at, for_chunks, for_tasks, lane_tree, row_sum};
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
 use crate::mask::{fill_keep_bits, mask_words};
@@ -73,122 +74,6 @@ pub struct NormGrads<'a, T, R> {
     pub gamma: &'a mut [T],
     /// d/dbeta, H.
     pub beta: Option<&'a mut [T]>,
-}
-
-/// Runs `run` on every task, on all cores when `parallel`, each call through [`simd_call`].
-fn for_tasks<X: Send>(tasks: Vec<X>, parallel: bool, run: impl Fn(X) + Sync) {
-    if parallel {
-        tasks.into_par_iter().for_each(|t| {
-            simd_call(
-                #[inline(always)]
-                || run(t),
-            )
-        });
-    } else {
-        tasks.into_iter().for_each(|t| {
-            simd_call(
-                #[inline(always)]
-                || run(t),
-            )
-        });
-    }
-}
-
-/// Runs `f` compiled for AVX2 and F16C where the CPU has them (the row loops are plain
-/// slice loops: this lets them run 8 lanes wide instead of SSE2's 4; the arithmetic is the
-/// same IEEE operations, never contracted).
-#[inline(always)]
-fn simd_call(f: impl FnOnce()) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if crate::host::simd::avx2() {
-            // SAFETY: the CPU supports AVX2 and F16C (host::simd checked both).
-            unsafe { call_avx2(f) };
-            return;
-        }
-    }
-    f()
-}
-
-/// `f` inlined into a function compiled for AVX2 and F16C.
-///
-/// # Safety
-/// The CPU must support AVX2 and F16C.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn call_avx2(f: impl FnOnce()) {
-    f()
-}
-
-/// Runs `$body` for each chunk of 32 columns of a row of `$h` (`$c0` its first column,
-/// `$len` its width): full chunks with `$len` the constant 32, so their loops unroll and
-/// vectorize, then the partial last chunk, if any.
-macro_rules! for_chunks {
-    ($h:expr, |$c0:ident, $len:ident| $body:block) => {{
-        let h = $h;
-        let full = h - h % ROW_SUM_LANES;
-        let mut $c0 = 0;
-        while $c0 < full {
-            let $len = ROW_SUM_LANES;
-            $body
-            $c0 += ROW_SUM_LANES;
-        }
-        if $c0 < h {
-            let $len = h - $c0;
-            $body
-        }
-    }};
-}
-
-/// The fixed tree of section 6.3 over the 32 lane sums: lane l adds lane l + w for w =
-/// 16, 8, 4, 2, 1.
-#[inline(always)]
-fn lane_tree<C: ComputeFloat>(mut acc: [C; ROW_SUM_LANES]) -> C {
-    let mut w = ROW_SUM_LANES / 2;
-    while w >= 1 {
-        for l in 0..w {
-            acc[l] = acc[l].add(acc[l + w]);
-        }
-        w /= 2;
-    }
-    acc[0]
-}
-
-/// The 32 mask bits from bit `b` of `bits` on (bit j of the result is bit b + j; bits
-/// past the end of the mask read as 0).
-#[inline(always)]
-fn bits_at(bits: &[u32], b: usize) -> u32 {
-    let (w, sh) = (b / 32, b % 32);
-    let lo = bits[w] >> sh;
-    if sh == 0 {
-        lo
-    } else {
-        lo | bits.get(w + 1).map_or(0, |&hi| hi << (32 - sh))
-    }
-}
-
-/// The row sum S(f) of section 6.3 of `f(v_j)`: 32 lanes striding by 32 (lane k adds
-/// v_k, v_{k+32}, ... in order, from +0), then the fixed tree.
-#[inline(always)]
-fn row_sum<C: ComputeFloat>(v: &[C], f: impl Fn(C) -> C) -> C {
-    let mut acc = [C::ZERO; ROW_SUM_LANES];
-    let mut chunks = v.chunks_exact(ROW_SUM_LANES);
-    for chunk in &mut chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a = a.add(f(x));
-        }
-    }
-    for (a, &x) in acc.iter_mut().zip(chunks.remainder()) {
-        *a = a.add(f(x));
-    }
-    let mut w = ROW_SUM_LANES / 2;
-    while w >= 1 {
-        for l in 0..w {
-            acc[l] = acc[l].add(acc[l + w]);
-        }
-        w /= 2;
-    }
-    acc[0]
 }
 
 /// `vals` widened to the compute type, or `None` when absent.
@@ -645,34 +530,5 @@ fn finish_columns<T: Element>(
             acc += which(p)[c];
         }
         *o = T::from_f64(acc);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn row_sum_is_the_lane_tree() {
-        // H = 40: lanes 0..8 hold two values, the others one; the tree pairs lane l with
-        // l + 16, then l + 8, ... Values chosen so f32 rounding shows the order.
-        let vals: Vec<f32> = (0..40)
-            .map(|j| if j % 3 == 0 { 1e8 } else { 1.0 + j as f32 })
-            .collect();
-        let mut acc = [0f32; 32];
-        for (j, &v) in vals.iter().enumerate() {
-            acc[j % 32] += v;
-        }
-        for w in [16, 8, 4, 2, 1] {
-            for l in 0..w {
-                acc[l] += acc[l + w];
-            }
-        }
-        assert_eq!(row_sum(&vals, |x| x).to_bits(), acc[0].to_bits());
-        // And it is not the plain left-to-right sum for these values.
-        let plain: f32 = vals.iter().sum();
-        assert_ne!(plain.to_bits(), acc[0].to_bits());
-        // Fewer than 32 values: idle lanes stay +0, so -0 becomes +0.
-        assert_eq!(row_sum(&[-0.0f32], |x| x).to_bits(), 0.0f32.to_bits());
     }
 }

@@ -88,10 +88,13 @@ mod f16c {
     /// The CPU must support F16C.
     #[inline(always)]
     pub(super) unsafe fn widen32(src: &[f16; 32], dst: &mut [f32; 32]) {
-        for i in 0..4 {
-            // SAFETY: 8 elements at 8 * i, i < 4, inside both arrays; unaligned accesses.
-            let h = _mm_loadu_si128(src.as_ptr().add(8 * i) as *const __m128i);
-            _mm256_storeu_ps(dst.as_mut_ptr().add(8 * i), _mm256_cvtph_ps(h));
+        // SAFETY: the caller upholds this fn's contract: the CPU must support F16C.
+        unsafe {
+            for i in 0..4 {
+                // SAFETY: 8 elements at 8 * i, i < 4, inside both arrays; unaligned accesses.
+                let h = _mm_loadu_si128(src.as_ptr().add(8 * i) as *const __m128i);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(8 * i), _mm256_cvtph_ps(h));
+            }
         }
     }
 
@@ -101,11 +104,14 @@ mod f16c {
     /// The CPU must support F16C.
     #[inline(always)]
     pub(super) unsafe fn narrow32(src: &[f32; 32], dst: &mut [f16; 32]) {
-        for i in 0..4 {
-            // SAFETY: 8 elements at 8 * i, i < 4, inside both arrays; unaligned accesses.
-            let v = _mm256_loadu_ps(src.as_ptr().add(8 * i));
-            let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
-            _mm_storeu_si128(dst.as_mut_ptr().add(8 * i) as *mut __m128i, h);
+        // SAFETY: the caller upholds this fn's contract: the CPU must support F16C.
+        unsafe {
+            for i in 0..4 {
+                // SAFETY: 8 elements at 8 * i, i < 4, inside both arrays; unaligned accesses.
+                let v = _mm256_loadu_ps(src.as_ptr().add(8 * i));
+                let h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v);
+                _mm_storeu_si128(dst.as_mut_ptr().add(8 * i) as *mut __m128i, h);
+            }
         }
     }
 }
@@ -122,16 +128,19 @@ mod bf16_avx2 {
     /// The CPU must support AVX2.
     #[inline(always)]
     pub(super) unsafe fn widen32(src: &[bf16; 32], dst: &mut [f32; 32]) {
-        let abs = _mm256_set1_epi32(0x7FFF);
-        let inf = _mm256_set1_epi32(0x7F80);
-        let quiet = _mm256_set1_epi32(0x40);
-        for i in 0..4 {
-            // SAFETY: 8 elements at 8 * i, i < 4, inside both arrays; unaligned accesses.
-            let h = _mm_loadu_si128(src.as_ptr().add(8 * i) as *const __m128i);
-            let h = _mm256_cvtepu16_epi32(h);
-            let nan = _mm256_cmpgt_epi32(_mm256_and_si256(h, abs), inf);
-            let w = _mm256_slli_epi32::<16>(_mm256_or_si256(h, _mm256_and_si256(nan, quiet)));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(8 * i) as *mut __m256i, w);
+        // SAFETY: the caller upholds this fn's contract: the CPU must support AVX2.
+        unsafe {
+            let abs = _mm256_set1_epi32(0x7FFF);
+            let inf = _mm256_set1_epi32(0x7F80);
+            let quiet = _mm256_set1_epi32(0x40);
+            for i in 0..4 {
+                // SAFETY: 8 elements at 8 * i, i < 4, inside both arrays; unaligned accesses.
+                let h = _mm_loadu_si128(src.as_ptr().add(8 * i) as *const __m128i);
+                let h = _mm256_cvtepu16_epi32(h);
+                let nan = _mm256_cmpgt_epi32(_mm256_and_si256(h, abs), inf);
+                let w = _mm256_slli_epi32::<16>(_mm256_or_si256(h, _mm256_and_si256(nan, quiet)));
+                _mm256_storeu_si256(dst.as_mut_ptr().add(8 * i) as *mut __m256i, w);
+            }
         }
     }
 
@@ -139,32 +148,35 @@ mod bf16_avx2 {
     /// The CPU must support AVX2.
     #[inline(always)]
     pub(super) unsafe fn narrow32(src: &[f32; 32], dst: &mut [bf16; 32]) {
-        let abs = _mm256_set1_epi32(0x7FFF_FFFF);
-        let inf = _mm256_set1_epi32(0x7F80_0000);
-        let sticky_or_last = _mm256_set1_epi32(0x1_7FFF);
-        let one = _mm256_set1_epi32(1);
-        let quiet = _mm256_set1_epi32(0x40);
-        let zero = _mm256_setzero_si256();
-        let mut out = [_mm256_setzero_si256(); 4];
-        for (i, o) in out.iter_mut().enumerate() {
-            // SAFETY: 8 elements at 8 * i, i < 4, inside `src`; unaligned loads.
-            let x = _mm256_loadu_si256(src.as_ptr().add(8 * i) as *const __m256i);
-            // Compares are signed, so the masked (non-negative) value is compared.
-            let nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, abs), inf);
-            let round = _mm256_and_si256(_mm256_srli_epi32::<15>(x), one);
-            let rest = _mm256_cmpeq_epi32(_mm256_and_si256(x, sticky_or_last), zero);
-            let up = _mm256_andnot_si256(rest, round);
-            let top = _mm256_srli_epi32::<16>(x);
-            let rounded = _mm256_add_epi32(top, _mm256_andnot_si256(nan, up));
-            *o = _mm256_or_si256(rounded, _mm256_and_si256(nan, quiet));
-        }
-        // Pack pairs of registers to u16 (values fit, so saturation never applies); packus
-        // works within 128-bit halves, so the 64-bit quarters are put back in order.
-        for j in 0..2 {
-            let p = _mm256_packus_epi32(out[2 * j], out[2 * j + 1]);
-            let p = _mm256_permute4x64_epi64::<0b1101_1000>(p);
-            // SAFETY: 16 elements at 16 * j, j < 2, inside `dst`; unaligned store.
-            _mm256_storeu_si256(dst.as_mut_ptr().add(16 * j) as *mut __m256i, p);
+        // SAFETY: the caller upholds this fn's contract: the CPU must support AVX2.
+        unsafe {
+            let abs = _mm256_set1_epi32(0x7FFF_FFFF);
+            let inf = _mm256_set1_epi32(0x7F80_0000);
+            let sticky_or_last = _mm256_set1_epi32(0x1_7FFF);
+            let one = _mm256_set1_epi32(1);
+            let quiet = _mm256_set1_epi32(0x40);
+            let zero = _mm256_setzero_si256();
+            let mut out = [_mm256_setzero_si256(); 4];
+            for (i, o) in out.iter_mut().enumerate() {
+                // SAFETY: 8 elements at 8 * i, i < 4, inside `src`; unaligned loads.
+                let x = _mm256_loadu_si256(src.as_ptr().add(8 * i) as *const __m256i);
+                // Compares are signed, so the masked (non-negative) value is compared.
+                let nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, abs), inf);
+                let round = _mm256_and_si256(_mm256_srli_epi32::<15>(x), one);
+                let rest = _mm256_cmpeq_epi32(_mm256_and_si256(x, sticky_or_last), zero);
+                let up = _mm256_andnot_si256(rest, round);
+                let top = _mm256_srli_epi32::<16>(x);
+                let rounded = _mm256_add_epi32(top, _mm256_andnot_si256(nan, up));
+                *o = _mm256_or_si256(rounded, _mm256_and_si256(nan, quiet));
+            }
+            // Pack pairs of registers to u16 (values fit, so saturation never applies); packus
+            // works within 128-bit halves, so the 64-bit quarters are put back in order.
+            for j in 0..2 {
+                let p = _mm256_packus_epi32(out[2 * j], out[2 * j + 1]);
+                let p = _mm256_permute4x64_epi64::<0b1101_1000>(p);
+                // SAFETY: 16 elements at 16 * j, j < 2, inside `dst`; unaligned store.
+                _mm256_storeu_si256(dst.as_mut_ptr().add(16 * j) as *mut __m256i, p);
+            }
         }
     }
 }

@@ -146,12 +146,15 @@ unsafe fn two_rounds(s: &mut [Blocks8; 4], m0: __m512i, m1: __m512i, k: *const u
 /// The CPU must support AVX-512 F and BMI2.
 #[inline(always)]
 unsafe fn keep_word(s: &Blocks8, t: __m512i) -> u32 {
-    // Even bits of each compare: the low halves, one per block.
-    let keeps = |v| u32::from(_mm512_cmpge_epu32_mask(v, t)) & 0x5555;
-    // Bits 2i and 2i + 1: lanes 0 and 1 (then 2 and 3) of block i.
-    let lanes01 = keeps(s[0]) | keeps(s[1]) << 1;
-    let lanes23 = keeps(s[2]) | keeps(s[3]) << 1;
-    _pdep_u32(lanes01, 0x3333_3333) | _pdep_u32(lanes23, 0xCCCC_CCCC)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F and BMI2.
+    unsafe {
+        // Even bits of each compare: the low halves, one per block.
+        let keeps = |v| u32::from(_mm512_cmpge_epu32_mask(v, t)) & 0x5555;
+        // Bits 2i and 2i + 1: lanes 0 and 1 (then 2 and 3) of block i.
+        let lanes01 = keeps(s[0]) | keeps(s[1]) << 1;
+        let lanes23 = keeps(s[2]) | keeps(s[3]) << 1;
+        _pdep_u32(lanes01, 0x3333_3333) | _pdep_u32(lanes23, 0xCCCC_CCCC)
+    }
 }
 
 /// The keep words of decisions `4 * block .. 4 * block + 128` for counter words 2-3 from
@@ -166,27 +169,30 @@ pub(crate) unsafe fn keep_words4(
     block: u64,
     t: __m512i,
 ) -> [u32; 4] {
-    let m0 = _mm512_set1_epi64(i64::from(M0));
-    let m1 = _mm512_set1_epi64(i64::from(M1));
-    let c2 = _mm512_set1_epi64((offset & 0xFFFF_FFFF) as i64);
-    let c3 = _mm512_set1_epi64((offset >> 32) as i64);
-    let lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
-    // Set j: blocks block + 8j + lane; each lane's high half is ignored by `vpmuludq`,
-    // so the 64-bit index serves as word 0 directly.
-    let set = |j: u64| {
-        let g = _mm512_add_epi64(_mm512_set1_epi64(block.wrapping_add(8 * j) as i64), lanes);
-        [g, _mm512_srli_epi64::<32>(g), c2, c3]
-    };
-    let mut s = [set(0), set(1), set(2), set(3)];
-    for pair in 0..5 {
-        // SAFETY: 4 * pair + 4 <= 20 keys.
-        unsafe { two_rounds(&mut s, m0, m1, keys.0.as_ptr().add(4 * pair)) };
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F and BMI2.
+    unsafe {
+        let m0 = _mm512_set1_epi64(i64::from(M0));
+        let m1 = _mm512_set1_epi64(i64::from(M1));
+        let c2 = _mm512_set1_epi64((offset & 0xFFFF_FFFF) as i64);
+        let c3 = _mm512_set1_epi64((offset >> 32) as i64);
+        let lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+        // Set j: blocks block + 8j + lane; each lane's high half is ignored by `vpmuludq`,
+        // so the 64-bit index serves as word 0 directly.
+        let set = |j: u64| {
+            let g = _mm512_add_epi64(_mm512_set1_epi64(block.wrapping_add(8 * j) as i64), lanes);
+            [g, _mm512_srli_epi64::<32>(g), c2, c3]
+        };
+        let mut s = [set(0), set(1), set(2), set(3)];
+        for pair in 0..5 {
+            // In bounds: 4 * pair + 4 <= 20 keys.
+            two_rounds(&mut s, m0, m1, keys.0.as_ptr().add(4 * pair));
+        }
+        // Written out: `array::map` would call a closure compiled without BMI2.
+        [
+            keep_word(&s[0], t),
+            keep_word(&s[1], t),
+            keep_word(&s[2], t),
+            keep_word(&s[3], t),
+        ]
     }
-    // Written out: `array::map` would call a closure compiled without BMI2.
-    [
-        keep_word(&s[0], t),
-        keep_word(&s[1], t),
-        keep_word(&s[2], t),
-        keep_word(&s[3], t),
-    ]
 }

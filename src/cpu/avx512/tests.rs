@@ -315,11 +315,15 @@ fn streaming_trigger_every_dtype() {
 /// # Safety
 /// The CPU must support AVX-512 F, BW, VL and BF16.
 unsafe fn narrow_both(src: &[f32; 16]) -> ([u16; 16], [u16; 16]) {
-    let r = _mm512_loadu_ps(src.as_ptr());
-    let (mut hw, mut int) = ([0u16; 16], [0u16; 16]);
-    _mm256_storeu_si256(hw.as_mut_ptr() as *mut __m256i, narrow_bf16::<true>(r));
-    _mm256_storeu_si256(int.as_mut_ptr() as *mut __m256i, narrow_bf16::<false>(r));
-    (hw, int)
+    // SAFETY: the caller upholds this fn's contract: the CPU must support AVX-512 F, BW, VL and
+    // BF16.
+    unsafe {
+        let r = _mm512_loadu_ps(src.as_ptr());
+        let (mut hw, mut int) = ([0u16; 16], [0u16; 16]);
+        _mm256_storeu_si256(hw.as_mut_ptr() as *mut __m256i, narrow_bf16::<true>(r));
+        _mm256_storeu_si256(int.as_mut_ptr() as *mut __m256i, narrow_bf16::<false>(r));
+        (hw, int)
+    }
 }
 
 /// Both bf16 narrowings against `half` on every class of f32: a stride through all bit
