@@ -71,10 +71,6 @@ pub enum Error {
         got: String,
     },
 
-    /// A saved forward state was handed to the wrong backward.
-    #[error("saved state does not match this call: {0}")]
-    StateMismatch(String),
-
     /// An index or size does not fit the range the operation supports (an element count
     /// or byte size that overflows, decision indices past 2^64).
     #[error("{0}")]
@@ -114,15 +110,15 @@ pub enum Error {
     )]
     UnsupportedPtx(String),
 
-    /// Any other error from the CUDA driver, with its code and name.
-    #[error("CUDA driver error {code} ({name}) in {context}")]
+    /// Any other error from the CUDA driver; [`std::error::Error::source`] gives the
+    /// driver's own error, with its code and name.
+    #[error("CUDA driver error {} ({}) in {context}", .driver.code, .driver.name)]
     Cuda {
         /// What dropkit was doing.
         context: String,
-        /// The driver's `CUresult` code.
-        code: u32,
-        /// Its name (`CUDA_ERROR_...`).
-        name: String,
+        /// The driver's error.
+        #[source]
+        driver: DriverError,
     },
 
     /// An [`RngTracker`](crate::RngTracker) was asked for a region it does not have.
@@ -163,4 +159,45 @@ pub enum Error {
         /// The device that lacks it.
         device: String,
     },
+}
+
+/// An error code returned by the CUDA driver (a `CUresult` other than `CUDA_SUCCESS`), the
+/// [source](std::error::Error::source) of [`Error::Cuda`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name} (CUresult {code})")]
+pub struct DriverError {
+    /// The driver's `CUresult` code.
+    pub code: u32,
+    /// Its name (`CUDA_ERROR_...`).
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DriverError, Error};
+
+    #[test]
+    fn a_driver_error_is_the_source_of_error_cuda() {
+        let e = Error::Cuda {
+            context: "launching dropout_fwd_f32".into(),
+            driver: DriverError {
+                code: 700,
+                name: "CUDA_ERROR_ILLEGAL_ADDRESS".into(),
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "CUDA driver error 700 (CUDA_ERROR_ILLEGAL_ADDRESS) in launching dropout_fwd_f32"
+        );
+        let source = std::error::Error::source(&e).expect("the driver's error is the source");
+        let driver = source.downcast_ref::<DriverError>().expect("a DriverError");
+        assert_eq!(
+            (driver.code, driver.name.as_str()),
+            (700, "CUDA_ERROR_ILLEGAL_ADDRESS")
+        );
+        assert_eq!(
+            source.to_string(),
+            "CUDA_ERROR_ILLEGAL_ADDRESS (CUresult 700)"
+        );
+    }
 }

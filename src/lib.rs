@@ -56,7 +56,7 @@ pub mod tracker;
 
 pub use device::Device;
 pub use element::{DType, Element};
-pub use error::{Error, Result};
+pub use error::{DriverError, Error, Result};
 pub use functional::DropoutState;
 pub use generator::{default_generator, manual_seed, Generator, GeneratorState};
 pub use layers::{

@@ -62,7 +62,6 @@ fn reason(e: Error) -> String {
     }
 }
 
-/// Maps a driver error to [`Error::Cuda`] with its code and name.
 /// [`CudaDevice::refuse_capture`] for a stream known only through a buffer.
 pub(crate) fn refuse_capture_on(stream: &CudaStream, op: &'static str) -> Result<()> {
     use cudarc::driver::sys::CUstreamCaptureStatus as S;
@@ -73,14 +72,17 @@ pub(crate) fn refuse_capture_on(stream: &CudaStream, op: &'static str) -> Result
     }
 }
 
+/// Maps a driver error to [`Error::Cuda`], the driver's code and name as its source.
 pub(crate) fn driver_error(context: impl Into<String>) -> impl FnOnce(DriverError) -> Error {
     let context = context.into();
     move |e| {
         // The enum's Debug form is the driver's error name; no driver call needed.
         Error::Cuda {
             context,
-            code: e.0 as u32,
-            name: format!("{:?}", e.0),
+            driver: crate::error::DriverError {
+                code: e.0 as u32,
+                name: format!("{:?}", e.0),
+            },
         }
     }
 }

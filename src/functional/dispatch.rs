@@ -45,7 +45,7 @@ pub(crate) fn train_or_identity<T: Element>(
         return Ok((x.try_clone()?, DropoutState::identity(x, prob)));
     }
     let (y, state) = train(Operand::Input(x), &prob, pos, mode)?;
-    Ok((new_output(y)?, state))
+    Ok((new_output(y), state))
 }
 
 /// One validated training forward as each backend runs it; [`run_forward`] calls the arm
@@ -95,15 +95,20 @@ pub(crate) fn run_forward<T: Element>(
     ))
 }
 
-/// The output of a forward over a separate input (always `Some`).
-pub(crate) fn new_output<T: Element>(y: Option<Tensor<T>>) -> Result<Tensor<T>> {
-    y.ok_or_else(|| {
-        Error::StateMismatch("a forward over a separate input returned no output".into())
-    })
+/// The output of a forward over a separate input: every backend allocates one for such a
+/// forward, so `None` is a bug in dropkit, not in the call.
+pub(crate) fn new_output<T: Element>(y: Option<Tensor<T>>) -> Tensor<T> {
+    match y {
+        Some(y) => y,
+        None => unreachable!("a forward over a separate input returned no output"),
+    }
 }
 
-pub(crate) fn mask_elsewhere() -> Error {
-    Error::StateMismatch("the saved mask lives on another device than the gradient".into())
+/// A saved mask on another device than its gradient. Every backward compares the state's
+/// device with the gradient's first (`DeviceMismatch`), and a state's mask and statistics
+/// live where it was made, so reaching this is a bug in dropkit.
+pub(crate) fn mask_elsewhere() -> ! {
+    unreachable!("the saved mask lives on another device than the gradient, after the device check")
 }
 
 /// Decision indices are u64: `index_base + n` must not wrap.

@@ -114,7 +114,7 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
                     let bits = regenerate_bits(pos, prob, state.decisions, n)?;
                     cpu::grouped::grouped_apply(src, &mut dx, &bits, layout, Kept::Scale(scale))
                 }
-                _ => return Err(mask_elsewhere()),
+                _ => mask_elsewhere(),
             }
             Storage::Cpu(dx)
         }
@@ -122,7 +122,7 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
             let mask = match saved {
                 Saved::Bits(MaskBuffer::Cuda(bits)) => cuda::dropout::SavedMask::Bits(bits),
                 Saved::Regenerate(pos) => cuda::dropout::SavedMask::Regenerate(*pos),
-                _ => return Err(mask_elsewhere()),
+                _ => mask_elsewhere(),
             };
             Storage::Cuda(cuda::dropout::backward(
                 g,

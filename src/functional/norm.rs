@@ -419,7 +419,7 @@ where
             let n = dzs.len();
             let bits = match &state.saved {
                 Saved::Bits(MaskBuffer::Cpu(b)) => Some(b.as_slice()),
-                Saved::Bits(MaskBuffer::Cuda(_)) => return Err(super::dispatch::mask_elsewhere()),
+                Saved::Bits(MaskBuffer::Cuda(_)) => super::dispatch::mask_elsewhere(),
                 _ => None,
             };
             let mut dx = cpu::alloc_output::<T>(n)?;
@@ -460,7 +460,7 @@ where
         (Storage::Cuda(dzb), Storage::Cuda(stats)) => {
             let mask = match &state.saved {
                 Saved::Bits(MaskBuffer::Cuda(b)) => Some(b),
-                Saved::Bits(MaskBuffer::Cpu(_)) => return Err(super::dispatch::mask_elsewhere()),
+                Saved::Bits(MaskBuffer::Cpu(_)) => super::dispatch::mask_elsewhere(),
                 _ => None,
             };
             let inputs = cuda::norm::NormGradBuffers {
@@ -484,7 +484,7 @@ where
                 g.beta.map(Storage::Cuda),
             )
         }
-        _ => return Err(super::dispatch::mask_elsewhere()),
+        _ => super::dispatch::mask_elsewhere(),
     };
     let shape = state.shape.clone();
     Ok(AddNormGrads {

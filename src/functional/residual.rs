@@ -86,7 +86,7 @@ pub fn bias_dropout_residual<T: Element>(
         pos,
         mode,
     )?;
-    Ok((new_output(out)?, state))
+    Ok((new_output(out), state))
 }
 
 /// One fused training (or eval) forward over x and bias, reading the residual operand.

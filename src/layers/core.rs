@@ -57,7 +57,7 @@ impl LayerCore {
         functional::check_index_range(self.index_base, x.len())?;
         x.device().refuse_capture("a training forward")?;
         let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
-        Ok((new_output(y)?, state))
+        Ok((new_output(y), state))
     }
 
     /// [`LayerCore::forward`] writing the output over `x`.

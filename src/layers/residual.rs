@@ -46,7 +46,7 @@ impl BiasDropoutResidual {
         residual: &Tensor<T>,
     ) -> Result<(Tensor<T>, BiasDropoutResidualState)> {
         let (out, state) = self.run(x, bias, Operand::Input(residual))?;
-        Ok((new_output(out)?, state))
+        Ok((new_output(out), state))
     }
 
     /// Forward writing the output over `residual` (the residual stream), same bits.
