@@ -10,8 +10,10 @@
 //!   [`plan`] the vocabulary of a call (stream position, mask mode, decision layout, what a
 //!   kept element becomes); `alloc` allocates every host buffer sized by user input,
 //!   fallibly;
-//! - [`cpu`] and `cuda` are the backends, which know only those leaf modules (without the
-//!   `cuda` feature, a stand-in whose buffers cannot exist takes the place of `cuda`);
+//! - [`cpu`] and `cuda` are the backends, which know only those leaf modules; `backend` is
+//!   the trait the device backend implements (without the `cuda` feature, a stand-in
+//!   whose buffers cannot exist implements it in place of `cuda`, so the compiler checks
+//!   both against one interface);
 //! - [`functional`] validates a call and dispatches on where its tensor lives;
 //! - [`layers`] are what users hold, and `candle` the same layers for candle tensors.
 //!
@@ -33,6 +35,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod alloc;
+mod backend;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod cpu;

@@ -123,6 +123,12 @@ impl<T: Element> CudaBuffer<T> {
     }
 }
 
+/// The CUDA backend, as a type: what implements the backend interface
+/// (`crate::backend::DeviceBackend`, in `cuda/backend.rs`). A marker, since the device
+/// travels with each buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cuda;
+
 /// The tensor a CUDA forward reads: a separate input or the output itself (in place).
 pub(crate) enum CudaOperand<'a, T> {
     Input(&'a CudaBuffer<T>),

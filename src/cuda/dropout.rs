@@ -94,10 +94,7 @@ pub(crate) unsafe fn forward_raw<T: Element>(
 
 /// The decisions a backward reads: saved bits on this device, or the stream position to
 /// regenerate them from.
-pub(crate) enum SavedMask<'a> {
-    Bits(&'a MaskSlice),
-    Regenerate(StreamPos),
-}
+pub(crate) type SavedMask<'a> = crate::backend::SavedMask<'a, MaskSlice>;
 
 /// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
 pub(crate) fn backward<T: Element>(

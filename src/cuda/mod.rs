@@ -12,8 +12,9 @@
 //!
 //! | file | what |
 //! |---|---|
+//! | `backend.rs` | `Cuda`'s implementation of the backend interface (`crate::backend`), one line per operation |
 //! | `device.rs` | [`CudaDevice`]: context, stream, module and function cache, grid size |
-//! | `buffer.rs` | [`CudaBuffer`] and the operand of a forward |
+//! | `buffer.rs` | [`CudaBuffer`], the operand of a forward, and `Cuda`, the backend as a type |
 //! | `kernels.rs` | the embedded modules, one typed constant each |
 //! | `launch.rs` | the per-call draw passed to every kernel, launch helpers, NVTX |
 //! | `dropout.rs` | elementwise forwards (dropout, alpha dropout) and every backward |
@@ -27,6 +28,7 @@
 //!
 //! [`Error::CudaUnavailable`]: crate::Error::CudaUnavailable
 
+pub(crate) mod backend;
 pub(crate) mod buffer;
 mod device;
 pub(crate) mod dropout;
@@ -37,7 +39,7 @@ pub(crate) mod norm;
 pub mod nvrtc;
 pub(crate) mod residual;
 
+pub(crate) use buffer::Cuda;
 pub use buffer::CudaBuffer;
-pub(crate) use buffer::Forward;
-pub(crate) use buffer::{download_u32, CudaOperand, MaskSlice};
+pub(crate) use buffer::{CudaOperand, MaskSlice};
 pub use device::{embedded_ptx, kernels_built, CudaDevice};

@@ -4,7 +4,7 @@
 //! (`add_norm_dgamma_partial`, then `column_sum_finish`). Each kernel takes one argument
 //! struct, laid out as its twin in kernels/dropout_add_norm.cu.
 
-use super::buffer::{CudaBuffer, MaskSlice};
+use super::buffer::{Cuda, CudaBuffer, MaskSlice};
 use super::device::CudaDevice;
 use super::grouped::mask_bits;
 use super::kernels::ops::{
@@ -12,53 +12,18 @@ use super::kernels::ops::{
 };
 use super::launch::{kernel, launch, op_range, pair_kernel, DkDraw};
 use super::residual::queue_column_sum;
+use crate::backend::{self, Wanted};
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::mask_words;
 use crate::plan::{MaskMode, Norm, NormCall, COLUMN_SUM_BLOCK_ROWS};
 use cudarc::driver::{CudaView, DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
-/// The forward's inputs on the device.
-pub(crate) struct NormBuffers<'a, T, R> {
-    pub x: &'a CudaBuffer<T>,
-    pub bias: Option<&'a CudaBuffer<T>>,
-    pub residual: Option<&'a CudaBuffer<R>>,
-    pub gamma: &'a CudaBuffer<T>,
-    pub beta: Option<&'a CudaBuffer<T>>,
-}
-
-/// The forward's results: z, s, the row statistics and the mask (bits form).
-pub(crate) struct NormForward<T, R> {
-    pub z: CudaBuffer<T>,
-    pub s: CudaBuffer<R>,
-    pub stats: CudaBuffer<f64>,
-    pub mask: Option<MaskSlice>,
-}
-
-/// The backward's inputs on the device; `mask` is the forward's (bits form) or `None`.
-pub(crate) struct NormGradBuffers<'a, T, R> {
-    pub dz: &'a CudaBuffer<T>,
-    pub ds: Option<&'a CudaBuffer<R>>,
-    pub s: &'a CudaBuffer<R>,
-    pub gamma: &'a CudaBuffer<T>,
-    pub stats: &'a CudaBuffer<f64>,
-    pub mask: Option<&'a MaskSlice>,
-}
-
-/// Which optional gradients the forward's inputs call for.
-pub(crate) struct Wanted {
-    pub residual: bool,
-    pub bias: bool,
-}
-
-/// The backward's results.
-pub(crate) struct NormBackward<T, R> {
-    pub x: CudaBuffer<T>,
-    pub residual: Option<CudaBuffer<R>>,
-    pub bias: Option<CudaBuffer<T>>,
-    pub gamma: CudaBuffer<T>,
-    pub beta: Option<CudaBuffer<T>>,
-}
+/// The fused norm's device buffers: the backend interface's types on CUDA.
+pub(crate) type NormBuffers<'a, T, R> = backend::NormBuffers<'a, Cuda, T, R>;
+pub(crate) type NormForward<T, R> = backend::NormForward<Cuda, T, R>;
+pub(crate) type NormGradBuffers<'a, T, R> = backend::NormGradBuffers<'a, Cuda, T, R>;
+pub(crate) type NormBackward<T, R> = backend::NormBackward<Cuda, T, R>;
 
 /// `struct DkNormFwdArgs` of kernels/dropout_add_norm.cu: device addresses (0 = absent)
 /// and scalars, 112 bytes.

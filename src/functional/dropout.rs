@@ -7,8 +7,9 @@ use super::dispatch::{
 };
 use super::state::DropoutState;
 use super::state::{regenerate_bits, MaskBuffer, Saved};
+use crate::backend::{DeviceBackend, Forwarded, SavedMask};
 use crate::cpu;
-use crate::cuda;
+use crate::cuda::Cuda;
 use crate::element::{to_compute_f64, Element};
 use crate::error::Result;
 use crate::mask::Probability;
@@ -59,9 +60,9 @@ impl<T: Element> ForwardOp<T> for Elementwise<'_> {
         Ok(bits)
     }
 
-    fn cuda(self, x: cuda::CudaOperand<'_, T>) -> Result<cuda::Forward<T>> {
+    fn cuda(self, x: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
         let kept = self.kept.for_element::<T>();
-        cuda::dropout::forward(x, self.pos, self.prob, kept, self.mode)
+        Cuda::dropout_forward(x, self.pos, self.prob, kept, self.mode)
     }
 }
 
@@ -120,11 +121,11 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
         }
         (Storage::Cuda(g), saved) => {
             let mask = match saved {
-                Saved::Bits(MaskBuffer::Cuda(bits)) => cuda::dropout::SavedMask::Bits(bits),
-                Saved::Regenerate(pos) => cuda::dropout::SavedMask::Regenerate(*pos),
+                Saved::Bits(MaskBuffer::Cuda(bits)) => SavedMask::Bits(bits),
+                Saved::Regenerate(pos) => SavedMask::Regenerate(*pos),
                 _ => mask_elsewhere(),
             };
-            Storage::Cuda(cuda::dropout::backward(
+            Storage::Cuda(Cuda::dropout_backward(
                 g,
                 mask,
                 prob,

@@ -6,8 +6,9 @@ use super::dispatch::{
     check_index_range, run_forward, train_or_identity, ForwardOp, Operand, TrainResult,
 };
 use super::state::DropoutState;
+use crate::backend::{DeviceBackend, Forwarded};
 use crate::cpu;
-use crate::cuda;
+use crate::cuda::Cuda;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::mask::Probability;
@@ -47,9 +48,9 @@ impl<T: Element> ForwardOp<T> for Grouped<'_> {
         Ok((self.mode == MaskMode::Bits).then_some(bits))
     }
 
-    fn cuda(self, x: cuda::CudaOperand<'_, T>) -> Result<cuda::Forward<T>> {
+    fn cuda(self, x: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
         let kept = self.kept.for_element::<T>();
-        cuda::grouped::forward(x, self.pos, self.prob, &self.layout, kept, self.mode)
+        Cuda::grouped_forward(x, self.pos, self.prob, &self.layout, kept, self.mode)
     }
 }
 

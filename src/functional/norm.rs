@@ -4,8 +4,10 @@
 //! and handed to the backend that holds its tensors.
 
 use super::state::{MaskBuffer, Saved};
+use crate::backend::{DeviceBackend, NormBuffers, NormGradBuffers, Wanted};
 use crate::cpu;
 use crate::cuda;
+use crate::cuda::Cuda;
 use crate::device::Device;
 use crate::element::{DType, Element};
 use crate::error::{Error, Result};
@@ -323,14 +325,14 @@ where
             (Storage::Cpu(z), Storage::Cpu(s), Storage::Cpu(stats), mask)
         }
         Storage::Cuda(x) => {
-            let dev = cuda::norm::NormBuffers {
+            let dev = NormBuffers::<Cuda, T, R> {
                 x,
                 bias: inputs.bias.map(cuda_buffer).transpose()?,
                 residual: inputs.residual.map(cuda_buffer).transpose()?,
                 gamma: cuda_buffer(inputs.gamma)?,
                 beta: inputs.beta.map(cuda_buffer).transpose()?,
             };
-            let out = cuda::norm::forward(dev, &call, mode)?;
+            let out = Cuda::norm_forward(dev, &call, mode)?;
             let mask = out.mask.map(MaskBuffer::Cuda);
             let (z, s, stats) = (out.z, out.s, out.stats);
             (
@@ -463,7 +465,7 @@ where
                 Saved::Bits(MaskBuffer::Cpu(_)) => super::dispatch::mask_elsewhere(),
                 _ => None,
             };
-            let inputs = cuda::norm::NormGradBuffers {
+            let inputs = NormGradBuffers::<Cuda, T, R> {
                 dz: dzb,
                 ds: ds.map(cuda_buffer).transpose()?,
                 s: cuda_buffer(saved.s)?,
@@ -471,11 +473,11 @@ where
                 stats,
                 mask,
             };
-            let want = cuda::norm::Wanted {
+            let want = Wanted {
                 residual: state.has_residual,
                 bias: state.has_bias,
             };
-            let g = cuda::norm::backward(inputs, call, want)?;
+            let g = Cuda::norm_backward(inputs, call, want)?;
             (
                 Storage::Cuda(g.x),
                 g.residual.map(Storage::Cuda),

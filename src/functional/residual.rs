@@ -4,8 +4,10 @@
 use super::dispatch::{check_index_range, new_output, run_forward, ForwardOp, Operand};
 use super::dropout::dropout_backward;
 use super::state::{DropoutState, MaskBuffer, Saved};
+use crate::backend::{DeviceBackend, Forwarded, SavedMask};
 use crate::cpu;
 use crate::cuda;
+use crate::cuda::Cuda;
 use crate::element::{to_compute_f64, Element};
 use crate::error::{Error, Result};
 use crate::mask::Probability;
@@ -119,11 +121,11 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
         Ok(bits)
     }
 
-    fn cuda(self, residual: cuda::CudaOperand<'_, T>) -> Result<cuda::Forward<T>> {
+    fn cuda(self, residual: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
         let (x, bias) = (on_cuda(self.x, "x")?, on_cuda(self.bias, "bias")?);
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
         let (pos, prob) = (self.pos, self.prob);
-        cuda::residual::forward(x, bias, residual, pos, prob, scale, self.mode)
+        Cuda::residual_forward(x, bias, residual, pos, prob, scale, self.mode)
     }
 }
 
@@ -212,14 +214,14 @@ fn input_gradients<T: Element>(
     let (h, dropout) = (state.hidden, &state.dropout);
     if let (Storage::Cuda(g), Decisions::Elementwise) = (&grad.storage, &dropout.decisions) {
         let mask = match &dropout.saved {
-            Saved::Bits(MaskBuffer::Cuda(bits)) => Some(cuda::dropout::SavedMask::Bits(bits)),
-            Saved::Regenerate(pos) => Some(cuda::dropout::SavedMask::Regenerate(*pos)),
+            Saved::Bits(MaskBuffer::Cuda(bits)) => Some(SavedMask::Bits(bits)),
+            Saved::Regenerate(pos) => Some(SavedMask::Regenerate(*pos)),
             _ => None,
         };
         if let Some(mask) = mask {
             dropout.check_grad(grad, OP)?;
             let scale = to_compute_f64::<T>(dropout.grad_scale);
-            let (dx, db) = cuda::residual::backward(g, mask, &dropout.prob, scale, h)?;
+            let (dx, db) = Cuda::residual_backward(g, mask, &dropout.prob, scale, h)?;
             return Ok((
                 Tensor::from_storage(Storage::Cuda(dx), grad.shape().to_vec()),
                 Tensor::from_storage(Storage::Cuda(db), vec![h]),
@@ -233,7 +235,7 @@ fn input_gradients<T: Element>(
             cpu::residual::column_sum(g, &mut db, h)?;
             Storage::Cpu(db)
         }
-        Storage::Cuda(g) => Storage::Cuda(cuda::residual::column_sum(g, h)?),
+        Storage::Cuda(g) => Storage::Cuda(Cuda::column_sum(g, h)?),
     };
     Ok((dx, Tensor::from_storage(bias_storage, vec![h])))
 }

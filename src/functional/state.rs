@@ -2,7 +2,9 @@
 //! the device that made them, or the stream position to regenerate them), how elements map
 //! to decisions, and the gradient factor of kept elements.
 
+use crate::backend::DeviceBackend;
 use crate::cuda;
+use crate::cuda::Cuda;
 use crate::device::Device;
 use crate::element::{DType, Element};
 use crate::error::{Error, Result};
@@ -38,7 +40,7 @@ impl MaskBuffer {
     pub(super) fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
             MaskBuffer::Cpu(v) => crate::alloc::copied(v),
-            MaskBuffer::Cuda(s) => cuda::download_u32(s),
+            MaskBuffer::Cuda(s) => Cuda::download_mask(s),
         }
     }
 }

@@ -1,0 +1,155 @@
+//! The interface of the device backend: every operation the functional layer asks of a
+//! backend whose tensors live in device memory, as one trait, [`DeviceBackend`].
+//!
+//! `cuda::Cuda` implements it over CUDA buffers. Without the `cuda` feature, the stand-in
+//! in `cuda_off.rs` implements the same trait over types that have no values, so the
+//! compiler checks that the two agree: there is no hand-kept copy of a signature. Adding
+//! an operation to the device backend means one method here, its CUDA implementation, and
+//! one unreachable line in the stand-in (which the compiler asks for).
+//!
+//! The argument and result types of the row ops (the fused add + norm) live here too,
+//! generic over the backend, for the same reason.
+
+// Without the `cuda` feature only the stand-in, whose methods cannot be called, reads the
+// fields below.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+use crate::element::Element;
+use crate::error::Result;
+use crate::mask::Probability;
+use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, NormCall, StreamPos};
+
+/// A forward's new output (`None` in place) and its saved mask (`None` for the
+/// regenerate form).
+pub(crate) type Forwarded<B, T> = (
+    Option<<B as DeviceBackend>::Buffer<T>>,
+    Option<<B as DeviceBackend>::Mask>,
+);
+
+/// The decisions a backward reads: bits saved on the device, or the stream position to
+/// regenerate them from.
+pub(crate) enum SavedMask<'a, M> {
+    Bits(&'a M),
+    Regenerate(StreamPos),
+}
+
+/// The fused add + norm forward's inputs on the device.
+pub(crate) struct NormBuffers<'a, B: DeviceBackend + ?Sized, T: Element, R: Element> {
+    pub x: &'a B::Buffer<T>,
+    pub bias: Option<&'a B::Buffer<T>>,
+    pub residual: Option<&'a B::Buffer<R>>,
+    pub gamma: &'a B::Buffer<T>,
+    pub beta: Option<&'a B::Buffer<T>>,
+}
+
+/// Its results: z, s, the row statistics and the mask (bits form).
+pub(crate) struct NormForward<B: DeviceBackend + ?Sized, T: Element, R: Element> {
+    pub z: B::Buffer<T>,
+    pub s: B::Buffer<R>,
+    pub stats: B::Buffer<f64>,
+    pub mask: Option<B::Mask>,
+}
+
+/// The backward's inputs on the device; `mask` is the forward's (bits form) or `None`.
+pub(crate) struct NormGradBuffers<'a, B: DeviceBackend + ?Sized, T: Element, R: Element> {
+    pub dz: &'a B::Buffer<T>,
+    pub ds: Option<&'a B::Buffer<R>>,
+    pub s: &'a B::Buffer<R>,
+    pub gamma: &'a B::Buffer<T>,
+    pub stats: &'a B::Buffer<f64>,
+    pub mask: Option<&'a B::Mask>,
+}
+
+/// Which optional gradients the forward's inputs call for.
+pub(crate) struct Wanted {
+    pub residual: bool,
+    pub bias: bool,
+}
+
+/// The backward's results.
+pub(crate) struct NormBackward<B: DeviceBackend + ?Sized, T: Element, R: Element> {
+    pub x: B::Buffer<T>,
+    pub residual: Option<B::Buffer<R>>,
+    pub bias: Option<B::Buffer<T>>,
+    pub gamma: B::Buffer<T>,
+    pub beta: Option<B::Buffer<T>>,
+}
+
+/// What the functional layer asks of a device backend. Every call is validated before
+/// (shapes, dtypes, devices, p, index ranges): a backend only queues work and allocates.
+pub(crate) trait DeviceBackend {
+    /// Elements of `T` in device memory.
+    type Buffer<T: Element>;
+    /// Packed keep bits in device memory (one u32 word per 32 decisions).
+    type Mask;
+    /// The operand of a forward: a separate input, or the output itself (in place).
+    type Operand<'a, T: Element>;
+
+    /// The mask's words, copied to the host.
+    fn download_mask(mask: &Self::Mask) -> Result<Vec<u32>>;
+
+    /// Elementwise forward (dropout's scale or alpha dropout's affine map).
+    fn dropout_forward<T: Element>(
+        x: Self::Operand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        kept: Kept<T::Compute>,
+        mode: MaskMode,
+    ) -> Result<Forwarded<Self, T>>;
+
+    /// The backward of every layer: `dx = kept ? dy * scale : +0` through the saved mask.
+    fn dropout_backward<T: Element>(
+        dy: &Self::Buffer<T>,
+        saved: SavedMask<'_, Self::Mask>,
+        prob: &Probability,
+        decisions: &Decisions,
+        scale: T::Compute,
+    ) -> Result<Self::Buffer<T>>;
+
+    /// Grouped forward (channel dropout, DropPath, feature alpha dropout).
+    fn grouped_forward<T: Element>(
+        x: Self::Operand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &GroupLayout,
+        kept: Kept<T::Compute>,
+        mode: MaskMode,
+    ) -> Result<Forwarded<Self, T>>;
+
+    /// Fused `residual + dropout(x + bias)`, written over the residual operand's output.
+    fn residual_forward<T: Element>(
+        x: &Self::Buffer<T>,
+        bias: &Self::Buffer<T>,
+        residual: Self::Operand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        scale: T::Compute,
+        mode: MaskMode,
+    ) -> Result<Forwarded<Self, T>>;
+
+    /// Column sums of a (rows, hidden) gradient in the fixed row blocks of the spec.
+    fn column_sum<T: Element>(g: &Self::Buffer<T>, hidden: usize) -> Result<Self::Buffer<T>>;
+
+    /// The fused layer's one-pass backward: (dx, dbias).
+    fn residual_backward<T: Element>(
+        dy: &Self::Buffer<T>,
+        saved: SavedMask<'_, Self::Mask>,
+        prob: &Probability,
+        scale: T::Compute,
+        hidden: usize,
+    ) -> Result<(Self::Buffer<T>, Self::Buffer<T>)>;
+
+    /// The fused dropout + add + norm forward (docs/spec.md 6.3).
+    fn norm_forward<T: Element, R: Element>(
+        b: NormBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        mode: MaskMode,
+    ) -> Result<NormForward<Self, T, R>>;
+
+    /// Its backward.
+    fn norm_backward<T: Element, R: Element>(
+        b: NormGradBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        want: Wanted,
+    ) -> Result<NormBackward<Self, T, R>>;
+}
