@@ -1,5 +1,5 @@
 //! The interface of the device backend: every operation the functional layer asks of a
-//! backend whose tensors live in device memory, as one trait, [`DeviceBackend`].
+//! backend whose tensors live in device memory, as one trait, [`DeviceBuffers`].
 //!
 //! `cuda::Cuda` implements it over CUDA buffers. Without the `cuda` feature, the stand-in
 //! in `cuda_off.rs` implements the same trait over types that have no values, so the
@@ -22,8 +22,8 @@ use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, NormCall, StreamPos};
 /// A forward's new output (`None` in place) and its saved mask (`None` for the
 /// regenerate form).
 pub(crate) type Forwarded<B, T> = (
-    Option<<B as DeviceBackend>::Buffer<T>>,
-    Option<<B as DeviceBackend>::Mask>,
+    Option<<B as DeviceBuffers>::Buffer<T>>,
+    Option<<B as DeviceBuffers>::Mask>,
 );
 
 /// The decisions a backward reads: bits saved on the device, or the stream position to
@@ -34,7 +34,7 @@ pub(crate) enum SavedMask<'a, M> {
 }
 
 /// The fused add + norm forward's inputs on the device.
-pub(crate) struct NormBuffers<'a, B: DeviceBackend + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormBuffers<'a, B: DeviceBuffers + ?Sized, T: Element, R: Element> {
     pub x: &'a B::Buffer<T>,
     pub bias: Option<&'a B::Buffer<T>>,
     pub residual: Option<&'a B::Buffer<R>>,
@@ -43,7 +43,7 @@ pub(crate) struct NormBuffers<'a, B: DeviceBackend + ?Sized, T: Element, R: Elem
 }
 
 /// Its results: z, s, the row statistics and the mask (bits form).
-pub(crate) struct NormForward<B: DeviceBackend + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormForward<B: DeviceBuffers + ?Sized, T: Element, R: Element> {
     pub z: B::Buffer<T>,
     pub s: B::Buffer<R>,
     pub stats: B::Buffer<f64>,
@@ -51,7 +51,7 @@ pub(crate) struct NormForward<B: DeviceBackend + ?Sized, T: Element, R: Element>
 }
 
 /// The backward's inputs on the device; `mask` is the forward's (bits form) or `None`.
-pub(crate) struct NormGradBuffers<'a, B: DeviceBackend + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormGradBuffers<'a, B: DeviceBuffers + ?Sized, T: Element, R: Element> {
     pub dz: &'a B::Buffer<T>,
     pub ds: Option<&'a B::Buffer<R>>,
     pub s: &'a B::Buffer<R>,
@@ -67,7 +67,7 @@ pub(crate) struct Wanted {
 }
 
 /// The backward's results.
-pub(crate) struct NormBackward<B: DeviceBackend + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormBackward<B: DeviceBuffers + ?Sized, T: Element, R: Element> {
     pub x: B::Buffer<T>,
     pub residual: Option<B::Buffer<R>>,
     pub bias: Option<B::Buffer<T>>,
@@ -75,9 +75,11 @@ pub(crate) struct NormBackward<B: DeviceBackend + ?Sized, T: Element, R: Element
     pub beta: Option<B::Buffer<T>>,
 }
 
-/// What the functional layer asks of a device backend. Every call is validated before
-/// (shapes, dtypes, devices, p, index ranges): a backend only queues work and allocates.
-pub(crate) trait DeviceBackend {
+/// A device backend's types: what its tensors, masks and forward operands are. Each
+/// operation family is a trait over it below, implemented in the backend's launcher file
+/// for that family. Every call is validated before (shapes, dtypes, devices, p, index
+/// ranges): a backend only queues work and allocates.
+pub(crate) trait DeviceBuffers {
     /// Elements of `T` in device memory.
     type Buffer<T: Element>;
     /// Packed keep bits in device memory (one u32 word per 32 decisions).
@@ -87,7 +89,10 @@ pub(crate) trait DeviceBackend {
 
     /// The mask's words, copied to the host.
     fn download_mask(mask: &Self::Mask) -> Result<Vec<u32>>;
+}
 
+/// Elementwise dropout and alpha dropout, and the backward of every layer.
+pub(crate) trait DropoutKernels: DeviceBuffers {
     /// Elementwise forward (dropout's scale or alpha dropout's affine map).
     fn dropout_forward<T: Element>(
         x: Self::Operand<'_, T>,
@@ -105,7 +110,10 @@ pub(crate) trait DeviceBackend {
         decisions: &Decisions,
         scale: T::Compute,
     ) -> Result<Self::Buffer<T>>;
+}
 
+/// Grouped dropout: channel dropout, DropPath, feature alpha dropout.
+pub(crate) trait GroupedKernels: DeviceBuffers {
     /// Grouped forward (channel dropout, DropPath, feature alpha dropout).
     fn grouped_forward<T: Element>(
         x: Self::Operand<'_, T>,
@@ -115,7 +123,10 @@ pub(crate) trait DeviceBackend {
         kept: Kept<T::Compute>,
         mode: MaskMode,
     ) -> Result<Forwarded<Self, T>>;
+}
 
+/// The fused bias + dropout + residual and its bias gradient.
+pub(crate) trait ResidualKernels: DeviceBuffers {
     /// Fused `residual + dropout(x + bias)`, written over the residual operand's output.
     fn residual_forward<T: Element>(
         x: &Self::Buffer<T>,
@@ -138,7 +149,10 @@ pub(crate) trait DeviceBackend {
         scale: T::Compute,
         hidden: usize,
     ) -> Result<(Self::Buffer<T>, Self::Buffer<T>)>;
+}
 
+/// The fused dropout + add + LayerNorm / RMSNorm.
+pub(crate) trait NormKernels: DeviceBuffers {
     /// The fused dropout + add + norm forward (docs/spec.md 6.3).
     fn norm_forward<T: Element, R: Element>(
         b: NormBuffers<'_, Self, T, R>,

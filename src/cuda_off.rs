@@ -1,13 +1,13 @@
 //! The CUDA backend as it is when the `cuda` feature is off: its buffer types, which have
-//! no values, and [`Cuda`], which implements the same [`DeviceBackend`] trait as the real
+//! no values, and [`Cuda`], which implements the same traits of `crate::backend` as the real
 //! one, so the compiler checks every operation's signature against the trait in both
 //! builds (nothing here is a hand-kept copy of a launcher). A tensor can then never live
 //! on CUDA, yet the dispatch (`functional`, `tensor`) matches on both places with no
 //! `cfg` in its arms: the CUDA arms type-check here and are unreachable.
 
 use crate::backend::{
-    DeviceBackend, Forwarded, NormBackward, NormBuffers, NormForward, NormGradBuffers, SavedMask,
-    Wanted,
+    DeviceBuffers, DropoutKernels, Forwarded, GroupedKernels, NormBackward, NormBuffers,
+    NormForward, NormGradBuffers, NormKernels, ResidualKernels, SavedMask, Wanted,
 };
 use crate::element::Element;
 use crate::error::Result;
@@ -61,7 +61,7 @@ pub(crate) struct MaskSlice(Never);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cuda;
 
-impl DeviceBackend for Cuda {
+impl DeviceBuffers for Cuda {
     type Buffer<T: Element> = CudaBuffer<T>;
     type Mask = MaskSlice;
     type Operand<'a, T: Element> = CudaOperand<'a, T>;
@@ -69,7 +69,9 @@ impl DeviceBackend for Cuda {
     fn download_mask(mask: &MaskSlice) -> Result<Vec<u32>> {
         match mask.0 {}
     }
+}
 
+impl DropoutKernels for Cuda {
     fn dropout_forward<T: Element>(
         x: CudaOperand<'_, T>,
         _: StreamPos,
@@ -89,7 +91,9 @@ impl DeviceBackend for Cuda {
     ) -> Result<CudaBuffer<T>> {
         dy.unreachable()
     }
+}
 
+impl GroupedKernels for Cuda {
     fn grouped_forward<T: Element>(
         x: CudaOperand<'_, T>,
         _: StreamPos,
@@ -100,7 +104,9 @@ impl DeviceBackend for Cuda {
     ) -> Result<Forwarded<Self, T>> {
         x.unreachable()
     }
+}
 
+impl ResidualKernels for Cuda {
     fn residual_forward<T: Element>(
         x: &CudaBuffer<T>,
         _: &CudaBuffer<T>,
@@ -126,7 +132,9 @@ impl DeviceBackend for Cuda {
     ) -> Result<(CudaBuffer<T>, CudaBuffer<T>)> {
         dy.unreachable()
     }
+}
 
+impl NormKernels for Cuda {
     fn norm_forward<T: Element, R: Element>(
         b: NormBuffers<'_, Self, T, R>,
         _: &NormCall,

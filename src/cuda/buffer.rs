@@ -2,6 +2,7 @@
 //! tensor covers, and the operand of a forward (a separate input or the output itself).
 
 use super::device::{driver_error, CudaDevice};
+use crate::backend::DeviceBuffers;
 use crate::element::Element;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView};
@@ -123,11 +124,21 @@ impl<T: Element> CudaBuffer<T> {
     }
 }
 
-/// The CUDA backend, as a type: what implements the backend interface
-/// (`crate::backend::DeviceBackend`, in `cuda/backend.rs`). A marker, since the device
-/// travels with each buffer.
+/// The CUDA backend, as a type: what implements the backend interface (`crate::backend`:
+/// its types here, each operation family in its launcher file). A marker, since the
+/// device travels with each buffer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cuda;
+
+impl DeviceBuffers for Cuda {
+    type Buffer<T: Element> = CudaBuffer<T>;
+    type Mask = MaskSlice;
+    type Operand<'a, T: Element> = CudaOperand<'a, T>;
+
+    fn download_mask(mask: &MaskSlice) -> Result<Vec<u32>> {
+        download_u32(mask)
+    }
+}
 
 /// The tensor a CUDA forward reads: a separate input or the output itself (in place).
 pub(crate) enum CudaOperand<'a, T> {

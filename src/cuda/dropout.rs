@@ -3,45 +3,101 @@
 //! backward of every layer, which picks among these and the grouped pass. Each is one
 //! launch on the tensor's stream, asynchronous, with no host round trip.
 
+use super::buffer::Cuda;
 use super::buffer::{CudaBuffer, CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::grouped;
 use super::kernels::ops::{ALPHA_DROPOUT_FWD, DROPOUT_BWD_BITS, DROPOUT_FWD};
 use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io};
+use crate::backend::{DropoutKernels, GroupedKernels};
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::Probability;
 use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
 use cudarc::driver::{DevicePtr, PushKernelArg};
 
-/// Elementwise forward: kept elements become `kept` of themselves (dropout's scale or
-/// alpha dropout's affine map), with the keep bits saved for [`MaskMode::Bits`].
-pub(crate) fn forward<T: Element>(
-    x: CudaOperand<'_, T>,
-    pos: StreamPos,
-    prob: &Probability,
-    kept: Kept<T::Compute>,
-    mode: MaskMode,
-) -> Result<Forward<T>> {
-    let draw = DkDraw::new(pos, prob);
-    let _range = op_range(match kept {
-        Kept::Scale(_) => "dropout_forward",
-        Kept::Affine { .. } => "alpha_dropout_forward",
-    });
-    let dev = x.device().clone();
-    let n = x.len() as u64;
-    let mut bits = alloc_bits(&dev, x.len(), mode)?;
-    let y = x.launch_io(|x_ptr, y_ptr| {
-        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
-        let io = Io {
-            x: x_ptr,
-            y: y_ptr,
-            bits: b_ptr,
-            n,
+impl DropoutKernels for Cuda {
+    /// Elementwise forward: kept elements become `kept` of themselves (dropout's scale or
+    /// alpha dropout's affine map), with the keep bits saved for [`MaskMode::Bits`].
+    fn dropout_forward<T: Element>(
+        x: CudaOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        kept: Kept<T::Compute>,
+        mode: MaskMode,
+    ) -> Result<Forward<T>> {
+        let draw = DkDraw::new(pos, prob);
+        let _range = op_range(match kept {
+            Kept::Scale(_) => "dropout_forward",
+            Kept::Affine { .. } => "alpha_dropout_forward",
+        });
+        let dev = x.device().clone();
+        let n = x.len() as u64;
+        let mut bits = alloc_bits(&dev, x.len(), mode)?;
+        let y = x.launch_io(|x_ptr, y_ptr| {
+            let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+            let io = Io {
+                x: x_ptr,
+                y: y_ptr,
+                bits: b_ptr,
+                n,
+            };
+            launch_forward::<T>(&dev, io, draw, &kept)
+        })?;
+        Ok((y, bits))
+    }
+    /// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
+    fn dropout_backward<T: Element>(
+        dy: &CudaBuffer<T>,
+        saved: SavedMask<'_>,
+        prob: &Probability,
+        decisions: &Decisions,
+        scale: T::Compute,
+    ) -> Result<CudaBuffer<T>> {
+        let _range = op_range("dropout_backward");
+        let dev = dy.device().clone();
+        let n = dy.len() as u64;
+        let input = CudaOperand::Input(dy);
+        let kept = Kept::Scale(scale);
+        let dx = match (saved, decisions) {
+            (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
+                Self::dropout_forward(input, pos, prob, kept, MaskMode::Regenerate)?.0
+            }
+            (SavedMask::Bits(bits), Decisions::Elementwise) => {
+                let (f, name) = kernel::<T>(&dev, &DROPOUT_BWD_BITS)?;
+                input.launch_io(|dy_ptr, dx_ptr| {
+                    let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
+                    let mut args = dev.stream().launch_builder(&f);
+                    args.arg(&dy_ptr)
+                        .arg(&dx_ptr)
+                        .arg(&b_ptr)
+                        .arg(&n)
+                        .arg(&scale);
+                    // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at dy and dx,
+                    // the saved mask covers n decisions; guards held across the call.
+                    unsafe { launch(&dev, args, n, &name) }
+                })?
+            }
+            (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
+                input.launch_io(|dy_ptr, dx_ptr| {
+                    let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
+                    let io = Io {
+                        x: dy_ptr,
+                        y: dx_ptr,
+                        bits: b_ptr,
+                        n,
+                    };
+                    grouped::apply::<T>(&dev, io, layout, &kept)
+                })?
+            }
+            (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
+                Self::grouped_forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
+            }
         };
-        launch_forward::<T>(&dev, io, draw, &kept)
-    })?;
-    Ok((y, bits))
+        // Every arm reads a separate input (`dy`), for which a forward allocates its output.
+        Ok(dx
+            .unwrap_or_else(|| unreachable!("a backward over a separate input returned no output")))
+    }
 }
 
 /// Queues `dropout_fwd_<T>` (a scale) or `alpha_dropout_fwd_<T>` (an affine map) on raw
@@ -95,55 +151,3 @@ pub(crate) unsafe fn forward_raw<T: Element>(
 /// The decisions a backward reads: saved bits on this device, or the stream position to
 /// regenerate them from.
 pub(crate) type SavedMask<'a> = crate::backend::SavedMask<'a, MaskSlice>;
-
-/// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
-pub(crate) fn backward<T: Element>(
-    dy: &CudaBuffer<T>,
-    saved: SavedMask<'_>,
-    prob: &Probability,
-    decisions: &Decisions,
-    scale: T::Compute,
-) -> Result<CudaBuffer<T>> {
-    let _range = op_range("dropout_backward");
-    let dev = dy.device().clone();
-    let n = dy.len() as u64;
-    let input = CudaOperand::Input(dy);
-    let kept = Kept::Scale(scale);
-    let dx = match (saved, decisions) {
-        (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
-            forward(input, pos, prob, kept, MaskMode::Regenerate)?.0
-        }
-        (SavedMask::Bits(bits), Decisions::Elementwise) => {
-            let (f, name) = kernel::<T>(&dev, &DROPOUT_BWD_BITS)?;
-            input.launch_io(|dy_ptr, dx_ptr| {
-                let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
-                let mut args = dev.stream().launch_builder(&f);
-                args.arg(&dy_ptr)
-                    .arg(&dx_ptr)
-                    .arg(&b_ptr)
-                    .arg(&n)
-                    .arg(&scale);
-                // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at dy and dx,
-                // the saved mask covers n decisions; guards held across the call.
-                unsafe { launch(&dev, args, n, &name) }
-            })?
-        }
-        (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
-            input.launch_io(|dy_ptr, dx_ptr| {
-                let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
-                let io = Io {
-                    x: dy_ptr,
-                    y: dx_ptr,
-                    bits: b_ptr,
-                    n,
-                };
-                grouped::apply::<T>(&dev, io, layout, &kept)
-            })?
-        }
-        (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
-            grouped::forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
-        }
-    };
-    // Every arm reads a separate input (`dy`), for which a forward allocates its output.
-    Ok(dx.unwrap_or_else(|| unreachable!("a backward over a separate input returned no output")))
-}

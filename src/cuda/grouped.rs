@@ -2,10 +2,12 @@
 //! `dropout_mask_bits` for the per-group decisions, then one pass of `grouped_scale_<T>` or
 //! `grouped_alpha_<T>` reading them.
 
+use super::buffer::Cuda;
 use super::buffer::{CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::kernels::ops::{DROPOUT_MASK_BITS, GROUPED_ALPHA, GROUPED_SCALE};
 use super::launch::{kernel, launch, op_range, push_kept, single_kernel, DkDraw, Io, PER_THREAD};
+use crate::backend::GroupedKernels;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
@@ -58,35 +60,37 @@ pub(super) fn apply<T: Element>(
     unsafe { launch(dev, args, io.n, &name) }
 }
 
-/// Grouped forward: the decision mask (one bit per channel or sample), then one pass.
-pub(crate) fn forward<T: Element>(
-    x: CudaOperand<'_, T>,
-    pos: StreamPos,
-    prob: &Probability,
-    layout: &GroupLayout,
-    kept: Kept<T::Compute>,
-    mode: MaskMode,
-) -> Result<Forward<T>> {
-    let _range = op_range("grouped_dropout_forward");
-    let draw = DkDraw::new(pos, prob);
-    let dev = x.device().clone();
-    let n = x.len() as u64;
-    let mut bits = None;
-    let y = x.launch_io(|x_ptr, y_ptr| {
-        let io = Io {
-            x: x_ptr,
-            y: y_ptr,
-            bits: 0,
-            n,
-        };
-        bits = Some(queue::<T>(&dev, io, draw, layout, &kept)?);
-        Ok(())
-    })?;
-    match (mode, bits) {
-        (MaskMode::Bits, Some(bits)) => Ok((y, Some(bits))),
-        // Empty input: no launch, an empty mask.
-        (MaskMode::Bits, None) => Ok((y, Some(MaskSlice::alloc(&dev, 0)?))),
-        (MaskMode::Regenerate, _) => Ok((y, None)),
+impl GroupedKernels for Cuda {
+    /// Grouped forward: the decision mask (one bit per channel or sample), then one pass.
+    fn grouped_forward<T: Element>(
+        x: CudaOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &GroupLayout,
+        kept: Kept<T::Compute>,
+        mode: MaskMode,
+    ) -> Result<Forward<T>> {
+        let _range = op_range("grouped_dropout_forward");
+        let draw = DkDraw::new(pos, prob);
+        let dev = x.device().clone();
+        let n = x.len() as u64;
+        let mut bits = None;
+        let y = x.launch_io(|x_ptr, y_ptr| {
+            let io = Io {
+                x: x_ptr,
+                y: y_ptr,
+                bits: 0,
+                n,
+            };
+            bits = Some(queue::<T>(&dev, io, draw, layout, &kept)?);
+            Ok(())
+        })?;
+        match (mode, bits) {
+            (MaskMode::Bits, Some(bits)) => Ok((y, Some(bits))),
+            // Empty input: no launch, an empty mask.
+            (MaskMode::Bits, None) => Ok((y, Some(MaskSlice::alloc(&dev, 0)?))),
+            (MaskMode::Regenerate, _) => Ok((y, None)),
+        }
     }
 }
 

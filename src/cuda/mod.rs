@@ -12,9 +12,8 @@
 //!
 //! | file | what |
 //! |---|---|
-//! | `backend.rs` | `Cuda`'s implementation of the backend interface (`crate::backend`), one line per operation |
 //! | `device.rs` | [`CudaDevice`]: context, stream, module and function cache, grid size |
-//! | `buffer.rs` | [`CudaBuffer`], the operand of a forward, and `Cuda`, the backend as a type |
+//! | `buffer.rs` | [`CudaBuffer`], the operand of a forward, and `Cuda`, the backend as a type (each launcher file implements its family's trait of `crate::backend` for it) |
 //! | `kernels.rs` | the embedded modules, one typed constant each |
 //! | `launch.rs` | the per-call draw passed to every kernel, launch helpers, NVTX |
 //! | `dropout.rs` | elementwise forwards (dropout, alpha dropout) and every backward |
@@ -28,7 +27,6 @@
 //!
 //! [`Error::CudaUnavailable`]: crate::Error::CudaUnavailable
 
-pub(crate) mod backend;
 pub(crate) mod buffer;
 mod device;
 pub(crate) mod dropout;

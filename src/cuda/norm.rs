@@ -12,6 +12,7 @@ use super::kernels::ops::{
 };
 use super::launch::{kernel, launch, op_range, pair_kernel, DkDraw};
 use super::residual::queue_column_sum;
+use crate::backend::NormKernels;
 use crate::backend::{self, Wanted};
 use crate::element::Element;
 use crate::error::Result;
@@ -127,202 +128,203 @@ fn draw_mask(dev: &CudaDevice, call: &NormCall, n: usize) -> Result<Option<MaskS
     Ok(Some(mask))
 }
 
-/// The forward: the decisions first ([`draw_mask`]), then one row pass. No host sync.
-pub(crate) fn forward<T: Element, R: Element>(
-    b: NormBuffers<'_, T, R>,
-    call: &NormCall,
-    mode: MaskMode,
-) -> Result<NormForward<T, R>> {
-    let _range = op_range("dropout_add_norm_forward");
-    let dev = b.x.device().clone();
-    let n = b.x.len();
-    let rows = n / call.hidden;
-    let mask = draw_mask(&dev, call, n)?;
-    let mut z = dev.alloc_uninit::<T>(n)?;
-    let mut s = dev.alloc_uninit::<R>(n)?;
-    let mut stats = dev.alloc_uninit::<f64>(2 * rows)?;
-    if rows > 0 {
-        let st = dev.stream();
-        let (xv, gv) = (b.x.view(), b.gamma.view());
-        let (bias, residual, beta) = (
-            b.bias.map(|t| t.view()),
-            b.residual.map(|t| t.view()),
-            b.beta.map(|t| t.view()),
-        );
-        let (x, _g1) = xv.device_ptr(st);
-        let (gamma, _g2) = gv.device_ptr(st);
-        let (bias, _g3) = optional_ptr(&dev, bias.as_ref());
-        let (residual, _g4) = optional_ptr(&dev, residual.as_ref());
-        let (beta, _g5) = optional_ptr(&dev, beta.as_ref());
-        let (keep, _g6) = match &mask {
-            Some(m) => {
-                let (p, g) = m.slice().device_ptr(st);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
-        let (z_ptr, _g7) = z.device_ptr_mut(st);
-        let (s_ptr, _g8) = s.device_ptr_mut(st);
-        let (stats_ptr, _g9) = stats.device_ptr_mut(st);
-        let args = NormFwdArgs {
-            x,
-            bias,
-            residual,
-            gamma,
-            beta,
-            keep,
-            z: z_ptr,
-            s: s_ptr,
-            stats: stats_ptr,
-            rows: rows as u64,
-            h: call.hidden as u64,
-            eps: call.eps,
-            scale: call.prob.scale_f64(),
-            norm: norm_code(call.norm),
-            training: u32::from(call.training),
-        };
-        let (f, name) = pair_kernel::<T, R>(&dev, &DROPOUT_ADD_NORM_FWD)?;
-        let mut builder = dev.stream().launch_builder(&f);
-        builder.arg(&args);
-        // SAFETY: dropout_add_norm_fwd_<T>[_rf32] takes one DkNormFwdArgs<T, R>, which
-        // NormFwdArgs mirrors; x, residual, z, s hold rows * h elements, bias, gamma, beta
-        // h, stats 2 * rows doubles, keep the mask words of rows * h decisions (checked by
-        // the functional layer and allocated above), all guarded until queued.
-        unsafe { launch(&dev, builder, rows as u64 * ROW_ITEMS, &name)? };
-    }
-    Ok(NormForward {
-        z: CudaBuffer::new(dev.clone(), z, 0, n),
-        s: CudaBuffer::new(dev.clone(), s, 0, n),
-        stats: CudaBuffer::new(dev, stats, 0, 2 * rows),
-        // The regenerate form keeps nothing: the transient mask is freed in stream order.
-        mask: mask.filter(|_| mode == MaskMode::Bits),
-    })
-}
-
-/// The backward: `dropout_add_norm_bwd` (dx, dresidual), then the column sums of dx
-/// (dbias), dz (dbeta) and dz * y (dgamma) in the blocked order. No host sync.
-pub(crate) fn backward<T: Element, R: Element>(
-    b: NormGradBuffers<'_, T, R>,
-    call: &NormCall,
-    want: Wanted,
-) -> Result<NormBackward<T, R>> {
-    let _range = op_range("dropout_add_norm_backward");
-    let dev = b.dz.device().clone();
-    let st = dev.stream();
-    let h = call.hidden;
-    let n = b.dz.len();
-    let rows = n / h;
-    let mut dx = dev.alloc_uninit::<T>(n)?;
-    let mut dres = want
-        .residual
-        .then(|| dev.alloc_uninit::<R>(n))
-        .transpose()?;
-    let mut dbias = want.bias.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
-    let mut dgamma = dev.alloc_uninit::<T>(h)?;
-    let is_layer = call.norm == Norm::LayerNorm;
-    // The regenerate form draws its decisions again (a transient mask).
-    let redrawn = match b.mask {
-        None => draw_mask(&dev, call, n)?,
-        Some(_) => None,
-    };
-    let mask = b.mask.or(redrawn.as_ref());
-    let mut dbeta = is_layer.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
-    // The guards of the device addresses live in this block, until every launch is queued.
-    {
-        let (dzv, sv, gv, statv) = (b.dz.view(), b.s.view(), b.gamma.view(), b.stats.view());
-        let (dz, _g1) = dzv.device_ptr(st);
-        let (s, _g2) = sv.device_ptr(st);
-        let (gamma, _g3) = gv.device_ptr(st);
-        let (stats, _g4) = statv.device_ptr(st);
-        let dsv = b.ds.map(|t| t.view());
-        let (ds, _g5) = optional_ptr(&dev, dsv.as_ref());
-        let (keep, _g6) = match mask {
-            Some(m) => {
-                let (p, g) = m.slice().device_ptr(st);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
-        let (dx_ptr, _g7) = dx.device_ptr_mut(st);
-        let (dres_ptr, _g8) = match dres.as_mut() {
-            Some(d) => {
-                let (p, g) = d.device_ptr_mut(st);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+impl NormKernels for Cuda {
+    /// The forward: the decisions first ([`draw_mask`]), then one row pass. No host sync.
+    fn norm_forward<T: Element, R: Element>(
+        b: NormBuffers<'_, T, R>,
+        call: &NormCall,
+        mode: MaskMode,
+    ) -> Result<NormForward<T, R>> {
+        let _range = op_range("dropout_add_norm_forward");
+        let dev = b.x.device().clone();
+        let n = b.x.len();
+        let rows = n / call.hidden;
+        let mask = draw_mask(&dev, call, n)?;
+        let mut z = dev.alloc_uninit::<T>(n)?;
+        let mut s = dev.alloc_uninit::<R>(n)?;
+        let mut stats = dev.alloc_uninit::<f64>(2 * rows)?;
         if rows > 0 {
-            let args = NormBwdArgs {
-                dz,
-                ds,
-                s,
+            let st = dev.stream();
+            let (xv, gv) = (b.x.view(), b.gamma.view());
+            let (bias, residual, beta) = (
+                b.bias.map(|t| t.view()),
+                b.residual.map(|t| t.view()),
+                b.beta.map(|t| t.view()),
+            );
+            let (x, _g1) = xv.device_ptr(st);
+            let (gamma, _g2) = gv.device_ptr(st);
+            let (bias, _g3) = optional_ptr(&dev, bias.as_ref());
+            let (residual, _g4) = optional_ptr(&dev, residual.as_ref());
+            let (beta, _g5) = optional_ptr(&dev, beta.as_ref());
+            let (keep, _g6) = match &mask {
+                Some(m) => {
+                    let (p, g) = m.slice().device_ptr(st);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let (z_ptr, _g7) = z.device_ptr_mut(st);
+            let (s_ptr, _g8) = s.device_ptr_mut(st);
+            let (stats_ptr, _g9) = stats.device_ptr_mut(st);
+            let args = NormFwdArgs {
+                x,
+                bias,
+                residual,
                 gamma,
-                stats,
+                beta,
                 keep,
-                dx: dx_ptr,
-                dresidual: dres_ptr,
+                z: z_ptr,
+                s: s_ptr,
+                stats: stats_ptr,
                 rows: rows as u64,
-                h: h as u64,
+                h: call.hidden as u64,
+                eps: call.eps,
                 scale: call.prob.scale_f64(),
                 norm: norm_code(call.norm),
                 training: u32::from(call.training),
             };
-            let (f, name) = pair_kernel::<T, R>(&dev, &DROPOUT_ADD_NORM_BWD)?;
-            let mut builder = st.launch_builder(&f);
+            let (f, name) = pair_kernel::<T, R>(&dev, &DROPOUT_ADD_NORM_FWD)?;
+            let mut builder = dev.stream().launch_builder(&f);
             builder.arg(&args);
-            // SAFETY: dropout_add_norm_bwd_<T>[_rf32] takes one DkNormBwdArgs<T, R>, mirrored
-            // by NormBwdArgs; dz, ds, s, dx, dresidual hold rows * h elements, gamma h, stats
-            // 2 * rows doubles, keep the forward's mask (or 0); all guarded until queued.
+            // SAFETY: dropout_add_norm_fwd_<T>[_rf32] takes one DkNormFwdArgs<T, R>, which
+            // NormFwdArgs mirrors; x, residual, z, s hold rows * h elements, bias, gamma, beta
+            // h, stats 2 * rows doubles, keep the mask words of rows * h decisions (checked by
+            // the functional layer and allocated above), all guarded until queued.
             unsafe { launch(&dev, builder, rows as u64 * ROW_ITEMS, &name)? };
         }
-        // dgamma: block partials of dz * y, then the finish of the bias gradient's sums.
-        let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
-        let mut partial = dev.alloc_uninit::<f64>(blocks * h)?;
-        let (p_ptr, _gp) = partial.device_ptr_mut(st);
-        let (dg_ptr, _gg) = dgamma.device_ptr_mut(st);
-        let dgamma_args = NormDgammaArgs {
-            dz,
-            s,
-            stats,
-            partial: p_ptr,
-            rows: rows as u64,
-            h: h as u64,
-            block_rows: COLUMN_SUM_BLOCK_ROWS as u64,
-            norm: norm_code(call.norm),
-            pad: 0,
-        };
-        let (f, name) = pair_kernel::<T, R>(&dev, &ADD_NORM_DGAMMA_PARTIAL)?;
-        let mut builder = st.launch_builder(&f);
-        builder.arg(&dgamma_args);
-        // SAFETY: add_norm_dgamma_partial_<T>[_rf32] takes one DkNormDgammaArgs<T, R>; dz and s
-        // hold rows * h elements, stats 2 * rows doubles, partial blocks * h (allocated above).
-        unsafe { launch(&dev, builder, (blocks * h) as u64, &name)? };
-        let (fin, fin_name) = kernel::<T>(&dev, &COLUMN_SUM_FINISH)?;
-        let mut builder = st.launch_builder(&fin);
-        let (blocks_u, h_u) = (blocks as u64, h as u64);
-        builder.arg(&p_ptr).arg(&dg_ptr).arg(&blocks_u).arg(&h_u);
-        // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles,
-        // out (dgamma) h elements.
-        unsafe { launch(&dev, builder, h_u, &fin_name)? };
-        if let Some(db) = dbeta.as_mut() {
-            let (o, _g) = db.device_ptr_mut(st);
-            // SAFETY: dz holds rows * h elements and dbeta h, guarded until queued.
-            unsafe { queue_column_sum::<T>(&dev, dz, o, rows, h)? };
-        }
-        if let Some(db) = dbias.as_mut() {
-            let (o, _g) = db.device_ptr_mut(st);
-            // SAFETY: dx (written above, in stream order) holds rows * h elements, dbias h.
-            unsafe { queue_column_sum::<T>(&dev, dx_ptr, o, rows, h)? };
-        }
+        Ok(NormForward {
+            z: CudaBuffer::new(dev.clone(), z, 0, n),
+            s: CudaBuffer::new(dev.clone(), s, 0, n),
+            stats: CudaBuffer::new(dev, stats, 0, 2 * rows),
+            // The regenerate form keeps nothing: the transient mask is freed in stream order.
+            mask: mask.filter(|_| mode == MaskMode::Bits),
+        })
     }
-    let wrap = |b, len| CudaBuffer::new(dev.clone(), b, 0, len);
-    Ok(NormBackward {
-        x: wrap(dx, n),
-        residual: dres.map(|d| CudaBuffer::new(dev.clone(), d, 0, n)),
-        bias: dbias.map(|d| wrap(d, h)),
-        gamma: wrap(dgamma, h),
-        beta: dbeta.map(|d| wrap(d, h)),
-    })
+    /// The backward: `dropout_add_norm_bwd` (dx, dresidual), then the column sums of dx
+    /// (dbias), dz (dbeta) and dz * y (dgamma) in the blocked order. No host sync.
+    fn norm_backward<T: Element, R: Element>(
+        b: NormGradBuffers<'_, T, R>,
+        call: &NormCall,
+        want: Wanted,
+    ) -> Result<NormBackward<T, R>> {
+        let _range = op_range("dropout_add_norm_backward");
+        let dev = b.dz.device().clone();
+        let st = dev.stream();
+        let h = call.hidden;
+        let n = b.dz.len();
+        let rows = n / h;
+        let mut dx = dev.alloc_uninit::<T>(n)?;
+        let mut dres = want
+            .residual
+            .then(|| dev.alloc_uninit::<R>(n))
+            .transpose()?;
+        let mut dbias = want.bias.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
+        let mut dgamma = dev.alloc_uninit::<T>(h)?;
+        let is_layer = call.norm == Norm::LayerNorm;
+        // The regenerate form draws its decisions again (a transient mask).
+        let redrawn = match b.mask {
+            None => draw_mask(&dev, call, n)?,
+            Some(_) => None,
+        };
+        let mask = b.mask.or(redrawn.as_ref());
+        let mut dbeta = is_layer.then(|| dev.alloc_uninit::<T>(h)).transpose()?;
+        // The guards of the device addresses live in this block, until every launch is queued.
+        {
+            let (dzv, sv, gv, statv) = (b.dz.view(), b.s.view(), b.gamma.view(), b.stats.view());
+            let (dz, _g1) = dzv.device_ptr(st);
+            let (s, _g2) = sv.device_ptr(st);
+            let (gamma, _g3) = gv.device_ptr(st);
+            let (stats, _g4) = statv.device_ptr(st);
+            let dsv = b.ds.map(|t| t.view());
+            let (ds, _g5) = optional_ptr(&dev, dsv.as_ref());
+            let (keep, _g6) = match mask {
+                Some(m) => {
+                    let (p, g) = m.slice().device_ptr(st);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let (dx_ptr, _g7) = dx.device_ptr_mut(st);
+            let (dres_ptr, _g8) = match dres.as_mut() {
+                Some(d) => {
+                    let (p, g) = d.device_ptr_mut(st);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            if rows > 0 {
+                let args = NormBwdArgs {
+                    dz,
+                    ds,
+                    s,
+                    gamma,
+                    stats,
+                    keep,
+                    dx: dx_ptr,
+                    dresidual: dres_ptr,
+                    rows: rows as u64,
+                    h: h as u64,
+                    scale: call.prob.scale_f64(),
+                    norm: norm_code(call.norm),
+                    training: u32::from(call.training),
+                };
+                let (f, name) = pair_kernel::<T, R>(&dev, &DROPOUT_ADD_NORM_BWD)?;
+                let mut builder = st.launch_builder(&f);
+                builder.arg(&args);
+                // SAFETY: dropout_add_norm_bwd_<T>[_rf32] takes one DkNormBwdArgs<T, R>, mirrored
+                // by NormBwdArgs; dz, ds, s, dx, dresidual hold rows * h elements, gamma h, stats
+                // 2 * rows doubles, keep the forward's mask (or 0); all guarded until queued.
+                unsafe { launch(&dev, builder, rows as u64 * ROW_ITEMS, &name)? };
+            }
+            // dgamma: block partials of dz * y, then the finish of the bias gradient's sums.
+            let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
+            let mut partial = dev.alloc_uninit::<f64>(blocks * h)?;
+            let (p_ptr, _gp) = partial.device_ptr_mut(st);
+            let (dg_ptr, _gg) = dgamma.device_ptr_mut(st);
+            let dgamma_args = NormDgammaArgs {
+                dz,
+                s,
+                stats,
+                partial: p_ptr,
+                rows: rows as u64,
+                h: h as u64,
+                block_rows: COLUMN_SUM_BLOCK_ROWS as u64,
+                norm: norm_code(call.norm),
+                pad: 0,
+            };
+            let (f, name) = pair_kernel::<T, R>(&dev, &ADD_NORM_DGAMMA_PARTIAL)?;
+            let mut builder = st.launch_builder(&f);
+            builder.arg(&dgamma_args);
+            // SAFETY: add_norm_dgamma_partial_<T>[_rf32] takes one DkNormDgammaArgs<T, R>; dz and s
+            // hold rows * h elements, stats 2 * rows doubles, partial blocks * h (allocated above).
+            unsafe { launch(&dev, builder, (blocks * h) as u64, &name)? };
+            let (fin, fin_name) = kernel::<T>(&dev, &COLUMN_SUM_FINISH)?;
+            let mut builder = st.launch_builder(&fin);
+            let (blocks_u, h_u) = (blocks as u64, h as u64);
+            builder.arg(&p_ptr).arg(&dg_ptr).arg(&blocks_u).arg(&h_u);
+            // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles,
+            // out (dgamma) h elements.
+            unsafe { launch(&dev, builder, h_u, &fin_name)? };
+            if let Some(db) = dbeta.as_mut() {
+                let (o, _g) = db.device_ptr_mut(st);
+                // SAFETY: dz holds rows * h elements and dbeta h, guarded until queued.
+                unsafe { queue_column_sum::<T>(&dev, dz, o, rows, h)? };
+            }
+            if let Some(db) = dbias.as_mut() {
+                let (o, _g) = db.device_ptr_mut(st);
+                // SAFETY: dx (written above, in stream order) holds rows * h elements, dbias h.
+                unsafe { queue_column_sum::<T>(&dev, dx_ptr, o, rows, h)? };
+            }
+        }
+        let wrap = |b, len| CudaBuffer::new(dev.clone(), b, 0, len);
+        Ok(NormBackward {
+            x: wrap(dx, n),
+            residual: dres.map(|d| CudaBuffer::new(dev.clone(), d, 0, n)),
+            bias: dbias.map(|d| wrap(d, h)),
+            gamma: wrap(dgamma, h),
+            beta: dbeta.map(|d| wrap(d, h)),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! `bias_dropout_residual_bwd_<T>` (dx and the column sums' block partials in one pass over
 //! the upstream gradient, then `column_sum_finish_<T>`).
 
+use super::buffer::Cuda;
 use super::buffer::{CudaBuffer, CudaOperand, Forward};
 use super::device::CudaDevice;
 use super::dropout::SavedMask;
@@ -10,6 +11,7 @@ use super::kernels::ops::{
     BIAS_DROPOUT_RESIDUAL_BWD, BIAS_DROPOUT_RESIDUAL_FWD, COLUMN_SUM_FINISH, COLUMN_SUM_PARTIAL,
 };
 use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, PER_THREAD};
+use crate::backend::ResidualKernels;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::Probability;
@@ -27,37 +29,120 @@ pub(crate) struct FusedPtrs {
     pub bits: u64,
 }
 
-/// `bias_dropout_residual_fwd_<T>` over dropkit's buffers; the bias has `hidden` elements.
-pub(crate) fn forward<T: Element>(
-    x: &CudaBuffer<T>,
-    bias: &CudaBuffer<T>,
-    residual: CudaOperand<'_, T>,
-    pos: StreamPos,
-    prob: &Probability,
-    scale: T::Compute,
-    mode: MaskMode,
-) -> Result<Forward<T>> {
-    let _range = op_range("bias_dropout_residual_forward");
-    let draw = DkDraw::new(pos, prob);
-    let dev = residual.device().clone();
-    let n = residual.len() as u64;
-    let hidden = bias.len() as u64;
-    let mut bits = alloc_bits(&dev, residual.len(), mode)?;
-    let out = residual.launch_io(|r_ptr, out_ptr| {
-        let (xv, bv) = (x.view(), bias.view());
-        let (x_ptr, _gx) = xv.device_ptr(dev.stream());
-        let (bias_ptr, _gb) = bv.device_ptr(dev.stream());
-        let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
-        let ptrs = FusedPtrs {
-            x: x_ptr,
-            bias: bias_ptr,
-            residual: r_ptr,
-            out: out_ptr,
-            bits: b_ptr,
-        };
-        launch_forward::<T>(&dev, ptrs, [n, hidden], draw, scale)
-    })?;
-    Ok((out, bits))
+impl ResidualKernels for Cuda {
+    /// `bias_dropout_residual_fwd_<T>` over dropkit's buffers; the bias has `hidden` elements.
+    fn residual_forward<T: Element>(
+        x: &CudaBuffer<T>,
+        bias: &CudaBuffer<T>,
+        residual: CudaOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        scale: T::Compute,
+        mode: MaskMode,
+    ) -> Result<Forward<T>> {
+        let _range = op_range("bias_dropout_residual_forward");
+        let draw = DkDraw::new(pos, prob);
+        let dev = residual.device().clone();
+        let n = residual.len() as u64;
+        let hidden = bias.len() as u64;
+        let mut bits = alloc_bits(&dev, residual.len(), mode)?;
+        let out = residual.launch_io(|r_ptr, out_ptr| {
+            let (xv, bv) = (x.view(), bias.view());
+            let (x_ptr, _gx) = xv.device_ptr(dev.stream());
+            let (bias_ptr, _gb) = bv.device_ptr(dev.stream());
+            let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
+            let ptrs = FusedPtrs {
+                x: x_ptr,
+                bias: bias_ptr,
+                residual: r_ptr,
+                out: out_ptr,
+                bits: b_ptr,
+            };
+            launch_forward::<T>(&dev, ptrs, [n, hidden], draw, scale)
+        })?;
+        Ok((out, bits))
+    }
+    /// The backward of the fused layer for the upstream gradient `dy` of `rows x hidden`
+    /// elements: (dx, bias gradient). `bias_dropout_residual_bwd_<T>` writes dx (kept ? dy *
+    /// scale : +0 through the saved mask) and, in the same pass, the f64 block partial sums of
+    /// dx's columns, so dx is never read back; `column_sum_finish_<T>` adds them up. The same
+    /// adds as [`column_sum`] over dx, hence the same bits. No host sync.
+    fn residual_backward<T: Element>(
+        dy: &CudaBuffer<T>,
+        saved: SavedMask<'_>,
+        prob: &Probability,
+        scale: T::Compute,
+        hidden: usize,
+    ) -> Result<(CudaBuffer<T>, CudaBuffer<T>)> {
+        let _range = op_range("bias_dropout_residual_backward");
+        let dev = dy.device().clone();
+        let n = dy.len();
+        let mut dx = dev.alloc_uninit::<T>(n)?;
+        let mut db = dev.alloc_uninit::<T>(hidden)?;
+        if let Some(rows) = n.checked_div(hidden) {
+            let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
+            let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
+            let dyv = dy.view();
+            let (dy_ptr, _gy) = dyv.device_ptr(dev.stream());
+            let (dx_ptr, _gx) = dx.device_ptr_mut(dev.stream());
+            let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
+            let (db_ptr, _gb) = db.device_ptr_mut(dev.stream());
+            // Saved bits, or (null bits) the stream position to redraw the decisions from.
+            let (bits_ptr, _gk, draw) = match saved {
+                SavedMask::Bits(bits) => {
+                    let (p, g) = bits.slice().device_ptr(dev.stream());
+                    (
+                        p,
+                        Some(g),
+                        DkDraw::new(crate::plan::StreamPos::new(0, 0), prob),
+                    )
+                }
+                SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob)),
+            };
+            let (rows, h, block_rows, blocks) = (
+                rows as u64,
+                hidden as u64,
+                COLUMN_SUM_BLOCK_ROWS as u64,
+                blocks as u64,
+            );
+            let (f, name) = kernel::<T>(&dev, &BIAS_DROPOUT_RESIDUAL_BWD)?;
+            let mut args = dev.stream().launch_builder(&f);
+            args.arg(&dy_ptr)
+                .arg(&dx_ptr)
+                .arg(&bits_ptr)
+                .arg(&p_ptr)
+                .arg(&rows)
+                .arg(&h)
+                .arg(&block_rows)
+                .arg(&draw)
+                .arg(&scale);
+            // One thread per (block, column) pair.
+            // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
+            // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
+            // saved mask (or null); all guarded until queued.
+            unsafe { launch(&dev, args, blocks * h * PER_THREAD, &name)? };
+            queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
+        }
+        Ok((
+            CudaBuffer::new(dev.clone(), dx, 0, n),
+            CudaBuffer::new(dev, db, 0, hidden),
+        ))
+    }
+    /// The bias gradient: the `hidden` column sums of `g` ([`queue_column_sum`]).
+    fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result<CudaBuffer<T>> {
+        let _range = op_range("column_sum");
+        let dev = g.device().clone();
+        let mut out = dev.alloc_uninit::<T>(hidden)?;
+        if let Some(rows) = g.len().checked_div(hidden) {
+            let gv = g.view();
+            let (g_ptr, _gg) = gv.device_ptr(dev.stream());
+            let (o_ptr, _go) = out.device_ptr_mut(dev.stream());
+            // SAFETY: g's view holds rows * hidden elements and out hidden, on dev's stream;
+            // their guards are held until both launches are queued.
+            unsafe { queue_column_sum::<T>(&dev, g_ptr, o_ptr, rows, hidden)? };
+        }
+        Ok(CudaBuffer::new(dev, out, 0, hidden))
+    }
 }
 
 /// Queues `bias_dropout_residual_fwd_<T>` on raw device addresses for `[n, hidden]`.
@@ -160,87 +245,4 @@ fn queue_column_finish<T: Element>(
     // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles
     // and out h elements, as the callers allocate them.
     unsafe { launch(dev, args, h * PER_THREAD, &name) }
-}
-
-/// The backward of the fused layer for the upstream gradient `dy` of `rows x hidden`
-/// elements: (dx, bias gradient). `bias_dropout_residual_bwd_<T>` writes dx (kept ? dy *
-/// scale : +0 through the saved mask) and, in the same pass, the f64 block partial sums of
-/// dx's columns, so dx is never read back; `column_sum_finish_<T>` adds them up. The same
-/// adds as [`column_sum`] over dx, hence the same bits. No host sync.
-pub(crate) fn backward<T: Element>(
-    dy: &CudaBuffer<T>,
-    saved: SavedMask<'_>,
-    prob: &Probability,
-    scale: T::Compute,
-    hidden: usize,
-) -> Result<(CudaBuffer<T>, CudaBuffer<T>)> {
-    let _range = op_range("bias_dropout_residual_backward");
-    let dev = dy.device().clone();
-    let n = dy.len();
-    let mut dx = dev.alloc_uninit::<T>(n)?;
-    let mut db = dev.alloc_uninit::<T>(hidden)?;
-    if let Some(rows) = n.checked_div(hidden) {
-        let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
-        let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
-        let dyv = dy.view();
-        let (dy_ptr, _gy) = dyv.device_ptr(dev.stream());
-        let (dx_ptr, _gx) = dx.device_ptr_mut(dev.stream());
-        let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
-        let (db_ptr, _gb) = db.device_ptr_mut(dev.stream());
-        // Saved bits, or (null bits) the stream position to redraw the decisions from.
-        let (bits_ptr, _gk, draw) = match saved {
-            SavedMask::Bits(bits) => {
-                let (p, g) = bits.slice().device_ptr(dev.stream());
-                (
-                    p,
-                    Some(g),
-                    DkDraw::new(crate::plan::StreamPos::new(0, 0), prob),
-                )
-            }
-            SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob)),
-        };
-        let (rows, h, block_rows, blocks) = (
-            rows as u64,
-            hidden as u64,
-            COLUMN_SUM_BLOCK_ROWS as u64,
-            blocks as u64,
-        );
-        let (f, name) = kernel::<T>(&dev, &BIAS_DROPOUT_RESIDUAL_BWD)?;
-        let mut args = dev.stream().launch_builder(&f);
-        args.arg(&dy_ptr)
-            .arg(&dx_ptr)
-            .arg(&bits_ptr)
-            .arg(&p_ptr)
-            .arg(&rows)
-            .arg(&h)
-            .arg(&block_rows)
-            .arg(&draw)
-            .arg(&scale);
-        // One thread per (block, column) pair.
-        // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
-        // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
-        // saved mask (or null); all guarded until queued.
-        unsafe { launch(&dev, args, blocks * h * PER_THREAD, &name)? };
-        queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
-    }
-    Ok((
-        CudaBuffer::new(dev.clone(), dx, 0, n),
-        CudaBuffer::new(dev, db, 0, hidden),
-    ))
-}
-
-/// The bias gradient: the `hidden` column sums of `g` ([`queue_column_sum`]).
-pub(crate) fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result<CudaBuffer<T>> {
-    let _range = op_range("column_sum");
-    let dev = g.device().clone();
-    let mut out = dev.alloc_uninit::<T>(hidden)?;
-    if let Some(rows) = g.len().checked_div(hidden) {
-        let gv = g.view();
-        let (g_ptr, _gg) = gv.device_ptr(dev.stream());
-        let (o_ptr, _go) = out.device_ptr_mut(dev.stream());
-        // SAFETY: g's view holds rows * hidden elements and out hidden, on dev's stream;
-        // their guards are held until both launches are queued.
-        unsafe { queue_column_sum::<T>(&dev, g_ptr, o_ptr, rows, hidden)? };
-    }
-    Ok(CudaBuffer::new(dev, out, 0, hidden))
 }

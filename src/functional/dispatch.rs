@@ -3,7 +3,7 @@
 //! the backend that holds its tensor by matching on the tensor's storage.
 
 use super::state::{DropoutState, ForwardOut, MaskBuffer};
-use crate::backend::{DeviceBackend, Forwarded};
+use crate::backend::{DeviceBuffers, Forwarded};
 use crate::cpu;
 use crate::cuda;
 use crate::cuda::Cuda;
@@ -57,7 +57,7 @@ pub(crate) trait ForwardOp<T: Element> {
     fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>>;
     /// Launches on the operand's stream; returns the new output (if not in place) and the
     /// saved bits.
-    fn cuda(self, x: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>>;
+    fn cuda(self, x: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>>;
 }
 
 /// Runs `op` on the backend that holds `x`; returns the output and the saved mask.

@@ -7,7 +7,7 @@ use super::dispatch::{
 };
 use super::state::DropoutState;
 use super::state::{regenerate_bits, MaskBuffer, Saved};
-use crate::backend::{DeviceBackend, Forwarded, SavedMask};
+use crate::backend::{DeviceBuffers, DropoutKernels, Forwarded, SavedMask};
 use crate::cpu;
 use crate::cuda::Cuda;
 use crate::element::{to_compute_f64, Element};
@@ -60,7 +60,7 @@ impl<T: Element> ForwardOp<T> for Elementwise<'_> {
         Ok(bits)
     }
 
-    fn cuda(self, x: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
+    fn cuda(self, x: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
         let kept = self.kept.for_element::<T>();
         Cuda::dropout_forward(x, self.pos, self.prob, kept, self.mode)
     }

@@ -6,7 +6,7 @@ use super::dispatch::{
     check_index_range, run_forward, train_or_identity, ForwardOp, Operand, TrainResult,
 };
 use super::state::DropoutState;
-use crate::backend::{DeviceBackend, Forwarded};
+use crate::backend::{DeviceBuffers, Forwarded, GroupedKernels};
 use crate::cpu;
 use crate::cuda::Cuda;
 use crate::element::Element;
@@ -48,7 +48,7 @@ impl<T: Element> ForwardOp<T> for Grouped<'_> {
         Ok((self.mode == MaskMode::Bits).then_some(bits))
     }
 
-    fn cuda(self, x: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
+    fn cuda(self, x: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
         let kept = self.kept.for_element::<T>();
         Cuda::grouped_forward(x, self.pos, self.prob, &self.layout, kept, self.mode)
     }

@@ -4,7 +4,7 @@
 //! and handed to the backend that holds its tensors.
 
 use super::state::{MaskBuffer, Saved};
-use crate::backend::{DeviceBackend, NormBuffers, NormGradBuffers, Wanted};
+use crate::backend::{NormBuffers, NormGradBuffers, NormKernels, Wanted};
 use crate::cpu;
 use crate::cuda;
 use crate::cuda::Cuda;

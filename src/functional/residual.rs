@@ -4,7 +4,7 @@
 use super::dispatch::{check_index_range, new_output, run_forward, ForwardOp, Operand};
 use super::dropout::dropout_backward;
 use super::state::{DropoutState, MaskBuffer, Saved};
-use crate::backend::{DeviceBackend, Forwarded, SavedMask};
+use crate::backend::{DeviceBuffers, Forwarded, ResidualKernels, SavedMask};
 use crate::cpu;
 use crate::cuda;
 use crate::cuda::Cuda;
@@ -121,7 +121,7 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
         Ok(bits)
     }
 
-    fn cuda(self, residual: <Cuda as DeviceBackend>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
+    fn cuda(self, residual: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
         let (x, bias) = (on_cuda(self.x, "x")?, on_cuda(self.bias, "bias")?);
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
         let (pos, prob) = (self.pos, self.prob);

@@ -2,7 +2,7 @@
 //! the device that made them, or the stream position to regenerate them), how elements map
 //! to decisions, and the gradient factor of kept elements.
 
-use crate::backend::DeviceBackend;
+use crate::backend::DeviceBuffers;
 use crate::cuda;
 use crate::cuda::Cuda;
 use crate::device::Device;
