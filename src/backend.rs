@@ -1,11 +1,15 @@
-//! The interface of the device backend: every operation the functional layer asks of a
-//! backend whose tensors live in device memory, as one trait, [`DeviceBuffers`].
+//! The interface of a backend: what the functional layer asks of the code that holds a
+//! tensor's data, as traits: [`Backend`] (its buffer, mask and operand types) and one
+//! trait per operation family ([`DropoutKernels`], [`GroupedKernels`],
+//! [`ResidualKernels`], [`NormKernels`]).
 //!
-//! `cuda::Cuda` implements it over CUDA buffers. Without the `cuda` feature, the stand-in
-//! in `cuda_off.rs` implements the same trait over types that have no values, so the
-//! compiler checks that the two agree: there is no hand-kept copy of a signature. Adding
-//! an operation to the device backend means one method here, its CUDA implementation, and
-//! one unreachable line in the stand-in (which the compiler asks for).
+//! `cpu::Cpu` and `cuda::Cuda` implement each in the file of that family (`cpu/dropout.rs`,
+//! `cuda/dropout.rs`, ...), and the functional layer is written once, generic over the
+//! backend, after one match on where the tensors live. Without the `cuda` feature, the
+//! stand-in in `cuda_off.rs` implements the same traits over types that have no values, so
+//! the compiler checks that the two agree: there is no hand-kept copy of a signature. A new
+//! op is one trait here and its impl in each backend's file for it (the stand-in's is one
+//! unreachable line per method, which the compiler asks for).
 //!
 //! The argument and result types of the row ops (the fused add + norm) live here too,
 //! generic over the backend, for the same reason.
@@ -22,11 +26,11 @@ use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, NormCall, StreamPos};
 /// A forward's new output (`None` in place) and its saved mask (`None` for the
 /// regenerate form).
 pub(crate) type Forwarded<B, T> = (
-    Option<<B as DeviceBuffers>::Buffer<T>>,
-    Option<<B as DeviceBuffers>::Mask>,
+    Option<<B as Backend>::Buffer<T>>,
+    Option<<B as Backend>::Mask>,
 );
 
-/// The decisions a backward reads: bits saved on the device, or the stream position to
+/// The decisions a backward reads: bits saved by the backend, or the stream position to
 /// regenerate them from.
 pub(crate) enum SavedMask<'a, M> {
     Bits(&'a M),
@@ -34,7 +38,7 @@ pub(crate) enum SavedMask<'a, M> {
 }
 
 /// The fused add + norm forward's inputs on the device.
-pub(crate) struct NormBuffers<'a, B: DeviceBuffers + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormBuffers<'a, B: Backend + ?Sized, T: Element, R: Element> {
     pub x: &'a B::Buffer<T>,
     pub bias: Option<&'a B::Buffer<T>>,
     pub residual: Option<&'a B::Buffer<R>>,
@@ -43,7 +47,7 @@ pub(crate) struct NormBuffers<'a, B: DeviceBuffers + ?Sized, T: Element, R: Elem
 }
 
 /// Its results: z, s, the row statistics and the mask (bits form).
-pub(crate) struct NormForward<B: DeviceBuffers + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormForward<B: Backend + ?Sized, T: Element, R: Element> {
     pub z: B::Buffer<T>,
     pub s: B::Buffer<R>,
     pub stats: B::Buffer<f64>,
@@ -51,7 +55,7 @@ pub(crate) struct NormForward<B: DeviceBuffers + ?Sized, T: Element, R: Element>
 }
 
 /// The backward's inputs on the device; `mask` is the forward's (bits form) or `None`.
-pub(crate) struct NormGradBuffers<'a, B: DeviceBuffers + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormGradBuffers<'a, B: Backend + ?Sized, T: Element, R: Element> {
     pub dz: &'a B::Buffer<T>,
     pub ds: Option<&'a B::Buffer<R>>,
     pub s: &'a B::Buffer<R>,
@@ -67,7 +71,7 @@ pub(crate) struct Wanted {
 }
 
 /// The backward's results.
-pub(crate) struct NormBackward<B: DeviceBuffers + ?Sized, T: Element, R: Element> {
+pub(crate) struct NormBackward<B: Backend + ?Sized, T: Element, R: Element> {
     pub x: B::Buffer<T>,
     pub residual: Option<B::Buffer<R>>,
     pub bias: Option<B::Buffer<T>>,
@@ -75,14 +79,13 @@ pub(crate) struct NormBackward<B: DeviceBuffers + ?Sized, T: Element, R: Element
     pub beta: Option<B::Buffer<T>>,
 }
 
-/// A device backend's types: what its tensors, masks and forward operands are. Each
-/// operation family is a trait over it below, implemented in the backend's launcher file
-/// for that family. Every call is validated before (shapes, dtypes, devices, p, index
+/// A backend's types: what its tensors, masks and forward operands are. Each operation
+/// family is a trait over it below, implemented in the backend's file for that family. Every call is validated before (shapes, dtypes, devices, p, index
 /// ranges): a backend only queues work and allocates.
-pub(crate) trait DeviceBuffers {
-    /// Elements of `T` in device memory.
+pub(crate) trait Backend {
+    /// Elements of `T` in the backend's memory.
     type Buffer<T: Element>;
-    /// Packed keep bits in device memory (one u32 word per 32 decisions).
+    /// Packed keep bits in the backend's memory (one u32 word per 32 decisions).
     type Mask;
     /// The operand of a forward: a separate input, or the output itself (in place).
     type Operand<'a, T: Element>;
@@ -92,7 +95,7 @@ pub(crate) trait DeviceBuffers {
 }
 
 /// Elementwise dropout and alpha dropout, and the backward of every layer.
-pub(crate) trait DropoutKernels: DeviceBuffers {
+pub(crate) trait DropoutKernels: Backend {
     /// Elementwise forward (dropout's scale or alpha dropout's affine map).
     fn dropout_forward<T: Element>(
         x: Self::Operand<'_, T>,
@@ -113,7 +116,7 @@ pub(crate) trait DropoutKernels: DeviceBuffers {
 }
 
 /// Grouped dropout: channel dropout, DropPath, feature alpha dropout.
-pub(crate) trait GroupedKernels: DeviceBuffers {
+pub(crate) trait GroupedKernels: Backend {
     /// Grouped forward (channel dropout, DropPath, feature alpha dropout).
     fn grouped_forward<T: Element>(
         x: Self::Operand<'_, T>,
@@ -126,7 +129,7 @@ pub(crate) trait GroupedKernels: DeviceBuffers {
 }
 
 /// The fused bias + dropout + residual and its bias gradient.
-pub(crate) trait ResidualKernels: DeviceBuffers {
+pub(crate) trait ResidualKernels: Backend {
     /// Fused `residual + dropout(x + bias)`, written over the residual operand's output.
     fn residual_forward<T: Element>(
         x: &Self::Buffer<T>,
@@ -152,16 +155,16 @@ pub(crate) trait ResidualKernels: DeviceBuffers {
 }
 
 /// The fused dropout + add + LayerNorm / RMSNorm.
-pub(crate) trait NormKernels: DeviceBuffers {
+pub(crate) trait NormKernels: Backend {
     /// The fused dropout + add + norm forward (docs/spec.md 6.3).
-    fn norm_forward<T: Element, R: Element>(
+    fn norm_forward<T: Element, R: Element<Compute = T::Compute>>(
         b: NormBuffers<'_, Self, T, R>,
         call: &NormCall,
         mode: MaskMode,
     ) -> Result<NormForward<Self, T, R>>;
 
     /// Its backward.
-    fn norm_backward<T: Element, R: Element>(
+    fn norm_backward<T: Element, R: Element<Compute = T::Compute>>(
         b: NormGradBuffers<'_, Self, T, R>,
         call: &NormCall,
         want: Wanted,

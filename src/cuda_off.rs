@@ -6,8 +6,8 @@
 //! `cfg` in its arms: the CUDA arms type-check here and are unreachable.
 
 use crate::backend::{
-    DeviceBuffers, DropoutKernels, Forwarded, GroupedKernels, NormBackward, NormBuffers,
-    NormForward, NormGradBuffers, NormKernels, ResidualKernels, SavedMask, Wanted,
+    Backend, DropoutKernels, Forwarded, GroupedKernels, NormBackward, NormBuffers, NormForward,
+    NormGradBuffers, NormKernels, ResidualKernels, SavedMask, Wanted,
 };
 use crate::element::Element;
 use crate::error::Result;
@@ -61,7 +61,7 @@ pub(crate) struct MaskSlice(Never);
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cuda;
 
-impl DeviceBuffers for Cuda {
+impl Backend for Cuda {
     type Buffer<T: Element> = CudaBuffer<T>;
     type Mask = MaskSlice;
     type Operand<'a, T: Element> = CudaOperand<'a, T>;

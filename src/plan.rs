@@ -109,6 +109,20 @@ impl Decisions {
             Decisions::Grouped(g) => (g.first, g.count),
         }
     }
+
+    /// The packed keep bits of these decisions for `n` elements at `pos`, computed on the
+    /// host (a regenerate-form state's mask).
+    pub(crate) fn keep_bits(
+        &self,
+        pos: &StreamPos,
+        prob: &Probability,
+        n: usize,
+    ) -> crate::error::Result<Vec<u32>> {
+        let (first, count) = self.span(pos.index_base, n);
+        let mut bits = crate::alloc::zeroed_words(crate::mask::mask_words(count))?;
+        crate::mask::fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
+        Ok(bits)
+    }
 }
 
 /// -lambda * alpha of SELU (SPEC section 6).

@@ -2,10 +2,56 @@
 //! forward with optional packed bits, and backward from bits. Backward by regeneration is
 //! the forward (with `Kept::Scale`) applied to the gradient.
 
-use super::{map_words, with_kept, Block, Source};
+use super::{map_words, mask_for, with_kept, Block, Cpu, CpuOperand, Source};
+use crate::backend::{DropoutKernels, Forwarded, SavedMask};
 use crate::element::{ComputeFloat, Element};
+use crate::error::Result;
 use crate::mask::{keep_word, Probability};
-use crate::plan::{Kept, StreamPos};
+use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
+
+impl DropoutKernels for Cpu {
+    fn dropout_forward<T: Element>(
+        x: CpuOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        kept: Kept<T::Compute>,
+        mode: MaskMode,
+    ) -> Result<Forwarded<Self, T>> {
+        let mut bits = mask_for(x.len(), mode)?;
+        let y = x.write_with(|src, out| {
+            forward_with(src, out, bits.as_deref_mut(), pos, prob, kept);
+            Ok(())
+        })?;
+        Ok((y, bits))
+    }
+
+    fn dropout_backward<T: Element>(
+        dy: &Vec<T>,
+        saved: SavedMask<'_, Vec<u32>>,
+        prob: &Probability,
+        decisions: &Decisions,
+        scale: T::Compute,
+    ) -> Result<Vec<T>> {
+        let mut dx = super::alloc_output::<T>(dy.len())?;
+        let src = Source::Slice(dy);
+        match (saved, decisions) {
+            (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
+                forward(src, &mut dx, None, pos, prob, scale)
+            }
+            (SavedMask::Bits(bits), Decisions::Elementwise) => {
+                backward_bits(src, &mut dx, bits, scale)
+            }
+            (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
+                super::grouped::grouped_apply(src, &mut dx, bits, layout, Kept::Scale(scale))
+            }
+            (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
+                let bits = decisions.keep_bits(&pos, prob, dy.len())?;
+                super::grouped::grouped_apply(src, &mut dx, &bits, layout, Kept::Scale(scale))
+            }
+        }
+        Ok(dx)
+    }
+}
 
 /// y = dropped ? +0 : x * s, writing the keep bits when asked.
 pub fn forward<T: Element>(

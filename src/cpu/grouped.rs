@@ -1,10 +1,30 @@
 //! Grouped decisions on the CPU (SPEC section 6): channel dropout, DropPath and
 //! FeatureAlphaDropout, one decision per group of consecutive elements.
 
-use super::{map_words, with_kept, Block, Source};
+use super::{map_words, with_kept, Block, Cpu, CpuOperand, Source};
+use crate::backend::{Forwarded, GroupedKernels};
 use crate::element::Element;
 use crate::mask::{fill_keep_bits, mask_words, Probability};
-use crate::plan::{GroupLayout, Kept, StreamPos};
+use crate::plan::{GroupLayout, Kept, MaskMode, StreamPos};
+
+impl GroupedKernels for Cpu {
+    fn grouped_forward<T: Element>(
+        x: CpuOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &GroupLayout,
+        kept: Kept<T::Compute>,
+        mode: MaskMode,
+    ) -> crate::error::Result<Forwarded<Self, T>> {
+        let mut bits = None;
+        let y = x.write_with(|src, out| {
+            bits = Some(forward(src, out, pos, prob, layout, kept)?);
+            Ok(())
+        })?;
+        // The decisions are drawn either way (they are few); kept for the bits form only.
+        Ok((y, bits.filter(|_| mode == MaskMode::Bits)))
+    }
+}
 
 /// The grouped forward: draws the decisions of `layout` first (few: one per channel or
 /// sample), then applies them; returns the packed decision bits (or the allocation error).

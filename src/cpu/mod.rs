@@ -16,6 +16,7 @@ mod rows;
 /// Which instruction set the CPU backend uses (the leaf module `host::simd`, re-exported).
 pub use crate::host::simd;
 
+use crate::backend::Backend;
 use crate::element::{ComputeFloat, Element};
 
 /// An output of `n` elements for a forward or backward to overwrite, or
@@ -45,6 +46,68 @@ pub fn alloc_mask(n: usize) -> crate::error::Result<Vec<u32>> {
     match recycle::take(words) {
         Some(v) => Ok(v),
         None => crate::alloc::zeroed_words(words),
+    }
+}
+
+/// The CPU backend as a type: what implements the backend interface (`crate::backend`:
+/// its types here, each operation family in its file).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Cpu;
+
+impl Backend for Cpu {
+    type Buffer<T: Element> = Vec<T>;
+    type Mask = Vec<u32>;
+    type Operand<'a, T: Element> = CpuOperand<'a, T>;
+
+    fn download_mask(mask: &Vec<u32>) -> crate::error::Result<Vec<u32>> {
+        crate::alloc::copied(mask)
+    }
+}
+
+/// The operand of a CPU forward: a separate input, or the output itself (in place).
+pub(crate) enum CpuOperand<'a, T> {
+    Input(&'a [T]),
+    InPlace(&'a mut [T]),
+}
+
+impl<T: Element> CpuOperand<'_, T> {
+    /// Runs `f` on the operand as a source and the output it writes (a new one for an
+    /// input, the operand itself in place); returns the new output, `None` in place.
+    pub(crate) fn write_with(
+        self,
+        f: impl FnOnce(Source<'_, T>, &mut [T]) -> crate::error::Result<()>,
+    ) -> crate::error::Result<Option<Vec<T>>> {
+        match self {
+            CpuOperand::Input(x) => {
+                let mut y = alloc_output::<T>(x.len())?;
+                f(Source::Slice(x), &mut y)?;
+                Ok(Some(y))
+            }
+            CpuOperand::InPlace(y) => {
+                f(Source::Output, y)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Its number of elements.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            CpuOperand::Input(x) => x.len(),
+            CpuOperand::InPlace(y) => y.len(),
+        }
+    }
+}
+
+/// A new mask of `n` decisions for [`MaskMode::Bits`](crate::plan::MaskMode::Bits),
+/// `None` for the regenerate form.
+pub(crate) fn mask_for(
+    n: usize,
+    mode: crate::plan::MaskMode,
+) -> crate::error::Result<Option<Vec<u32>>> {
+    match mode {
+        crate::plan::MaskMode::Bits => alloc_mask(n).map(Some),
+        crate::plan::MaskMode::Regenerate => Ok(None),
     }
 }
 

@@ -9,11 +9,89 @@
 //! count.
 
 use super::rows::{bits_at, for_chunks, for_tasks, lane_tree, row_sum};
+use super::Cpu;
+use crate::backend::{
+    NormBackward, NormBuffers, NormForward, NormGradBuffers, NormKernels, Wanted,
+};
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
 use crate::mask::{fill_keep_bits, mask_words};
+use crate::plan::MaskMode;
 use crate::plan::{Norm, NormCall, COLUMN_SUM_BLOCK_ROWS, ROW_SUM_LANES};
 use rayon::prelude::*;
+
+impl NormKernels for Cpu {
+    fn norm_forward<T: Element, R: Element<Compute = T::Compute>>(
+        b: NormBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        mode: MaskMode,
+    ) -> Result<NormForward<Self, T, R>> {
+        let n = b.x.len();
+        let rows = n.checked_div(call.hidden).unwrap_or(0);
+        let mut z = super::alloc_output::<T>(n)?;
+        let mut s = super::alloc_output::<R>(n)?;
+        let mut stats = crate::alloc::filled(0f64, 2 * rows)?;
+        let mut mask = super::mask_for(n, mode)?;
+        let inputs = NormInputs {
+            x: b.x,
+            bias: b.bias.map(|v| v.as_slice()),
+            residual: b.residual.map(|v| v.as_slice()),
+            gamma: b.gamma,
+            beta: b.beta.map(|v| v.as_slice()),
+        };
+        let out = NormOutputs {
+            z: &mut z,
+            s: &mut s,
+            stats: &mut stats,
+            bits: mask.as_deref_mut(),
+        };
+        forward(inputs, out, call)?;
+        Ok(NormForward { z, s, stats, mask })
+    }
+
+    fn norm_backward<T: Element, R: Element<Compute = T::Compute>>(
+        b: NormGradBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        want: Wanted,
+    ) -> Result<NormBackward<Self, T, R>> {
+        let (n, h) = (b.dz.len(), call.hidden);
+        let mut x = super::alloc_output::<T>(n)?;
+        let mut residual = want
+            .residual
+            .then(|| super::alloc_output::<R>(n))
+            .transpose()?;
+        let mut bias = want
+            .bias
+            .then(|| crate::alloc::zeroed::<T>(h))
+            .transpose()?;
+        let mut gamma = crate::alloc::zeroed::<T>(h)?;
+        let is_layer = call.norm == Norm::LayerNorm;
+        let mut beta = is_layer.then(|| crate::alloc::zeroed::<T>(h)).transpose()?;
+        let inputs = NormGradInputs {
+            dz: b.dz,
+            ds: b.ds.map(|v| v.as_slice()),
+            s: b.s,
+            gamma: b.gamma,
+            stats: b.stats,
+            bits: b.mask.map(|v| v.as_slice()),
+        };
+        let out = NormGrads {
+            x: &mut x,
+            residual: residual.as_deref_mut(),
+            bias: bias.as_deref_mut(),
+            gamma: &mut gamma,
+            beta: beta.as_deref_mut(),
+        };
+        backward(inputs, out, call)?;
+        Ok(NormBackward {
+            x,
+            residual,
+            bias,
+            gamma,
+            beta,
+        })
+    }
+}
 
 /// The forward's inputs: x of rows x H; bias, gamma and beta of H; residual of rows x H.
 #[derive(Clone, Copy)]

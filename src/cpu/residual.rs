@@ -1,10 +1,51 @@
 //! The fused bias + dropout + residual on the CPU (SPEC section 6), elementwise decisions,
 //! and the column sum that gives its bias gradient.
 
-use super::{map_words, Block, Source};
+use super::{map_words, mask_for, Block, Cpu, CpuOperand, Source};
+use crate::backend::{DropoutKernels, Forwarded, ResidualKernels, SavedMask};
 use crate::element::{ComputeFloat, Element};
+use crate::error::Result;
 use crate::mask::{keep_word, Probability};
-use crate::plan::{StreamPos, COLUMN_SUM_BLOCK_ROWS};
+use crate::plan::{Decisions, MaskMode, StreamPos, COLUMN_SUM_BLOCK_ROWS};
+
+impl ResidualKernels for Cpu {
+    fn residual_forward<T: Element>(
+        x: &Vec<T>,
+        bias: &Vec<T>,
+        residual: CpuOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        scale: T::Compute,
+        mode: MaskMode,
+    ) -> Result<Forwarded<Self, T>> {
+        let mut bits = mask_for(residual.len(), mode)?;
+        let out = residual.write_with(|residual, out| {
+            let inputs = FusedInputs { x, bias, residual };
+            bias_dropout_residual(inputs, out, bits.as_deref_mut(), pos, prob, scale)
+        })?;
+        Ok((out, bits))
+    }
+
+    fn column_sum<T: Element>(g: &Vec<T>, hidden: usize) -> Result<Vec<T>> {
+        let mut out = crate::alloc::zeroed::<T>(hidden)?;
+        column_sum(g, &mut out, hidden)?;
+        Ok(out)
+    }
+
+    /// dx through the dropout backward, then its column sums: the same bits as CUDA's one
+    /// pass.
+    fn residual_backward<T: Element>(
+        dy: &Vec<T>,
+        saved: SavedMask<'_, Vec<u32>>,
+        prob: &Probability,
+        scale: T::Compute,
+        hidden: usize,
+    ) -> Result<(Vec<T>, Vec<T>)> {
+        let dx = Self::dropout_backward(dy, saved, prob, &Decisions::Elementwise, scale)?;
+        let db = <Self as ResidualKernels>::column_sum(&dx, hidden)?;
+        Ok((dx, db))
+    }
+}
 
 /// The three inputs of the fused layer: x and residual of n elements, bias of h.
 #[derive(Clone, Copy)]

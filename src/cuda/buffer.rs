@@ -2,7 +2,7 @@
 //! tensor covers, and the operand of a forward (a separate input or the output itself).
 
 use super::device::{driver_error, CudaDevice};
-use crate::backend::DeviceBuffers;
+use crate::backend::Backend;
 use crate::element::Element;
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, CudaView};
@@ -130,7 +130,7 @@ impl<T: Element> CudaBuffer<T> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cuda;
 
-impl DeviceBuffers for Cuda {
+impl Backend for Cuda {
     type Buffer<T: Element> = CudaBuffer<T>;
     type Mask = MaskSlice;
     type Operand<'a, T: Element> = CudaOperand<'a, T>;

@@ -3,8 +3,8 @@
 //! the backend that holds its tensor by matching on the tensor's storage.
 
 use super::state::{DropoutState, ForwardOut, MaskBuffer};
-use crate::backend::{DeviceBuffers, Forwarded};
-use crate::cpu;
+use crate::backend::{DropoutKernels, Forwarded, GroupedKernels, NormKernels, ResidualKernels};
+use crate::cpu::{Cpu, CpuOperand};
 use crate::cuda;
 use crate::cuda::Cuda;
 use crate::element::Element;
@@ -50,14 +50,130 @@ pub(crate) fn train_or_identity<T: Element>(
     Ok((new_output(y), state))
 }
 
-/// One validated training forward as each backend runs it; [`run_forward`] calls the arm
-/// of the backend that holds the operand.
+/// A backend as the functional layer uses it: every operation family, and where its
+/// buffers sit in a tensor's storage and a state's mask. Implemented for `cpu::Cpu` and
+/// `cuda::Cuda`; each op is written once, generic over it, after [`on_backend`] (or
+/// [`run_forward`]) has matched on where the tensors live.
+pub(crate) trait Placed:
+    DropoutKernels + GroupedKernels + ResidualKernels + NormKernels
+{
+    /// The buffer of a tensor this backend holds (the caller compared the devices).
+    fn buffer<T: Element>(t: &Tensor<T>) -> &Self::Buffer<T>;
+    /// The operand of a forward over a tensor this backend holds.
+    fn operand<'a, T: Element>(x: Operand<'a, T>) -> Self::Operand<'a, T>;
+    /// A new buffer as a tensor's storage.
+    fn storage<T: Element>(b: Self::Buffer<T>) -> Storage<T>;
+    /// A new mask as a state's.
+    fn mask(m: Self::Mask) -> MaskBuffer;
+    /// A state's mask made by this backend (the caller compared the devices).
+    fn saved_mask(m: &MaskBuffer) -> &Self::Mask;
+}
+
+/// Not held by the backend that was matched: the device checks before rule it out.
+fn elsewhere() -> ! {
+    unreachable!(
+        "a tensor or mask on another backend than the one matched, after the device checks"
+    )
+}
+
+impl Placed for Cpu {
+    fn buffer<T: Element>(t: &Tensor<T>) -> &Vec<T> {
+        match &t.storage {
+            Storage::Cpu(v) => v,
+            Storage::Cuda(_) => elsewhere(),
+        }
+    }
+
+    fn operand<'a, T: Element>(x: Operand<'a, T>) -> CpuOperand<'a, T> {
+        match x {
+            Operand::Input(Tensor {
+                storage: Storage::Cpu(v),
+                ..
+            }) => CpuOperand::Input(v),
+            Operand::InPlace(Tensor {
+                storage: Storage::Cpu(v),
+                ..
+            }) => CpuOperand::InPlace(v),
+            _ => elsewhere(),
+        }
+    }
+
+    fn storage<T: Element>(b: Vec<T>) -> Storage<T> {
+        Storage::Cpu(b)
+    }
+
+    fn mask(m: Vec<u32>) -> MaskBuffer {
+        MaskBuffer::Cpu(m)
+    }
+
+    fn saved_mask(m: &MaskBuffer) -> &Vec<u32> {
+        match m {
+            MaskBuffer::Cpu(v) => v,
+            MaskBuffer::Cuda(_) => elsewhere(),
+        }
+    }
+}
+
+impl Placed for Cuda {
+    fn buffer<T: Element>(t: &Tensor<T>) -> &cuda::CudaBuffer<T> {
+        match &t.storage {
+            Storage::Cuda(b) => b,
+            Storage::Cpu(_) => elsewhere(),
+        }
+    }
+
+    fn operand<'a, T: Element>(x: Operand<'a, T>) -> cuda::CudaOperand<'a, T> {
+        match x {
+            Operand::Input(Tensor {
+                storage: Storage::Cuda(b),
+                ..
+            }) => cuda::CudaOperand::Input(b),
+            Operand::InPlace(Tensor {
+                storage: Storage::Cuda(b),
+                ..
+            }) => cuda::CudaOperand::InPlace(b),
+            _ => elsewhere(),
+        }
+    }
+
+    fn storage<T: Element>(b: cuda::CudaBuffer<T>) -> Storage<T> {
+        Storage::Cuda(b)
+    }
+
+    fn mask(m: cuda::MaskSlice) -> MaskBuffer {
+        MaskBuffer::Cuda(m)
+    }
+
+    fn saved_mask(m: &MaskBuffer) -> &cuda::MaskSlice {
+        match m {
+            MaskBuffer::Cuda(s) => s,
+            MaskBuffer::Cpu(_) => elsewhere(),
+        }
+    }
+}
+
+/// An operation written once for every backend: [`on_backend`] runs it on the one that
+/// holds the tensors.
+pub(crate) trait OnBackend {
+    type Output;
+    fn run<B: Placed>(self) -> Result<Self::Output>;
+}
+
+/// The one storage dispatch: runs `op` on the backend of `t` (whose device the caller
+/// checked every other operand against).
+pub(crate) fn on_backend<T: Element, O: OnBackend>(t: &Tensor<T>, op: O) -> Result<O::Output> {
+    match &t.storage {
+        Storage::Cpu(_) => op.run::<Cpu>(),
+        Storage::Cuda(_) => op.run::<Cuda>(),
+    }
+}
+
+/// One validated training forward, written once for every backend: [`run_forward`] calls
+/// it on the backend that holds the operand.
 pub(crate) trait ForwardOp<T: Element> {
-    /// Fills `out` from `src` (`Source::Output` when in place); returns the saved bits.
-    fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>>;
-    /// Launches on the operand's stream; returns the new output (if not in place) and the
-    /// saved bits.
-    fn cuda(self, x: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>>;
+    /// Writes the output (a new one, or over the operand in place); returns it (if new)
+    /// and the saved bits.
+    fn run<B: Placed>(self, x: B::Operand<'_, T>) -> Result<Forwarded<B, T>>;
 }
 
 /// Runs `op` on the backend that holds `x`; returns the output and the saved mask.
@@ -66,25 +182,11 @@ pub(crate) fn run_forward<T: Element>(
     op: impl ForwardOp<T>,
 ) -> Result<(ForwardOut<T>, Option<MaskBuffer>)> {
     let (shape, device) = (x.tensor().shape().to_vec(), x.tensor().device());
-    let (storage, mask) = match x {
-        Operand::Input(t) => match &t.storage {
-            Storage::Cpu(xs) => {
-                let mut y = cpu::alloc_output::<T>(xs.len())?;
-                let mask = op.cpu(cpu::Source::Slice(xs), &mut y)?;
-                (Some(Storage::Cpu(y)), mask.map(MaskBuffer::Cpu))
-            }
-            Storage::Cuda(xb) => {
-                let (y, mask) = op.cuda(cuda::CudaOperand::Input(xb))?;
-                (y.map(Storage::Cuda), mask.map(MaskBuffer::Cuda))
-            }
-        },
-        Operand::InPlace(t) => match &mut t.storage {
-            Storage::Cpu(xs) => (None, op.cpu(cpu::Source::Output, xs)?.map(MaskBuffer::Cpu)),
-            Storage::Cuda(xb) => {
-                let (_, mask) = op.cuda(cuda::CudaOperand::InPlace(xb))?;
-                (None, mask.map(MaskBuffer::Cuda))
-            }
-        },
+    let on_cuda = matches!(x.tensor().storage, Storage::Cuda(_));
+    let (storage, mask) = if on_cuda {
+        forward_on::<Cuda, T>(x, op)?
+    } else {
+        forward_on::<Cpu, T>(x, op)?
     };
     let output = storage.map(|s| Tensor::from_storage(s, shape.clone()));
     Ok((
@@ -97,6 +199,16 @@ pub(crate) fn run_forward<T: Element>(
     ))
 }
 
+type Stored<T> = (Option<Storage<T>>, Option<MaskBuffer>);
+
+fn forward_on<B: Placed, T: Element>(
+    x: Operand<'_, T>,
+    op: impl ForwardOp<T>,
+) -> Result<Stored<T>> {
+    let (y, mask) = op.run::<B>(B::operand(x))?;
+    Ok((y.map(B::storage), mask.map(B::mask)))
+}
+
 /// The output of a forward over a separate input: every backend allocates one for such a
 /// forward, so `None` is a bug in dropkit, not in the call.
 pub(crate) fn new_output<T: Element>(y: Option<Tensor<T>>) -> Tensor<T> {
@@ -104,13 +216,6 @@ pub(crate) fn new_output<T: Element>(y: Option<Tensor<T>>) -> Tensor<T> {
         Some(y) => y,
         None => unreachable!("a forward over a separate input returned no output"),
     }
-}
-
-/// A saved mask on another device than its gradient. Every backward compares the state's
-/// device with the gradient's first (`DeviceMismatch`), and a state's mask and statistics
-/// live where it was made, so reaching this is a bug in dropkit.
-pub(crate) fn mask_elsewhere() -> ! {
-    unreachable!("the saved mask lives on another device than the gradient, after the device check")
 }
 
 /// Decision indices are u64: `index_base + n` must not wrap.

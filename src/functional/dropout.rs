@@ -2,19 +2,16 @@
 //! dropout shares, and the backward of the whole family.
 
 use super::dispatch::{
-    check_index_range, mask_elsewhere, run_forward, train_or_identity, ForwardOp, Operand,
-    TrainResult,
+    check_index_range, on_backend, run_forward, train_or_identity, ForwardOp, OnBackend, Operand,
+    Placed, TrainResult,
 };
-use super::state::DropoutState;
-use super::state::{regenerate_bits, MaskBuffer, Saved};
-use crate::backend::{DeviceBuffers, DropoutKernels, Forwarded, SavedMask};
-use crate::cpu;
-use crate::cuda::Cuda;
+use super::state::{DropoutState, Saved};
+use crate::backend::{Forwarded, SavedMask};
 use crate::element::{to_compute_f64, Element};
 use crate::error::Result;
 use crate::mask::Probability;
 use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::Tensor;
 
 /// Elementwise dropout of `x` with drop probability `p` (SPEC section 3).
 ///
@@ -50,19 +47,9 @@ struct Elementwise<'a> {
 }
 
 impl<T: Element> ForwardOp<T> for Elementwise<'_> {
-    fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
-        let mut bits = match self.mode {
-            MaskMode::Bits => Some(cpu::alloc_mask(out.len())?),
-            MaskMode::Regenerate => None,
-        };
+    fn run<B: Placed>(self, x: B::Operand<'_, T>) -> Result<Forwarded<B, T>> {
         let kept = self.kept.for_element::<T>();
-        cpu::dropout::forward_with(src, out, bits.as_deref_mut(), self.pos, self.prob, kept);
-        Ok(bits)
-    }
-
-    fn cuda(self, x: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
-        let kept = self.kept.for_element::<T>();
-        Cuda::dropout_forward(x, self.pos, self.prob, kept, self.mode)
+        B::dropout_forward(x, self.pos, self.prob, kept, self.mode)
     }
 }
 
@@ -93,46 +80,35 @@ pub(crate) fn elementwise_train<T: Element>(
 pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> Result<Tensor<T>> {
     const OP: &str = "dropout backward";
     state.check_grad(grad, OP)?;
-    let scale = to_compute_f64::<T>(state.grad_scale);
-    let n = grad.len();
-    let prob = &state.prob;
-    let storage = match (&grad.storage, &state.saved) {
-        (_, Saved::Identity) => return grad.try_clone(),
-        (Storage::Cpu(g), saved) => {
-            let mut dx = cpu::alloc_output::<T>(n)?;
-            let src = cpu::Source::Slice(g);
-            match (saved, &state.decisions) {
-                (Saved::Regenerate(pos), Decisions::Elementwise) => {
-                    cpu::dropout::forward(src, &mut dx, None, *pos, prob, scale)
-                }
-                (Saved::Bits(MaskBuffer::Cpu(bits)), Decisions::Elementwise) => {
-                    cpu::dropout::backward_bits(src, &mut dx, bits, scale)
-                }
-                (Saved::Bits(MaskBuffer::Cpu(bits)), Decisions::Grouped(layout)) => {
-                    cpu::grouped::grouped_apply(src, &mut dx, bits, layout, Kept::Scale(scale))
-                }
-                (Saved::Regenerate(pos), Decisions::Grouped(layout)) => {
-                    let bits = regenerate_bits(pos, prob, state.decisions, n)?;
-                    cpu::grouped::grouped_apply(src, &mut dx, &bits, layout, Kept::Scale(scale))
-                }
-                _ => mask_elsewhere(),
-            }
-            Storage::Cpu(dx)
-        }
-        (Storage::Cuda(g), saved) => {
-            let mask = match saved {
-                Saved::Bits(MaskBuffer::Cuda(bits)) => SavedMask::Bits(bits),
-                Saved::Regenerate(pos) => SavedMask::Regenerate(*pos),
-                _ => mask_elsewhere(),
-            };
-            Storage::Cuda(Cuda::dropout_backward(
-                g,
-                mask,
-                prob,
-                &state.decisions,
-                scale,
-            )?)
-        }
-    };
-    Ok(Tensor::from_storage(storage, grad.shape().to_vec()))
+    if let Saved::Identity = state.saved {
+        return grad.try_clone();
+    }
+    on_backend(grad, Backward { grad, state })
+}
+
+/// [`dropout_backward`] once its state is checked and not the identity.
+struct Backward<'a, T: Element> {
+    grad: &'a Tensor<T>,
+    state: &'a DropoutState,
+}
+
+impl<T: Element> OnBackend for Backward<'_, T> {
+    type Output = Tensor<T>;
+
+    fn run<B: Placed>(self) -> Result<Tensor<T>> {
+        let Backward { grad, state } = self;
+        let scale = to_compute_f64::<T>(state.grad_scale);
+        let saved = saved_mask::<B>(&state.saved);
+        let dx = B::dropout_backward(B::buffer(grad), saved, &state.prob, &state.decisions, scale)?;
+        Ok(Tensor::from_storage(B::storage(dx), grad.shape().to_vec()))
+    }
+}
+
+/// The decisions of a trained state as backend `B` reads them.
+pub(crate) fn saved_mask<B: Placed>(saved: &Saved) -> SavedMask<'_, B::Mask> {
+    match saved {
+        Saved::Bits(m) => SavedMask::Bits(B::saved_mask(m)),
+        Saved::Regenerate(pos) => SavedMask::Regenerate(*pos),
+        Saved::Identity => unreachable!("an eval-mode state has no decisions to read"),
+    }
 }

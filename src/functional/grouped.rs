@@ -3,12 +3,10 @@
 //! [`super::dropout_backward`].
 
 use super::dispatch::{
-    check_index_range, run_forward, train_or_identity, ForwardOp, Operand, TrainResult,
+    check_index_range, run_forward, train_or_identity, ForwardOp, Operand, Placed, TrainResult,
 };
 use super::state::DropoutState;
-use crate::backend::{DeviceBuffers, Forwarded, GroupedKernels};
-use crate::cpu;
-use crate::cuda::Cuda;
+use crate::backend::Forwarded;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::mask::Probability;
@@ -42,15 +40,9 @@ struct Grouped<'a> {
 }
 
 impl<T: Element> ForwardOp<T> for Grouped<'_> {
-    fn cpu(self, src: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
+    fn run<B: Placed>(self, x: B::Operand<'_, T>) -> Result<Forwarded<B, T>> {
         let kept = self.kept.for_element::<T>();
-        let bits = cpu::grouped::forward(src, out, self.pos, self.prob, &self.layout, kept)?;
-        Ok((self.mode == MaskMode::Bits).then_some(bits))
-    }
-
-    fn cuda(self, x: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
-        let kept = self.kept.for_element::<T>();
-        Cuda::grouped_forward(x, self.pos, self.prob, &self.layout, kept, self.mode)
+        B::grouped_forward(x, self.pos, self.prob, &self.layout, kept, self.mode)
     }
 }
 

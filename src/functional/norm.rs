@@ -3,11 +3,9 @@
 //! is where a call is checked (once: shapes, dtypes, devices, eps, the decision range)
 //! and handed to the backend that holds its tensors.
 
+use super::dispatch::{on_backend, OnBackend, Placed};
 use super::state::{MaskBuffer, Saved};
-use crate::backend::{NormBuffers, NormGradBuffers, NormKernels, Wanted};
-use crate::cpu;
-use crate::cuda;
-use crate::cuda::Cuda;
+use crate::backend::{NormBuffers, NormGradBuffers, Wanted};
 use crate::device::Device;
 use crate::element::{DType, Element};
 use crate::error::{Error, Result};
@@ -98,7 +96,7 @@ impl AddNormState {
             Saved::Bits(m) => m.to_vec().map(Some),
             Saved::Regenerate(pos) => {
                 let decisions = crate::plan::Decisions::Elementwise;
-                super::state::regenerate_bits(pos, &self.call.prob, decisions, n).map(Some)
+                decisions.keep_bits(pos, &self.call.prob, n).map(Some)
             }
         }
     }
@@ -297,52 +295,14 @@ where
     };
     let shape = inputs.x.shape().to_vec();
     let rows = inputs.x.len() / hidden;
-    let (z, s, stats, mask) = match &inputs.x.storage {
-        Storage::Cpu(x) => {
-            let n = x.len();
-            let mut z = cpu::alloc_output::<T>(n)?;
-            let mut s = cpu::alloc_output::<R>(n)?;
-            let mut stats = crate::alloc::filled(0f64, 2 * rows)?;
-            let mut bits = match mode {
-                MaskMode::Bits => Some(cpu::alloc_mask(n)?),
-                MaskMode::Regenerate => None,
-            };
-            let host = cpu::norm::NormInputs {
-                x,
-                bias: inputs.bias.map(cpu_slice).transpose()?,
-                residual: inputs.residual.map(cpu_slice).transpose()?,
-                gamma: cpu_slice(inputs.gamma)?,
-                beta: inputs.beta.map(cpu_slice).transpose()?,
-            };
-            let out = cpu::norm::NormOutputs {
-                z: &mut z,
-                s: &mut s,
-                stats: &mut stats,
-                bits: bits.as_deref_mut(),
-            };
-            cpu::norm::forward(host, out, &call)?;
-            let mask = bits.map(MaskBuffer::Cpu);
-            (Storage::Cpu(z), Storage::Cpu(s), Storage::Cpu(stats), mask)
-        }
-        Storage::Cuda(x) => {
-            let dev = NormBuffers::<Cuda, T, R> {
-                x,
-                bias: inputs.bias.map(cuda_buffer).transpose()?,
-                residual: inputs.residual.map(cuda_buffer).transpose()?,
-                gamma: cuda_buffer(inputs.gamma)?,
-                beta: inputs.beta.map(cuda_buffer).transpose()?,
-            };
-            let out = Cuda::norm_forward(dev, &call, mode)?;
-            let mask = out.mask.map(MaskBuffer::Cuda);
-            let (z, s, stats) = (out.z, out.s, out.stats);
-            (
-                Storage::Cuda(z),
-                Storage::Cuda(s),
-                Storage::Cuda(stats),
-                mask,
-            )
-        }
-    };
+    let (z, s, stats, mask) = on_backend(
+        inputs.x,
+        Forward {
+            inputs: &inputs,
+            call: &call,
+            mode,
+        },
+    )?;
     let saved = match (config.training, mask) {
         (false, _) => Saved::Identity,
         (true, Some(bits)) => Saved::Bits(bits),
@@ -366,27 +326,38 @@ where
     })
 }
 
-/// The host slice of a tensor the check found on the CPU with x.
-fn cpu_slice<T: Element>(t: &Tensor<T>) -> Result<&[T]> {
-    match &t.storage {
-        Storage::Cpu(v) => Ok(v),
-        Storage::Cuda(_) => Err(elsewhere("cpu", "cuda")),
-    }
+/// The forward on the backend that holds x (check_add_norm put every input there).
+struct Forward<'a, 'b, T: Element, R: Element> {
+    inputs: &'a AddNormInputs<'b, T, R>,
+    call: &'a NormCall,
+    mode: MaskMode,
 }
 
-/// The device buffer of a tensor the check found on CUDA with x.
-fn cuda_buffer<T: Element>(t: &Tensor<T>) -> Result<&cuda::CudaBuffer<T>> {
-    match &t.storage {
-        Storage::Cuda(b) => Ok(b),
-        Storage::Cpu(_) => Err(elsewhere("cuda", "cpu")),
-    }
-}
+type Stored<T, R> = (Storage<T>, Storage<R>, Storage<f64>, Option<MaskBuffer>);
 
-fn elsewhere(expected: &str, got: &str) -> Error {
-    Error::DeviceMismatch {
-        op: OP,
-        expected: expected.into(),
-        got: got.into(),
+impl<T, R> OnBackend for Forward<'_, '_, T, R>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    type Output = Stored<T, R>;
+
+    fn run<B: Placed>(self) -> Result<Stored<T, R>> {
+        let inputs = self.inputs;
+        let buffers = NormBuffers::<B, T, R> {
+            x: B::buffer(inputs.x),
+            bias: inputs.bias.map(B::buffer),
+            residual: inputs.residual.map(B::buffer),
+            gamma: B::buffer(inputs.gamma),
+            beta: inputs.beta.map(B::buffer),
+        };
+        let out = B::norm_forward(buffers, self.call, self.mode)?;
+        Ok((
+            B::storage(out.z),
+            B::storage(out.s),
+            B::storage(out.stats),
+            out.mask.map(B::mask),
+        ))
     }
 }
 
@@ -415,79 +386,15 @@ where
     check_backward(dz, ds, &saved, state)?;
     let call = &state.call;
     let h = call.hidden;
-    let is_layer = call.norm == Norm::LayerNorm;
-    let (x, residual, bias, gamma, beta) = match (&dz.storage, &state.stats.storage) {
-        (Storage::Cpu(dzs), Storage::Cpu(stats)) => {
-            let n = dzs.len();
-            let bits = match &state.saved {
-                Saved::Bits(MaskBuffer::Cpu(b)) => Some(b.as_slice()),
-                Saved::Bits(MaskBuffer::Cuda(_)) => super::dispatch::mask_elsewhere(),
-                _ => None,
-            };
-            let mut dx = cpu::alloc_output::<T>(n)?;
-            let mut dres = state
-                .has_residual
-                .then(|| cpu::alloc_output::<R>(n))
-                .transpose()?;
-            let mut dbias = state
-                .has_bias
-                .then(|| crate::alloc::zeroed::<T>(h))
-                .transpose()?;
-            let mut dgamma = crate::alloc::zeroed::<T>(h)?;
-            let mut dbeta = is_layer.then(|| crate::alloc::zeroed::<T>(h)).transpose()?;
-            let inputs = cpu::norm::NormGradInputs {
-                dz: dzs,
-                ds: ds.map(cpu_slice).transpose()?,
-                s: cpu_slice(saved.s)?,
-                gamma: cpu_slice(saved.gamma)?,
-                stats,
-                bits,
-            };
-            let out = cpu::norm::NormGrads {
-                x: &mut dx,
-                residual: dres.as_deref_mut(),
-                bias: dbias.as_deref_mut(),
-                gamma: &mut dgamma,
-                beta: dbeta.as_deref_mut(),
-            };
-            cpu::norm::backward(inputs, out, call)?;
-            (
-                Storage::Cpu(dx),
-                dres.map(Storage::Cpu),
-                dbias.map(Storage::Cpu),
-                Storage::Cpu(dgamma),
-                dbeta.map(Storage::Cpu),
-            )
-        }
-        (Storage::Cuda(dzb), Storage::Cuda(stats)) => {
-            let mask = match &state.saved {
-                Saved::Bits(MaskBuffer::Cuda(b)) => Some(b),
-                Saved::Bits(MaskBuffer::Cpu(_)) => super::dispatch::mask_elsewhere(),
-                _ => None,
-            };
-            let inputs = NormGradBuffers::<Cuda, T, R> {
-                dz: dzb,
-                ds: ds.map(cuda_buffer).transpose()?,
-                s: cuda_buffer(saved.s)?,
-                gamma: cuda_buffer(saved.gamma)?,
-                stats,
-                mask,
-            };
-            let want = Wanted {
-                residual: state.has_residual,
-                bias: state.has_bias,
-            };
-            let g = Cuda::norm_backward(inputs, call, want)?;
-            (
-                Storage::Cuda(g.x),
-                g.residual.map(Storage::Cuda),
-                g.bias.map(Storage::Cuda),
-                Storage::Cuda(g.gamma),
-                g.beta.map(Storage::Cuda),
-            )
-        }
-        _ => super::dispatch::mask_elsewhere(),
-    };
+    let (x, residual, bias, gamma, beta) = on_backend(
+        dz,
+        Backward {
+            dz,
+            ds,
+            saved,
+            state,
+        },
+    )?;
     let shape = state.shape.clone();
     Ok(AddNormGrads {
         x: Tensor::from_storage(x, shape.clone()),
@@ -496,6 +403,58 @@ where
         gamma: Tensor::from_storage(gamma, vec![h]),
         beta: beta.map(|b| Tensor::from_storage(b, vec![h])),
     })
+}
+
+/// The backward on the backend that holds dz (check_backward put everything there).
+struct Backward<'a, T: Element, R: Element> {
+    dz: &'a Tensor<T>,
+    ds: Option<&'a Tensor<R>>,
+    saved: AddNormSaved<'a, T, R>,
+    state: &'a AddNormState,
+}
+
+type GradStorage<T, R> = (
+    Storage<T>,
+    Option<Storage<R>>,
+    Option<Storage<T>>,
+    Storage<T>,
+    Option<Storage<T>>,
+);
+
+impl<T, R> OnBackend for Backward<'_, T, R>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    type Output = GradStorage<T, R>;
+
+    fn run<B: Placed>(self) -> Result<GradStorage<T, R>> {
+        let state = self.state;
+        let mask = match &state.saved {
+            Saved::Bits(m) => Some(B::saved_mask(m)),
+            _ => None,
+        };
+        let buffers = NormGradBuffers::<B, T, R> {
+            dz: B::buffer(self.dz),
+            ds: self.ds.map(B::buffer),
+            s: B::buffer(self.saved.s),
+            gamma: B::buffer(self.saved.gamma),
+            stats: B::buffer(&state.stats),
+            mask,
+        };
+        let want = Wanted {
+            residual: state.has_residual,
+            bias: state.has_bias,
+        };
+        let g = B::norm_backward(buffers, &state.call, want)?;
+        Ok((
+            B::storage(g.x),
+            g.residual.map(B::storage),
+            g.bias.map(B::storage),
+            B::storage(g.gamma),
+            g.beta.map(B::storage),
+        ))
+    }
 }
 
 /// dz, ds and s must be the forward's shape, dtypes and device; gamma (H).

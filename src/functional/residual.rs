@@ -1,18 +1,17 @@
 //! The fused `out = residual + dropout(x + bias)` (SPEC section 6) and its backward, which
 //! also returns the bias and residual gradients.
 
-use super::dispatch::{check_index_range, new_output, run_forward, ForwardOp, Operand};
-use super::dropout::dropout_backward;
-use super::state::{DropoutState, MaskBuffer, Saved};
-use crate::backend::{DeviceBuffers, Forwarded, ResidualKernels, SavedMask};
-use crate::cpu;
-use crate::cuda;
-use crate::cuda::Cuda;
+use super::dispatch::{
+    check_index_range, new_output, on_backend, run_forward, ForwardOp, OnBackend, Operand, Placed,
+};
+use super::dropout::saved_mask;
+use super::state::{DropoutState, Saved};
+use crate::backend::Forwarded;
 use crate::element::{to_compute_f64, Element};
 use crate::error::{Error, Result};
 use crate::mask::Probability;
 use crate::plan::{Decisions, MaskMode, StreamPos};
-use crate::tensor::{Storage, Tensor};
+use crate::tensor::Tensor;
 
 /// What the fused forward saves: the dropout state of `x + bias` and the bias length.
 #[derive(Debug)]
@@ -101,43 +100,12 @@ struct Fused<'a, T: Element> {
 }
 
 impl<T: Element> ForwardOp<T> for Fused<'_, T> {
-    fn cpu(self, residual: cpu::Source<'_, T>, out: &mut [T]) -> Result<Option<Vec<u32>>> {
-        let (Storage::Cpu(x), Storage::Cpu(bias)) = (&self.x.storage, &self.bias.storage) else {
-            return Err(Error::DeviceMismatch {
-                op: OP,
-                expected: "cpu".into(),
-                got: "cuda (x or bias)".into(),
-            });
-        };
-        let n = out.len();
-        let mut bits = match self.mode {
-            MaskMode::Bits => Some(cpu::alloc_mask(n)?),
-            MaskMode::Regenerate => None,
-        };
-        let scale = to_compute_f64::<T>(self.prob.scale_f64());
-        let inputs = cpu::residual::FusedInputs { x, bias, residual };
-        let (pos, prob) = (self.pos, self.prob);
-        cpu::residual::bias_dropout_residual(inputs, out, bits.as_deref_mut(), pos, prob, scale)?;
-        Ok(bits)
-    }
-
-    fn cuda(self, residual: <Cuda as DeviceBuffers>::Operand<'_, T>) -> Result<Forwarded<Cuda, T>> {
-        let (x, bias) = (on_cuda(self.x, "x")?, on_cuda(self.bias, "bias")?);
+    fn run<B: Placed>(self, residual: B::Operand<'_, T>) -> Result<Forwarded<B, T>> {
+        // check_fused put x and bias on the residual's device.
+        let (x, bias) = (B::buffer(self.x), B::buffer(self.bias));
         let scale = to_compute_f64::<T>(self.prob.scale_f64());
         let (pos, prob) = (self.pos, self.prob);
-        Cuda::residual_forward(x, bias, residual, pos, prob, scale, self.mode)
-    }
-}
-
-/// The device buffer of an input of the fused layer on CUDA.
-fn on_cuda<'a, T: Element>(t: &'a Tensor<T>, what: &str) -> Result<&'a cuda::CudaBuffer<T>> {
-    match &t.storage {
-        Storage::Cuda(b) => Ok(b),
-        Storage::Cpu(_) => Err(Error::DeviceMismatch {
-            op: OP,
-            expected: "cuda".into(),
-            got: format!("cpu ({what})"),
-        }),
+        B::residual_forward(x, bias, residual, pos, prob, scale, self.mode)
     }
 }
 
@@ -202,42 +170,48 @@ pub fn bias_dropout_residual_backward_owned<T: Element>(
     })
 }
 
-/// The gradients of x and of the bias. On CUDA, with a mask saved there or a stream
-/// position, one kernel writes dx and the bias gradient's block sums together (dx is not
-/// read back); otherwise dx through the dropout backward, then its column sums. Both give
-/// the same bits.
+/// The gradients of x and of the bias. On CUDA one kernel writes dx and the bias
+/// gradient's block sums together (dx is not read back); on the CPU dx through the
+/// dropout backward, then its column sums. Both give the same bits.
 fn input_gradients<T: Element>(
     grad: &Tensor<T>,
     state: &BiasDropoutResidualState,
 ) -> Result<(Tensor<T>, Tensor<T>)> {
     const OP: &str = "bias_dropout_residual backward";
-    let (h, dropout) = (state.hidden, &state.dropout);
-    if let (Storage::Cuda(g), Decisions::Elementwise) = (&grad.storage, &dropout.decisions) {
-        let mask = match &dropout.saved {
-            Saved::Bits(MaskBuffer::Cuda(bits)) => Some(SavedMask::Bits(bits)),
-            Saved::Regenerate(pos) => Some(SavedMask::Regenerate(*pos)),
-            _ => None,
+    state.dropout.check_grad(grad, OP)?;
+    on_backend(grad, InputGradients { grad, state })
+}
+
+/// [`input_gradients`] once the state is checked.
+struct InputGradients<'a, T: Element> {
+    grad: &'a Tensor<T>,
+    state: &'a BiasDropoutResidualState,
+}
+
+impl<T: Element> OnBackend for InputGradients<'_, T> {
+    type Output = (Tensor<T>, Tensor<T>);
+
+    fn run<B: Placed>(self) -> Result<(Tensor<T>, Tensor<T>)> {
+        let InputGradients { grad, state } = self;
+        let (h, dropout) = (state.hidden, &state.dropout);
+        let g = B::buffer(grad);
+        let (dx, db) = match &dropout.saved {
+            // Eval mode: dx is the gradient itself.
+            Saved::Identity => {
+                let dx = grad.try_clone()?;
+                let db = B::column_sum(B::buffer(&dx), h)?;
+                return Ok((dx, Tensor::from_storage(B::storage(db), vec![h])));
+            }
+            saved => {
+                let scale = to_compute_f64::<T>(dropout.grad_scale);
+                B::residual_backward(g, saved_mask::<B>(saved), &dropout.prob, scale, h)?
+            }
         };
-        if let Some(mask) = mask {
-            dropout.check_grad(grad, OP)?;
-            let scale = to_compute_f64::<T>(dropout.grad_scale);
-            let (dx, db) = Cuda::residual_backward(g, mask, &dropout.prob, scale, h)?;
-            return Ok((
-                Tensor::from_storage(Storage::Cuda(dx), grad.shape().to_vec()),
-                Tensor::from_storage(Storage::Cuda(db), vec![h]),
-            ));
-        }
+        Ok((
+            Tensor::from_storage(B::storage(dx), grad.shape().to_vec()),
+            Tensor::from_storage(B::storage(db), vec![h]),
+        ))
     }
-    let dx = dropout_backward(grad, dropout)?;
-    let bias_storage = match &dx.storage {
-        Storage::Cpu(g) => {
-            let mut db = crate::alloc::zeroed::<T>(h)?;
-            cpu::residual::column_sum(g, &mut db, h)?;
-            Storage::Cpu(db)
-        }
-        Storage::Cuda(g) => Storage::Cuda(Cuda::column_sum(g, h)?),
-    };
-    Ok((dx, Tensor::from_storage(bias_storage, vec![h])))
 }
 
 #[cfg(test)]

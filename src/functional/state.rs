@@ -2,13 +2,13 @@
 //! the device that made them, or the stream position to regenerate them), how elements map
 //! to decisions, and the gradient factor of kept elements.
 
-use crate::backend::DeviceBuffers;
+use crate::backend::Backend;
 use crate::cuda;
 use crate::cuda::Cuda;
 use crate::device::Device;
 use crate::element::{DType, Element};
 use crate::error::{Error, Result};
-use crate::mask::{fill_keep_bits, mask_words, Probability};
+use crate::mask::{mask_words, Probability};
 use crate::plan::{Decisions, MaskMode, StreamPos};
 use crate::tensor::Tensor;
 
@@ -118,7 +118,7 @@ impl DropoutState {
         match &self.saved {
             Saved::Identity => Ok(None),
             Saved::Bits(m) => m.to_vec().map(Some),
-            Saved::Regenerate(pos) => regenerate_bits(pos, &self.prob, self.decisions, n).map(Some),
+            Saved::Regenerate(pos) => self.decisions.keep_bits(pos, &self.prob, n).map(Some),
         }
     }
 
@@ -148,17 +148,4 @@ impl DropoutState {
         grad.expect_shape(&self.shape, op)?;
         self.device.expect_same(&grad.device(), op)
     }
-}
-
-/// The decision bits of a regenerate-form state, recomputed on the host.
-pub(crate) fn regenerate_bits(
-    pos: &StreamPos,
-    prob: &Probability,
-    decisions: Decisions,
-    n: usize,
-) -> Result<Vec<u32>> {
-    let (first, count) = decisions.span(pos.index_base, n);
-    let mut bits = crate::alloc::zeroed_words(mask_words(count))?;
-    fill_keep_bits(pos.seed, pos.offset, first, prob, count, &mut bits);
-    Ok(bits)
 }
