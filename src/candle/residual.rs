@@ -15,7 +15,7 @@ use super::util::{
 use crate::cpu;
 use crate::element::{to_compute_f64, Element};
 use crate::error::Error;
-use crate::functional::check_index_range;
+use crate::functional::check_fused_shapes;
 use crate::layers::LayerCore;
 use crate::mask::Probability;
 use crate::plan::{Kept, StreamPos};
@@ -124,28 +124,9 @@ fn check_fused(
             }));
         }
     }
-    if residual.dims() != x.dims() {
-        return Err(to_candle_error(Error::ShapeMismatch {
-            op: OP,
-            expected: x.dims().to_vec(),
-            got: residual.dims().to_vec(),
-        }));
-    }
-    let Some(&hidden) = x.dims().last() else {
-        return Err(to_candle_error(Error::InvalidShape {
-            op: OP,
-            shape: x.dims().to_vec(),
-            reason: "x must have at least one dimension (the hidden size H)".into(),
-        }));
-    };
-    if bias.dims() != [hidden] {
-        return Err(to_candle_error(Error::ShapeMismatch {
-            op: OP,
-            expected: vec![hidden],
-            got: bias.dims().to_vec(),
-        }));
-    }
-    check_index_range(index_base, x.elem_count()).map_err(to_candle_error)
+    check_fused_shapes(x.dims(), bias.dims(), residual.dims(), index_base)
+        .map(|_| ())
+        .map_err(to_candle_error)
 }
 
 /// One call of the fused layer. In eval the probability is 0 and s = 1, so the same

@@ -52,16 +52,40 @@ pub(crate) fn check_fused<T: Element>(
     residual: &Tensor<T>,
     index_base: u64,
 ) -> Result<usize> {
-    residual.expect_shape(x.shape(), OP)?;
-    let hidden = *x.shape().last().ok_or_else(|| Error::InvalidShape {
-        op: OP,
-        shape: x.shape().to_vec(),
-        reason: "x must have at least one dimension (the hidden size H)".into(),
-    })?;
-    bias.expect_shape(&[hidden], OP)?;
     x.device().expect_same(&bias.device(), OP)?;
     x.device().expect_same(&residual.device(), OP)?;
-    check_index_range(index_base, x.len())?;
+    check_fused_shapes(x.shape(), bias.shape(), residual.shape(), index_base)
+}
+
+/// The fused layer's shape checks, shared with the candle adapter (which checks dtypes
+/// and devices on candle's types first): residual shaped like x, x of rank 1 or more, bias
+/// of shape (H), and the decision range. Returns H.
+pub(crate) fn check_fused_shapes(
+    x: &[usize],
+    bias: &[usize],
+    residual: &[usize],
+    index_base: u64,
+) -> Result<usize> {
+    if residual != x {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: x.to_vec(),
+            got: residual.to_vec(),
+        });
+    }
+    let hidden = *x.last().ok_or_else(|| Error::InvalidShape {
+        op: OP,
+        shape: x.to_vec(),
+        reason: "x must have at least one dimension (the hidden size H)".into(),
+    })?;
+    if bias != [hidden] {
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: vec![hidden],
+            got: bias.to_vec(),
+        });
+    }
+    check_index_range(index_base, crate::tensor::element_count(x)?)?;
     Ok(hidden)
 }
 
