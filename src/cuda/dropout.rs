@@ -8,7 +8,7 @@ use super::buffer::{CudaBuffer, CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::grouped;
 use super::kernels::ops::{ALPHA_DROPOUT_FWD, DROPOUT_BWD_BITS, DROPOUT_FWD};
-use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io};
+use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io, Work};
 use crate::backend::{DropoutKernels, GroupedKernels};
 use crate::element::Element;
 use crate::error::Result;
@@ -75,7 +75,7 @@ impl DropoutKernels for Cuda {
                         .arg(&scale);
                     // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at dy and dx,
                     // the saved mask covers n decisions; guards held across the call.
-                    unsafe { launch(&dev, args, n, &name) }
+                    unsafe { launch(&dev, args, Work::Elements(n), &name) }
                 })?
             }
             (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
@@ -122,7 +122,7 @@ fn launch_forward<T: Element>(
     // SAFETY: dropout_fwd / alpha_dropout_fwd (x, y, bits, n, draw, kept...): io holds n
     // elements at x and y and ceil(n / 32) words at bits (or null), on dev, guarded by the
     // caller for the call.
-    unsafe { launch(dev, args, io.n, &name) }
+    unsafe { launch(dev, args, Work::Elements(io.n), &name) }
 }
 
 /// Training forward over device memory that dropkit does not own (candle's buffers):

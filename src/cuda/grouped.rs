@@ -6,7 +6,7 @@ use super::buffer::Cuda;
 use super::buffer::{CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::kernels::ops::{DROPOUT_MASK_BITS, GROUPED_ALPHA, GROUPED_SCALE};
-use super::launch::{kernel, launch, op_range, push_kept, single_kernel, DkDraw, Io, PER_THREAD};
+use super::launch::{kernel, launch, op_range, push_kept, single_kernel, DkDraw, Io, Work};
 use crate::backend::GroupedKernels;
 use crate::element::Element;
 use crate::error::Result;
@@ -29,11 +29,11 @@ pub(super) fn mask_bits(
     let count = count as u64;
     let mut args = dev.stream().launch_builder(&f);
     args.arg(&b_ptr).arg(&count).arg(&draw);
-    // One thread per 32 decisions: PER_THREAD elements per thread would over-count.
-    let items = count.div_ceil(32) * PER_THREAD;
+    // One thread per mask word (32 decisions).
+    let words = count.div_ceil(32);
     // SAFETY: dropout_mask_bits (bits, n_decisions, draw): `bits` holds ceil(count / 32)
     // words (MaskSlice's length), guarded until queued.
-    unsafe { launch(dev, args, items, "dropout_mask_bits") }
+    unsafe { launch(dev, args, Work::Threads(words), "dropout_mask_bits") }
 }
 
 /// `grouped_scale_<T>` / `grouped_alpha_<T>` reading decision bits at `io.bits`.
@@ -57,7 +57,7 @@ pub(super) fn apply<T: Element>(
     push_kept(&mut args, kept);
     // SAFETY: grouped_scale / grouped_alpha (x, y, bits, n, layout..., kept...): n elements at
     // x and y, bits covers the layout's decisions; guarded by the caller for the call.
-    unsafe { launch(dev, args, io.n, &name) }
+    unsafe { launch(dev, args, Work::Elements(io.n), &name) }
 }
 
 impl GroupedKernels for Cuda {

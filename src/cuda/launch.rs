@@ -62,6 +62,30 @@ pub(crate) struct Io {
 /// Elements one thread handles per loop iteration in the elementwise kernels.
 pub(crate) const PER_THREAD: u64 = 4;
 
+/// What a launch's grid is sized for. Every kernel strides over its work by the grid, so
+/// the grid changes the speed, never the bits (the tests cap it at 1-3 blocks to show it).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Work {
+    /// Elementwise: this many elements, [`PER_THREAD`] per thread per iteration.
+    Elements(u64),
+    /// Row kernels (the fused norm): this many rows, one warp per row at a time; a full
+    /// grid has each warp take [`PER_THREAD`] rows in turn.
+    Rows(u64),
+    /// One work item per thread (mask words, column partial sums).
+    Threads(u64),
+}
+
+impl Work {
+    /// The work as (items, items per thread) for [`CudaDevice::launch_config`].
+    pub(crate) fn items(self) -> (u64, u64) {
+        match self {
+            Work::Elements(n) => (n, PER_THREAD),
+            Work::Rows(rows) => (rows.saturating_mul(32), PER_THREAD),
+            Work::Threads(n) => (n, 1),
+        }
+    }
+}
+
 /// The kernel `<op>_<dtype of T>` of a per-dtype op of kernels/kernels.list, and its
 /// name for messages.
 pub(crate) fn kernel<T: Element>(
@@ -102,7 +126,7 @@ pub(crate) fn single_kernel(dev: &CudaDevice, op: &KernelOp) -> Result<CudaFunct
     dev.function(op.module, op.op)
 }
 
-/// Queues a built launch over `items` work items.
+/// Queues a built launch over `work`.
 ///
 /// # Safety
 /// `args` holds exactly the parameters of the kernel's `extern "C"` signature in
@@ -114,14 +138,15 @@ pub(crate) fn single_kernel(dev: &CudaDevice, op: &KernelOp) -> Result<CudaFunct
 pub(crate) unsafe fn launch(
     dev: &CudaDevice,
     mut args: LaunchArgs<'_>,
-    items: u64,
+    work: Work,
     name: &str,
 ) -> Result<()> {
     // A kernel captured into a graph would replay this call's (seed, offset) forever (one
     // mask for every replay); until the capture-safe random state exists, refuse.
     dev.refuse_capture("a kernel launch (its random state is fixed at capture)")?;
+    let (items, per_thread) = work.items();
     // SAFETY: the caller's contract above is what cudarc's `launch` asks for.
-    unsafe { args.launch(dev.launch_config(items, PER_THREAD)) }
+    unsafe { args.launch(dev.launch_config(items, per_thread)) }
         .map_err(driver_error(format!("launching {name}")))?;
     Ok(())
 }

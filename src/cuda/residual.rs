@@ -10,7 +10,7 @@ use super::dropout::SavedMask;
 use super::kernels::ops::{
     BIAS_DROPOUT_RESIDUAL_BWD, BIAS_DROPOUT_RESIDUAL_FWD, COLUMN_SUM_FINISH, COLUMN_SUM_PARTIAL,
 };
-use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, PER_THREAD};
+use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, Work};
 use crate::backend::ResidualKernels;
 use crate::element::Element;
 use crate::error::Result;
@@ -120,7 +120,7 @@ impl ResidualKernels for Cuda {
             // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
             // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
             // saved mask (or null); all guarded until queued.
-            unsafe { launch(&dev, args, blocks * h * PER_THREAD, &name)? };
+            unsafe { launch(&dev, args, Work::Threads(blocks * h), &name)? };
             queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
         }
         Ok((
@@ -163,7 +163,7 @@ fn launch_forward<T: Element>(
     args.arg(&n).arg(&hidden).arg(&draw).arg(&scale);
     // SAFETY: bias_dropout_residual_fwd (x, bias, residual, out, bits, n, hidden, draw,
     // scale): the caller's pointers hold n, hidden, n, n elements and the mask words.
-    unsafe { launch(dev, args, n, &name) }
+    unsafe { launch(dev, args, Work::Elements(n), &name) }
 }
 
 /// The fused forward over device memory that dropkit does not own (candle's buffers):
@@ -225,7 +225,7 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
     // One thread per (block, column) pair.
     // SAFETY: column_sum_partial (g, partial, rows, h, block_rows): g holds rows * h
     // elements (the caller's contract), partial blocks * h doubles, allocated above.
-    unsafe { launch(dev, args, blocks * h * PER_THREAD, &name)? };
+    unsafe { launch(dev, args, Work::Threads(blocks * h), &name)? };
     queue_column_finish::<T>(dev, p_ptr, out_ptr, blocks, h)
 }
 
@@ -244,5 +244,5 @@ fn queue_column_finish<T: Element>(
     // One thread per column.
     // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles
     // and out h elements, as the callers allocate them.
-    unsafe { launch(dev, args, h * PER_THREAD, &name) }
+    unsafe { launch(dev, args, Work::Threads(h), &name) }
 }

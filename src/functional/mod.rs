@@ -51,4 +51,6 @@ pub(crate) use norm::{check_add_norm, check_eps};
 /// The candle form checks shapes with the same function.
 #[cfg(feature = "candle")]
 pub(crate) use norm::{check_add_norm_shapes, AddNormShapes};
-pub(crate) use residual::{bias_dropout_residual_run, check_fused, check_fused_shapes};
+#[cfg(feature = "candle")]
+pub(crate) use residual::check_fused_shapes;
+pub(crate) use residual::{bias_dropout_residual_run, check_fused};
