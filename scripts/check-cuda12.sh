@@ -158,6 +158,8 @@ answers = {
     "cuModuleLoadData": ("void **m, const void *img", "*m = &handles[2];"),
     "cuModuleGetFunction": ("void **f, void *m, const char *n", "*f = &handles[3];"),
     "cuEventCreate": ("void **e, unsigned f", "*e = &handles[4];"),
+    # not capturing (CU_STREAM_CAPTURE_STATUS_NONE): dropkit asks before it queues work
+    "cuStreamIsCapturing": ("void *st, int *s", "*s = 0;"),
     "cuGetErrorString": ("int e, const char **s", "*s = \"stub\";"),
     "cuGetErrorName": ("int e, const char **s", "*s = \"stub\";"),
     # NVRTC asks the driver for an export table; "not supported" sends it its own way.
