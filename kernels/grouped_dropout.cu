@@ -2,6 +2,8 @@
 // (SPEC section 6: channel dropout Dropout1d/2d/3d, DropPath, FeatureAlphaDropout).
 //
 //   dropout_mask_bits   the keep bits of decisions first_decision .. + n_decisions - 1
+//   dropout_mask_bits_shard  the keep bits, in local order, of a shard of any layout: local
+//                       element i decides by its row-major index in the whole tensor
 //   grouped_scale_*     y = kept ? round_T(to_C(x) * scale) : +0         (forward and backward)
 //   grouped_alpha_*     y = kept ? round_T(to_C(x) * a + b) : round_T(dropped_value)
 //
@@ -41,6 +43,45 @@ __device__ __forceinline__ void dk_mask_bits(uint32_t* bits, uint64_t n_decision
 // draw.index_base carries the first decision.
 extern "C" __global__ void dropout_mask_bits(uint32_t* bits, uint64_t n_decisions, DkDraw draw) {
     dk_mask_bits(bits, n_decisions, draw.seed, draw.offset, draw.index_base, draw.threshold);
+}
+
+// A shard's place in the whole tensor for dropout_mask_bits_shard: local element i, as
+// coordinates of the shard shape len[0..rank) (row-major), decides by index
+// draw.index_base + sum_a coord_a * stride[a], stride the whole tensor's row-major strides.
+// The same layout as `DkShard` in src/cuda/grouped.rs; unused axes have len 1.
+struct DkShard {
+    uint64_t rank;
+    uint64_t len[8];
+    uint64_t stride[8];
+};
+static_assert(sizeof(DkShard) == 136, "DkShard must match the Rust launcher's 136-byte layout");
+
+// One thread per 32-decision word of the local mask, as dk_mask_bits; each decision draws
+// its own word (dk_philox_word), since a shard's neighbours need not be the whole tensor's.
+// The axis loop is unrolled over the 8 slots so the struct is read with constant offsets.
+extern "C" __global__ void dropout_mask_bits_shard(uint32_t* bits, uint64_t n, DkDraw draw,
+                                                   DkShard shard) {
+    const uint64_t nwords = n / 32 + (n % 32 != 0);
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    for (uint64_t w = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; w < nwords;
+         w += stride) {
+        uint32_t word = 0;
+        for (uint32_t k = 0; k < 32; ++k) {
+            const uint64_t i = w * 32 + k;
+            if (i >= n) break;
+            uint64_t rest = i, g = draw.index_base;
+#pragma unroll
+            for (int a = 7; a >= 0; --a) {
+                if ((uint64_t)a < shard.rank) {
+                    g += (rest % shard.len[a]) * shard.stride[a];
+                    rest /= shard.len[a];
+                }
+            }
+            if (!dk_dropped(dk_philox_word(draw.seed, draw.offset, g), draw.threshold))
+                word |= 1u << k;
+        }
+        bits[w] = word;
+    }
 }
 
 // Grid-stride loops over vectors of E = DkPiece<T>::N elements (one 16-byte piece); the

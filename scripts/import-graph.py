@@ -27,7 +27,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 LAYERS = [
     ("host", 0, ["host/"]),  # instruction sets and conversions: imports nothing
     ("spec", 1, ["philox.rs", "mask.rs", "element.rs", "error.rs", "plan.rs", "alloc.rs",
-                 "generator.rs", "tracker.rs", "backend.rs"]),  # the spec's arithmetic and the leaf types
+                 "generator.rs", "tracker.rs", "backend.rs", "shard.rs"]),  # the spec's arithmetic and the leaf types
     ("cpu", 2, ["cpu/"]),  # the backends: leaf types only, never each other
     ("cuda", 2, ["cuda/", "cuda_off.rs"]),
     ("storage", 3, ["device.rs", "tensor.rs"]),  # where a tensor lives: over the backends

@@ -22,6 +22,7 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::mask::Probability;
 use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, NormCall, StreamPos};
+use crate::shard::ShardLayout;
 
 /// A forward's new output (`None` in place) and its saved mask (`None` for the
 /// regenerate form).
@@ -92,6 +93,9 @@ pub(crate) trait Backend {
 
     /// The mask's words, copied to the host.
     fn download_mask(mask: &Self::Mask) -> Result<Vec<u32>>;
+
+    /// A buffer as the separate input of a forward.
+    fn input<T: Element>(b: &Self::Buffer<T>) -> Self::Operand<'_, T>;
 }
 
 /// Elementwise dropout and alpha dropout, and the backward of every layer.
@@ -113,6 +117,24 @@ pub(crate) trait DropoutKernels: Backend {
         decisions: &Decisions,
         scale: T::Compute,
     ) -> Result<Self::Buffer<T>>;
+
+    /// The packed keep bits, in local order, of the shard that `layout` places (each
+    /// element decides by its index in the whole tensor; `pos`'s seed and offset), made by
+    /// the backend that holds `like`.
+    fn shard_keep_bits<T: Element>(
+        like: &Self::Operand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &ShardLayout,
+    ) -> Result<Self::Mask>;
+
+    /// Elementwise forward from given keep bits (local order): kept elements become `kept`
+    /// of themselves. Returns the new output (`None` in place).
+    fn apply_bits<T: Element>(
+        x: Self::Operand<'_, T>,
+        bits: &Self::Mask,
+        kept: Kept<T::Compute>,
+    ) -> Result<Option<Self::Buffer<T>>>;
 }
 
 /// Grouped dropout: channel dropout, DropPath, feature alpha dropout.

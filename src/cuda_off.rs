@@ -13,6 +13,7 @@ use crate::element::Element;
 use crate::error::Result;
 use crate::mask::Probability;
 use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, NormCall, StreamPos};
+use crate::shard::ShardLayout;
 use std::marker::PhantomData;
 
 /// No value of this type exists.
@@ -69,6 +70,10 @@ impl Backend for Cuda {
     fn download_mask(mask: &MaskSlice) -> Result<Vec<u32>> {
         match mask.0 {}
     }
+
+    fn input<T: Element>(b: &CudaBuffer<T>) -> CudaOperand<'_, T> {
+        b.unreachable()
+    }
 }
 
 impl DropoutKernels for Cuda {
@@ -90,6 +95,23 @@ impl DropoutKernels for Cuda {
         _: T::Compute,
     ) -> Result<CudaBuffer<T>> {
         dy.unreachable()
+    }
+
+    fn shard_keep_bits<T: Element>(
+        like: &CudaOperand<'_, T>,
+        _: StreamPos,
+        _: &Probability,
+        _: &ShardLayout,
+    ) -> Result<MaskSlice> {
+        like.unreachable()
+    }
+
+    fn apply_bits<T: Element>(
+        x: CudaOperand<'_, T>,
+        _: &MaskSlice,
+        _: Kept<T::Compute>,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        x.unreachable()
     }
 }
 

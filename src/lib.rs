@@ -54,6 +54,7 @@ pub mod layers;
 pub mod mask;
 pub mod philox;
 pub mod plan;
+pub mod shard;
 pub mod tensor;
 pub mod tracker;
 
@@ -67,5 +68,6 @@ pub use layers::{
     DropoutAddNorm, FeatureAlphaDropout,
 };
 pub use plan::{MaskMode, Norm, StreamPos};
+pub use shard::ShardLayout;
 pub use tensor::Tensor;
 pub use tracker::{RegionKind, RngTracker, TrackerState};

@@ -7,7 +7,8 @@ use crate::backend::{DropoutKernels, Forwarded, SavedMask};
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
 use crate::mask::{keep_word, Probability};
-use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
+use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 
 impl DropoutKernels for Cpu {
     fn dropout_forward<T: Element>(
@@ -50,6 +51,33 @@ impl DropoutKernels for Cpu {
             }
         }
         Ok(dx)
+    }
+
+    fn shard_keep_bits<T: Element>(
+        _like: &CpuOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &ShardLayout,
+    ) -> Result<Vec<u32>> {
+        layout.keep_bits(pos.seed, pos.offset, prob)
+    }
+
+    fn apply_bits<T: Element>(
+        x: CpuOperand<'_, T>,
+        bits: &Vec<u32>,
+        kept: Kept<T::Compute>,
+    ) -> Result<Option<Vec<T>>> {
+        x.write_with(|src, out| {
+            match kept {
+                // The same arithmetic as the forward: dropped ? +0 : x * s.
+                Kept::Scale(s) => backward_bits(src, out, bits, s),
+                Kept::Affine { .. } => {
+                    let one = GroupLayout::new(1, 0, out.len());
+                    super::grouped::grouped_apply(src, out, bits, &one, kept)
+                }
+            }
+            Ok(())
+        })
     }
 }
 

@@ -62,6 +62,10 @@ impl Backend for Cpu {
     fn download_mask(mask: &Vec<u32>) -> crate::error::Result<Vec<u32>> {
         crate::alloc::copied(mask)
     }
+
+    fn input<T: Element>(b: &Vec<T>) -> CpuOperand<'_, T> {
+        CpuOperand::Input(b)
+    }
 }
 
 /// The operand of a CPU forward: a separate input, or the output itself (in place).

@@ -138,6 +138,10 @@ impl Backend for Cuda {
     fn download_mask(mask: &MaskSlice) -> Result<Vec<u32>> {
         download_u32(mask)
     }
+
+    fn input<T: Element>(b: &CudaBuffer<T>) -> CudaOperand<'_, T> {
+        CudaOperand::Input(b)
+    }
 }
 
 /// The tensor a CUDA forward reads: a separate input or the output itself (in place).

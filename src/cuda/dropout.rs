@@ -12,8 +12,10 @@ use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, D
 use crate::backend::{DropoutKernels, GroupedKernels};
 use crate::element::Element;
 use crate::error::Result;
+use crate::mask::mask_words;
 use crate::mask::Probability;
-use crate::plan::{Decisions, Kept, MaskMode, StreamPos};
+use crate::plan::{Decisions, GroupLayout, Kept, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 use cudarc::driver::{DevicePtr, PushKernelArg};
 
 impl DropoutKernels for Cuda {
@@ -55,40 +57,15 @@ impl DropoutKernels for Cuda {
         scale: T::Compute,
     ) -> Result<CudaBuffer<T>> {
         let _range = op_range("dropout_backward");
-        let dev = dy.device().clone();
-        let n = dy.len() as u64;
         let input = CudaOperand::Input(dy);
         let kept = Kept::Scale(scale);
         let dx = match (saved, decisions) {
             (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
                 Self::dropout_forward(input, pos, prob, kept, MaskMode::Regenerate)?.0
             }
-            (SavedMask::Bits(bits), Decisions::Elementwise) => {
-                let (f, name) = kernel::<T>(&dev, &DROPOUT_BWD_BITS)?;
-                input.launch_io(|dy_ptr, dx_ptr| {
-                    let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
-                    let mut args = dev.stream().launch_builder(&f);
-                    args.arg(&dy_ptr)
-                        .arg(&dx_ptr)
-                        .arg(&b_ptr)
-                        .arg(&n)
-                        .arg(&scale);
-                    // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at dy and dx,
-                    // the saved mask covers n decisions; guards held across the call.
-                    unsafe { launch(&dev, args, Work::Elements(n), &name) }
-                })?
-            }
+            (SavedMask::Bits(bits), Decisions::Elementwise) => Self::apply_bits(input, bits, kept)?,
             (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
-                input.launch_io(|dy_ptr, dx_ptr| {
-                    let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
-                    let io = Io {
-                        x: dy_ptr,
-                        y: dx_ptr,
-                        bits: b_ptr,
-                        n,
-                    };
-                    grouped::apply::<T>(&dev, io, layout, &kept)
-                })?
+                apply_grouped(input, bits, layout, &kept)?
             }
             (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
                 Self::grouped_forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
@@ -98,6 +75,67 @@ impl DropoutKernels for Cuda {
         Ok(dx
             .unwrap_or_else(|| unreachable!("a backward over a separate input returned no output")))
     }
+
+    fn shard_keep_bits<T: Element>(
+        like: &CudaOperand<'_, T>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &ShardLayout,
+    ) -> Result<MaskSlice> {
+        let dev = like.device();
+        let n: usize = layout.shape().iter().product();
+        let mut bits = MaskSlice::alloc(dev, mask_words(n))?;
+        grouped::mask_bits_shard(dev, &mut bits, DkDraw::new(pos, prob), layout, n)?;
+        Ok(bits)
+    }
+
+    fn apply_bits<T: Element>(
+        x: CudaOperand<'_, T>,
+        bits: &MaskSlice,
+        kept: Kept<T::Compute>,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        let dev = x.device().clone();
+        let n = x.len() as u64;
+        match kept {
+            // The same arithmetic as the forward: dropped ? +0 : x * s.
+            Kept::Scale(scale) => {
+                let (f, name) = kernel::<T>(&dev, &DROPOUT_BWD_BITS)?;
+                x.launch_io(|x_ptr, y_ptr| {
+                    let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
+                    let mut args = dev.stream().launch_builder(&f);
+                    args.arg(&x_ptr).arg(&y_ptr).arg(&b_ptr).arg(&n).arg(&scale);
+                    // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at x and
+                    // y, the mask covers n decisions; guards held across the call.
+                    unsafe { launch(&dev, args, Work::Elements(n), &name) }
+                })
+            }
+            Kept::Affine { .. } => {
+                let one = GroupLayout::new(1, 0, x.len());
+                apply_grouped(x, bits, &one, &kept)
+            }
+        }
+    }
+}
+
+/// `grouped_scale` / `grouped_alpha` over an operand, reading `bits` by `layout`.
+fn apply_grouped<T: Element>(
+    x: CudaOperand<'_, T>,
+    bits: &MaskSlice,
+    layout: &GroupLayout,
+    kept: &Kept<T::Compute>,
+) -> Result<Option<CudaBuffer<T>>> {
+    let dev = x.device().clone();
+    let n = x.len() as u64;
+    x.launch_io(|x_ptr, y_ptr| {
+        let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
+        let io = Io {
+            x: x_ptr,
+            y: y_ptr,
+            bits: b_ptr,
+            n,
+        };
+        grouped::apply::<T>(&dev, io, layout, kept)
+    })
 }
 
 /// Queues `dropout_fwd_<T>` (a scale) or `alpha_dropout_fwd_<T>` (an affine map) on raw

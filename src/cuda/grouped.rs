@@ -1,18 +1,22 @@
 //! Grouped kernels (channel dropout, DropPath, FeatureAlphaDropout): one small launch of
 //! `dropout_mask_bits` for the per-group decisions, then one pass of `grouped_scale_<T>` or
-//! `grouped_alpha_<T>` reading them.
+//! `grouped_alpha_<T>` reading them. Also the mask of a shard of any layout
+//! (`dropout_mask_bits_shard`), which the elementwise layers then read the same way.
 
 use super::buffer::Cuda;
 use super::buffer::{CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
-use super::kernels::ops::{DROPOUT_MASK_BITS, GROUPED_ALPHA, GROUPED_SCALE};
+use super::kernels::ops::{
+    DROPOUT_MASK_BITS, DROPOUT_MASK_BITS_SHARD, GROUPED_ALPHA, GROUPED_SCALE,
+};
 use super::launch::{kernel, launch, op_range, push_kept, single_kernel, DkDraw, Io, Work};
 use crate::backend::GroupedKernels;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
 use crate::plan::{GroupLayout, Kept, MaskMode, StreamPos};
-use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
+use crate::shard::{ShardLayout, MAX_SHARD_RANK};
+use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
 /// `dropout_mask_bits`: the keep bits of `count` decisions starting at `draw.index_base`.
 pub(super) fn mask_bits(
@@ -34,6 +38,72 @@ pub(super) fn mask_bits(
     // SAFETY: dropout_mask_bits (bits, n_decisions, draw): `bits` holds ceil(count / 32)
     // words (MaskSlice's length), guarded until queued.
     unsafe { launch(dev, args, Work::Threads(words), "dropout_mask_bits") }
+}
+
+/// `struct DkShard` of kernels/grouped_dropout.cu: the shard's shape (row-major, unused
+/// axes 1) and the whole tensor's strides of those axes, 136 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DkShard {
+    rank: u64,
+    len: [u64; 8],
+    stride: [u64; 8],
+}
+
+// SAFETY: `DkShard` is `#[repr(C)]` over u64 fields only: C's layout, 136 bytes, no padding
+// (asserted in the tests below and by the kernel's static_assert), plain data.
+unsafe impl DeviceRepr for DkShard {}
+
+impl DkShard {
+    fn new(layout: &ShardLayout) -> Self {
+        let rank = layout.shape().len();
+        debug_assert!(rank <= MAX_SHARD_RANK, "ShardLayout::new bounds the rank");
+        let strides = layout.global_strides();
+        let (mut len, mut stride) = ([1u64; 8], [0u64; 8]);
+        for a in 0..rank {
+            len[a] = layout.shape()[a] as u64;
+            stride[a] = strides[a];
+        }
+        Self {
+            rank: rank as u64,
+            len,
+            stride,
+        }
+    }
+}
+
+/// `dropout_mask_bits_shard`: the local keep bits of the `n` elements of the shard that
+/// `layout` places, element 0 deciding at `layout`'s first index (draw.index_base is set
+/// from it).
+pub(super) fn mask_bits_shard(
+    dev: &CudaDevice,
+    bits: &mut MaskSlice,
+    draw: DkDraw,
+    layout: &ShardLayout,
+    n: usize,
+) -> Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    let f = single_kernel(dev, &DROPOUT_MASK_BITS_SHARD)?;
+    let (b_ptr, _guard) = bits.slice_mut().device_ptr_mut(dev.stream());
+    let (n, draw, shard) = (
+        n as u64,
+        draw.at(layout.first_index()),
+        DkShard::new(layout),
+    );
+    let mut args = dev.stream().launch_builder(&f);
+    args.arg(&b_ptr).arg(&n).arg(&draw).arg(&shard);
+    // SAFETY: dropout_mask_bits_shard (bits, n, draw, shard): `bits` holds ceil(n / 32)
+    // words (allocated for this shard's element count), guarded until queued.
+    unsafe {
+        launch(
+            dev,
+            args,
+            Work::Threads(n.div_ceil(32)),
+            "dropout_mask_bits_shard",
+        )
+    }
 }
 
 /// `grouped_scale_<T>` / `grouped_alpha_<T>` reading decision bits at `io.bits`.
@@ -132,4 +202,19 @@ pub(crate) unsafe fn forward_raw<T: Element>(
         return Ok(());
     }
     queue::<T>(dev, io, draw, layout, &kept).map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DkShard;
+    use std::mem::{align_of, offset_of, size_of};
+
+    #[test]
+    fn shard_has_the_layout_of_the_kernels_struct() {
+        assert_eq!(size_of::<DkShard>(), 136);
+        assert_eq!(align_of::<DkShard>(), 8);
+        assert_eq!(offset_of!(DkShard, rank), 0);
+        assert_eq!(offset_of!(DkShard, len), 8);
+        assert_eq!(offset_of!(DkShard, stride), 72);
+    }
 }

@@ -2,12 +2,13 @@
 //! affine map of self-normalising networks; its backward is [`super::dropout_backward`].
 
 use super::dispatch::{train_or_identity, Operand, TrainResult};
-use super::dropout::elementwise_train;
+use super::dropout::{elementwise_shard, elementwise_train};
 use super::state::DropoutState;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::Probability;
 use crate::plan::{Kept, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
 
 /// AlphaDropout (SPEC section 6): keeps the mean and variance of a SELU network's
@@ -29,4 +30,17 @@ pub(crate) fn alpha_train<T: Element>(
     mode: MaskMode,
 ) -> TrainResult<T> {
     elementwise_train(x, prob, pos, mode, Kept::alpha(prob))
+}
+
+/// [`alpha_dropout`] of one shard of a larger tensor, placed by `layout`: each element
+/// decides by its index in the whole tensor (as [`super::dropout_shard`]).
+pub fn alpha_dropout_shard<T: Element>(
+    x: &Tensor<T>,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    layout: &ShardLayout,
+    mode: MaskMode,
+) -> Result<(Tensor<T>, DropoutState)> {
+    elementwise_shard(x, p, training, pos, layout, mode, Kept::alpha)
 }

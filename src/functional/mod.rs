@@ -28,8 +28,9 @@ mod residual;
 mod state;
 
 pub use crate::plan::{GroupedKind, MaskMode, Norm, StreamPos};
-pub use alpha::alpha_dropout;
-pub use dropout::{dropout, dropout_backward};
+pub use alpha::{alpha_dropout, alpha_dropout_shard};
+pub(crate) use dropout::{check_shard, elementwise_train, shard_train};
+pub use dropout::{dropout, dropout_backward, dropout_shard};
 pub use grouped::grouped_dropout;
 pub use norm::{
     dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads, AddNormInputs,
@@ -41,11 +42,9 @@ pub use residual::{
 };
 pub use state::DropoutState;
 
-pub(crate) use alpha::alpha_train;
 /// Layers (and the candle ops) check decision indices before they take an offset.
 pub(crate) use dispatch::check_index_range;
 pub(crate) use dispatch::{new_output, Operand, TrainResult};
-pub(crate) use dropout::dropout_train;
 pub(crate) use grouped::grouped_train;
 pub(crate) use norm::{check_add_norm, check_eps};
 /// The candle form checks shapes with the same function.

@@ -10,7 +10,9 @@ use crate::element::{DType, Element};
 use crate::error::{Error, Result};
 use crate::mask::{mask_words, Probability};
 use crate::plan::{Decisions, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 /// A forward's output (`None` when written in place) with the input's shape and device.
 pub(crate) struct ForwardOut<T: Element> {
@@ -67,6 +69,9 @@ pub struct DropoutState {
     pub(crate) shape: Vec<usize>,
     pub(crate) dtype: DType,
     pub(crate) device: Device,
+    /// The layout of a shard that is not one contiguous range (its decisions are read
+    /// through it when regenerated); `None` otherwise.
+    pub(crate) shard: Option<Arc<ShardLayout>>,
 }
 
 impl DropoutState {
@@ -79,6 +84,7 @@ impl DropoutState {
             shape: x.shape().to_vec(),
             dtype: T::DTYPE,
             device: x.device(),
+            shard: None,
         }
     }
 
@@ -99,6 +105,7 @@ impl DropoutState {
             shape: out.shape.clone(),
             dtype: T::DTYPE,
             device: out.device.clone(),
+            shard: None,
         }
     }
 
@@ -118,7 +125,10 @@ impl DropoutState {
         match &self.saved {
             Saved::Identity => Ok(None),
             Saved::Bits(m) => m.to_vec().map(Some),
-            Saved::Regenerate(pos) => self.decisions.keep_bits(pos, &self.prob, n).map(Some),
+            Saved::Regenerate(pos) => match &self.shard {
+                Some(layout) => layout.keep_bits(pos.seed, pos.offset, &self.prob).map(Some),
+                None => self.decisions.keep_bits(pos, &self.prob, n).map(Some),
+            },
         }
     }
 

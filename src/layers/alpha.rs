@@ -2,11 +2,11 @@
 //! elements take SELU's negative saturation value and an affine map keeps the mean and
 //! variance of a standard-normal input (SPEC section 6).
 
-use super::core::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, shard_builder, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
-use crate::functional::{alpha_train, DropoutState};
-use crate::plan::GroupedKind;
+use crate::functional::DropoutState;
+use crate::plan::{GroupedKind, Kept};
 use crate::tensor::Tensor;
 
 /// Elementwise alpha dropout: kept a*x + b, dropped a*A + b with A = -lambda*alpha of SELU;
@@ -31,16 +31,18 @@ pub struct AlphaDropout {
 }
 
 layer_common!(AlphaDropout, backward);
+shard_builder!(AlphaDropout);
 
 impl AlphaDropout {
     /// Forward; the state is what [`AlphaDropout::backward`] needs.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-        self.core.forward(x, alpha_train)
+        self.core.forward(x, self.core.elementwise(Kept::alpha))
     }
 
     /// Forward writing the output over `x` (same bits as [`AlphaDropout::forward`]).
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
-        self.core.forward_in_place(x, alpha_train)
+        self.core
+            .forward_in_place(x, self.core.elementwise(Kept::alpha))
     }
 }
 

@@ -7,7 +7,8 @@ use crate::error::Result;
 use crate::functional::{self, new_output, DropoutState, Operand, TrainResult};
 use crate::generator::{default_generator, Generator};
 use crate::mask::Probability;
-use crate::plan::{GroupedKind, MaskMode, StreamPos};
+use crate::plan::{GroupedKind, Kept, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
@@ -19,6 +20,8 @@ pub(crate) struct LayerCore {
     pub training: bool,
     pub generator: Option<Arc<Generator>>,
     pub index_base: u64,
+    /// The place of a shard of any layout (elementwise layers; `index_base` is 0 then).
+    pub shard: Option<Arc<ShardLayout>>,
 }
 
 impl LayerCore {
@@ -29,6 +32,7 @@ impl LayerCore {
             training: true,
             generator: None,
             index_base: 0,
+            shard: None,
         })
     }
 
@@ -40,6 +44,26 @@ impl LayerCore {
             .unwrap_or_else(|| default_generator());
         let (seed, offset) = generator.next_call();
         StreamPos::new(seed, offset).with_index_base(self.index_base)
+    }
+
+    /// The checks of the shard's place: the decision range, or the layout's shape.
+    fn check_place<T: Element>(&self, x: &Tensor<T>) -> Result<()> {
+        match &self.shard {
+            Some(layout) => functional::check_shard(x, StreamPos::new(0, 0), layout),
+            None => functional::check_index_range(self.index_base, x.len()),
+        }
+    }
+
+    /// The elementwise training forward (Dropout, AlphaDropout) of `kept`, through the
+    /// layer's shard layout when it has one.
+    pub fn elementwise<T: Element>(
+        &self,
+        kept: fn(&Probability) -> Kept<f64>,
+    ) -> impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T> + '_ {
+        move |x, prob, pos, mode| match &self.shard {
+            Some(layout) => functional::shard_train(x, prob, pos, mode, kept(prob), layout),
+            None => functional::elementwise_train(x, prob, pos, mode, kept(prob)),
+        }
     }
 
     /// A layer's forward: the identity in eval mode (no offset taken), else `train` at the
@@ -54,7 +78,7 @@ impl LayerCore {
         }
         // A call that fails takes no offset: the range is checked before one is taken
         // (the layers check ranks and shapes before they get here).
-        functional::check_index_range(self.index_base, x.len())?;
+        self.check_place(x)?;
         x.device().refuse_capture("a training forward")?;
         let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
         Ok((new_output(y), state))
@@ -69,7 +93,7 @@ impl LayerCore {
         if !self.training {
             return Ok(DropoutState::identity(x, self.prob));
         }
-        functional::check_index_range(self.index_base, x.len())?;
+        self.check_place(x)?;
         x.device().refuse_capture("a training forward")?;
         let pos = self.next_pos();
         train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
@@ -169,3 +193,22 @@ macro_rules! layer_common {
     };
 }
 pub(crate) use layer_common;
+
+/// `with_shard` for the elementwise layers (a layer has a `core: LayerCore`).
+macro_rules! shard_builder {
+    ($layer:ident) => {
+        impl $layer {
+            /// For a shard of any layout of a larger tensor (any axes split, as tensor,
+            /// sequence and context parallelism split them): each element decides by its
+            /// index in the whole tensor, so the shards' outputs put together are the
+            /// unsharded output. Replaces a `with_index_base`; a forward of a tensor whose
+            /// shape is not `layout.shape()` is an error and takes no offset.
+            pub fn with_shard(mut self, layout: $crate::shard::ShardLayout) -> Self {
+                self.core.index_base = 0;
+                self.core.shard = Some(std::sync::Arc::new(layout));
+                self
+            }
+        }
+    };
+}
+pub(crate) use shard_builder;

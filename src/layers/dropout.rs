@@ -1,9 +1,10 @@
 //! `Dropout`: elementwise dropout with PyTorch's module semantics.
 
-use super::core::{layer_common, LayerCore};
+use super::core::{layer_common, shard_builder, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
-use crate::functional::{dropout_train, DropoutState};
+use crate::functional::DropoutState;
+use crate::plan::Kept;
 use crate::tensor::Tensor;
 
 /// Zeroes each element with probability `p` in training and scales the rest by 1/(1-p)
@@ -27,16 +28,18 @@ pub struct Dropout {
 }
 
 layer_common!(Dropout, backward);
+shard_builder!(Dropout);
 
 impl Dropout {
     /// Forward; the state is what [`Dropout::backward`] needs. A training call takes one
     /// offset from the generator, an eval call takes none.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-        self.core.forward(x, dropout_train)
+        self.core.forward(x, self.core.elementwise(Kept::dropout))
     }
 
     /// Forward writing the output over `x` (same bits as [`Dropout::forward`]).
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
-        self.core.forward_in_place(x, dropout_train)
+        self.core
+            .forward_in_place(x, self.core.elementwise(Kept::dropout))
     }
 }
