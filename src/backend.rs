@@ -148,6 +148,16 @@ pub(crate) trait GroupedKernels: Backend {
         kept: Kept<T::Compute>,
         mode: MaskMode,
     ) -> Result<Forwarded<Self, T>>;
+
+    /// The grouped forward from given decision bits (local order): local element i takes
+    /// decision `(layout.lead + i) / layout.group`. Returns the new output (`None` in
+    /// place).
+    fn apply_grouped_bits<T: Element>(
+        x: Self::Operand<'_, T>,
+        bits: &Self::Mask,
+        layout: &GroupLayout,
+        kept: Kept<T::Compute>,
+    ) -> Result<Option<Self::Buffer<T>>>;
 }
 
 /// The fused bias + dropout + residual and its bias gradient.

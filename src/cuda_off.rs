@@ -126,6 +126,15 @@ impl GroupedKernels for Cuda {
     ) -> Result<Forwarded<Self, T>> {
         x.unreachable()
     }
+
+    fn apply_grouped_bits<T: Element>(
+        x: CudaOperand<'_, T>,
+        _: &MaskSlice,
+        _: &GroupLayout,
+        _: Kept<T::Compute>,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        x.unreachable()
+    }
 }
 
 impl ResidualKernels for Cuda {

@@ -139,6 +139,13 @@ impl ShardLayout {
         (contiguous || empty).then(|| self.first_index())
     }
 
+    /// The layout of the first `axes` axes alone: where a grouped layer's decisions (one
+    /// per (sample, channel), or per sample) sit among the whole tensor's.
+    pub(crate) fn leading(&self, axes: usize) -> Result<Self> {
+        let k = axes.min(self.shape.len());
+        Self::new(&self.global[..k], &self.start[..k], &self.shape[..k])
+    }
+
     /// The global index of local element 0 (start coordinates), row-major.
     pub(crate) fn first_index(&self) -> u64 {
         let mut index = 0u64;

@@ -1,4 +1,4 @@
-//! Shards of any layout (issue 24, elementwise layers): a shard placed by a
+//! Shards of any layout (issue 24: the elementwise and grouped layers): a shard placed by a
 //! `ShardLayout` (any axes split, uneven sizes) gets exactly its part of the unsharded
 //! output, mask and gradient, bit for bit, on every device, in both saved forms; the
 //! shards of a partition put together are the unsharded tensor; and a layout that does
@@ -9,7 +9,10 @@ mod common;
 use common::{bits_of, tensor_on, test_data, test_device};
 use dropkit::functional::dropout_shard;
 use dropkit::functional::{alpha_dropout, alpha_dropout_shard, dropout, dropout_backward};
-use dropkit::{AlphaDropout, Device, Dropout, Generator, MaskMode, ShardLayout, StreamPos};
+use dropkit::{
+    AlphaDropout, Device, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d, FeatureAlphaDropout,
+    Generator, MaskMode, ShardLayout, StreamPos,
+};
 use std::sync::Arc;
 
 /// A small deterministic generator for shapes and cuts (not the crate's).
@@ -45,6 +48,10 @@ fn slice_of<T: Copy>(whole: &[T], layout: &ShardLayout) -> Vec<T> {
 /// A random layout: rank 1 to 5, lengths 1 to 9, each axis split with probability 1/2.
 fn random_layout(rng: &mut Rng) -> ShardLayout {
     let rank = 1 + rng.below(5);
+    random_layout_of_rank(rng, rank)
+}
+
+fn random_layout_of_rank(rng: &mut Rng, rank: usize) -> ShardLayout {
     let global: Vec<usize> = (0..rank).map(|_| 1 + rng.below(9)).collect();
     let (mut start, mut len) = (Vec::new(), Vec::new());
     for &g in &global {
@@ -215,4 +222,83 @@ test_device!(
     layouts_that_do_not_fit_are_errors,
     layouts_that_do_not_fit_are_errors_cpu,
     layouts_that_do_not_fit_are_errors_cuda
+);
+
+/// The grouped layers (one decision per (sample, channel), or per sample) on random
+/// layouts of their ranks, any axis split, spatial ones included: each shard's output and
+/// gradient are its part of the unsharded ones, both saved forms.
+fn grouped_layers_on_shards_of_any_layout(dev: &Device) {
+    let mut rng = Rng(0xc0ffee);
+    let gen = |seed| Arc::new(Generator::new(seed));
+    for case in 0..40u64 {
+        for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+            // (rank, forward of the whole tensor, forward of the shard) per layer.
+            type Fwd =
+                Box<dyn Fn(&dropkit::Tensor<f32>, Option<ShardLayout>) -> (Vec<u64>, Vec<u64>)>;
+            let run = |fwd: &dyn Fn(Option<ShardLayout>) -> Fwd, rank: usize, rng: &mut Rng| {
+                let layout = random_layout_of_rank(rng, rank);
+                let global = layout.global_shape().to_vec();
+                let n: usize = global.iter().product();
+                let xs = test_data::<f32>(n, case);
+                let x = tensor_on(dev, xs.clone(), &global);
+                let shard = tensor_on(dev, slice_of(&xs, &layout), layout.shape());
+                let (y, dx) = fwd(None)(&x, None);
+                let (ys, dxs) = fwd(Some(layout.clone()))(&shard, Some(layout.clone()));
+                assert_eq!(ys, slice_of(&y, &layout), "case {case} {layout:?} {mode:?}");
+                assert_eq!(
+                    dxs,
+                    slice_of(&dx, &layout),
+                    "case {case} {layout:?} {mode:?} (grad)"
+                );
+            };
+            macro_rules! layer_fwd {
+                ($make:expr) => {
+                    &|_: Option<ShardLayout>| -> Fwd {
+                        Box::new(move |x, layout| {
+                            let mut layer = $make.with_generator(gen(case)).with_mask_mode(mode);
+                            if let Some(l) = layout {
+                                layer = layer.with_shard(l);
+                            }
+                            let (y, st) = layer.forward(x).unwrap();
+                            let dx = layer.backward(&y, &st).unwrap();
+                            (
+                                bits_of(&y.to_vec().unwrap()),
+                                bits_of(&dx.to_vec().unwrap()),
+                            )
+                        })
+                    }
+                };
+            }
+            run(
+                layer_fwd!(Dropout1d::new(0.4).unwrap()),
+                2 + rng.below(2),
+                &mut rng,
+            );
+            run(
+                layer_fwd!(Dropout2d::new(0.4).unwrap()),
+                3 + rng.below(2),
+                &mut rng,
+            );
+            run(
+                layer_fwd!(Dropout3d::new(0.4).unwrap()),
+                4 + rng.below(2),
+                &mut rng,
+            );
+            run(
+                layer_fwd!(DropPath::new(0.4).unwrap()),
+                1 + rng.below(4),
+                &mut rng,
+            );
+            run(
+                layer_fwd!(FeatureAlphaDropout::new(0.4).unwrap()),
+                2 + rng.below(3),
+                &mut rng,
+            );
+        }
+    }
+}
+test_device!(
+    grouped_layers_on_shards_of_any_layout,
+    grouped_layers_on_shards_of_any_layout_cpu,
+    grouped_layers_on_shards_of_any_layout_cuda
 );

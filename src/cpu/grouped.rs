@@ -24,6 +24,18 @@ impl GroupedKernels for Cpu {
         // The decisions are drawn either way (they are few); kept for the bits form only.
         Ok((y, bits.filter(|_| mode == MaskMode::Bits)))
     }
+
+    fn apply_grouped_bits<T: Element>(
+        x: CpuOperand<'_, T>,
+        bits: &Vec<u32>,
+        layout: &GroupLayout,
+        kept: Kept<T::Compute>,
+    ) -> crate::error::Result<Option<Vec<T>>> {
+        x.write_with(|src, out| {
+            grouped_apply(src, out, bits, layout, kept);
+            Ok(())
+        })
+    }
 }
 
 /// The grouped forward: draws the decisions of `layout` first (few: one per channel or

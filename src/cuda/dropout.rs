@@ -65,7 +65,7 @@ impl DropoutKernels for Cuda {
             }
             (SavedMask::Bits(bits), Decisions::Elementwise) => Self::apply_bits(input, bits, kept)?,
             (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
-                apply_grouped(input, bits, layout, &kept)?
+                Self::apply_grouped_bits(input, bits, layout, kept)?
             }
             (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
                 Self::grouped_forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
@@ -111,31 +111,10 @@ impl DropoutKernels for Cuda {
             }
             Kept::Affine { .. } => {
                 let one = GroupLayout::new(1, 0, x.len());
-                apply_grouped(x, bits, &one, &kept)
+                Self::apply_grouped_bits(x, bits, &one, kept)
             }
         }
     }
-}
-
-/// `grouped_scale` / `grouped_alpha` over an operand, reading `bits` by `layout`.
-fn apply_grouped<T: Element>(
-    x: CudaOperand<'_, T>,
-    bits: &MaskSlice,
-    layout: &GroupLayout,
-    kept: &Kept<T::Compute>,
-) -> Result<Option<CudaBuffer<T>>> {
-    let dev = x.device().clone();
-    let n = x.len() as u64;
-    x.launch_io(|x_ptr, y_ptr| {
-        let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
-        let io = Io {
-            x: x_ptr,
-            y: y_ptr,
-            bits: b_ptr,
-            n,
-        };
-        grouped::apply::<T>(&dev, io, layout, kept)
-    })
 }
 
 /// Queues `dropout_fwd_<T>` (a scale) or `alpha_dropout_fwd_<T>` (an affine map) on raw

@@ -4,7 +4,7 @@
 //! (`dropout_mask_bits_shard`), which the elementwise layers then read the same way.
 
 use super::buffer::Cuda;
-use super::buffer::{CudaOperand, Forward, MaskSlice};
+use super::buffer::{CudaBuffer, CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::kernels::ops::{
     DROPOUT_MASK_BITS, DROPOUT_MASK_BITS_SHARD, GROUPED_ALPHA, GROUPED_SCALE,
@@ -161,6 +161,26 @@ impl GroupedKernels for Cuda {
             (MaskMode::Bits, None) => Ok((y, Some(MaskSlice::alloc(&dev, 0)?))),
             (MaskMode::Regenerate, _) => Ok((y, None)),
         }
+    }
+
+    fn apply_grouped_bits<T: Element>(
+        x: CudaOperand<'_, T>,
+        bits: &MaskSlice,
+        layout: &GroupLayout,
+        kept: Kept<T::Compute>,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        let dev = x.device().clone();
+        let n = x.len() as u64;
+        x.launch_io(|x_ptr, y_ptr| {
+            let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
+            let io = Io {
+                x: x_ptr,
+                y: y_ptr,
+                bits: b_ptr,
+                n,
+            };
+            apply::<T>(&dev, io, layout, &kept)
+        })
     }
 }
 

@@ -11,7 +11,9 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::mask::Probability;
 use crate::plan::{Decisions, GroupLayout, GroupedKind, Kept, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
+use std::sync::Arc;
 
 /// Dropout with one decision per `group` consecutive elements (SPEC section 6): channel
 /// dropout (group = the spatial size), DropPath (group = the size of one sample) and
@@ -76,4 +78,62 @@ pub(crate) fn grouped_train<T: Element>(
     let decisions = Decisions::Grouped(layout);
     let state = DropoutState::trained(&out, mask, pos, prob, decisions, kept.grad_factor());
     Ok((out.output, state))
+}
+
+/// A grouped training forward of a shard placed by `layout` (checked by the caller): the
+/// first `lead_axes` axes index the decisions ((sample, channel) for channel dropout and
+/// FeatureAlphaDropout, the sample for DropPath), the rest are one decision's elements. A
+/// contiguous shard takes [`grouped_train`] at its first element with the whole tensor's
+/// group size; any other draws its decisions through the leading axes' layout, then
+/// applies them to groups of its own spatial size.
+pub(crate) fn grouped_shard_train<T: Element>(
+    x: Operand<'_, T>,
+    prob: &Probability,
+    lead_axes: usize,
+    kind: GroupedKind,
+    pos: StreamPos,
+    mode: MaskMode,
+    layout: &ShardLayout,
+) -> TrainResult<T> {
+    let k = lead_axes.min(layout.shape().len());
+    if let Some(start) = layout.contiguous_start() {
+        let group = crate::tensor::group_elements(&layout.global_shape()[k..]);
+        return grouped_train(x, prob, group, kind, pos.with_index_base(start), mode);
+    }
+    let decisions = layout.leading(k)?;
+    let n = x.tensor().len();
+    let local = GroupLayout::new(crate::tensor::group_elements(&layout.shape()[k..]), 0, n);
+    let kept = Kept::grouped(kind, prob);
+    let op = GroupedShard {
+        prob,
+        pos,
+        kept,
+        decisions: &decisions,
+        local,
+    };
+    let (out, mask) = run_forward(x, op)?;
+    let mask = mask.filter(|_| mode == MaskMode::Bits);
+    let grouping = Decisions::Grouped(local);
+    let mut state = DropoutState::trained(&out, mask, pos, prob, grouping, kept.grad_factor());
+    state.shard = Some(Arc::new(decisions));
+    Ok((out.output, state))
+}
+
+/// A grouped forward of a shard that is not one range: the decisions' bits through their
+/// layout, then the kept map by groups of the shard's own spatial size.
+struct GroupedShard<'a> {
+    prob: &'a Probability,
+    pos: StreamPos,
+    kept: Kept<f64>,
+    decisions: &'a ShardLayout,
+    local: GroupLayout,
+}
+
+impl<T: Element> ForwardOp<T> for GroupedShard<'_> {
+    fn run<B: Placed>(self, x: B::Operand<'_, T>) -> Result<Forwarded<B, T>> {
+        let bits = B::shard_keep_bits(&x, self.pos, self.prob, self.decisions)?;
+        let kept = self.kept.for_element::<T>();
+        let y = B::apply_grouped_bits(x, &bits, &self.local, kept)?;
+        Ok((y, Some(bits)))
+    }
 }

@@ -45,7 +45,7 @@ pub use state::DropoutState;
 /// Layers (and the candle ops) check decision indices before they take an offset.
 pub(crate) use dispatch::check_index_range;
 pub(crate) use dispatch::{new_output, Operand, TrainResult};
-pub(crate) use grouped::grouped_train;
+pub(crate) use grouped::{grouped_shard_train, grouped_train};
 pub(crate) use norm::{check_add_norm, check_eps};
 /// The candle form checks shapes with the same function.
 #[cfg(feature = "candle")]

@@ -67,6 +67,7 @@ pub struct FeatureAlphaDropout {
 }
 
 layer_common!(FeatureAlphaDropout, backward);
+shard_builder!(FeatureAlphaDropout);
 
 impl FeatureAlphaDropout {
     fn group(shape: &[usize]) -> Result<usize> {
@@ -83,13 +84,14 @@ impl FeatureAlphaDropout {
     /// Forward; a rank below 2 is an error.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
         let group = Self::group(x.shape())?;
-        self.core.forward(x, grouped(group, GroupedKind::Alpha))
+        self.core
+            .forward(x, grouped(&self.core, group, 2, GroupedKind::Alpha))
     }
 
     /// Forward writing the output over `x`.
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
         let group = Self::group(x.shape())?;
         self.core
-            .forward_in_place(x, grouped(group, GroupedKind::Alpha))
+            .forward_in_place(x, grouped(&self.core, group, 2, GroupedKind::Alpha))
     }
 }

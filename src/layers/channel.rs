@@ -1,7 +1,7 @@
 //! Channel dropout, `Dropout1d` / `Dropout2d` / `Dropout3d`: one decision per (sample,
 //! channel), the whole feature map kept or zeroed (SPEC section 6, decision j = n*C + c).
 
-use super::core::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, shard_builder, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::functional::DropoutState;
@@ -56,6 +56,7 @@ macro_rules! channel_dropout {
         }
 
         layer_common!($name, backward);
+        shard_builder!($name);
 
         impl $name {
             fn group(x: &[usize]) -> Result<usize> {
@@ -64,14 +65,15 @@ macro_rules! channel_dropout {
 
             /// Forward; a wrong rank is an error.
             pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
-                let group = Self::group(x.shape())?;
-                self.core.forward(x, grouped(group, GroupedKind::Scale))
+                let (group, lead) = (Self::group(x.shape())?, x.shape().len() - $spatial);
+                self.core.forward(x, grouped(&self.core, group, lead, GroupedKind::Scale))
             }
 
             /// Forward writing the output over `x` (same bits as `forward`).
             pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
-                let group = Self::group(x.shape())?;
-                self.core.forward_in_place(x, grouped(group, GroupedKind::Scale))
+                let (group, lead) = (Self::group(x.shape())?, x.shape().len() - $spatial);
+                let train = grouped(&self.core, group, lead, GroupedKind::Scale);
+                self.core.forward_in_place(x, train)
             }
 
         }

@@ -100,12 +100,21 @@ impl LayerCore {
     }
 }
 
-/// The training forward of a grouped layer with `group` elements per decision.
+/// The training forward of a grouped layer with `group` elements per decision: the first
+/// `lead_axes` axes index the decisions, which a shard of any layout reads through its
+/// layout.
 pub(crate) fn grouped<T: Element>(
+    core: &LayerCore,
     group: usize,
+    lead_axes: usize,
     kind: GroupedKind,
-) -> impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T> {
-    move |x, prob, pos, mode| functional::grouped_train(x, prob, group, kind, pos, mode)
+) -> impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T> + '_ {
+    move |x, prob, pos, mode| match &core.shard {
+        Some(layout) => {
+            functional::grouped_shard_train(x, prob, lead_axes, kind, pos, mode, layout)
+        }
+        None => functional::grouped_train(x, prob, group, kind, pos, mode),
+    }
 }
 
 /// The builder and mode methods every layer shares (a layer has a `core: LayerCore`);
@@ -194,7 +203,8 @@ macro_rules! layer_common {
 }
 pub(crate) use layer_common;
 
-/// `with_shard` for the elementwise layers (a layer has a `core: LayerCore`).
+/// `with_shard` for the layers of the family but the fused ones (a layer has a
+/// `core: LayerCore`).
 macro_rules! shard_builder {
     ($layer:ident) => {
         impl $layer {

@@ -1,7 +1,7 @@
 //! `DropPath` (stochastic depth): a whole sample of a residual branch is dropped, one
 //! decision per index along the first dimension (SPEC section 6, j = n).
 
-use super::core::{grouped, layer_common, LayerCore};
+use super::core::{grouped, layer_common, shard_builder, LayerCore};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::functional::DropoutState;
@@ -30,6 +30,7 @@ pub struct DropPath {
 }
 
 layer_common!(DropPath, backward);
+shard_builder!(DropPath);
 
 impl DropPath {
     fn group(shape: &[usize]) -> Result<usize> {
@@ -46,13 +47,14 @@ impl DropPath {
     /// Forward; a scalar (rank 0) input is an error.
     pub fn forward<T: Element>(&self, x: &Tensor<T>) -> Result<(Tensor<T>, DropoutState)> {
         let group = Self::group(x.shape())?;
-        self.core.forward(x, grouped(group, GroupedKind::Scale))
+        self.core
+            .forward(x, grouped(&self.core, group, 1, GroupedKind::Scale))
     }
 
     /// Forward writing the output over `x`.
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
         let group = Self::group(x.shape())?;
         self.core
-            .forward_in_place(x, grouped(group, GroupedKind::Scale))
+            .forward_in_place(x, grouped(&self.core, group, 1, GroupedKind::Scale))
     }
 }
