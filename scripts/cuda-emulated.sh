@@ -120,11 +120,11 @@ for p in "$@"; do
         status=1
     fi
     run "$p: example 02-tensor-parallel" env "${penv[@]}" cargo run --quiet --example 02-tensor-parallel
-    run "$p: example 05-model-parallel" env "${penv[@]}" cargo run --quiet --example 05-model-parallel
     if ! grep -q 'on cuda' "$last_output"; then
         log "FAIL: $p: 02-tensor-parallel had no CUDA shard"
         status=1
     fi
+    run "$p: example 05-model-parallel" env "${penv[@]}" cargo run --quiet --example 05-model-parallel
     run "$p: example 03-cudarc-interop" env "${penv[@]}" cargo run --quiet --example 03-cudarc-interop
 done
 
