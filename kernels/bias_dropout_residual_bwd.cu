@@ -61,7 +61,7 @@ __device__ __forceinline__ void dk_bdr_bwd(const T* dy, T* dx, const uint32_t* b
     extern "C" __global__ void bias_dropout_residual_bwd_##DT(                             \
         const T* dy, T* dx, const uint32_t* bits, double* partial, uint64_t rows,           \
         uint64_t h, uint64_t block_rows, DkDraw draw, C scale) {                            \
-        dk_bdr_bwd<T>(dy, dx, bits, partial, rows, h, block_rows, draw, scale);             \
+        dk_bdr_bwd<T>(dy, dx, bits, partial, rows, h, block_rows, dk_resolve(draw), scale); \
     }
 
 DK_BDR_BWD_KERNELS(f32, float, float)

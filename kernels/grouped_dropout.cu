@@ -42,6 +42,7 @@ __device__ __forceinline__ void dk_mask_bits(uint32_t* bits, uint64_t n_decision
 
 // draw.index_base carries the first decision.
 extern "C" __global__ void dropout_mask_bits(uint32_t* bits, uint64_t n_decisions, DkDraw draw) {
+    draw = dk_resolve(draw);
     dk_mask_bits(bits, n_decisions, draw.seed, draw.offset, draw.index_base, draw.threshold);
 }
 
@@ -61,6 +62,7 @@ static_assert(sizeof(DkShard) == 136, "DkShard must match the Rust launcher's 13
 // The axis loop is unrolled over the 8 slots so the struct is read with constant offsets.
 extern "C" __global__ void dropout_mask_bits_shard(uint32_t* bits, uint64_t n, DkDraw draw,
                                                    DkShard shard) {
+    draw = dk_resolve(draw);
     const uint64_t nwords = n / 32 + (n % 32 != 0);
     const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
     for (uint64_t w = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; w < nwords;

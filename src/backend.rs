@@ -109,14 +109,15 @@ pub(crate) trait DropoutKernels: Backend {
         mode: MaskMode,
     ) -> Result<Forwarded<Self, T>>;
 
-    /// The backward of every layer: `dx = kept ? dy * scale : +0` through the saved mask.
+    /// The backward of every layer: `dx = kept ? dy * scale : +0` through the saved mask,
+    /// into a new dx for an input operand (returned), or the operand's output.
     fn dropout_backward<T: Element>(
-        dy: &Self::Buffer<T>,
+        dy: Self::Operand<'_, T>,
         saved: SavedMask<'_, Self::Mask>,
         prob: &Probability,
         decisions: &Decisions,
         scale: T::Compute,
-    ) -> Result<Self::Buffer<T>>;
+    ) -> Result<Option<Self::Buffer<T>>>;
 
     /// The packed keep bits, in local order, of the shard that `layout` places (each
     /// element decides by its index in the whole tensor; `pos`'s seed and offset), made by

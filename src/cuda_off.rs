@@ -36,12 +36,23 @@ impl<T: Element> CudaBuffer<T> {
     pub(crate) fn to_host(&self) -> Result<Vec<T>> {
         self.unreachable()
     }
+
+    pub(crate) fn copy_over(&mut self, _: &CudaBuffer<T>) -> Result<()> {
+        self.unreachable()
+    }
 }
 
 /// The operand of a CUDA forward.
 pub(crate) enum CudaOperand<'a, T> {
     Input(&'a CudaBuffer<T>),
     InPlace(&'a mut CudaBuffer<T>),
+    // Built by the dispatch so its arms type-check; no value of it exists to be read.
+    #[allow(dead_code)]
+    Into {
+        x: &'a CudaBuffer<T>,
+        out: &'a mut CudaBuffer<T>,
+        mask: Option<MaskSlice>,
+    },
 }
 
 impl<T: Element> CudaOperand<'_, T> {
@@ -49,6 +60,7 @@ impl<T: Element> CudaOperand<'_, T> {
         match self {
             CudaOperand::Input(b) => b.unreachable(),
             CudaOperand::InPlace(b) => b.unreachable(),
+            CudaOperand::Into { x, .. } => x.unreachable(),
         }
     }
 }
@@ -88,12 +100,12 @@ impl DropoutKernels for Cuda {
     }
 
     fn dropout_backward<T: Element>(
-        dy: &CudaBuffer<T>,
+        dy: CudaOperand<'_, T>,
         _: SavedMask<'_, MaskSlice>,
         _: &Probability,
         _: &Decisions,
         _: T::Compute,
-    ) -> Result<CudaBuffer<T>> {
+    ) -> Result<Option<CudaBuffer<T>>> {
         dy.unreachable()
     }
 

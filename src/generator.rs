@@ -5,13 +5,33 @@
 //! thread-safe: concurrent calls get distinct offsets. [`GeneratorState`] is that
 //! (seed, offset) pair as a plain value, so a training run can checkpoint it with its
 //! model and resume with the same masks (with the `serde` feature it serialises).
+//!
+//! While a CUDA graph is captured with it (`dropkit::cuda::CapturedGraph`, feature
+//! `cuda`), a generator hands out *captured* positions instead ([`Generator::next_pos`]):
+//! the call's place in the graph, read against the generator's device state when the
+//! graph runs, so that each replay draws fresh masks.
 
+use crate::plan::StreamPos;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Seed and offset behind a mutex: reading and advancing is one atomic step.
 #[derive(Debug)]
 pub struct Generator {
-    state: Mutex<GeneratorState>,
+    state: Mutex<Inner>,
+}
+
+/// The state, and the capture in progress, if any.
+#[derive(Debug)]
+struct Inner {
+    state: GeneratorState,
+    capture: Option<Capture>,
+}
+
+/// A capture in progress: where the graph reads the state, and the calls taken so far.
+#[derive(Debug, Clone, Copy)]
+struct Capture {
+    device_state: u64,
+    calls: u64,
 }
 
 /// Everything a [`Generator`] holds: the seed and the offset of the next training call.
@@ -29,15 +49,16 @@ pub struct GeneratorState {
 impl Generator {
     /// A generator at offset 0 of `seed`.
     pub fn new(seed: u64) -> Self {
-        Self {
-            state: Mutex::new(GeneratorState { seed, offset: 0 }),
-        }
+        Self::from_state(GeneratorState { seed, offset: 0 })
     }
 
     /// A generator that continues from a saved [`GeneratorState`].
     pub fn from_state(state: GeneratorState) -> Self {
         Self {
-            state: Mutex::new(state),
+            state: Mutex::new(Inner {
+                state,
+                capture: None,
+            }),
         }
     }
 
@@ -46,11 +67,27 @@ impl Generator {
         Self::new(rand::random())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GeneratorState> {
-        // The state is two integers, always valid: a panic elsewhere cannot corrupt it.
+    fn lock_inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The state is plain integers, always valid: a panic elsewhere cannot corrupt it.
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn lock(&self) -> impl std::ops::DerefMut<Target = GeneratorState> + '_ {
+        struct State<'a>(std::sync::MutexGuard<'a, Inner>);
+        impl std::ops::Deref for State<'_> {
+            type Target = GeneratorState;
+            fn deref(&self) -> &GeneratorState {
+                &self.0.state
+            }
+        }
+        impl std::ops::DerefMut for State<'_> {
+            fn deref_mut(&mut self) -> &mut GeneratorState {
+                &mut self.0.state
+            }
+        }
+        State(self.lock_inner())
     }
 
     /// A generator for stream `stream` (a rank, a pipeline stage, a data-loader worker)
@@ -108,10 +145,68 @@ impl Generator {
     }
 
     /// Returns (seed, offset) for one training call and advances the offset by one.
+    ///
+    /// These are values: a kernel that takes them while its stream captures a CUDA graph
+    /// is refused (it would replay one mask forever). Use [`Generator::next_pos`], which
+    /// knows about captures.
     pub fn next_call(&self) -> (u64, u64) {
         let mut state = self.lock();
         let taken = (state.seed, state.offset);
         state.offset = state.offset.wrapping_add(1);
+        taken
+    }
+
+    /// The stream position of one training call (index base 0). Outside a capture this is
+    /// [`Generator::next_call`]'s (seed, offset). While a CUDA graph is captured with this
+    /// generator it is a captured position: the call's place among the generator's calls
+    /// in the graph, which each replay turns into the offset that an eager call at that
+    /// place would use; the host offset then advances at each replay, not here.
+    pub fn next_pos(&self) -> StreamPos {
+        let mut inner = self.lock_inner();
+        let seed = inner.state.seed;
+        if let Some(capture) = inner.capture.as_mut() {
+            let increment = capture.calls;
+            capture.calls += 1;
+            return StreamPos::captured(seed, increment, capture.device_state);
+        }
+        let offset = inner.state.offset;
+        inner.state.offset = offset.wrapping_add(1);
+        StreamPos::new(seed, offset)
+    }
+
+    /// Whether a CUDA graph is being captured with this generator.
+    pub fn is_capturing(&self) -> bool {
+        self.lock_inner().capture.is_some()
+    }
+
+    /// Starts handing out captured positions against the device state at `device_state`;
+    /// `false` (and nothing changed) if a capture is already in progress.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by cuda::graph
+    pub(crate) fn begin_capture(&self, device_state: u64) -> bool {
+        let mut inner = self.lock_inner();
+        if inner.capture.is_some() {
+            return false;
+        }
+        inner.capture = Some(Capture {
+            device_state,
+            calls: 0,
+        });
+        true
+    }
+
+    /// Ends the capture; returns how many calls it took (what each replay advances by).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by cuda::graph
+    pub(crate) fn end_capture(&self) -> u64 {
+        self.lock_inner().capture.take().map_or(0, |c| c.calls)
+    }
+
+    /// For one replay of a graph that took `calls` calls: the state the graph must read,
+    /// and the offset advanced past them, in one step.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))] // used by cuda::graph
+    pub(crate) fn advance_for_replay(&self, calls: u64) -> GeneratorState {
+        let mut state = self.lock();
+        let taken = *state;
+        state.offset = state.offset.wrapping_add(calls);
         taken
     }
 }
@@ -148,6 +243,29 @@ mod tests {
         assert_eq!(g.offset(), 11);
         g.reseed(6);
         assert_eq!((g.seed(), g.offset()), (6, 0));
+    }
+
+    #[test]
+    fn captured_positions_count_calls_and_replays_advance_by_them() {
+        let g = Generator::new(3);
+        assert_eq!(g.next_pos(), StreamPos::new(3, 0));
+        assert!(g.begin_capture(0x1000));
+        assert!(!g.begin_capture(0x2000), "a second capture at once");
+        let (a, b) = (g.next_pos(), g.next_pos());
+        assert!(a.is_captured() && b.is_captured());
+        assert_eq!((a.offset, b.offset, a.device_state), (0, 1, 0x1000));
+        assert_eq!(g.offset(), 1, "captured calls take no host offset");
+        assert_eq!(g.end_capture(), 2);
+        assert!(!g.is_capturing());
+        assert_eq!(
+            g.advance_for_replay(2),
+            GeneratorState { seed: 3, offset: 1 }
+        );
+        assert_eq!(
+            g.advance_for_replay(2),
+            GeneratorState { seed: 3, offset: 3 }
+        );
+        assert_eq!(g.next_pos(), StreamPos::new(3, 5));
     }
 
     #[test]

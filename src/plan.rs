@@ -10,6 +10,11 @@ use crate::element::{to_compute_f64, ComputeFloat, Element};
 use crate::mask::Probability;
 
 /// Where a call's random words come from: decision i of this tensor is `index_base + i`.
+///
+/// A position handed out by a generator while its stream captures a CUDA graph
+/// ([`Generator::next_pos`](crate::Generator::next_pos)) is *captured*: its (seed,
+/// offset) are read from the generator's device state each time the graph runs, and
+/// `offset` holds the call's place among the generator's calls in the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamPos {
     /// The Philox key (SPEC section 1).
@@ -18,6 +23,8 @@ pub struct StreamPos {
     pub offset: u64,
     /// The decision index of the tensor's element 0 (a shard's first global element).
     pub index_base: u64,
+    /// The device address of the generator state a captured call reads (0: eager).
+    pub(crate) device_state: u64,
 }
 
 impl StreamPos {
@@ -27,7 +34,22 @@ impl StreamPos {
             seed,
             offset,
             index_base: 0,
+            device_state: 0,
         }
+    }
+
+    /// A captured position: `increment`-th call of a graph on the generator whose device
+    /// state is at `device_state`.
+    pub(crate) fn captured(seed: u64, increment: u64, device_state: u64) -> Self {
+        Self {
+            device_state,
+            ..Self::new(seed, increment)
+        }
+    }
+
+    /// Whether the (seed, offset) are known only when a CUDA graph runs.
+    pub fn is_captured(&self) -> bool {
+        self.device_state != 0
     }
 
     /// The tensor is the slice starting at element `index_base` of a larger one (a shard):

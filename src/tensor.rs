@@ -177,6 +177,20 @@ impl<T: Element> Tensor<T> {
         self.to_device(&self.device())
     }
 
+    /// Overwrites this tensor with `src`, of the same shape and device (on CUDA a
+    /// device-to-device copy queued on the stream, which a CUDA graph can hold).
+    pub fn copy_from(&mut self, src: &Self) -> Result<()> {
+        const OP: &str = "copy";
+        src.expect_shape(&self.shape, OP)?;
+        self.device().expect_same(&src.device(), OP)?;
+        match (&mut self.storage, &src.storage) {
+            (Storage::Cpu(d), Storage::Cpu(s)) => d.copy_from_slice(s),
+            (Storage::Cuda(d), Storage::Cuda(s)) => d.copy_over(s)?,
+            _ => unreachable!("the devices were compared"),
+        }
+        Ok(())
+    }
+
     /// Fails with [`Error::ShapeMismatch`] unless `other` has this tensor's shape.
     pub(crate) fn expect_shape(&self, expected: &[usize], op: &'static str) -> Result<()> {
         if self.shape != expected {

@@ -27,30 +27,37 @@ impl DropoutKernels for Cpu {
     }
 
     fn dropout_backward<T: Element>(
-        dy: &Vec<T>,
+        dy: CpuOperand<'_, T>,
         saved: SavedMask<'_, Vec<u32>>,
         prob: &Probability,
         decisions: &Decisions,
         scale: T::Compute,
-    ) -> Result<Vec<T>> {
-        let mut dx = super::alloc_output::<T>(dy.len())?;
-        let src = Source::Slice(dy);
-        match (saved, decisions) {
-            (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
-                forward(src, &mut dx, None, pos, prob, scale)
+    ) -> Result<Option<Vec<T>>> {
+        // A grouped regenerate-form mask is drawn first (it is one bit per group).
+        let regenerated = match (&saved, decisions) {
+            (SavedMask::Regenerate(pos), Decisions::Grouped(_)) => {
+                Some(decisions.keep_bits(pos, prob, dy.len())?)
             }
-            (SavedMask::Bits(bits), Decisions::Elementwise) => {
-                backward_bits(src, &mut dx, bits, scale)
+            _ => None,
+        };
+        dy.write_with(|src, dx| {
+            match (saved, decisions, regenerated.as_ref()) {
+                (SavedMask::Regenerate(pos), Decisions::Elementwise, _) => {
+                    forward(src, dx, None, pos, prob, scale)
+                }
+                (SavedMask::Bits(bits), Decisions::Elementwise, _) => {
+                    backward_bits(src, dx, bits, scale)
+                }
+                (SavedMask::Bits(bits), Decisions::Grouped(layout), _)
+                | (SavedMask::Regenerate(_), Decisions::Grouped(layout), Some(bits)) => {
+                    super::grouped::grouped_apply(src, dx, bits, layout, Kept::Scale(scale))
+                }
+                (SavedMask::Regenerate(_), Decisions::Grouped(_), None) => {
+                    unreachable!("a grouped regenerate-form mask is drawn above")
+                }
             }
-            (SavedMask::Bits(bits), Decisions::Grouped(layout)) => {
-                super::grouped::grouped_apply(src, &mut dx, bits, layout, Kept::Scale(scale))
-            }
-            (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
-                let bits = decisions.keep_bits(&pos, prob, dy.len())?;
-                super::grouped::grouped_apply(src, &mut dx, &bits, layout, Kept::Scale(scale))
-            }
-        }
-        Ok(dx)
+            Ok(())
+        })
     }
 
     fn shard_keep_bits<T: Element>(

@@ -72,6 +72,8 @@ impl Backend for Cpu {
 pub(crate) enum CpuOperand<'a, T> {
     Input(&'a [T]),
     InPlace(&'a mut [T]),
+    /// A separate input written into a preallocated output of its length.
+    Into(&'a [T], &'a mut [T]),
 }
 
 impl<T: Element> CpuOperand<'_, T> {
@@ -91,6 +93,10 @@ impl<T: Element> CpuOperand<'_, T> {
                 f(Source::Output, y)?;
                 Ok(None)
             }
+            CpuOperand::Into(x, out) => {
+                f(Source::Slice(x), out)?;
+                Ok(None)
+            }
         }
     }
 
@@ -99,6 +105,7 @@ impl<T: Element> CpuOperand<'_, T> {
         match self {
             CpuOperand::Input(x) => x.len(),
             CpuOperand::InPlace(y) => y.len(),
+            CpuOperand::Into(x, _) => x.len(),
         }
     }
 }

@@ -41,7 +41,9 @@ impl ResidualKernels for Cpu {
         scale: T::Compute,
         hidden: usize,
     ) -> Result<(Vec<T>, Vec<T>)> {
-        let dx = Self::dropout_backward(dy, saved, prob, &Decisions::Elementwise, scale)?;
+        let input = CpuOperand::Input(dy);
+        let dx = Self::dropout_backward(input, saved, prob, &Decisions::Elementwise, scale)?
+            .unwrap_or_else(|| unreachable!("a backward over an input returns its output"));
         let db = <Self as ResidualKernels>::column_sum(&dx, hidden)?;
         Ok((dx, db))
     }

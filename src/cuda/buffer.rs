@@ -107,6 +107,24 @@ impl<T: Element> CudaBuffer<T> {
         self.start
     }
 
+    /// Device-to-device copy of `src`'s live range over this buffer's (the same length,
+    /// checked by the caller): queued on the stream, no allocation, so a CUDA graph can
+    /// hold it.
+    pub(crate) fn copy_over(&mut self, src: &CudaBuffer<T>) -> Result<()>
+    where
+        T: Element,
+    {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let stream = self.device.stream().clone();
+        let range = self.start..self.start + self.len;
+        let mut dst = self.slice.slice_mut(range);
+        stream
+            .memcpy_dtod(&src.view(), &mut dst)
+            .map_err(driver_error("device to device copy"))
+    }
+
     pub(crate) fn into_parts(self) -> (CudaSlice<T>, usize) {
         (self.slice, self.start)
     }
@@ -148,6 +166,13 @@ impl Backend for Cuda {
 pub(crate) enum CudaOperand<'a, T> {
     Input(&'a CudaBuffer<T>),
     InPlace(&'a mut CudaBuffer<T>),
+    /// A separate input written into a preallocated output of its length (nothing is
+    /// allocated: legal inside a CUDA graph capture), with a mask to reuse, if any.
+    Into {
+        x: &'a CudaBuffer<T>,
+        out: &'a mut CudaBuffer<T>,
+        mask: Option<MaskSlice>,
+    },
 }
 
 impl<T: Element> CudaOperand<'_, T> {
@@ -155,6 +180,7 @@ impl<T: Element> CudaOperand<'_, T> {
         match self {
             CudaOperand::Input(b) => b.device(),
             CudaOperand::InPlace(b) => b.device(),
+            CudaOperand::Into { x, .. } => x.device(),
         }
     }
 
@@ -162,6 +188,20 @@ impl<T: Element> CudaOperand<'_, T> {
         match self {
             CudaOperand::Input(b) => b.len(),
             CudaOperand::InPlace(b) => b.len(),
+            CudaOperand::Into { x, .. } => x.len(),
+        }
+    }
+
+    /// The mask of `words` words a bits-form forward writes: the operand's own to reuse
+    /// when it has that size, else a new one (refused while the stream captures).
+    pub(crate) fn mask_of(&mut self, words: usize) -> Result<MaskSlice> {
+        let dev = self.device().clone();
+        match self {
+            CudaOperand::Into { mask, .. } => match mask.take() {
+                Some(m) if m.words == words && dev.same_context_as(m.slice.stream()) => Ok(m),
+                _ => MaskSlice::alloc(&dev, words),
+            },
+            _ => MaskSlice::alloc(&dev, words),
         }
     }
 
@@ -191,6 +231,17 @@ impl<T: Element> CudaOperand<'_, T> {
                     let (base, _guard) = x.slice_mut().device_ptr_mut(dev.stream());
                     let ptr = base + (start * std::mem::size_of::<T>()) as u64;
                     launch(ptr, ptr)?;
+                }
+                Ok(None)
+            }
+            CudaOperand::Into { x, out, .. } => {
+                if n > 0 {
+                    let xv = x.view();
+                    let (x_ptr, _x_guard) = xv.device_ptr(dev.stream());
+                    let start = out.start();
+                    let (base, _guard) = out.slice_mut().device_ptr_mut(dev.stream());
+                    let y_ptr = base + (start * std::mem::size_of::<T>()) as u64;
+                    launch(x_ptr, y_ptr)?;
                 }
                 Ok(None)
             }

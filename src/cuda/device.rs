@@ -198,7 +198,12 @@ impl CudaDevice {
     }
 
     pub(crate) fn same_as(&self, other: &CudaDevice) -> bool {
-        self.stream.context().cu_ctx() == other.stream.context().cu_ctx()
+        self.same_context_as(&other.stream)
+    }
+
+    /// Whether `stream` belongs to this device's context.
+    pub(crate) fn same_context_as(&self, stream: &CudaStream) -> bool {
+        self.stream.context().cu_ctx() == stream.context().cu_ctx()
     }
 
     /// A new buffer of `len` elements whose contents the caller overwrites in full. A byte

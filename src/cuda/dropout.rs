@@ -8,7 +8,7 @@ use super::buffer::{CudaBuffer, CudaOperand, Forward, MaskSlice};
 use super::device::CudaDevice;
 use super::grouped;
 use super::kernels::ops::{ALPHA_DROPOUT_FWD, DROPOUT_BWD_BITS, DROPOUT_FWD};
-use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io, Work};
+use super::launch::{bits_ptr, kernel, launch, op_range, push_kept, DkDraw, Io, Work};
 use crate::backend::{DropoutKernels, GroupedKernels};
 use crate::element::Element;
 use crate::error::Result;
@@ -33,9 +33,13 @@ impl DropoutKernels for Cuda {
             Kept::Scale(_) => "dropout_forward",
             Kept::Affine { .. } => "alpha_dropout_forward",
         });
+        let mut x = x;
         let dev = x.device().clone();
         let n = x.len() as u64;
-        let mut bits = alloc_bits(&dev, x.len(), mode)?;
+        let mut bits = match mode {
+            MaskMode::Bits => Some(x.mask_of(mask_words(x.len()))?),
+            MaskMode::Regenerate => None,
+        };
         let y = x.launch_io(|x_ptr, y_ptr| {
             let (b_ptr, _guard) = bits_ptr(&dev, bits.as_mut());
             let io = Io {
@@ -50,14 +54,13 @@ impl DropoutKernels for Cuda {
     }
     /// The backward of every layer: dx = kept ? dy * scale : +0 through the saved mask.
     fn dropout_backward<T: Element>(
-        dy: &CudaBuffer<T>,
+        input: CudaOperand<'_, T>,
         saved: SavedMask<'_>,
         prob: &Probability,
         decisions: &Decisions,
         scale: T::Compute,
-    ) -> Result<CudaBuffer<T>> {
+    ) -> Result<Option<CudaBuffer<T>>> {
         let _range = op_range("dropout_backward");
-        let input = CudaOperand::Input(dy);
         let kept = Kept::Scale(scale);
         let dx = match (saved, decisions) {
             (SavedMask::Regenerate(pos), Decisions::Elementwise) => {
@@ -71,9 +74,7 @@ impl DropoutKernels for Cuda {
                 Self::grouped_forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
             }
         };
-        // Every arm reads a separate input (`dy`), for which a forward allocates its output.
-        Ok(dx
-            .unwrap_or_else(|| unreachable!("a backward over a separate input returned no output")))
+        Ok(dx)
     }
 
     fn shard_keep_bits<T: Element>(
@@ -106,7 +107,7 @@ impl DropoutKernels for Cuda {
                     args.arg(&x_ptr).arg(&y_ptr).arg(&b_ptr).arg(&n).arg(&scale);
                     // SAFETY: dropout_bwd_bits (dy, dx, bits, n, scale): n elements at x and
                     // y, the mask covers n decisions; guards held across the call.
-                    unsafe { launch(&dev, args, Work::Elements(n), &name) }
+                    unsafe { launch(&dev, args, Work::Elements(n), &name, None) }
                 })
             }
             Kept::Affine { .. } => {
@@ -139,7 +140,7 @@ fn launch_forward<T: Element>(
     // SAFETY: dropout_fwd / alpha_dropout_fwd (x, y, bits, n, draw, kept...): io holds n
     // elements at x and y and ceil(n / 32) words at bits (or null), on dev, guarded by the
     // caller for the call.
-    unsafe { launch(dev, args, Work::Elements(io.n), &name) }
+    unsafe { launch(dev, args, Work::Elements(io.n), &name, Some(&draw)) }
 }
 
 /// Training forward over device memory that dropkit does not own (candle's buffers):

@@ -37,7 +37,15 @@ pub(super) fn mask_bits(
     let words = count.div_ceil(32);
     // SAFETY: dropout_mask_bits (bits, n_decisions, draw): `bits` holds ceil(count / 32)
     // words (MaskSlice's length), guarded until queued.
-    unsafe { launch(dev, args, Work::Threads(words), "dropout_mask_bits") }
+    unsafe {
+        launch(
+            dev,
+            args,
+            Work::Threads(words),
+            "dropout_mask_bits",
+            Some(&draw),
+        )
+    }
 }
 
 /// `struct DkShard` of kernels/grouped_dropout.cu: the shard's shape (row-major, unused
@@ -102,6 +110,7 @@ pub(super) fn mask_bits_shard(
             args,
             Work::Threads(n.div_ceil(32)),
             "dropout_mask_bits_shard",
+            Some(&draw),
         )
     }
 }
@@ -127,7 +136,7 @@ pub(super) fn apply<T: Element>(
     push_kept(&mut args, kept);
     // SAFETY: grouped_scale / grouped_alpha (x, y, bits, n, layout..., kept...): n elements at
     // x and y, bits covers the layout's decisions; guarded by the caller for the call.
-    unsafe { launch(dev, args, Work::Elements(io.n), &name) }
+    unsafe { launch(dev, args, Work::Elements(io.n), &name, None) }
 }
 
 impl GroupedKernels for Cuda {

@@ -14,7 +14,9 @@ use crate::plan::{Kept, MaskMode, StreamPos};
 use cudarc::driver::{CudaFunction, DevicePtrMut, DeviceRepr, LaunchArgs, PushKernelArg};
 
 /// The random draw of one call as every kernel takes it, by value: Philox (seed, offset),
-/// the global index of the first decision, and the keep threshold. The same layout as
+/// the global index of the first decision, the keep threshold, and for a call captured
+/// into a CUDA graph the device address of its generator's state (the kernel then reads
+/// (seed, offset) there, `offset` being the call's increment). The same layout as
 /// `struct DkDraw` in kernels/dk_draw.cuh, so the contract is a struct, not an argument
 /// order. For `dropout_mask_bits`, `index_base` is the first decision of the mask.
 #[repr(C)]
@@ -24,12 +26,14 @@ pub(crate) struct DkDraw {
     pub offset: u64,
     pub index_base: u64,
     pub threshold: u64,
+    pub state: u64,
 }
 
-// SAFETY: `DkDraw` is `#[repr(C)]` with four `u64` fields, so it has C's layout: 32 bytes,
-// 8-byte aligned, fields at offsets 0, 8, 16 and 24 and no padding (asserted in the tests
-// below), exactly `struct DkDraw` of kernels/dk_draw.cuh. It is plain data (no pointers,
-// no drop), so cudarc may copy its bytes into the kernel's parameter buffer.
+// SAFETY: `DkDraw` is `#[repr(C)]` with five `u64` fields, so it has C's layout: 40 bytes,
+// 8-byte aligned, fields at offsets 0, 8, 16, 24 and 32 and no padding (asserted in the
+// tests below), exactly `struct DkDraw` of kernels/dk_draw.cuh. It is plain data (`state`
+// is an address the kernel reads, never dereferenced here; no drop), so cudarc may copy its
+// bytes into the kernel's parameter buffer.
 unsafe impl DeviceRepr for DkDraw {}
 
 impl DkDraw {
@@ -40,6 +44,7 @@ impl DkDraw {
             offset: pos.offset,
             index_base: pos.index_base,
             threshold: prob.threshold(),
+            state: pos.device_state,
         }
     }
 
@@ -126,7 +131,14 @@ pub(crate) fn single_kernel(dev: &CudaDevice, op: &KernelOp) -> Result<CudaFunct
     dev.function(op.module, op.op)
 }
 
-/// Queues a built launch over `work`.
+/// Queues a built launch over `work`; `draw` is the random draw among its parameters
+/// (`None` for a kernel that draws nothing).
+///
+/// While the stream captures a CUDA graph, a kernel that draws must read its (seed,
+/// offset) from a generator's device state (a captured [`StreamPos`]): one taking them by
+/// value would replay a single mask forever, so it is refused with
+/// [`Error::StreamCapturing`](crate::Error::StreamCapturing) before anything is queued.
+/// Kernels that draw nothing are captured as they are.
 ///
 /// # Safety
 /// `args` holds exactly the parameters of the kernel's `extern "C"` signature in
@@ -140,10 +152,14 @@ pub(crate) unsafe fn launch(
     mut args: LaunchArgs<'_>,
     work: Work,
     name: &str,
+    draw: Option<&DkDraw>,
 ) -> Result<()> {
-    // A kernel captured into a graph would replay this call's (seed, offset) forever (one
-    // mask for every replay); until the capture-safe random state exists, refuse.
-    dev.refuse_capture("a kernel launch (its random state is fixed at capture)")?;
+    if draw.is_some_and(|d| d.state == 0) {
+        dev.refuse_capture(
+            "a kernel launch with (seed, offset) by value (a graph would replay one mask \
+             forever; take the position from a generator bound with GraphSafeGenerator)",
+        )?;
+    }
     let (items, per_thread) = work.items();
     // SAFETY: the caller's contract above is what cudarc's `launch` asks for.
     unsafe { args.launch(dev.launch_config(items, per_thread)) }
@@ -223,8 +239,9 @@ mod tests {
 
     #[test]
     fn draw_has_the_layout_of_the_kernels_struct() {
-        assert_eq!(size_of::<DkDraw>(), 32);
+        assert_eq!(size_of::<DkDraw>(), 40);
         assert_eq!(align_of::<DkDraw>(), 8);
+        assert_eq!(offset_of!(DkDraw, state), 32);
         assert_eq!(offset_of!(DkDraw, seed), 0);
         assert_eq!(offset_of!(DkDraw, offset), 8);
         assert_eq!(offset_of!(DkDraw, index_base), 16);

@@ -20,6 +20,7 @@
 //! | `grouped.rs` | grouped forwards (channel dropout, DropPath, feature alpha) |
 //! | `residual.rs` | fused bias + dropout + residual, its one-pass backward, and the bias gradient's column sum |
 //! | `norm.rs` | fused dropout + add + LayerNorm / RMSNorm, forward and backward |
+//! | `graph.rs` | [`GraphSafeGenerator`] and [`CapturedGraph`]: CUDA graphs with fresh masks on every replay |
 //! | `nvrtc.rs` | run-time compilation of the embedded sources (cubin or PTX) |
 //!
 //! It depends only on the leaf modules (`plan`, `mask`, `element`, `error`), never on
@@ -30,6 +31,7 @@
 pub(crate) mod buffer;
 mod device;
 pub(crate) mod dropout;
+mod graph;
 pub(crate) mod grouped;
 pub mod kernels;
 pub(crate) mod launch;
@@ -41,3 +43,4 @@ pub(crate) use buffer::Cuda;
 pub use buffer::CudaBuffer;
 pub(crate) use buffer::{CudaOperand, MaskSlice};
 pub use device::{embedded_ptx, kernels_built, CudaDevice};
+pub use graph::{CapturedGraph, GraphSafeGenerator};

@@ -187,7 +187,7 @@ impl NormKernels for Cuda {
             // NormFwdArgs mirrors; x, residual, z, s hold rows * h elements, bias, gamma, beta
             // h, stats 2 * rows doubles, keep the mask words of rows * h decisions (checked by
             // the functional layer and allocated above), all guarded until queued.
-            unsafe { launch(&dev, builder, Work::Rows(rows as u64), &name)? };
+            unsafe { launch(&dev, builder, Work::Rows(rows as u64), &name, None)? };
         }
         Ok(NormForward {
             z: CudaBuffer::new(dev.clone(), z, 0, n),
@@ -271,7 +271,7 @@ impl NormKernels for Cuda {
                 // SAFETY: dropout_add_norm_bwd_<T>[_rf32] takes one DkNormBwdArgs<T, R>, mirrored
                 // by NormBwdArgs; dz, ds, s, dx, dresidual hold rows * h elements, gamma h, stats
                 // 2 * rows doubles, keep the forward's mask (or 0); all guarded until queued.
-                unsafe { launch(&dev, builder, Work::Rows(rows as u64), &name)? };
+                unsafe { launch(&dev, builder, Work::Rows(rows as u64), &name, None)? };
             }
             // dgamma: block partials of dz * y, then the finish of the bias gradient's sums.
             let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
@@ -294,14 +294,22 @@ impl NormKernels for Cuda {
             builder.arg(&dgamma_args);
             // SAFETY: add_norm_dgamma_partial_<T>[_rf32] takes one DkNormDgammaArgs<T, R>; dz and s
             // hold rows * h elements, stats 2 * rows doubles, partial blocks * h (allocated above).
-            unsafe { launch(&dev, builder, Work::Elements((blocks * h) as u64), &name)? };
+            unsafe {
+                launch(
+                    &dev,
+                    builder,
+                    Work::Elements((blocks * h) as u64),
+                    &name,
+                    None,
+                )?
+            };
             let (fin, fin_name) = kernel::<T>(&dev, &COLUMN_SUM_FINISH)?;
             let mut builder = st.launch_builder(&fin);
             let (blocks_u, h_u) = (blocks as u64, h as u64);
             builder.arg(&p_ptr).arg(&dg_ptr).arg(&blocks_u).arg(&h_u);
             // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles,
             // out (dgamma) h elements.
-            unsafe { launch(&dev, builder, Work::Elements(h_u), &fin_name)? };
+            unsafe { launch(&dev, builder, Work::Elements(h_u), &fin_name, None)? };
             if let Some(db) = dbeta.as_mut() {
                 let (o, _g) = db.device_ptr_mut(st);
                 // SAFETY: dz holds rows * h elements and dbeta h, guarded until queued.

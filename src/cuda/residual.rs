@@ -88,16 +88,13 @@ impl ResidualKernels for Cuda {
             let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
             let (db_ptr, _gb) = db.device_ptr_mut(dev.stream());
             // Saved bits, or (null bits) the stream position to redraw the decisions from.
-            let (bits_ptr, _gk, draw) = match saved {
+            let (bits_ptr, _gk, draw, draws) = match saved {
                 SavedMask::Bits(bits) => {
                     let (p, g) = bits.slice().device_ptr(dev.stream());
-                    (
-                        p,
-                        Some(g),
-                        DkDraw::new(crate::plan::StreamPos::new(0, 0), prob),
-                    )
+                    let unused = DkDraw::new(crate::plan::StreamPos::new(0, 0), prob);
+                    (p, Some(g), unused, false)
                 }
-                SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob)),
+                SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob), true),
             };
             let (rows, h, block_rows, blocks) = (
                 rows as u64,
@@ -120,7 +117,15 @@ impl ResidualKernels for Cuda {
             // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
             // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
             // saved mask (or null); all guarded until queued.
-            unsafe { launch(&dev, args, Work::Threads(blocks * h), &name)? };
+            unsafe {
+                launch(
+                    &dev,
+                    args,
+                    Work::Threads(blocks * h),
+                    &name,
+                    draws.then_some(&draw),
+                )?
+            };
             queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
         }
         Ok((
@@ -163,7 +168,7 @@ fn launch_forward<T: Element>(
     args.arg(&n).arg(&hidden).arg(&draw).arg(&scale);
     // SAFETY: bias_dropout_residual_fwd (x, bias, residual, out, bits, n, hidden, draw,
     // scale): the caller's pointers hold n, hidden, n, n elements and the mask words.
-    unsafe { launch(dev, args, Work::Elements(n), &name) }
+    unsafe { launch(dev, args, Work::Elements(n), &name, Some(&draw)) }
 }
 
 /// The fused forward over device memory that dropkit does not own (candle's buffers):
@@ -225,7 +230,7 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
     // One thread per (block, column) pair.
     // SAFETY: column_sum_partial (g, partial, rows, h, block_rows): g holds rows * h
     // elements (the caller's contract), partial blocks * h doubles, allocated above.
-    unsafe { launch(dev, args, Work::Threads(blocks * h), &name)? };
+    unsafe { launch(dev, args, Work::Threads(blocks * h), &name, None)? };
     queue_column_finish::<T>(dev, p_ptr, out_ptr, blocks, h)
 }
 
@@ -244,5 +249,5 @@ fn queue_column_finish<T: Element>(
     // One thread per column.
     // SAFETY: column_sum_finish (partial, out, blocks, h): partial holds blocks * h doubles
     // and out h elements, as the callers allocate them.
-    unsafe { launch(dev, args, Work::Threads(h), &name) }
+    unsafe { launch(dev, args, Work::Threads(h), &name, None) }
 }

@@ -2,7 +2,7 @@
 //! or the output itself), validation helpers, and [`run_forward`], which hands a forward to
 //! the backend that holds its tensor by matching on the tensor's storage.
 
-use super::state::{DropoutState, ForwardOut, MaskBuffer};
+use super::state::{CpuMask, DropoutState, ForwardOut, MaskBuffer};
 use crate::backend::{DropoutKernels, Forwarded, GroupedKernels, NormKernels, ResidualKernels};
 use crate::cpu::{Cpu, CpuOperand};
 use crate::cuda;
@@ -13,11 +13,18 @@ use crate::mask::Probability;
 use crate::plan::{MaskMode, StreamPos};
 use crate::tensor::{Storage, Tensor};
 
-/// The tensor a forward reads: a separate input (a new output is allocated) or the output
-/// itself (in-place).
+/// The tensor a forward reads: a separate input (a new output is allocated), the output
+/// itself (in-place), or a separate input written into a preallocated output (with the
+/// mask of an earlier forward to reuse: the `_into` forms, which allocate nothing on
+/// CUDA).
 pub(crate) enum Operand<'a, T: Element> {
     Input(&'a Tensor<T>),
     InPlace(&'a mut Tensor<T>),
+    Into {
+        x: &'a Tensor<T>,
+        out: &'a mut Tensor<T>,
+        mask: Option<MaskBuffer>,
+    },
 }
 
 impl<T: Element> Operand<'_, T> {
@@ -25,6 +32,7 @@ impl<T: Element> Operand<'_, T> {
         match self {
             Operand::Input(t) => t,
             Operand::InPlace(t) => t,
+            Operand::Into { x, .. } => x,
         }
     }
 }
@@ -48,6 +56,52 @@ pub(crate) fn train_or_identity<T: Element>(
     }
     let (y, state) = train(Operand::Input(x), &prob, pos, mode)?;
     Ok((new_output(y), state))
+}
+
+/// The `_into` entry points: validate p and the output, then a copy in eval mode or
+/// `train` into `out`, reusing the mask of `state` (which receives the new state).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn train_into<T: Element>(
+    x: &Tensor<T>,
+    out: &mut Tensor<T>,
+    state: &mut DropoutState,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+    train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+) -> Result<()> {
+    let prob = Probability::new(p)?;
+    super::dropout::check_output(x, out, "dropout into")?;
+    if !training {
+        out.copy_from(x)?;
+        *state = DropoutState::identity(x, prob);
+        return Ok(());
+    }
+    check_captured(x, pos)?;
+    if !pos.is_captured() {
+        // Refused before the state's mask is taken: dropping it would free device memory
+        // inside the capture.
+        x.device()
+            .refuse_capture("a training forward with a position by value")?;
+    }
+    let mask = state.take_mask();
+    let operand = Operand::Into { x, out, mask };
+    *state = train(operand, &prob, pos, mode)?.1;
+    Ok(())
+}
+
+/// A captured position (read on the device when a CUDA graph runs) is for CUDA tensors.
+pub(crate) fn check_captured<T: Element>(x: &Tensor<T>, pos: StreamPos) -> Result<()> {
+    if pos.is_captured() && !matches!(x.storage, Storage::Cuda(_)) {
+        return Err(Error::InvalidArgument {
+            op: "dropout",
+            reason: "the position was taken while a CUDA graph was captured (it is read \
+                     from the device when the graph runs), but the tensor is on the CPU"
+                .into(),
+        });
+    }
+    Ok(())
 }
 
 /// A backend as the functional layer uses it: every operation family, and where its
@@ -94,6 +148,19 @@ impl Placed for Cpu {
                 storage: Storage::Cpu(v),
                 ..
             }) => CpuOperand::InPlace(v),
+            Operand::Into {
+                x:
+                    Tensor {
+                        storage: Storage::Cpu(v),
+                        ..
+                    },
+                out:
+                    Tensor {
+                        storage: Storage::Cpu(o),
+                        ..
+                    },
+                ..
+            } => CpuOperand::Into(v, o),
             _ => elsewhere(),
         }
     }
@@ -103,12 +170,12 @@ impl Placed for Cpu {
     }
 
     fn mask(m: Vec<u32>) -> MaskBuffer {
-        MaskBuffer::Cpu(m)
+        MaskBuffer::Cpu(CpuMask(m))
     }
 
     fn saved_mask(m: &MaskBuffer) -> &Vec<u32> {
         match m {
-            MaskBuffer::Cpu(v) => v,
+            MaskBuffer::Cpu(v) => &v.0,
             MaskBuffer::Cuda(_) => elsewhere(),
         }
     }
@@ -132,6 +199,23 @@ impl Placed for Cuda {
                 storage: Storage::Cuda(b),
                 ..
             }) => cuda::CudaOperand::InPlace(b),
+            Operand::Into {
+                x:
+                    Tensor {
+                        storage: Storage::Cuda(b),
+                        ..
+                    },
+                out:
+                    Tensor {
+                        storage: Storage::Cuda(o),
+                        ..
+                    },
+                mask,
+            } => cuda::CudaOperand::Into {
+                x: b,
+                out: o,
+                mask: mask.and_then(MaskBuffer::into_cuda),
+            },
             _ => elsewhere(),
         }
     }

@@ -2,8 +2,8 @@
 //! dropout shares, and the backward of the whole family.
 
 use super::dispatch::{
-    check_index_range, on_backend, run_forward, train_or_identity, ForwardOp, OnBackend, Operand,
-    Placed, TrainResult,
+    check_index_range, new_output, on_backend, run_forward, train_into, train_or_identity,
+    ForwardOp, OnBackend, Operand, Placed, TrainResult,
 };
 use super::state::{DropoutState, Saved};
 use crate::backend::{Forwarded, SavedMask};
@@ -28,6 +28,24 @@ pub fn dropout<T: Element>(
     mode: MaskMode,
 ) -> Result<(Tensor<T>, DropoutState)> {
     train_or_identity(x, p, training, pos, mode, dropout_train)
+}
+
+/// [`dropout`] writing into preallocated buffers: the output into `out` (the shape and
+/// device of `x`), the saved state into `state`, whose mask buffer is reused when it has
+/// the right size (pass the state of an earlier call of this shape; any state works, a
+/// new mask is then allocated). On CUDA, with a reusable state or the regenerate form,
+/// it allocates nothing and needs no host round trip, so it may run while the stream
+/// captures a CUDA graph, with a position from [`crate::Generator::next_pos`].
+pub fn dropout_into<T: Element>(
+    x: &Tensor<T>,
+    out: &mut Tensor<T>,
+    state: &mut DropoutState,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<()> {
+    train_into(x, out, state, p, training, pos, mode, dropout_train)
 }
 
 /// Training-mode elementwise dropout; the output is new (`Some`) or written over the input.
@@ -185,20 +203,56 @@ pub fn dropout_backward<T: Element>(grad: &Tensor<T>, state: &DropoutState) -> R
     if let Saved::Identity = state.saved {
         return grad.try_clone();
     }
-    on_backend(grad, Backward { grad, state })
+    let dx = on_backend(
+        grad,
+        Backward {
+            grad,
+            state,
+            out: None,
+        },
+    )?;
+    Ok(new_output(dx))
 }
 
-/// [`dropout_backward`] once its state is checked and not the identity.
-struct Backward<'a, T: Element> {
+/// [`dropout_backward`] writing the gradient into `dx`, a preallocated tensor of the
+/// gradient's shape, dtype and device. On CUDA it allocates nothing and needs no host
+/// round trip, so it may run while the stream captures a CUDA graph (a regenerate-form
+/// state of a shard of any layout is the exception: it draws its mask into a new buffer).
+pub fn dropout_backward_into<T: Element>(
+    grad: &Tensor<T>,
+    state: &DropoutState,
+    dx: &mut Tensor<T>,
+) -> Result<()> {
+    const OP: &str = "dropout backward into";
+    state.check_grad(grad, OP)?;
+    check_output(grad, dx, OP)?;
+    if let Saved::Identity = state.saved {
+        return dx.copy_from(grad);
+    }
+    on_backend(
+        grad,
+        Backward {
+            grad,
+            state,
+            out: Some(dx),
+        },
+    )
+    .map(drop)
+}
+
+/// [`dropout_backward`] once its state is checked and not the identity: into `out`, or a
+/// new tensor (returned).
+struct Backward<'a, 'o, T: Element> {
     grad: &'a Tensor<T>,
     state: &'a DropoutState,
+    out: Option<&'o mut Tensor<T>>,
 }
 
-impl<T: Element> OnBackend for Backward<'_, T> {
-    type Output = Tensor<T>;
+impl<T: Element> OnBackend for Backward<'_, '_, T> {
+    type Output = Option<Tensor<T>>;
 
-    fn run<B: Placed>(self) -> Result<Tensor<T>> {
-        let Backward { grad, state } = self;
+    fn run<B: Placed>(self) -> Result<Option<Tensor<T>>> {
+        let Backward { grad, state, out } = self;
         let scale = to_compute_f64::<T>(state.grad_scale);
         let g = B::buffer(grad);
         let regenerated;
@@ -210,9 +264,27 @@ impl<T: Element> OnBackend for Backward<'_, T> {
             }
             (saved, _) => saved_mask::<B>(saved),
         };
-        let dx = B::dropout_backward(g, saved, &state.prob, &state.decisions, scale)?;
-        Ok(Tensor::from_storage(B::storage(dx), grad.shape().to_vec()))
+        let dy = match out {
+            Some(out) => B::operand(Operand::Into {
+                x: grad,
+                out,
+                mask: None,
+            }),
+            None => B::input(g),
+        };
+        let dx = B::dropout_backward(dy, saved, &state.prob, &state.decisions, scale)?;
+        Ok(dx.map(|dx| Tensor::from_storage(B::storage(dx), grad.shape().to_vec())))
     }
+}
+
+/// The checks of a preallocated output: the input's shape and device.
+pub(crate) fn check_output<T: Element>(
+    x: &Tensor<T>,
+    out: &Tensor<T>,
+    op: &'static str,
+) -> Result<()> {
+    out.expect_shape(x.shape(), op)?;
+    x.device().expect_same(&out.device(), op)
 }
 
 /// The decisions of a trained state as backend `B` reads them.

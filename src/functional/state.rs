@@ -24,25 +24,34 @@ pub(crate) struct ForwardOut<T: Element> {
 /// Packed keep bits on the device that produced them.
 #[derive(Debug)]
 pub(crate) enum MaskBuffer {
-    Cpu(Vec<u32>),
+    Cpu(CpuMask),
     Cuda(cuda::MaskSlice),
 }
 
-/// A CPU mask goes to [`crate::cpu::recycle`], for the next mask of its size.
-impl Drop for MaskBuffer {
+/// A CPU mask; dropped, it goes to [`crate::cpu::recycle`], for the next mask of its size.
+#[derive(Debug)]
+pub(crate) struct CpuMask(pub Vec<u32>);
+
+impl Drop for CpuMask {
     fn drop(&mut self) {
-        match self {
-            MaskBuffer::Cpu(v) => crate::cpu::recycle::give(std::mem::take(v)),
-            MaskBuffer::Cuda(_) => {}
-        }
+        crate::cpu::recycle::give(std::mem::take(&mut self.0));
     }
 }
 
 impl MaskBuffer {
     pub(super) fn to_vec(&self) -> Result<Vec<u32>> {
         match self {
-            MaskBuffer::Cpu(v) => crate::alloc::copied(v),
+            MaskBuffer::Cpu(v) => crate::alloc::copied(&v.0),
             MaskBuffer::Cuda(s) => Cuda::download_mask(s),
+        }
+    }
+
+    /// The device mask, to be reused by a forward that writes into preallocated buffers
+    /// (a CPU mask goes back to the recycler).
+    pub(crate) fn into_cuda(self) -> Option<cuda::MaskSlice> {
+        match self {
+            MaskBuffer::Cuda(s) => Some(s),
+            MaskBuffer::Cpu(_) => None,
         }
     }
 }
@@ -88,6 +97,14 @@ impl DropoutState {
         }
     }
 
+    /// The saved mask, taken out for reuse (the state is left as an eval-mode one).
+    pub(crate) fn take_mask(&mut self) -> Option<MaskBuffer> {
+        match std::mem::replace(&mut self.saved, Saved::Identity) {
+            Saved::Bits(m) => Some(m),
+            _ => None,
+        }
+    }
+
     /// The state of a training forward.
     pub(crate) fn trained<T: Element>(
         out: &ForwardOut<T>,
@@ -125,6 +142,13 @@ impl DropoutState {
         match &self.saved {
             Saved::Identity => Ok(None),
             Saved::Bits(m) => m.to_vec().map(Some),
+            Saved::Regenerate(pos) if pos.is_captured() => Err(Error::InvalidArgument {
+                op: "keep bits",
+                reason: "the state was saved by a call captured into a CUDA graph: its \
+                         (seed, offset) are known only when the graph runs (use the bits \
+                         form to read the mask)"
+                    .into(),
+            }),
             Saved::Regenerate(pos) => match &self.shard {
                 Some(layout) => layout.keep_bits(pos.seed, pos.offset, &self.prob).map(Some),
                 None => self.decisions.keep_bits(pos, &self.prob, n).map(Some),

@@ -39,6 +39,17 @@ impl AlphaDropout {
         self.core.forward(x, self.core.elementwise(Kept::alpha))
     }
 
+    /// Forward into preallocated buffers, as [`crate::Dropout::forward_into`].
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: &mut DropoutState,
+    ) -> Result<()> {
+        self.core
+            .forward_into(x, out, state, self.core.elementwise(Kept::alpha))
+    }
+
     /// Forward writing the output over `x` (same bits as [`AlphaDropout::forward`]).
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
         self.core

@@ -42,8 +42,16 @@ impl LayerCore {
             .generator
             .as_ref()
             .unwrap_or_else(|| default_generator());
-        let (seed, offset) = generator.next_call();
-        StreamPos::new(seed, offset).with_index_base(self.index_base)
+        generator.next_pos().with_index_base(self.index_base)
+    }
+
+    /// Whether the layer's generator is capturing a CUDA graph (its calls then read their
+    /// random state on the device, so a captured kernel launch is legal).
+    fn capturing(&self) -> bool {
+        self.generator
+            .as_ref()
+            .unwrap_or_else(|| default_generator())
+            .is_capturing()
     }
 
     /// The checks of the shard's place: the decision range, or the layout's shape.
@@ -80,8 +88,37 @@ impl LayerCore {
         // (the layers check ranks and shapes before they get here).
         self.check_place(x)?;
         x.device().refuse_capture("a training forward")?;
-        let (y, state) = train(Operand::Input(x), &self.prob, self.next_pos(), self.mode)?;
+        let pos = self.next_pos();
+        functional::check_captured(x, pos)?;
+        let (y, state) = train(Operand::Input(x), &self.prob, pos, self.mode)?;
         Ok((new_output(y), state))
+    }
+
+    /// [`LayerCore::forward`] writing into preallocated buffers: the output into `out`,
+    /// the state into `state` (whose mask is reused). Legal while the stream captures a
+    /// CUDA graph when the layer's generator is capturing with it.
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: &mut DropoutState,
+        train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
+    ) -> Result<()> {
+        functional::check_output(x, out, "a layer's forward into")?;
+        if !self.training {
+            out.copy_from(x)?;
+            *state = DropoutState::identity(x, self.prob);
+            return Ok(());
+        }
+        self.check_place(x)?;
+        if !self.capturing() {
+            x.device().refuse_capture("a training forward")?;
+        }
+        let pos = self.next_pos();
+        functional::check_captured(x, pos)?;
+        let mask = state.take_mask();
+        *state = train(Operand::Into { x, out, mask }, &self.prob, pos, self.mode)?.1;
+        Ok(())
     }
 
     /// [`LayerCore::forward`] writing the output over `x`.
@@ -94,8 +131,11 @@ impl LayerCore {
             return Ok(DropoutState::identity(x, self.prob));
         }
         self.check_place(x)?;
-        x.device().refuse_capture("a training forward")?;
+        if !self.capturing() {
+            x.device().refuse_capture("a training forward")?;
+        }
         let pos = self.next_pos();
+        functional::check_captured(x, pos)?;
         train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
     }
 }
@@ -132,6 +172,17 @@ macro_rules! layer_common {
                 state: &$crate::functional::DropoutState,
             ) -> $crate::error::Result<$crate::tensor::Tensor<T>> {
                 $crate::functional::dropout_backward(grad, state)
+            }
+
+            /// [`Self::backward`] into a preallocated `dx` (allocates nothing on CUDA:
+            /// legal while the stream captures a CUDA graph).
+            pub fn backward_into<T: $crate::element::Element>(
+                &self,
+                grad: &$crate::tensor::Tensor<T>,
+                state: &$crate::functional::DropoutState,
+                dx: &mut $crate::tensor::Tensor<T>,
+            ) -> $crate::error::Result<()> {
+                $crate::functional::dropout_backward_into(grad, state, dx)
             }
         }
     };

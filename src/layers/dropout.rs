@@ -37,6 +37,21 @@ impl Dropout {
         self.core.forward(x, self.core.elementwise(Kept::dropout))
     }
 
+    /// Forward into preallocated buffers (same bits as [`Dropout::forward`]): the output
+    /// into `out` (the shape and device of `x`), the state into `state`, whose mask buffer
+    /// is reused (pass the state of an earlier call). On CUDA it then allocates nothing
+    /// and needs no host round trip: the form to call while a CUDA graph is captured
+    /// (`dropkit::cuda::CapturedGraph`), with the layer's generator in the capture.
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: &mut DropoutState,
+    ) -> Result<()> {
+        self.core
+            .forward_into(x, out, state, self.core.elementwise(Kept::dropout))
+    }
+
     /// Forward writing the output over `x` (same bits as [`Dropout::forward`]).
     pub fn forward_in_place<T: Element>(&self, x: &mut Tensor<T>) -> Result<DropoutState> {
         self.core

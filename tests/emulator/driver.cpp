@@ -32,6 +32,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <set>
 #include <string>
 #include <vector>
@@ -69,6 +70,8 @@ enum : int {
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
     CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_ISOLATION = 905,
+    CUDA_ERROR_CAPTURED_EVENT = 907,
     CUDA_ERROR_UNKNOWN = 999,
 };
 
@@ -102,6 +105,10 @@ const ErrorText ERRORS[] = {
      "operation not permitted when stream is capturing"},
     {CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
      "operation failed due to a previous error during capture"},
+    {CUDA_ERROR_STREAM_CAPTURE_ISOLATION, "CUDA_ERROR_STREAM_CAPTURE_ISOLATION",
+     "operation would make the legacy stream depend on a capturing blocking stream"},
+    {CUDA_ERROR_CAPTURED_EVENT, "CUDA_ERROR_CAPTURED_EVENT",
+     "operation not permitted on an event last recorded in a capturing stream"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -143,22 +150,53 @@ Personality read_personality() {
 struct Context {
     int refs = 0;
 };
-// Capture is modelled as far as refusing work: cuStreamBeginCapture marks the stream
-// capturing (cuStreamIsCapturing says so), and any work queued on it then (a launch, a
-// copy, a memset, an allocation or free, a synchronize) is refused with
-// CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the capture, as CUDA does for
-// the calls a capture cannot hold. No graph is recorded: cuStreamEndCapture of an intact
-// capture returns an empty graph (null), of an invalidated one
-// CUDA_ERROR_STREAM_CAPTURE_INVALIDATED. So a host path that queues nothing while its
-// stream captures passes, and one that would have queued work fails.
+// Stream capture. cuStreamBeginCapture marks the stream capturing (cuStreamIsCapturing
+// says so). What a graph can hold is recorded, in stream order, instead of run: kernel
+// launches (with their parameter bytes, copied at the call as CUDA does), device-to-device
+// copies and memsets. cuStreamEndCapture hands the recording over as a graph (null if it
+// is empty, as cudarc expects of an empty capture), cuGraphInstantiateWithFlags freezes it
+// and each cuGraphLaunch runs it again on a stream. What a capture cannot hold is refused
+// as CUDA refuses it, and invalidates the capture (cuStreamEndCapture then returns
+// CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, later work on the stream the same):
+//  - on the capturing stream: a synchronize or query, a copy from or to the host, an
+//    allocation or free (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+//  - a wait on an event not recorded in this capture (CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+//    cudarc's event tracking does this, so captures run with it off);
+//  - in the global mode, the "unsafe" calls of any thread while a capture is active (in
+//    the thread-local mode, of the capturing thread): cuMemAlloc, cuMemFree, the synchronous copies and memsets and
+//    cuCtxSynchronize (CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED); relaxed mode allows them.
+// Querying or synchronizing an event last recorded in a capture gives
+// CUDA_ERROR_CAPTURED_EVENT.
 enum Capture : int { CAPTURE_NONE = 0, CAPTURE_ACTIVE = 1, CAPTURE_INVALIDATED = 2 };
+struct Function;
+// One recorded operation of a graph.
+struct Node {
+    enum Kind { LAUNCH, MEMSET, COPY } kind = LAUNCH;
+    Function* function = nullptr;  // LAUNCH: the kernel, its grid and block, its parameters
+    unsigned grid = 0, block = 0;
+    std::vector<std::vector<unsigned char>> params;
+    CUdeviceptr dst = 0, src = 0;  // MEMSET (dst, value, n), COPY (dst, src, n)
+    size_t n = 0;
+    unsigned char value = 0;
+};
+struct Graph {
+    std::vector<Node> nodes;
+};
+struct GraphExec {
+    std::vector<Node> nodes;
+};
 struct Stream {
     unsigned flags = 0;
     int capture = CAPTURE_NONE;
+    int capture_mode = 0;  // CU_STREAM_CAPTURE_MODE_GLOBAL 0, THREAD_LOCAL 1, RELAXED 2
+    std::thread::id capture_thread;  // the thread that began the capture
+    unsigned capture_id = 0;
+    std::vector<Node> recording;
 };
 struct Event {
     double ms = 0;  // host time at the last record
     bool recorded = false;
+    unsigned captured_in = 0;  // the capture id of its last record, 0 if outside any
 };
 struct Module;
 struct Function {
@@ -178,6 +216,9 @@ Context g_primary;
 int g_sticky = CUDA_SUCCESS;  // an error that broke the context (illegal address)
 std::set<Stream*> g_streams;
 std::set<Event*> g_events;
+std::set<Graph*> g_graphs;
+std::set<GraphExec*> g_execs;
+unsigned g_next_capture_id = 1;
 std::set<Module*> g_modules;
 std::set<Function*> g_functions;
 thread_local Context* t_current = nullptr;
@@ -216,18 +257,49 @@ bool valid_stream(void* s) {
     return v <= 2 || g_streams.count(static_cast<Stream*>(s));
 }
 
-// Work queued on stream `s`: refused while it captures (and the capture invalidated).
-int capture_guard(void* s, const char* call) {
+Stream* capturing_stream(void* s) {
     const uintptr_t v = reinterpret_cast<uintptr_t>(s);
-    if (v <= 2) return CUDA_SUCCESS;
-    Stream* st = static_cast<Stream*>(s);
+    return v <= 2 ? nullptr : static_cast<Stream*>(s);
+}
+
+// Work a graph cannot hold, queued on stream `s`: refused while it captures (and the
+// capture invalidated); after an invalidation, refused until the capture ends.
+int capture_guard(void* s, const char* call) {
+    Stream* st = capturing_stream(s);
+    if (!st) return CUDA_SUCCESS;
     if (st->capture == CAPTURE_ACTIVE) {
         st->capture = CAPTURE_INVALIDATED;
-        trace("%s on a capturing stream: not modelled, the capture is invalidated", call);
+        trace("%s on a capturing stream: not permitted, the capture is invalidated", call);
         return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
     }
     return st->capture == CAPTURE_INVALIDATED ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
                                               : CUDA_SUCCESS;
+}
+
+// Work a graph can hold, queued on stream `s`: whether it is recorded instead of run
+// (*record), or refused because the capture was invalidated.
+int capture_record(void* s, bool* record) {
+    Stream* st = capturing_stream(s);
+    *record = st && st->capture == CAPTURE_ACTIVE;
+    return st && st->capture == CAPTURE_INVALIDATED ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED
+                                                    : CUDA_SUCCESS;
+}
+
+// A call CUDA calls "unsafe" during capture (it may synchronize implicitly): refused, and
+// the capture invalidated, while any stream captures in the global or thread-local mode
+// (thread-local: only on the capturing thread).
+int unsafe_call_guard(const char* call) {
+    for (Stream* st : g_streams) {
+        const bool this_thread = st->capture_thread == std::this_thread::get_id();
+        if (st->capture == CAPTURE_ACTIVE &&
+            (st->capture_mode == 0 || (st->capture_mode == 1 && this_thread))) {
+            st->capture = CAPTURE_INVALIDATED;
+            trace("%s while a stream captures in the global or thread-local mode: not "
+                  "permitted, the capture is invalidated", call);
+            return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+        }
+    }
+    return CUDA_SUCCESS;
 }
 
 double now_ms() {
@@ -474,12 +546,27 @@ int memset8(CUdeviceptr dst, unsigned char v, size_t n) {
 // CU_LAUNCH_PARAM_* markers of cuLaunchKernel's `extra`.
 const uintptr_t PARAM_END = 0, PARAM_BUFFER_POINTER = 1, PARAM_BUFFER_SIZE = 2;
 
+// Runs kernel `f` now on its parameter bytes.
+int run_kernel(Function* f, unsigned gx, unsigned bx,
+               std::vector<std::vector<unsigned char>>& storage) {
+    const dkemu::KernelDesc& k = f->module->set->kernels[f->index];
+    std::vector<void*> args;
+    for (auto& s : storage) args.push_back(s.data());
+    trace("cuLaunchKernel %s <<<%u, %u>>>", k.name.c_str(), gx, bx);
+    if (f->module->set->launch(f->index, gx, bx, args.data()) != dkemu::LaunchStatus::Ok) {
+        g_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
+        return g_sticky;
+    }
+    return CUDA_SUCCESS;
+}
+
 int launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by,
            unsigned bz, unsigned shared, void* stream, void** params, void** extra) {
     if (int r = ready()) return r;
     if (!g_functions.count(f)) return CUDA_ERROR_INVALID_HANDLE;
     if (!valid_stream(stream)) return CUDA_ERROR_INVALID_HANDLE;
-    if (int r = capture_guard(stream, "cuLaunchKernel")) return r;
+    bool record = false;
+    if (int r = capture_record(stream, &record)) return r;
     const dkemu::KernelDesc& k = f->module->set->kernels[f->index];
     if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || bx > 1024 ||
         gx > 0x7fffffffu || shared > 48 * 1024)
@@ -526,12 +613,35 @@ int launch(Function* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsi
     } else if (!k.params.empty()) {
         return CUDA_ERROR_INVALID_VALUE;
     }
-    std::vector<void*> args;
-    for (auto& s : storage) args.push_back(s.data());
-    trace("cuLaunchKernel %s <<<%u, %u>>>", k.name.c_str(), gx, bx);
-    if (f->module->set->launch(f->index, gx, bx, args.data()) != dkemu::LaunchStatus::Ok) {
-        g_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
-        return g_sticky;
+    if (record) {
+        trace("cuLaunchKernel %s <<<%u, %u>>>: captured", k.name.c_str(), gx, bx);
+        Node node;
+        node.kind = Node::LAUNCH;
+        node.function = f;
+        node.grid = gx;
+        node.block = bx;
+        node.params = std::move(storage);
+        capturing_stream(stream)->recording.push_back(std::move(node));
+        return CUDA_SUCCESS;
+    }
+    return run_kernel(f, gx, bx, storage);
+}
+
+// Runs the nodes of a graph in order, as one launch of it on a stream.
+int run_nodes(const std::vector<Node>& nodes) {
+    for (const Node& node : nodes) {
+        int r = CUDA_SUCCESS;
+        switch (node.kind) {
+            case Node::LAUNCH: {
+                if (!g_functions.count(node.function)) return CUDA_ERROR_INVALID_HANDLE;
+                std::vector<std::vector<unsigned char>> params = node.params;
+                r = run_kernel(node.function, node.grid, node.block, params);
+                break;
+            }
+            case Node::MEMSET: r = memset8(node.dst, node.value, node.n); break;
+            case Node::COPY: r = copy_dtod(node.dst, node.src, node.n); break;
+        }
+        if (r != CUDA_SUCCESS) return r;
     }
     return CUDA_SUCCESS;
 }
@@ -696,7 +806,8 @@ DKEMU_API cuCtxGetDevice(CUdevice* d) {
 
 DKEMU_API cuCtxSynchronize() {
     LOCKED;
-    return ready();
+    if (int r = ready()) return r;
+    return unsafe_call_guard("cuCtxSynchronize");
 }
 
 DKEMU_API cuStreamCreate(void** s, unsigned flags) {
@@ -734,6 +845,10 @@ DKEMU_API cuStreamBeginCapture_v2(void* s, int mode) {
     Stream* st = static_cast<Stream*>(s);
     if (st->capture != CAPTURE_NONE) return CUDA_ERROR_ILLEGAL_STATE;
     st->capture = CAPTURE_ACTIVE;
+    st->capture_mode = mode;
+    st->capture_thread = std::this_thread::get_id();
+    st->capture_id = g_next_capture_id++;
+    st->recording.clear();
     return CUDA_SUCCESS;
 }
 
@@ -746,8 +861,71 @@ DKEMU_API cuStreamEndCapture(void* s, void** graph) {
     const int was = st->capture;
     if (was == CAPTURE_NONE) return CUDA_ERROR_ILLEGAL_STATE;
     st->capture = CAPTURE_NONE;
-    *graph = nullptr;  // nothing is recorded: an empty graph
-    return was == CAPTURE_INVALIDATED ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED : CUDA_SUCCESS;
+    std::vector<Node> nodes = std::move(st->recording);
+    st->recording.clear();
+    *graph = nullptr;
+    if (was == CAPTURE_INVALIDATED) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    if (!nodes.empty()) {  // an empty capture gives no graph (cudarc: Ok(None))
+        auto* g = new Graph{std::move(nodes)};
+        g_graphs.insert(g);
+        *graph = g;
+        trace("capture ended: a graph of %zu nodes", g->nodes.size());
+    }
+    return CUDA_SUCCESS;
+}
+
+DKEMU_API cuGraphInstantiateWithFlags(void** exec, void* graph, unsigned long long flags) {
+    LOCKED;
+    if (int r = ready()) return r;
+    auto* g = static_cast<Graph*>(graph);
+    if (!exec || !g_graphs.count(g)) return CUDA_ERROR_INVALID_VALUE;
+    (void)flags;  // auto-free and priorities change nothing here
+    auto* e = new GraphExec{g->nodes};
+    g_execs.insert(e);
+    *exec = e;
+    return CUDA_SUCCESS;
+}
+
+DKEMU_API cuGraphLaunch(void* exec, void* s) {
+    LOCKED;
+    if (int r = ready()) return r;
+    auto* e = static_cast<GraphExec*>(exec);
+    if (!g_execs.count(e) || !valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    bool record = false;
+    if (int r = capture_record(s, &record)) return r;
+    if (record) {  // a graph launched into a capture becomes part of it
+        auto& rec = capturing_stream(s)->recording;
+        rec.insert(rec.end(), e->nodes.begin(), e->nodes.end());
+        return CUDA_SUCCESS;
+    }
+    trace("cuGraphLaunch: %zu nodes", e->nodes.size());
+    return run_nodes(e->nodes);
+}
+
+DKEMU_API cuGraphUpload(void* exec, void* s) {
+    LOCKED;
+    if (int r = ready()) return r;
+    if (!g_execs.count(static_cast<GraphExec*>(exec)) || !valid_stream(s))
+        return CUDA_ERROR_INVALID_HANDLE;
+    return CUDA_SUCCESS;
+}
+
+DKEMU_API cuGraphExecDestroy(void* exec) {
+    LOCKED;
+    if (!g_initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    auto* e = static_cast<GraphExec*>(exec);
+    if (!g_execs.erase(e)) return CUDA_ERROR_INVALID_VALUE;
+    delete e;
+    return CUDA_SUCCESS;
+}
+
+DKEMU_API cuGraphDestroy(void* graph) {
+    LOCKED;
+    if (!g_initialized) return CUDA_ERROR_NOT_INITIALIZED;
+    auto* g = static_cast<Graph*>(graph);
+    if (!g_graphs.erase(g)) return CUDA_ERROR_INVALID_VALUE;
+    delete g;
+    return CUDA_SUCCESS;
 }
 
 DKEMU_API cuStreamIsCapturing(void* s, int* status) {
@@ -765,8 +943,19 @@ DKEMU_API cuStreamQuery(void* s) { return cuStreamSynchronize(s); }
 DKEMU_API cuStreamWaitEvent(void* s, void* e, unsigned flags) {
     LOCKED;
     if (int r = ready()) return r;
-    if (!valid_stream(s) || !g_events.count(static_cast<Event*>(e))) return CUDA_ERROR_INVALID_HANDLE;
-    return flags ? CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+    auto* ev = static_cast<Event*>(e);
+    if (!valid_stream(s) || !g_events.count(ev)) return CUDA_ERROR_INVALID_HANDLE;
+    if (flags) return CUDA_ERROR_INVALID_VALUE;
+    Stream* st = capturing_stream(s);
+    if (st && st->capture == CAPTURE_INVALIDATED) return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+    if (st && st->capture == CAPTURE_ACTIVE && ev->captured_in != st->capture_id) {
+        // A dependency on work outside the capture: a graph cannot hold it.
+        st->capture = CAPTURE_INVALIDATED;
+        trace("cuStreamWaitEvent on a capturing stream, for an event recorded outside the "
+              "capture: the capture is invalidated");
+        return CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+    }
+    return CUDA_SUCCESS;
 }
 
 DKEMU_API cuEventCreate(void** e, unsigned flags) {
@@ -784,15 +973,24 @@ DKEMU_API cuEventRecord(void* e, void* s) {
     if (int r = ready()) return r;
     auto* ev = static_cast<Event*>(e);
     if (!g_events.count(ev) || !valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    bool record = false;
+    if (int r = capture_record(s, &record)) return r;
+    if (record) {  // a point in the capture, not a time
+        ev->captured_in = capturing_stream(s)->capture_id;
+        return CUDA_SUCCESS;
+    }
     ev->ms = now_ms();
     ev->recorded = true;
+    ev->captured_in = 0;
     return CUDA_SUCCESS;
 }
 
 DKEMU_API cuEventSynchronize(void* e) {
     LOCKED;
     if (int r = ready()) return r;
-    return g_events.count(static_cast<Event*>(e)) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    auto* ev = static_cast<Event*>(e);
+    if (!g_events.count(ev)) return CUDA_ERROR_INVALID_HANDLE;
+    return ev->captured_in ? CUDA_ERROR_CAPTURED_EVENT : CUDA_SUCCESS;
 }
 
 DKEMU_API cuEventQuery(void* e) { return cuEventSynchronize(e); }
@@ -803,6 +1001,7 @@ DKEMU_API cuEventElapsedTime(float* ms, void* start, void* end) {
     auto *a = static_cast<Event*>(start), *b = static_cast<Event*>(end);
     if (!g_events.count(a) || !g_events.count(b)) return CUDA_ERROR_INVALID_HANDLE;
     if (!ms) return CUDA_ERROR_INVALID_VALUE;
+    if (a->captured_in || b->captured_in) return CUDA_ERROR_CAPTURED_EVENT;
     if (!a->recorded || !b->recorded) return CUDA_ERROR_INVALID_HANDLE;
     *ms = (float)(b->ms - a->ms);
     return CUDA_SUCCESS;
@@ -832,6 +1031,7 @@ DKEMU_API cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
 DKEMU_API cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     LOCKED;
     if (int r = ready()) return r;
+    if (int r = unsafe_call_guard("cuMemAlloc")) return r;
     return alloc(p, bytes);
 }
 
@@ -847,6 +1047,7 @@ DKEMU_API cuMemAllocAsync(CUdeviceptr* p, size_t bytes, void* s) {
 DKEMU_API cuMemFree_v2(CUdeviceptr p) {
     LOCKED;
     if (int r = ready()) return r;
+    if (int r = unsafe_call_guard("cuMemFree")) return r;
     return release(p);
 }
 
@@ -875,18 +1076,32 @@ DKEMU_API cuMemFreeHost(void* p) {
 
 DKEMU_API cuMemsetD8_v2(CUdeviceptr d, unsigned char v, size_t n) {
     LOCKED;
+    if (int r = unsafe_call_guard("cuMemsetD8_v2")) return r;
     return memset8(d, v, n);
 }
 
 DKEMU_API cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, void* s) {
     LOCKED;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
-    if (int r = capture_guard(s, "cuMemsetD8Async")) return r;
+    bool record = false;
+    if (int r = capture_record(s, &record)) return r;
+    if (record) {
+        if (int r = ready()) return r;
+        if (n && !device_range("memset", d, n)) return CUDA_ERROR_INVALID_VALUE;
+        Node node;
+        node.kind = Node::MEMSET;
+        node.dst = d;
+        node.value = v;
+        node.n = n;
+        capturing_stream(s)->recording.push_back(node);
+        return CUDA_SUCCESS;
+    }
     return memset8(d, v, n);
 }
 
 DKEMU_API cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) {
     LOCKED;
+    if (int r = unsafe_call_guard("cuMemcpyHtoD_v2")) return r;
     return copy_htod(d, h, n);
 }
 
@@ -899,6 +1114,7 @@ DKEMU_API cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, void* s) 
 
 DKEMU_API cuMemcpyDtoH_v2(void* h, CUdeviceptr d, size_t n) {
     LOCKED;
+    if (int r = unsafe_call_guard("cuMemcpyDtoH_v2")) return r;
     return copy_dtoh(h, d, n);
 }
 
@@ -911,13 +1127,28 @@ DKEMU_API cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr d, size_t n, void* s) {
 
 DKEMU_API cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) {
     LOCKED;
+    if (int r = unsafe_call_guard("cuMemcpyDtoD_v2")) return r;
     return copy_dtod(d, s, n);
 }
 
 DKEMU_API cuMemcpyDtoDAsync_v2(CUdeviceptr d, CUdeviceptr s, size_t n, void* st) {
     LOCKED;
     if (!valid_stream(st)) return CUDA_ERROR_INVALID_HANDLE;
-    if (int r = capture_guard(st, "cuMemcpyDtoDAsync")) return r;
+    bool record = false;
+    if (int r = capture_record(st, &record)) return r;
+    if (record) {
+        if (int r = ready()) return r;
+        if (n && (!device_range("device-to-device copy (source)", s, n) ||
+                  !device_range("device-to-device copy (destination)", d, n)))
+            return CUDA_ERROR_INVALID_VALUE;
+        Node node;
+        node.kind = Node::COPY;
+        node.dst = d;
+        node.src = s;
+        node.n = n;
+        capturing_stream(st)->recording.push_back(node);
+        return CUDA_SUCCESS;
+    }
     return copy_dtod(d, s, n);
 }
 

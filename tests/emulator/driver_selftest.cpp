@@ -25,6 +25,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -47,6 +48,18 @@ using CUdeviceptr = unsigned long long;
     X(cuModuleGetFunction, (void**, void*, const char*))                                     \
     X(cuLaunchKernel, (void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,    \
                        unsigned, void*, void**, void**))                                     \
+    X(cuStreamCreate, (void**, unsigned))                                                    \
+    X(cuStreamBeginCapture_v2, (void*, int))                                                 \
+    X(cuStreamEndCapture, (void*, void**))                                                   \
+    X(cuStreamIsCapturing, (void*, int*))                                                    \
+    X(cuGraphInstantiateWithFlags, (void**, void*, unsigned long long))                      \
+    X(cuGraphLaunch, (void*, void*))                                                         \
+    X(cuGraphDestroy, (void*))                                                               \
+    X(cuGraphExecDestroy, (void*))                                                           \
+    X(cuEventCreate, (void**, unsigned))                                                     \
+    X(cuEventRecord, (void*, void*))                                                         \
+    X(cuStreamWaitEvent, (void*, void*, unsigned))                                           \
+    X(cuMemcpyHtoDAsync_v2, (CUdeviceptr, const void*, size_t, void*))                      \
     X(cuStreamSynchronize, (void*))
 #define DK_FIELD(fn, args) CUresult(*fn) args;
 struct Api {
@@ -55,9 +68,9 @@ struct Api {
 
 // kernels/dk_draw.cuh's DkDraw, passed by value.
 struct DkDraw {
-    uint64_t seed, offset, index_base, threshold;
+    uint64_t seed, offset, index_base, threshold, state;
 };
-const DkDraw DRAW = {1, 2, 0, 1ull << 31};  // p = 0.5
+const DkDraw DRAW = {1, 2, 0, 1ull << 31, 0};  // p = 0.5, by value
 
 // PTX modules as the driver reads them: only the header and the entries' parameter lists
 // matter, the body is ignored (the driver runs the g++-compiled twin).
@@ -68,12 +81,12 @@ std::string fwd_entry(const std::string& name, const char* scale_type = ".f32") 
     std::string p = "\t.param .u64 .ptr .align 1 " + name + "_param_";
     return ".visible .entry " + name + "(\n" + p + "0,\n" + p + "1,\n" + p + "2,\n" +
            "\t.param .u64 " + name + "_param_3,\n\t.param .align 8 .b8 " + name +
-           "_param_4[32],\n\t.param " + scale_type + " " + name + "_param_5\n)\n{\n\tret;\n}\n";
+           "_param_4[40],\n\t.param " + scale_type + " " + name + "_param_5\n)\n{\n\tret;\n}\n";
 }
 const std::string MASK_ENTRY =
     ".visible .entry dropout_mask_bits(\n\t.param .u64 .ptr .align 1 dropout_mask_bits_param_0,\n"
     "\t.param .u64 dropout_mask_bits_param_1,\n"
-    "\t.param .align 8 .b8 dropout_mask_bits_param_2[32]\n)\n{\n\tret;\n}\n";
+    "\t.param .align 8 .b8 dropout_mask_bits_param_2[40]\n)\n{\n\tret;\n}\n";
 
 // One case's state in the child: the report log and the first failure.
 struct Case {
@@ -136,12 +149,12 @@ std::vector<float> inputs(size_t n) {
     return x;
 }
 
-// dropout_fwd_f32(x, y, bits, n, DRAW, 2.0f) on grid 4 x block 256.
-CUresult launch_fwd(void* f, CUdeviceptr x, CUdeviceptr y, CUdeviceptr bits, uint64_t n) {
-    DkDraw draw = DRAW;
+// dropout_fwd_f32(x, y, bits, n, draw, 2.0f) on grid 4 x block 256, on `stream`.
+CUresult launch_fwd(void* f, CUdeviceptr x, CUdeviceptr y, CUdeviceptr bits, uint64_t n,
+                    DkDraw draw = DRAW, void* stream = nullptr) {
     float scale = 2.0f;
     void* params[] = {&x, &y, &bits, &n, &draw, &scale};
-    return cu.cuLaunchKernel(f, 4, 1, 1, 256, 1, 1, 0, nullptr, params, nullptr);
+    return cu.cuLaunchKernel(f, 4, 1, 1, 256, 1, 1, 0, stream, params, nullptr);
 }
 
 // ---- the cases ---------------------------------------------------------------------------
@@ -209,7 +222,7 @@ void wrong_param_sizes(Case& c) {
     void* m = nullptr;
     c.rc(cu.cuModuleLoadData(&m, ptx(fwd_entry("dropout_fwd_f32", ".f64")).c_str()), 801,
          "cuModuleLoadData");
-    c.report("module", {"entry dropout_fwd_f32", "(8, 8, 8, 8, 32, 8)", "(8, 8, 8, 8, 32, 4)",
+    c.report("module", {"entry dropout_fwd_f32", "(8, 8, 8, 8, 40, 8)", "(8, 8, 8, 8, 40, 4)",
                         "does not load"});
     if (m) c.fail("cuModuleLoadData set a module handle on failure");
 }
@@ -225,25 +238,25 @@ void wrong_param_buffer(Case& c) {
     CUdeviceptr x = c.alloc(1024 * 4), y = c.alloc(1024 * 4), bits = c.alloc(32 * 4);
     c.put(x, inputs(1024));
     void* f = c.fwd();
-    // The packed parameters: three pointers, n, the 32-byte draw, the scale: 68 bytes.
-    unsigned char buf[72] = {};
+    // The packed parameters: three pointers, n, the 40-byte draw, the scale: 76 bytes.
+    unsigned char buf[80] = {};
     const uint64_t n = 1024;
     const float scale = 2.0f;
     std::memcpy(buf, &x, 8);
     std::memcpy(buf + 8, &y, 8);
     std::memcpy(buf + 16, &bits, 8);
     std::memcpy(buf + 24, &n, 8);
-    std::memcpy(buf + 32, &DRAW, 32);
-    std::memcpy(buf + 64, &scale, 4);
-    size_t size = 68 - 8;
+    std::memcpy(buf + 32, &DRAW, 40);
+    std::memcpy(buf + 72, &scale, 4);
+    size_t size = 76 - 8;
     void* extra[] = {(void*)1, buf, (void*)2, &size, (void*)0};
     c.rc(cu.cuLaunchKernel(f, 4, 1, 1, 256, 1, 1, 0, nullptr, nullptr, extra), 1,
-         "cuLaunchKernel (60-byte buffer)");
-    c.report("launch", {"parameter buffer of 60 bytes", "dropout_fwd_f32", "takes 68"});
-    // Control: the right size launches, and adds no report.
-    size = 68;
-    c.rc(cu.cuLaunchKernel(f, 4, 1, 1, 256, 1, 1, 0, nullptr, nullptr, extra), 0,
          "cuLaunchKernel (68-byte buffer)");
+    c.report("launch", {"parameter buffer of 68 bytes", "dropout_fwd_f32", "takes 76"});
+    // Control: the right size launches, and adds no report.
+    size = 76;
+    c.rc(cu.cuLaunchKernel(f, 4, 1, 1, 256, 1, 1, 0, nullptr, nullptr, extra), 0,
+         "cuLaunchKernel (76-byte buffer)");
     if (c.reports().size() != 1) c.fail("the correct buffer made a report");
 }
 
@@ -289,6 +302,105 @@ void correct_launch(Case& c) {
     if (kept < 400 || kept > 600) c.fail(std::to_string(kept) + " of 1000 kept at p = 0.5");
 }
 
+template <typename T>
+std::vector<T> get(Case& c, CUdeviceptr d, size_t n) {
+    std::vector<T> h(n);
+    c.rc(cu.cuMemcpyDtoH_v2(h.data(), d, n * sizeof(T)), 0, "cuMemcpyDtoH_v2");
+    return h;
+}
+
+// A captured launch is recorded, not run; each replay runs it again, reading the device
+// memory of that moment: with a draw whose (seed, offset) is read from a DkRngState, replay
+// k gives what an eager launch at that state gives. Parameters are frozen at capture (a
+// change to the host variable after the launch call changes nothing).
+void capture_replays(Case& c) {
+    const size_t n = 1000, words = 32;
+    CUdeviceptr x = c.alloc(n * 4), y = c.alloc(n * 4), bits = c.alloc(words * 4);
+    CUdeviceptr state = c.alloc(16), ey = c.alloc(n * 4), ebits = c.alloc(words * 4);
+    c.put(x, inputs(n));
+    void* f = c.fwd();
+    void *s = nullptr, *graph = nullptr, *exec = nullptr;
+    c.rc(cu.cuStreamCreate(&s, 0), 0, "cuStreamCreate");
+    const uint64_t zeros[2] = {0, 0};
+    c.rc(cu.cuMemcpyHtoD_v2(state, zeros, 16), 0, "cuMemcpyHtoD_v2 (state)");
+    c.rc(cu.cuMemcpyHtoD_v2(y, inputs(n).data(), n * 4), 0, "cuMemcpyHtoD_v2 (y)");
+    c.rc(cu.cuStreamBeginCapture_v2(s, 0), 0, "cuStreamBeginCapture_v2");
+    DkDraw captured = {0, 3, 0, 1ull << 31, state};  // offset 3: the call's increment
+    c.rc(launch_fwd(f, x, y, bits, n, captured, s), 0, "cuLaunchKernel (captured)");
+    int status = -1;
+    c.rc(cu.cuStreamIsCapturing(s, &status), 0, "cuStreamIsCapturing");
+    if (status != 1) c.fail("not capturing after a captured launch");
+    c.rc(cu.cuStreamEndCapture(s, &graph), 0, "cuStreamEndCapture");
+    if (!graph) return c.fail("a capture of one launch gave no graph");
+    if (get<float>(c, y, n) != inputs(n)) c.fail("the captured launch ran at capture");
+    c.rc(cu.cuGraphInstantiateWithFlags(&exec, graph, 0), 0, "cuGraphInstantiateWithFlags");
+    for (uint64_t k = 0; k < 3; ++k) {
+        const uint64_t st[2] = {77, 10 * k};
+        c.rc(cu.cuMemcpyHtoDAsync_v2(state, st, 16, s), 0, "cuMemcpyHtoDAsync_v2 (state)");
+        c.rc(cu.cuGraphLaunch(exec, s), 0, "cuGraphLaunch");
+        const DkDraw eager = {77, 10 * k + 3, 0, 1ull << 31, 0};
+        c.rc(launch_fwd(f, x, ey, ebits, n, eager), 0, "cuLaunchKernel (eager)");
+        if (get<float>(c, y, n) != get<float>(c, ey, n))
+            c.fail("replay " + std::to_string(k) + "'s output differs from the eager call's");
+        if (get<uint32_t>(c, bits, words) != get<uint32_t>(c, ebits, words))
+            c.fail("replay " + std::to_string(k) + "'s mask differs from the eager call's");
+    }
+    const auto first = get<uint32_t>(c, ebits, words);
+    const DkDraw other = {77, 3, 0, 1ull << 31, 0};
+    c.rc(launch_fwd(f, x, ey, ebits, n, other), 0, "cuLaunchKernel (offset 3)");
+    if (get<uint32_t>(c, ebits, words) == first) c.fail("replays drew the same mask");
+    c.rc(cu.cuGraphExecDestroy(exec), 0, "cuGraphExecDestroy");
+    c.rc(cu.cuGraphDestroy(graph), 0, "cuGraphDestroy");
+    c.rc(cu.cuGraphLaunch(exec, s), 400, "cuGraphLaunch (destroyed)");
+    c.no_reports();
+}
+
+// What a capture cannot hold is refused with CUDA's codes and invalidates it: a
+// synchronize, a host copy, a wait on an event recorded outside the capture; in the
+// global mode also a synchronous allocation on any stream. Relaxed mode allows that one.
+void capture_refusals(Case& c) {
+    void* s = nullptr;
+    c.rc(cu.cuStreamCreate(&s, 0), 0, "cuStreamCreate");
+    CUdeviceptr d = c.alloc(64);
+    const unsigned char h[64] = {};
+    void *graph = nullptr, *ev = nullptr;
+    int status = -1;
+    struct Refusal {
+        const char* what;
+        int mode, want;
+        std::function<CUresult()> call;
+    };
+    c.rc(cu.cuEventCreate(&ev, 0), 0, "cuEventCreate");
+    c.rc(cu.cuEventRecord(ev, s), 0, "cuEventRecord (outside)");
+    const Refusal refusals[] = {
+        {"cuStreamSynchronize", 2, 900, [&] { return cu.cuStreamSynchronize(s); }},
+        {"cuMemcpyHtoDAsync", 2, 900, [&] { return cu.cuMemcpyHtoDAsync_v2(d, h, 64, s); }},
+        {"cuStreamWaitEvent (outside event)", 2, 905, [&] { return cu.cuStreamWaitEvent(s, ev, 0); }},
+        {"cuMemAlloc (global mode)", 0, 900, [&] {
+             CUdeviceptr p = 0;
+             return cu.cuMemAlloc_v2(&p, 64);
+         }},
+    };
+    for (const Refusal& r : refusals) {
+        c.rc(cu.cuStreamBeginCapture_v2(s, r.mode), 0, "cuStreamBeginCapture_v2");
+        c.rc(r.call(), r.want, r.what);
+        c.rc(cu.cuStreamIsCapturing(s, &status), 0, "cuStreamIsCapturing");
+        if (status != 2) c.fail(std::string(r.what) + " left the capture valid");
+        c.rc(launch_fwd(c.fwd(), d, d, 0, 0, DRAW, s), 901, "cuLaunchKernel (invalidated)");
+        c.rc(cu.cuStreamEndCapture(s, &graph), 901, "cuStreamEndCapture (invalidated)");
+        if (graph) c.fail("an invalidated capture gave a graph");
+    }
+    // Controls: relaxed mode allows a synchronous allocation; an event recorded in the
+    // capture may be waited on in it.
+    c.rc(cu.cuStreamBeginCapture_v2(s, 2), 0, "cuStreamBeginCapture_v2 (relaxed)");
+    CUdeviceptr p = 0;
+    c.rc(cu.cuMemAlloc_v2(&p, 64), 0, "cuMemAlloc_v2 (relaxed mode)");
+    c.rc(cu.cuEventRecord(ev, s), 0, "cuEventRecord (in the capture)");
+    c.rc(cu.cuStreamWaitEvent(s, ev, 0), 0, "cuStreamWaitEvent (captured event)");
+    c.rc(cu.cuStreamEndCapture(s, &graph), 0, "cuStreamEndCapture (relaxed)");
+    if (graph) c.fail("a capture with no work gave a graph");
+}
+
 struct Named {
     const char* name;
     void (*run)(Case&);
@@ -307,6 +419,8 @@ const Named CASES[] = {
     {"bad_handles", bad_handles},
     {"copy_outside", copy_outside},
     {"correct_launch", correct_launch},
+    {"capture_replays", capture_replays},
+    {"capture_refusals", capture_refusals},
 };
 
 // The child: load the driver, set up the context, run one case; its verdict is the exit

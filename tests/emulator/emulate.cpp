@@ -14,7 +14,7 @@
 //   uint64_t  a number (decimal or 0x hex)
 //   float     0x + the 8 hex digits of its bits, or a decimal
 //   double    0x + the 16 hex digits of its bits, or a decimal
-//   DkDraw    SEED,OFFSET,INDEX_BASE,THRESHOLD
+//   DkDraw    SEED,OFFSET,INDEX_BASE,THRESHOLD (by value: its `state` field is 0)
 //
 // Buffers are device memory as the emulated driver has it (device_memory.h): each one
 // ends where its data ends, so any access past it, and a read of bytes never written, is
@@ -157,7 +157,7 @@ void parse_arg(Launch& L, int index, const dkemu::ParamDesc& p, const std::strin
                                            : std::stod(s));
             break;
         case ParamKind::Draw: {
-            uint64_t d[4];
+            uint64_t d[5] = {};  // d[4], the device state of a captured call, stays 0
             size_t start = 0;
             for (int k = 0; k < 4; ++k) {
                 const size_t comma = s.find(',', start);

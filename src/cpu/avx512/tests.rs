@@ -128,11 +128,7 @@ fn check_dtype<T: Avx512Element>() {
         for &len in &lens {
             let start = starts[(case + len) % starts.len()];
             let base = bases[(case + len) % bases.len()];
-            let pos = StreamPos {
-                seed: 0x5EED ^ len as u64,
-                offset: case as u64,
-                index_base: base,
-            };
+            let pos = StreamPos::new(0x5EED ^ len as u64, case as u64).with_index_base(base);
             let buf: Vec<T> = (0..start + len)
                 .map(|i| data[(i * 7 + case) % data.len()])
                 .collect();
@@ -253,11 +249,7 @@ fn check_stream_trigger<T: Avx512Element>() {
     const SENTINEL: usize = 16;
     for len in [at, at + 1] {
         let x: Vec<T> = (0..len).map(|i| data[(i * 13) % data.len()]).collect();
-        let pos = StreamPos {
-            seed: 0x57EA,
-            offset: len as u64,
-            index_base: 3,
-        };
+        let pos = StreamPos::new(0x57EA, len as u64).with_index_base(3);
         let keep = Regenerate::new(pos.seed, pos.offset, pos.index_base, &prob);
         let (mut want, mut want_bits) = (vec![T::ZERO; len], vec![0u32; mask_words(len)]);
         let op = Kept::Scale(s);

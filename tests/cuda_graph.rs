@@ -1,0 +1,322 @@
+//! Dropout inside CUDA graphs: a captured forward + backward step, replayed, gives at each
+//! replay, bit for bit, the outputs, masks and gradients of eager calls at the offsets the
+//! replay stands for; a checkpoint taken between replays resumes to the same masks; two
+//! generators share one graph; a call that a capture cannot hold is refused with an error
+//! and leaves the capture usable. Runs on the emulated driver in CI (which records and
+//! replays captured launches) and on a GPU.
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::{bits_of, cuda_or_skip, test_data};
+use dropkit::cuda::{CapturedGraph, CudaDevice, GraphSafeGenerator};
+use dropkit::functional::{dropout, dropout_backward, dropout_into};
+use dropkit::{Device, Dropout, DropoutState, Error, Generator, MaskMode, StreamPos, Tensor};
+use std::sync::Arc;
+
+const N: usize = 3000;
+const P: f64 = 0.4;
+
+/// The device, with cudarc's event tracking off (a capture must not wait on events
+/// recorded outside it).
+fn graph_device(test: &str) -> Option<(Device, CudaDevice)> {
+    let dev = cuda_or_skip(test)?;
+    let Device::Cuda(cuda) = &dev else {
+        unreachable!("cuda_or_skip returns a CUDA device")
+    };
+    // SAFETY: every test here queues its work on its device's one stream, so no
+    // cross-stream ordering is left to event tracking.
+    unsafe { cuda.stream().context().disable_event_tracking() };
+    let cuda = cuda.clone();
+    Some((dev, cuda))
+}
+
+fn host(t: &Tensor<f32>) -> Vec<u64> {
+    bits_of(&t.to_vec().unwrap())
+}
+
+/// Buffers of one step: x -> a (bits form) -> b (regenerate form), then the gradients back.
+struct Step {
+    x: Tensor<f32>,
+    dy: Tensor<f32>,
+    a: Tensor<f32>,
+    b: Tensor<f32>,
+    da: Tensor<f32>,
+    dx: Tensor<f32>,
+    sa: DropoutState,
+    sb: DropoutState,
+}
+
+impl Step {
+    /// Preallocated buffers; the states come from eager calls at another generator (so
+    /// the step's own generators take no offset here).
+    fn new(dev: &Device, first: &Dropout, second: &Dropout) -> Self {
+        let x = Tensor::from_vec(test_data::<f32>(N, 1), &[N])
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        let dy = Tensor::from_vec(test_data::<f32>(N, 2), &[N])
+            .unwrap()
+            .to_device(dev)
+            .unwrap();
+        let scratch = Arc::new(Generator::new(0));
+        let (a, sa) = first
+            .clone()
+            .with_generator(scratch.clone())
+            .forward(&x)
+            .unwrap();
+        let (b, sb) = second.clone().with_generator(scratch).forward(&a).unwrap();
+        let (da, dx) = (b.try_clone().unwrap(), a.try_clone().unwrap());
+        Self {
+            x,
+            dy,
+            a,
+            b,
+            da,
+            dx,
+            sa,
+            sb,
+        }
+    }
+
+    /// The step, as captured: forward_into twice, backward_into twice.
+    fn run(&mut self, first: &Dropout, second: &Dropout) -> dropkit::Result<()> {
+        first.forward_into(&self.x, &mut self.a, &mut self.sa)?;
+        second.forward_into(&self.a, &mut self.b, &mut self.sb)?;
+        second.backward_into(&self.dy, &self.sb, &mut self.da)?;
+        first.backward_into(&self.da, &self.sa, &mut self.dx)
+    }
+
+    /// (a, b, da, dx) and a's mask, downloaded.
+    fn results(&self) -> [Vec<u64>; 5] {
+        let mask = self.sa.keep_bits().unwrap().unwrap();
+        [
+            host(&self.a),
+            host(&self.b),
+            host(&self.da),
+            host(&self.dx),
+            mask.iter().map(|&w| u64::from(w)).collect(),
+        ]
+    }
+}
+
+/// The same step eagerly, with the first layer at (seed, off_a) and the second at
+/// (seed_b, off_b).
+fn eager(step: &Step, (seed, off_a): (u64, u64), (seed_b, off_b): (u64, u64)) -> [Vec<u64>; 5] {
+    let (a, sa) = dropout(
+        &step.x,
+        P,
+        true,
+        StreamPos::new(seed, off_a),
+        MaskMode::Bits,
+    )
+    .unwrap();
+    let (b, sb) = dropout(
+        &a,
+        P,
+        true,
+        StreamPos::new(seed_b, off_b),
+        MaskMode::Regenerate,
+    )
+    .unwrap();
+    let da = dropout_backward(&step.dy, &sb).unwrap();
+    let dx = dropout_backward(&da, &sa).unwrap();
+    let mask = sa.keep_bits().unwrap().unwrap();
+    [
+        host(&a),
+        host(&b),
+        host(&da),
+        host(&dx),
+        mask.iter().map(|&w| u64::from(w)).collect(),
+    ]
+}
+
+fn layers(gen_a: &Arc<Generator>, gen_b: &Arc<Generator>) -> (Dropout, Dropout) {
+    let first = Dropout::new(P).unwrap().with_generator(gen_a.clone());
+    let second = Dropout::new(P)
+        .unwrap()
+        .with_generator(gen_b.clone())
+        .with_mask_mode(MaskMode::Regenerate);
+    (first, second)
+}
+
+#[test]
+fn replays_match_eager_calls_at_the_matching_offsets() {
+    let Some((dev, cuda)) = graph_device("replays_match_eager_calls_at_the_matching_offsets")
+    else {
+        return;
+    };
+    let gen = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(41))).unwrap();
+    gen.generator().set_offset(10);
+    let (first, second) = layers(gen.generator(), gen.generator());
+    let mut step = Step::new(&dev, &first, &second);
+    let (graph, ()) = CapturedGraph::capture(&cuda, &[&gen], || step.run(&first, &second)).unwrap();
+    assert_eq!(
+        graph.calls(&gen),
+        Some(2),
+        "two training forwards were captured"
+    );
+    assert_eq!(gen.state().offset, 10, "capturing takes no offset");
+    let mut previous: Option<[Vec<u64>; 5]> = None;
+    for k in 0..5u64 {
+        graph.replay().unwrap();
+        assert_eq!(
+            gen.state().offset,
+            12 + 2 * k,
+            "replay {k} advanced by its calls"
+        );
+        let got = step.results();
+        let want = eager(&step, (41, 10 + 2 * k), (41, 11 + 2 * k));
+        assert_eq!(
+            got, want,
+            "replay {k} differs from eager calls at its offsets"
+        );
+        if let Some(prev) = &previous {
+            assert_ne!(prev[0], got[0], "replay {k} repeated the previous mask");
+        }
+        previous = Some(got);
+    }
+    // Eager calls and replays interleave on one generator: an eager forward takes the
+    // next offset, and the next replay starts after it.
+    let (eager_y, _) = first.forward(&step.x).unwrap();
+    assert_eq!(
+        host(&eager_y),
+        host(
+            &dropout(&step.x, P, true, StreamPos::new(41, 20), MaskMode::Bits)
+                .unwrap()
+                .0
+        )
+    );
+    graph.replay().unwrap();
+    assert_eq!(step.results(), eager(&step, (41, 21), (41, 22)));
+}
+
+#[test]
+fn a_checkpoint_between_replays_resumes_the_same_masks() {
+    let Some((dev, cuda)) = graph_device("a_checkpoint_between_replays_resumes_the_same_masks")
+    else {
+        return;
+    };
+    let gen = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(5))).unwrap();
+    let (first, second) = layers(gen.generator(), gen.generator());
+    let mut step = Step::new(&dev, &first, &second);
+    let (graph, ()) = CapturedGraph::capture(&cuda, &[&gen], || step.run(&first, &second)).unwrap();
+    graph.replay().unwrap();
+    graph.replay().unwrap();
+    let checkpoint = gen.state();
+    graph.replay().unwrap();
+    let third = step.results();
+    graph.replay().unwrap();
+    assert_ne!(step.results()[0], third[0]);
+    gen.set_state(checkpoint);
+    graph.replay().unwrap();
+    assert_eq!(
+        step.results(),
+        third,
+        "the restored checkpoint replays other masks"
+    );
+    // The checkpoint also resumes on a fresh generator, eagerly (here and on any device).
+    let resumed = Generator::from_state(checkpoint);
+    let pos = resumed.next_pos();
+    let (y, _) = dropout(&step.x, P, true, pos, MaskMode::Bits).unwrap();
+    assert_eq!(host(&y), third[0]);
+}
+
+#[test]
+fn two_generators_share_one_graph() {
+    let Some((dev, cuda)) = graph_device("two_generators_share_one_graph") else {
+        return;
+    };
+    let gen_a = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(100))).unwrap();
+    let gen_b = GraphSafeGenerator::new(&cuda, Arc::new(Generator::for_stream(100, 3))).unwrap();
+    gen_b.generator().set_offset(7);
+    let seed_b = gen_b.state().seed;
+    let (first, second) = layers(gen_a.generator(), gen_b.generator());
+    let mut step = Step::new(&dev, &first, &second);
+    let (graph, ()) =
+        CapturedGraph::capture(&cuda, &[&gen_a, &gen_b], || step.run(&first, &second)).unwrap();
+    assert_eq!(
+        (graph.calls(&gen_a), graph.calls(&gen_b)),
+        (Some(1), Some(1))
+    );
+    for k in 0..3u64 {
+        graph.replay().unwrap();
+        assert_eq!(
+            step.results(),
+            eager(&step, (100, k), (seed_b, 7 + k)),
+            "replay {k}"
+        );
+    }
+    assert_eq!((gen_a.state().offset, gen_b.state().offset), (3, 10));
+}
+
+#[test]
+fn calls_a_capture_cannot_hold_are_refused_and_the_capture_stays_usable() {
+    let Some((dev, cuda)) =
+        graph_device("calls_a_capture_cannot_hold_are_refused_and_the_capture_stays_usable")
+    else {
+        return;
+    };
+    let gen = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(9))).unwrap();
+    let outsider = Arc::new(Generator::new(9));
+    let (first, second) = layers(gen.generator(), gen.generator());
+    let stranger = Dropout::new(P).unwrap().with_generator(outsider.clone());
+    let mut step = Step::new(&dev, &first, &second);
+    let mut out = step.a.try_clone().unwrap();
+    // A reusable state: an eager call's.
+    let mut state = dropout(&step.x, P, true, StreamPos::new(0, 0), MaskMode::Bits)
+        .unwrap()
+        .1;
+    let mut refusals = Vec::new();
+    let (graph, ()) = CapturedGraph::capture(&cuda, &[&gen], || {
+        let capturing = |r: dropkit::Result<()>| matches!(r, Err(Error::StreamCapturing { .. }));
+        // An allocating forward, a download, a by-value position, an outside generator.
+        refusals.push(capturing(first.forward(&step.x).map(drop)));
+        refusals.push(capturing(step.x.to_vec().map(drop)));
+        let by_value = StreamPos::new(1, 2);
+        let st = &mut state;
+        refusals.push(capturing(dropout_into(
+            &step.x,
+            &mut out,
+            st,
+            P,
+            true,
+            by_value,
+            MaskMode::Bits,
+        )));
+        refusals.push(capturing(stranger.forward_into(&step.x, &mut out, st)));
+        // The capture is intact: the step records as usual.
+        step.run(&first, &second)
+    })
+    .unwrap();
+    assert_eq!(
+        refusals, [true; 4],
+        "each illegal call returned StreamCapturing"
+    );
+    assert_eq!(
+        outsider.offset(),
+        0,
+        "the refused outside call took no offset"
+    );
+    assert_eq!(
+        graph.calls(&gen),
+        Some(2),
+        "a refused call took no place in the graph"
+    );
+    graph.replay().unwrap();
+    assert_eq!(step.results(), eager(&step, (9, 0), (9, 1)));
+    // A graph of nothing is an error, and so is a capture that is already running.
+    let empty = CapturedGraph::capture(&cuda, &[&gen], || Ok(()));
+    assert!(
+        matches!(empty, Err(Error::InvalidArgument { .. })),
+        "{empty:?}"
+    );
+    let nested = CapturedGraph::capture(&cuda, &[&gen], || {
+        CapturedGraph::capture(&cuda, &[&gen], || Ok(())).map(drop)
+    });
+    assert!(nested.is_err(), "a capture inside a capture");
+    assert!(
+        !gen.generator().is_capturing(),
+        "the failed captures ended the generator's"
+    );
+}
