@@ -140,15 +140,26 @@ pub(crate) trait DropoutKernels: Backend {
 
 /// Grouped dropout: channel dropout, DropPath, feature alpha dropout.
 pub(crate) trait GroupedKernels: Backend {
-    /// Grouped forward (channel dropout, DropPath, feature alpha dropout).
+    /// Grouped forward (channel dropout, DropPath, feature alpha dropout). The decision
+    /// mask is returned in both forms: the regenerate form keeps it only as scratch, for
+    /// a later `_into` call to draw into without allocating.
     fn grouped_forward<T: Element>(
         x: Self::Operand<'_, T>,
         pos: StreamPos,
         prob: &Probability,
         layout: &GroupLayout,
         kept: Kept<T::Compute>,
-        mode: MaskMode,
     ) -> Result<Forwarded<Self, T>>;
+
+    /// Draws the `layout.count` decisions of `pos` into `mask` (the scratch of an earlier
+    /// forward of this layout), on the backend that holds `like`.
+    fn grouped_keep_bits_into<T: Element>(
+        like: &Self::Operand<'_, T>,
+        mask: &mut Self::Mask,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &GroupLayout,
+    ) -> Result<()>;
 
     /// The grouped forward from given decision bits (local order): local element i takes
     /// decision `(layout.lead + i) / layout.group`. Returns the new output (`None` in

@@ -134,9 +134,18 @@ impl GroupedKernels for Cuda {
         _: &Probability,
         _: &GroupLayout,
         _: Kept<T::Compute>,
-        _: MaskMode,
     ) -> Result<Forwarded<Self, T>> {
         x.unreachable()
+    }
+
+    fn grouped_keep_bits_into<T: Element>(
+        _: &CudaOperand<'_, T>,
+        mask: &mut MaskSlice,
+        _: StreamPos,
+        _: &Probability,
+        _: &GroupLayout,
+    ) -> Result<()> {
+        match mask.0 {}
     }
 
     fn apply_grouped_bits<T: Element>(

@@ -320,3 +320,95 @@ fn calls_a_capture_cannot_hold_are_refused_and_the_capture_stays_usable() {
         "the failed captures ended the generator's"
     );
 }
+
+/// One layer of the family, captured in both saved forms: forward_into then
+/// backward_into, replayed three times, each replay equal to the eager forward and
+/// backward at its offset (outputs and gradients, and the mask of the bits form).
+macro_rules! captured_layer {
+    ($test:ident, $layer:expr, $shape:expr) => {
+        #[test]
+        fn $test() {
+            let Some((dev, cuda)) = graph_device(stringify!($test)) else {
+                return;
+            };
+            let shape: &[usize] = &$shape;
+            let n: usize = shape.iter().product();
+            let x = Tensor::from_vec(test_data::<f32>(n, 3), shape)
+                .unwrap()
+                .to_device(&dev)
+                .unwrap();
+            let dy = Tensor::from_vec(test_data::<f32>(n, 4), shape)
+                .unwrap()
+                .to_device(&dev)
+                .unwrap();
+            for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+                let gen = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(77))).unwrap();
+                gen.generator().set_offset(3);
+                let layer = $layer
+                    .with_mask_mode(mode)
+                    .with_generator(gen.generator().clone());
+                // Buffers and a reusable state from an eager call of another generator.
+                let scratch = layer.clone().with_generator(Arc::new(Generator::new(1)));
+                let (mut y, mut state) = scratch.forward(&x).unwrap();
+                let mut dx = y.try_clone().unwrap();
+                let (graph, ()) = CapturedGraph::capture(&cuda, &[&gen], || {
+                    layer.forward_into(&x, &mut y, &mut state)?;
+                    layer.backward_into(&dy, &state, &mut dx)
+                })
+                .unwrap();
+                assert_eq!(graph.calls(&gen), Some(1));
+                for k in 0..3u64 {
+                    graph.replay().unwrap();
+                    let eager_gen = Arc::new(Generator::new(77));
+                    eager_gen.set_offset(3 + k);
+                    let eager = layer.clone().with_generator(eager_gen);
+                    let (ey, es) = eager.forward(&x).unwrap();
+                    let edx = eager.backward(&dy, &es).unwrap();
+                    let what = format!("{mode:?} replay {k}");
+                    assert_eq!(host(&y), host(&ey), "{what}: output");
+                    assert_eq!(host(&dx), host(&edx), "{what}: gradient");
+                    if mode == MaskMode::Bits {
+                        assert_eq!(
+                            state.keep_bits().unwrap(),
+                            es.keep_bits().unwrap(),
+                            "{what}"
+                        );
+                    }
+                }
+                assert_eq!(gen.state().offset, 6);
+            }
+        }
+    };
+}
+
+captured_layer!(captured_dropout, Dropout::new(0.3).unwrap(), [999]);
+captured_layer!(
+    captured_alpha_dropout,
+    dropkit::AlphaDropout::new(0.2).unwrap(),
+    [517]
+);
+captured_layer!(
+    captured_dropout1d,
+    dropkit::Dropout1d::new(0.5).unwrap(),
+    [4, 33, 7]
+);
+captured_layer!(
+    captured_dropout2d,
+    dropkit::Dropout2d::new(0.5).unwrap(),
+    [3, 20, 5, 3]
+);
+captured_layer!(
+    captured_dropout3d,
+    dropkit::Dropout3d::new(0.5).unwrap(),
+    [2, 9, 2, 3, 2]
+);
+captured_layer!(
+    captured_drop_path,
+    dropkit::DropPath::new(0.5).unwrap(),
+    [37, 6]
+);
+captured_layer!(
+    captured_feature_alpha_dropout,
+    dropkit::FeatureAlphaDropout::new(0.5).unwrap(),
+    [3, 40, 6]
+);

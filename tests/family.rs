@@ -1139,3 +1139,91 @@ fn in_place_on_cuda_matches() {
         "BiasDropoutResidual in place"
     );
 }
+
+/// The `_into` forms of every layer give the bits of the allocating forms: output, mask
+/// and gradient, in both saved forms, with a reused state (including one from another
+/// mode, and an eval-mode one), in eval mode (a copy); a wrong output
+/// shape is an error that takes no offset.
+fn into_forms_equal_the_allocating_forms(dev: &Device) {
+    macro_rules! check {
+        ($make:expr, $shape:expr) => {{
+            let shape: &[usize] = &$shape;
+            let n: usize = shape.iter().product();
+            let x = tensor_on(dev, test_data::<f32>(n, 11), shape);
+            let dy = tensor_on(dev, test_data::<f32>(n, 12), shape);
+            for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+                let (a, b) = (Arc::new(Generator::new(8)), Arc::new(Generator::new(8)));
+                let alloc = $make.with_mask_mode(mode).with_generator(a.clone());
+                let into = $make.with_mask_mode(mode).with_generator(b.clone());
+                let mut out = tensor_on(dev, vec![7.0f32; n], shape);
+                let mut dx = tensor_on(dev, vec![7.0f32; n], shape);
+                // A state of the other mode first, then the state of the previous call.
+                let other = match mode {
+                    MaskMode::Bits => MaskMode::Regenerate,
+                    MaskMode::Regenerate => MaskMode::Bits,
+                };
+                let mut state = $make
+                    .with_mask_mode(other)
+                    .with_generator(Arc::new(Generator::new(0)))
+                    .forward(&x)
+                    .unwrap()
+                    .1;
+                for call in 0..3 {
+                    let (y, s) = alloc.forward(&x).unwrap();
+                    into.forward_into(&x, &mut out, &mut state).unwrap();
+                    let what = format!("{mode:?} call {call}");
+                    assert_eq!(
+                        bits_of(&out.to_vec().unwrap()),
+                        bits_of(&y.to_vec().unwrap()),
+                        "{what}"
+                    );
+                    assert_eq!(state.mask_mode(), s.mask_mode(), "{what}");
+                    if mode == MaskMode::Bits {
+                        assert_eq!(state.keep_bits().unwrap(), s.keep_bits().unwrap(), "{what}");
+                    }
+                    let g = alloc.backward(&dy, &s).unwrap();
+                    into.backward_into(&dy, &state, &mut dx).unwrap();
+                    assert_eq!(
+                        bits_of(&dx.to_vec().unwrap()),
+                        bits_of(&g.to_vec().unwrap()),
+                        "{what}"
+                    );
+                }
+                assert_eq!((a.offset(), b.offset()), (3, 3));
+                // A wrong output shape: an error, no offset taken.
+                let mut wrong = tensor_on(dev, vec![0.0f32; n + 1], &[n + 1]);
+                let e = into.forward_into(&x, &mut wrong, &mut state);
+                assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
+                assert_eq!(b.offset(), 3);
+                // Eval mode: a copy, and an identity state.
+                let mut eval = into.clone();
+                eval.eval();
+                eval.forward_into(&x, &mut out, &mut state).unwrap();
+                assert_eq!(
+                    bits_of(&out.to_vec().unwrap()),
+                    bits_of(&x.to_vec().unwrap())
+                );
+                assert_eq!(state.mask_mode(), None);
+                eval.backward_into(&dy, &state, &mut dx).unwrap();
+                assert_eq!(
+                    bits_of(&dx.to_vec().unwrap()),
+                    bits_of(&dy.to_vec().unwrap())
+                );
+                assert_eq!(b.offset(), 3);
+            }
+        }};
+    }
+    check!(dropkit::Dropout::new(0.35).unwrap(), [1037]);
+    check!(AlphaDropout::new(0.2).unwrap(), [515]);
+    check!(Dropout1d::new(0.5).unwrap(), [3, 17, 9]);
+    check!(Dropout2d::new(0.5).unwrap(), [2, 11, 4, 3]);
+    check!(Dropout3d::new(0.5).unwrap(), [2, 5, 2, 3, 2]);
+    check!(DropPath::new(0.4).unwrap(), [29, 5]);
+    check!(FeatureAlphaDropout::new(0.5).unwrap(), [3, 21, 4]);
+}
+
+test_device!(
+    into_forms_equal_the_allocating_forms,
+    into_forms_equal_the_allocating_forms_cpu,
+    into_forms_equal_the_allocating_forms_cuda
+);

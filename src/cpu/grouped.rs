@@ -5,7 +5,7 @@ use super::{map_words, with_kept, Block, Cpu, CpuOperand, Source};
 use crate::backend::{Forwarded, GroupedKernels};
 use crate::element::Element;
 use crate::mask::{fill_keep_bits, mask_words, Probability};
-use crate::plan::{GroupLayout, Kept, MaskMode, StreamPos};
+use crate::plan::{GroupLayout, Kept, StreamPos};
 
 impl GroupedKernels for Cpu {
     fn grouped_forward<T: Element>(
@@ -14,15 +14,26 @@ impl GroupedKernels for Cpu {
         prob: &Probability,
         layout: &GroupLayout,
         kept: Kept<T::Compute>,
-        mode: MaskMode,
     ) -> crate::error::Result<Forwarded<Self, T>> {
         let mut bits = None;
         let y = x.write_with(|src, out| {
             bits = Some(forward(src, out, pos, prob, layout, kept)?);
             Ok(())
         })?;
-        // The decisions are drawn either way (they are few); kept for the bits form only.
-        Ok((y, bits.filter(|_| mode == MaskMode::Bits)))
+        Ok((y, bits))
+    }
+
+    fn grouped_keep_bits_into<T: Element>(
+        _like: &CpuOperand<'_, T>,
+        mask: &mut Vec<u32>,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &GroupLayout,
+    ) -> crate::error::Result<()> {
+        mask.clear();
+        mask.resize(mask_words(layout.count), 0);
+        fill_keep_bits(pos.seed, pos.offset, layout.first, prob, layout.count, mask);
+        Ok(())
     }
 
     fn apply_grouped_bits<T: Element>(

@@ -71,7 +71,7 @@ impl DropoutKernels for Cuda {
                 Self::apply_grouped_bits(input, bits, layout, kept)?
             }
             (SavedMask::Regenerate(pos), Decisions::Grouped(layout)) => {
-                Self::grouped_forward(input, pos, prob, layout, kept, MaskMode::Regenerate)?.0
+                Self::grouped_forward(input, pos, prob, layout, kept)?.0
             }
         };
         Ok(dx)

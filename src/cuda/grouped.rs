@@ -14,7 +14,7 @@ use crate::backend::GroupedKernels;
 use crate::element::Element;
 use crate::error::Result;
 use crate::mask::{mask_words, Probability};
-use crate::plan::{GroupLayout, Kept, MaskMode, StreamPos};
+use crate::plan::{GroupLayout, Kept, StreamPos};
 use crate::shard::{ShardLayout, MAX_SHARD_RANK};
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr, PushKernelArg};
 
@@ -147,13 +147,14 @@ impl GroupedKernels for Cuda {
         prob: &Probability,
         layout: &GroupLayout,
         kept: Kept<T::Compute>,
-        mode: MaskMode,
     ) -> Result<Forward<T>> {
         let _range = op_range("grouped_dropout_forward");
         let draw = DkDraw::new(pos, prob);
+        let mut x = x;
         let dev = x.device().clone();
         let n = x.len() as u64;
-        let mut bits = None;
+        // Empty input: no launch, an empty mask.
+        let mut bits = x.mask_of(mask_words(layout.count))?;
         let y = x.launch_io(|x_ptr, y_ptr| {
             let io = Io {
                 x: x_ptr,
@@ -161,15 +162,20 @@ impl GroupedKernels for Cuda {
                 bits: 0,
                 n,
             };
-            bits = Some(queue::<T>(&dev, io, draw, layout, &kept)?);
-            Ok(())
+            queue::<T>(&dev, io, draw, layout, &kept, &mut bits)
         })?;
-        match (mode, bits) {
-            (MaskMode::Bits, Some(bits)) => Ok((y, Some(bits))),
-            // Empty input: no launch, an empty mask.
-            (MaskMode::Bits, None) => Ok((y, Some(MaskSlice::alloc(&dev, 0)?))),
-            (MaskMode::Regenerate, _) => Ok((y, None)),
-        }
+        Ok((y, Some(bits)))
+    }
+
+    fn grouped_keep_bits_into<T: Element>(
+        like: &CudaOperand<'_, T>,
+        mask: &mut MaskSlice,
+        pos: StreamPos,
+        prob: &Probability,
+        layout: &GroupLayout,
+    ) -> Result<()> {
+        let draw = DkDraw::new(pos, prob).at(layout.first);
+        mask_bits(like.device(), mask, draw, layout.count)
     }
 
     fn apply_grouped_bits<T: Element>(
@@ -193,22 +199,20 @@ impl GroupedKernels for Cuda {
     }
 }
 
-/// Queues the decision mask (`dropout_mask_bits`, count / 8 bytes) and the grouped pass
-/// from `io.x` to `io.y` (`io.bits` is ignored: the mask is made here); returns the mask
-/// (freed in stream order if dropped). `draw.index_base` is the first element's index.
+/// Queues the decision mask (`dropout_mask_bits`, count / 8 bytes, into `bits`) and the
+/// grouped pass from `io.x` to `io.y` (`io.bits` is ignored: the mask is made here).
+/// `draw.index_base` is the first element's index.
 fn queue<T: Element>(
     dev: &CudaDevice,
     io: Io,
     draw: DkDraw,
     layout: &GroupLayout,
     kept: &Kept<T::Compute>,
-) -> Result<MaskSlice> {
-    let mut bits = MaskSlice::alloc(dev, mask_words(layout.count))?;
-    mask_bits(dev, &mut bits, draw.at(layout.first), layout.count)?;
-    let (b_ptr, guard) = bits.slice().device_ptr(dev.stream());
-    apply::<T>(dev, Io { bits: b_ptr, ..io }, layout, kept)?;
-    drop(guard);
-    Ok(bits)
+    bits: &mut MaskSlice,
+) -> Result<()> {
+    mask_bits(dev, bits, draw.at(layout.first), layout.count)?;
+    let (b_ptr, _guard) = bits.slice().device_ptr(dev.stream());
+    apply::<T>(dev, Io { bits: b_ptr, ..io }, layout, kept)
 }
 
 /// Grouped dropout over device memory dropkit does not own (candle's buffers): the
@@ -230,7 +234,8 @@ pub(crate) unsafe fn forward_raw<T: Element>(
     if io.n == 0 {
         return Ok(());
     }
-    queue::<T>(dev, io, draw, layout, &kept).map(drop)
+    let mut bits = MaskSlice::alloc(dev, mask_words(layout.count))?;
+    queue::<T>(dev, io, draw, layout, &kept, &mut bits)
 }
 
 #[cfg(test)]

@@ -121,6 +121,8 @@ pub(crate) trait Placed:
     fn mask(m: Self::Mask) -> MaskBuffer;
     /// A state's mask made by this backend (the caller compared the devices).
     fn saved_mask(m: &MaskBuffer) -> &Self::Mask;
+    /// The same, to write into.
+    fn saved_mask_mut(m: &mut MaskBuffer) -> &mut Self::Mask;
 }
 
 /// Not held by the backend that was matched: the device checks before rule it out.
@@ -179,6 +181,13 @@ impl Placed for Cpu {
             MaskBuffer::Cuda(_) => elsewhere(),
         }
     }
+
+    fn saved_mask_mut(m: &mut MaskBuffer) -> &mut Vec<u32> {
+        match m {
+            MaskBuffer::Cpu(v) => &mut v.0,
+            MaskBuffer::Cuda(_) => elsewhere(),
+        }
+    }
 }
 
 impl Placed for Cuda {
@@ -229,6 +238,13 @@ impl Placed for Cuda {
     }
 
     fn saved_mask(m: &MaskBuffer) -> &cuda::MaskSlice {
+        match m {
+            MaskBuffer::Cuda(s) => s,
+            MaskBuffer::Cpu(_) => elsewhere(),
+        }
+    }
+
+    fn saved_mask_mut(m: &mut MaskBuffer) -> &mut cuda::MaskSlice {
         match m {
             MaskBuffer::Cuda(s) => s,
             MaskBuffer::Cpu(_) => elsewhere(),

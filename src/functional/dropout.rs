@@ -256,13 +256,26 @@ impl<T: Element> OnBackend for Backward<'_, '_, T> {
         let scale = to_compute_f64::<T>(state.grad_scale);
         let g = B::buffer(grad);
         let regenerated;
-        let saved = match (&state.saved, &state.shard) {
+        let mut scratch = state.scratch();
+        let saved = match (
+            &state.saved,
+            &state.shard,
+            &state.decisions,
+            scratch.as_mut(),
+        ) {
             // A shard's decisions come through its layout.
-            (Saved::Regenerate(pos), Some(layout)) => {
+            (Saved::Regenerate(pos), Some(layout), _, _) => {
                 regenerated = B::shard_keep_bits(&B::input(g), *pos, &state.prob, layout)?;
                 SavedMask::Bits(&regenerated)
             }
-            (saved, _) => saved_mask::<B>(saved),
+            // Grouped decisions are redrawn into the forward's scratch mask: nothing is
+            // allocated (the `_into` form inside a CUDA graph capture).
+            (Saved::Regenerate(pos), None, Decisions::Grouped(layout), Some(mask)) => {
+                let mask = B::saved_mask_mut(mask);
+                B::grouped_keep_bits_into(&B::input(g), mask, *pos, &state.prob, layout)?;
+                SavedMask::Bits(&*mask)
+            }
+            (saved, _, _, _) => saved_mask::<B>(saved),
         };
         let dy = match out {
             Some(out) => B::operand(Operand::Into {

@@ -36,7 +36,6 @@ pub fn grouped_dropout<T: Element>(
 struct Grouped<'a> {
     prob: &'a Probability,
     pos: StreamPos,
-    mode: MaskMode,
     layout: GroupLayout,
     kept: Kept<f64>,
 }
@@ -44,7 +43,7 @@ struct Grouped<'a> {
 impl<T: Element> ForwardOp<T> for Grouped<'_> {
     fn run<B: Placed>(self, x: B::Operand<'_, T>) -> Result<Forwarded<B, T>> {
         let kept = self.kept.for_element::<T>();
-        B::grouped_forward(x, self.pos, self.prob, &self.layout, kept, self.mode)
+        B::grouped_forward(x, self.pos, self.prob, &self.layout, kept)
     }
 }
 
@@ -70,13 +69,13 @@ pub(crate) fn grouped_train<T: Element>(
     let op = Grouped {
         prob,
         pos,
-        mode,
         layout,
         kept,
     };
     let (out, mask) = run_forward(x, op)?;
     let decisions = Decisions::Grouped(layout);
-    let state = DropoutState::trained(&out, mask, pos, prob, decisions, kept.grad_factor());
+    let grad = kept.grad_factor();
+    let state = DropoutState::trained_grouped(&out, mask, pos, prob, mode, decisions, grad);
     Ok((out.output, state))
 }
 

@@ -12,7 +12,7 @@ use crate::mask::{mask_words, Probability};
 use crate::plan::{Decisions, MaskMode, StreamPos};
 use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// A forward's output (`None` when written in place) with the input's shape and device.
 pub(crate) struct ForwardOut<T: Element> {
@@ -81,6 +81,10 @@ pub struct DropoutState {
     /// The layout of a shard that is not one contiguous range (its decisions are read
     /// through it when regenerated); `None` otherwise.
     pub(crate) shard: Option<Arc<ShardLayout>>,
+    /// A grouped regenerate-form forward's decision mask, kept only as scratch: an
+    /// `_into` forward or backward of the same layout draws into it instead of
+    /// allocating (behind a lock: a backward borrows the state).
+    pub(crate) scratch: Mutex<Option<MaskBuffer>>,
 }
 
 impl DropoutState {
@@ -94,15 +98,51 @@ impl DropoutState {
             dtype: T::DTYPE,
             device: x.device(),
             shard: None,
+            scratch: Mutex::new(None),
         }
     }
 
-    /// The saved mask, taken out for reuse (the state is left as an eval-mode one).
+    /// The saved mask (or the scratch one), taken out for reuse (the state is left as an
+    /// eval-mode one).
     pub(crate) fn take_mask(&mut self) -> Option<MaskBuffer> {
+        let scratch = self.scratch_mut().take();
         match std::mem::replace(&mut self.saved, Saved::Identity) {
             Saved::Bits(m) => Some(m),
-            _ => None,
+            _ => scratch,
         }
+    }
+
+    /// The scratch mask, locked.
+    pub(crate) fn scratch(&self) -> std::sync::MutexGuard<'_, Option<MaskBuffer>> {
+        // A mask buffer is valid whatever a panicking holder did with it.
+        self.scratch
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn scratch_mut(&mut self) -> &mut Option<MaskBuffer> {
+        self.scratch
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A grouped forward's state: the mask saved (bits form) or kept as scratch.
+    pub(crate) fn trained_grouped<T: Element>(
+        out: &ForwardOut<T>,
+        mask: Option<MaskBuffer>,
+        pos: StreamPos,
+        prob: &Probability,
+        mode: MaskMode,
+        decisions: Decisions,
+        grad_scale: f64,
+    ) -> Self {
+        let (saved, scratch) = match mode {
+            MaskMode::Bits => (mask, None),
+            MaskMode::Regenerate => (None, mask),
+        };
+        let state = Self::trained(out, saved, pos, prob, decisions, grad_scale);
+        *state.scratch() = scratch;
+        state
     }
 
     /// The state of a training forward.
@@ -123,6 +163,7 @@ impl DropoutState {
             dtype: T::DTYPE,
             device: out.device.clone(),
             shard: None,
+            scratch: Mutex::new(None),
         }
     }
 

@@ -105,4 +105,15 @@ impl FeatureAlphaDropout {
         self.core
             .forward_in_place(x, grouped(&self.core, group, 2, GroupedKind::Alpha))
     }
+
+    /// Forward into preallocated buffers, as [`crate::Dropout::forward_into`].
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: &mut DropoutState,
+    ) -> Result<()> {
+        let train = grouped(&self.core, Self::group(x.shape())?, 2, GroupedKind::Alpha);
+        self.core.forward_into(x, out, state, train)
+    }
 }

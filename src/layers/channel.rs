@@ -76,6 +76,18 @@ macro_rules! channel_dropout {
                 self.core.forward_in_place(x, train)
             }
 
+            /// Forward into preallocated buffers, as [`crate::Dropout::forward_into`].
+            pub fn forward_into<T: Element>(
+                &self,
+                x: &Tensor<T>,
+                out: &mut Tensor<T>,
+                state: &mut DropoutState,
+            ) -> Result<()> {
+                let (group, lead) = (Self::group(x.shape())?, x.shape().len() - $spatial);
+                let train = grouped(&self.core, group, lead, GroupedKind::Scale);
+                self.core.forward_into(x, out, state, train)
+            }
+
         }
     };
 }

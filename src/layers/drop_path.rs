@@ -57,4 +57,15 @@ impl DropPath {
         self.core
             .forward_in_place(x, grouped(&self.core, group, 1, GroupedKind::Scale))
     }
+
+    /// Forward into preallocated buffers, as [`crate::Dropout::forward_into`].
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: &mut DropoutState,
+    ) -> Result<()> {
+        let train = grouped(&self.core, Self::group(x.shape())?, 1, GroupedKind::Scale);
+        self.core.forward_into(x, out, state, train)
+    }
 }
