@@ -138,6 +138,12 @@ const FUSED_OPS: [&str; 6] = [
 ];
 
 /// The fused dropout + add + norm cases (on (n / H, H) tensors).
+/// CUDA graphs: the eager `_into` forward (no allocation: against `fwd_bits`, what the
+/// graph-safe draw costs an eager call), and a training step of GRAPH_LAYERS dropout
+/// layers (forward_into down, backward_into up) eagerly and as one captured graph.
+const GRAPH_OPS: [&str; 3] = ["fwd_bits_into", "step_eager", "step_graph"];
+const GRAPH_LAYERS: usize = 4;
+
 const NORM_OPS: [&str; 6] = [
     "norm_layer_fwd_bits",
     "norm_layer_fwd_regen",
@@ -234,6 +240,7 @@ impl Config {
             .chain(FAMILY_OPS.iter().map(|f| &f.0))
             .chain(&FUSED_OPS)
             .chain(&NORM_OPS)
+            .chain(&GRAPH_OPS)
             .copied()
             .collect();
         let ops = common::list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
@@ -443,6 +450,12 @@ fn run_dtype<T: Element>(gpu: &mut Gpu, cfg: &Config, rows: &mut Vec<Row>) {
                 let _ = gpu.stream.synchronize();
             }
         }
+        if cfg.wants_any(&GRAPH_OPS) {
+            if let Err(e) = run_graph_case::<T>(gpu, cfg, n, rows) {
+                println!("# error: graph dtype={dtype} n={n}: {e}");
+                let _ = gpu.stream.synchronize();
+            }
+        }
     }
 }
 
@@ -630,6 +643,127 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
     drop(xs);
     stream.synchronize()?;
     Ok(())
+}
+
+/// The CUDA graph cases at n elements (one buffer set: the step is launch-bound at the
+/// sizes where graphs matter, and a graph replays fixed buffers).
+fn run_graph_case<T: Element>(
+    gpu: &mut Gpu,
+    cfg: &Config,
+    n: usize,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    use dropkit::cuda::{CapturedGraph, GraphSafeGenerator};
+    use dropkit::functional::dropout_into;
+    use dropkit::{Dropout, Generator};
+    let dtype = T::DTYPE.name();
+    let (tensor_bytes, mask_bytes) = (n * std::mem::size_of::<T>(), 4 * n.div_ceil(32));
+    let need = |_: usize| (2 * GRAPH_LAYERS + 2) * (tensor_bytes + mask_bytes);
+    let what = format!("graph dtype={dtype} n={n}");
+    let Some(_) = fit_sets(gpu, cfg, &what, tensor_bytes, need)? else {
+        return Ok(());
+    };
+    let batch = 8;
+    let stream = gpu.stream.clone();
+    let tensor =
+        || -> Res<Tensor<T>> { Ok(Tensor::from_cuda_slice(pattern::<T>(&stream, n)?, &[n])?) };
+    let record = |rows: &mut Vec<Row>, op: &'static str, median_s: f64, host_us: f64, bytes| {
+        let row = Row {
+            dtype,
+            n,
+            op,
+            sets: 1,
+            batch,
+            median_s,
+            bytes,
+            host_us,
+        };
+        record(cfg, rows, row);
+    };
+    let x = tensor()?;
+    if cfg.wants("fwd_bits_into") {
+        let mut y = tensor()?;
+        let mut state = dropout(
+            &x,
+            cfg.p,
+            true,
+            StreamPos::new(SEED, OFFSET),
+            MaskMode::Bits,
+        )?
+        .1;
+        let _r = nvtx_range(&format!("gpu_dropout/fwd_bits_into/{dtype}/{n}"));
+        let (t, h) = gpu.measure(cfg, batch, |k| {
+            let pos = StreamPos::new(SEED, k as u64);
+            Ok(dropout_into(
+                &x,
+                &mut y,
+                &mut state,
+                cfg.p,
+                true,
+                pos,
+                MaskMode::Bits,
+            )?)
+        })?;
+        record(
+            rows,
+            "fwd_bits_into",
+            t,
+            h,
+            (2 * tensor_bytes + mask_bytes) as u64,
+        );
+    }
+    if !cfg.wants_any(&["step_eager", "step_graph"]) {
+        return Ok(());
+    }
+    let step_bytes = (GRAPH_LAYERS * (4 * tensor_bytes + 2 * mask_bytes)) as u64;
+    // A capture must not wait on events recorded outside it: event tracking off (all the
+    // bench's work is on one stream), back on at the end.
+    // SAFETY: every buffer of the case lives on `stream`, which orders all their uses.
+    unsafe { gpu.ctx.disable_event_tracking() };
+    let result = (|| -> Res<()> {
+        let dev = dropkit::cuda::CudaDevice::from_stream(stream.clone())?;
+        let gen = GraphSafeGenerator::new(&dev, Arc::new(Generator::new(SEED)))?;
+        let layer = Dropout::new(cfg.p)?.with_generator(gen.generator().clone());
+        // acts[0] = x, acts[i + 1] = layer i's output; grads[GRAPH_LAYERS] = the upstream
+        // gradient, grads[i] = layer i's input gradient.
+        let mut acts = vec![x.try_clone()?];
+        let mut states = Vec::new();
+        for i in 0..GRAPH_LAYERS {
+            let (y, s) = layer.forward(&acts[i])?;
+            acts.push(y);
+            states.push(s);
+        }
+        let mut grads = (0..=GRAPH_LAYERS)
+            .map(|_| tensor())
+            .collect::<Res<Vec<_>>>()?;
+        let mut step = || -> dropkit::Result<()> {
+            for i in 0..GRAPH_LAYERS {
+                let (lo, hi) = acts.split_at_mut(i + 1);
+                layer.forward_into(&lo[i], &mut hi[0], &mut states[i])?;
+            }
+            for i in (0..GRAPH_LAYERS).rev() {
+                let (lo, hi) = grads.split_at_mut(i + 1);
+                layer.backward_into(&hi[0], &states[i], &mut lo[i])?;
+            }
+            Ok(())
+        };
+        if cfg.wants("step_eager") {
+            let _r = nvtx_range(&format!("gpu_dropout/step_eager/{dtype}/{n}"));
+            let (t, h) = gpu.measure(cfg, batch, |_| Ok(step()?))?;
+            record(rows, "step_eager", t, h, step_bytes);
+        }
+        if cfg.wants("step_graph") {
+            let (graph, ()) = CapturedGraph::capture(&dev, &[&gen], &mut step)?;
+            let _r = nvtx_range(&format!("gpu_dropout/step_graph/{dtype}/{n}"));
+            let (t, h) = gpu.measure(cfg, batch, |_| Ok(graph.replay()?))?;
+            record(rows, "step_graph", t, h, step_bytes);
+        }
+        Ok(())
+    })();
+    stream.synchronize()?;
+    // SAFETY: the case's work is done (synchronized); tracking resumes for later cases.
+    unsafe { gpu.ctx.enable_event_tracking() };
+    result
 }
 
 /// The fused dropout + add + norm cases at n = rows * H elements.

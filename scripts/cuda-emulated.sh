@@ -126,6 +126,11 @@ for p in "$@"; do
     fi
     run "$p: example 05-model-parallel" env "${penv[@]}" cargo run --quiet --example 05-model-parallel
     run "$p: example 03-cudarc-interop" env "${penv[@]}" cargo run --quiet --example 03-cudarc-interop
+    run "$p: example 06-cuda-graph" env "${penv[@]}" cargo run --quiet --example 06-cuda-graph
+    if ! grep -q '^replay 4: .*matches eager calls: true' "$last_output"; then
+        log "FAIL: $p: 06-cuda-graph did not replay on cuda"
+        status=1
+    fi
 done
 
 if [ -s "$reports" ]; then

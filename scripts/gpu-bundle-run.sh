@@ -303,6 +303,15 @@ if wants quickstart; then
     else
         skip quickstart "no bin/quickstart" test
     fi
+    if cg="$(binary 06-cuda-graph)"; then
+        step 06-cuda-graph test 60 5 06-cuda-graph.log -- bash -c \
+            'o="$("$1" 2>&1)"; rc=$?; echo "$o"; [ "$rc" = 0 ] || exit "$rc"
+             grep -q "^replay 4: .*matches eager calls: true" <<<"$o" ||
+                 { echo "06-cuda-graph did not replay on CUDA"; exit 1; }' \
+            _ "$cg"
+    else
+        skip 06-cuda-graph "no bin/06-cuda-graph" test
+    fi
 fi
 
 if wants tests; then

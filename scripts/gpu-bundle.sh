@@ -7,6 +7,7 @@
 #                                  or test_device!)
 #   gpu-bundle/bin/gpu_dropout     benches/gpu_dropout.rs
 #   gpu-bundle/bin/quickstart      examples/quickstart.rs
+#   gpu-bundle/bin/06-cuda-graph   examples/06-cuda-graph.rs (a captured step, replayed)
 #   gpu-bundle/data/               tests/data (run.sh points DROPKIT_TEST_DATA at it)
 #   gpu-bundle/*.py                torch_baseline.py, torch_add_norm.py, compare.py
 #   gpu-bundle/shared-memory-kernels.txt  only when a kernel declares __shared__ memory:
@@ -60,7 +61,7 @@ trap 'rm -rf "$json"' EXIT
 say "building ${#test_args[@]} CUDA test binaries, the GPU bench and the quickstart (release, nvtx)"
 t0=$SECONDS
 cargo build --release --features nvtx "${test_args[@]}" --bench gpu_dropout \
-    --example quickstart --message-format=json >"$json/build.json"
+    --example quickstart --example 06-cuda-graph --message-format=json >"$json/build.json"
 say "built in $((SECONDS - t0)) s"
 
 rm -rf "$bundle"
@@ -91,8 +92,8 @@ while read -r kind name exe; do
     say "  bin/$dest  <- $exe"
 done <"$json/list"
 
-for need in test-dropout test-family test-cuda_edges test-cuda_oom gpu_dropout \
-    quickstart; do
+for need in test-dropout test-family test-cuda_edges test-cuda_oom test-cuda_graph gpu_dropout \
+    quickstart 06-cuda-graph; do
     if [ ! -x "$bundle/bin/$need" ]; then
         say "error: bin/$need was not built"
         exit 1
