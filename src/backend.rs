@@ -38,6 +38,14 @@ pub(crate) enum SavedMask<'a, M> {
     Regenerate(StreamPos),
 }
 
+/// Where the fused bias + dropout + residual backward writes: dx, dbias and the column
+/// sums' f64 block partials.
+pub(crate) struct ResidualGradsInto<'a, B: Backend + ?Sized, T: Element> {
+    pub dx: &'a mut B::Buffer<T>,
+    pub db: &'a mut B::Buffer<T>,
+    pub partial: &'a mut B::Buffer<f64>,
+}
+
 /// The fused add + norm forward's inputs on the device.
 pub(crate) struct NormBuffers<'a, B: Backend + ?Sized, T: Element, R: Element> {
     pub x: &'a B::Buffer<T>,
@@ -187,6 +195,19 @@ pub(crate) trait ResidualKernels: Backend {
 
     /// Column sums of a (rows, hidden) gradient in the fixed row blocks of the spec.
     fn column_sum<T: Element>(g: &Self::Buffer<T>, hidden: usize) -> Result<Self::Buffer<T>>;
+
+    /// The fused layer's backward into preallocated buffers (same bits as
+    /// [`Self::residual_backward`], nothing allocated): dx into `grads.dx`, dbias into
+    /// `grads.db`, through the f64 block partial sums in `grads.partial` (at least
+    /// ceil(rows / R) * hidden). `saved` is `None` in eval mode: dx is then dy itself.
+    fn residual_backward_into<T: Element>(
+        dy: &Self::Buffer<T>,
+        grads: ResidualGradsInto<'_, Self, T>,
+        saved: Option<SavedMask<'_, Self::Mask>>,
+        prob: &Probability,
+        scale: T::Compute,
+        hidden: usize,
+    ) -> Result<()>;
 
     /// The fused layer's one-pass backward: (dx, dbias).
     fn residual_backward<T: Element>(

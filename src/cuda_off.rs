@@ -7,7 +7,7 @@
 
 use crate::backend::{
     Backend, DropoutKernels, Forwarded, GroupedKernels, NormBackward, NormBuffers, NormForward,
-    NormGradBuffers, NormKernels, ResidualKernels, SavedMask, Wanted,
+    NormGradBuffers, NormKernels, ResidualGradsInto, ResidualKernels, SavedMask, Wanted,
 };
 use crate::element::Element;
 use crate::error::Result;
@@ -173,6 +173,17 @@ impl ResidualKernels for Cuda {
 
     fn column_sum<T: Element>(g: &CudaBuffer<T>, _: usize) -> Result<CudaBuffer<T>> {
         g.unreachable()
+    }
+
+    fn residual_backward_into<T: Element>(
+        dy: &CudaBuffer<T>,
+        _: ResidualGradsInto<'_, Self, T>,
+        _: Option<SavedMask<'_, MaskSlice>>,
+        _: &Probability,
+        _: T::Compute,
+        _: usize,
+    ) -> Result<()> {
+        dy.unreachable()
     }
 
     fn residual_backward<T: Element>(

@@ -412,3 +412,66 @@ captured_layer!(
     dropkit::FeatureAlphaDropout::new(0.5).unwrap(),
     [3, 40, 6]
 );
+
+/// The fused bias + dropout + residual captured in both forms: forward_into, then
+/// backward_into (whose column sums reuse the state's partial buffer, made by the eager
+/// warm-up call), each replay equal to the eager layer at its offset: output, mask and
+/// all three gradients.
+#[test]
+fn captured_bias_dropout_residual() {
+    let Some((dev, cuda)) = graph_device("captured_bias_dropout_residual") else {
+        return;
+    };
+    let (rows, h) = (67, 24);
+    let n = rows * h;
+    let on = |salt, len: usize, shape: &[usize]| {
+        Tensor::from_vec(test_data::<f32>(len, salt), shape)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap()
+    };
+    let (x, bias, residual, dz) = (
+        on(5, n, &[rows, h]),
+        on(6, h, &[h]),
+        on(7, n, &[rows, h]),
+        on(8, n, &[rows, h]),
+    );
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        let gen = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(31))).unwrap();
+        let layer = dropkit::BiasDropoutResidual::new(0.25)
+            .unwrap()
+            .with_mask_mode(mode)
+            .with_generator(gen.generator().clone());
+        // Buffers, a state and the partial sums from an eager warm-up on another generator.
+        let warm = layer.clone().with_generator(Arc::new(Generator::new(2)));
+        let (mut out, mut state) = warm.forward(&x, &bias, &residual).unwrap();
+        let mut grads = warm.backward(&dz, &state).unwrap();
+        warm.backward_into(&dz, &state, &mut grads).unwrap();
+        let (graph, ()) = CapturedGraph::capture(&cuda, &[&gen], || {
+            layer.forward_into(&x, &bias, &residual, &mut out, &mut state)?;
+            layer.backward_into(&dz, &state, &mut grads)
+        })
+        .unwrap();
+        for k in 0..3u64 {
+            graph.replay().unwrap();
+            let eager_gen = Arc::new(Generator::new(31));
+            eager_gen.set_offset(k);
+            let eager = layer.clone().with_generator(eager_gen);
+            let (eo, es) = eager.forward(&x, &bias, &residual).unwrap();
+            let eg = eager.backward(&dz, &es).unwrap();
+            let what = format!("{mode:?} replay {k}");
+            assert_eq!(host(&out), host(&eo), "{what}: output");
+            assert_eq!(host(&grads.x), host(&eg.x), "{what}: dx");
+            assert_eq!(host(&grads.bias), host(&eg.bias), "{what}: dbias");
+            assert_eq!(
+                host(&grads.residual),
+                host(&eg.residual),
+                "{what}: dresidual"
+            );
+            if mode == MaskMode::Bits {
+                let (a, b) = (state.dropout_state(), es.dropout_state());
+                assert_eq!(a.keep_bits().unwrap(), b.keep_bits().unwrap(), "{what}");
+            }
+        }
+    }
+}

@@ -1227,3 +1227,63 @@ test_device!(
     into_forms_equal_the_allocating_forms_cpu,
     into_forms_equal_the_allocating_forms_cuda
 );
+
+/// The fused layer's `_into` forms give the bits of the allocating forms: output, mask and
+/// the three gradients, both saved forms and eval mode, with a reused state (its partial
+/// sums made by the first backward_into); wrong output shapes are errors.
+fn fused_into_forms_equal_the_allocating_forms(dev: &Device) {
+    let (rows, h) = (45, 7);
+    let n = rows * h;
+    let x = tensor_on(dev, test_data::<f32>(n, 21), &[rows, h]);
+    let bias = tensor_on(dev, test_data::<f32>(h, 22), &[h]);
+    let residual = tensor_on(dev, test_data::<f32>(n, 23), &[rows, h]);
+    let dz = tensor_on(dev, test_data::<f32>(n, 24), &[rows, h]);
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        for training in [true, false] {
+            let (a, b) = (Arc::new(Generator::new(4)), Arc::new(Generator::new(4)));
+            let make = |g: &Arc<Generator>| {
+                let mut l = BiasDropoutResidual::new(0.3)
+                    .unwrap()
+                    .with_mask_mode(mode)
+                    .with_generator(g.clone());
+                l.set_training(training);
+                l
+            };
+            let (alloc, into) = (make(&a), make(&b));
+            let warm = make(&Arc::new(Generator::new(0)));
+            let (mut out, mut state) = warm.forward(&x, &bias, &residual).unwrap();
+            let mut grads = warm.backward(&dz, &state).unwrap();
+            for call in 0..2 {
+                let (o, s) = alloc.forward(&x, &bias, &residual).unwrap();
+                into.forward_into(&x, &bias, &residual, &mut out, &mut state)
+                    .unwrap();
+                let what = format!("{mode:?} training {training} call {call}");
+                let bits = |t: &Tensor<f32>| bits_of(&t.to_vec().unwrap());
+                assert_eq!(bits(&out), bits(&o), "{what}");
+                let (sa, sb) = (s.dropout_state(), state.dropout_state());
+                assert_eq!(sa.keep_bits().unwrap(), sb.keep_bits().unwrap(), "{what}");
+                let g = alloc.backward(&dz, &s).unwrap();
+                into.backward_into(&dz, &state, &mut grads).unwrap();
+                assert_eq!(bits(&grads.x), bits(&g.x), "{what}: dx");
+                assert_eq!(bits(&grads.bias), bits(&g.bias), "{what}: dbias");
+                assert_eq!(
+                    bits(&grads.residual),
+                    bits(&g.residual),
+                    "{what}: dresidual"
+                );
+            }
+            let taken = if training { 2 } else { 0 };
+            assert_eq!((a.offset(), b.offset()), (taken, taken));
+            let mut wrong = tensor_on(dev, vec![0.0f32; n], &[n]);
+            let e = into.forward_into(&x, &bias, &residual, &mut wrong, &mut state);
+            assert!(matches!(e, Err(Error::ShapeMismatch { .. })), "{e:?}");
+            assert_eq!(b.offset(), taken, "a failed call took an offset");
+        }
+    }
+}
+
+test_device!(
+    fused_into_forms_equal_the_allocating_forms,
+    fused_into_forms_equal_the_allocating_forms_cpu,
+    fused_into_forms_equal_the_allocating_forms_cuda
+);

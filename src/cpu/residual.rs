@@ -2,7 +2,7 @@
 //! and the column sum that gives its bias gradient.
 
 use super::{map_words, mask_for, Block, Cpu, CpuOperand, Source};
-use crate::backend::{DropoutKernels, Forwarded, ResidualKernels, SavedMask};
+use crate::backend::{DropoutKernels, Forwarded, ResidualGradsInto, ResidualKernels, SavedMask};
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
 use crate::mask::{keep_word, Probability};
@@ -30,6 +30,25 @@ impl ResidualKernels for Cpu {
         let mut out = crate::alloc::zeroed::<T>(hidden)?;
         column_sum(g, &mut out, hidden)?;
         Ok(out)
+    }
+
+    fn residual_backward_into<T: Element>(
+        dy: &Vec<T>,
+        grads: ResidualGradsInto<'_, Self, T>,
+        saved: Option<SavedMask<'_, Vec<u32>>>,
+        prob: &Probability,
+        scale: T::Compute,
+        hidden: usize,
+    ) -> Result<()> {
+        match saved {
+            Some(saved) => {
+                let into = CpuOperand::Into(dy, grads.dx);
+                Self::dropout_backward(into, saved, prob, &Decisions::Elementwise, scale)?;
+            }
+            None => grads.dx.copy_from_slice(dy),
+        }
+        // The CPU's column sum keeps its own partials (nothing here is captured).
+        column_sum(grads.dx, grads.db, hidden)
     }
 
     /// dx through the dropout backward, then its column sums: the same bits as CUDA's one

@@ -103,6 +103,16 @@ impl<T: Element> CudaBuffer<T> {
         &mut self.slice
     }
 
+    /// The device address of the live range's first element, to write through, and the
+    /// guard that records the write (held until the launch is queued).
+    pub(crate) fn ptr_mut(&mut self) -> (u64, impl Drop + '_) {
+        use cudarc::driver::DevicePtrMut;
+        let offset = (self.start * std::mem::size_of::<T>()) as u64;
+        let CudaBuffer { device, slice, .. } = self;
+        let (base, guard) = slice.device_ptr_mut(device.stream());
+        (base + offset, guard)
+    }
+
     pub(crate) fn start(&self) -> usize {
         self.start
     }

@@ -9,8 +9,8 @@ use super::device::{driver_error, CudaDevice};
 use super::kernels::KernelOp;
 use crate::element::Element;
 use crate::error::Result;
-use crate::mask::{mask_words, Probability};
-use crate::plan::{Kept, MaskMode, StreamPos};
+use crate::mask::Probability;
+use crate::plan::{Kept, StreamPos};
 use cudarc::driver::{CudaFunction, DevicePtrMut, DeviceRepr, LaunchArgs, PushKernelArg};
 
 /// The random draw of one call as every kernel takes it, by value: Philox (seed, offset),
@@ -176,18 +176,6 @@ pub(crate) fn push_kept<'a, C: DeviceRepr>(args: &mut LaunchArgs<'a>, kept: &'a 
         Kept::Affine { a, b, dropped } => {
             args.arg(a).arg(b).arg(dropped);
         }
-    }
-}
-
-/// A new mask of `count` decisions for [`MaskMode::Bits`], `None` for the regenerate form.
-pub(crate) fn alloc_bits(
-    dev: &CudaDevice,
-    count: usize,
-    mode: MaskMode,
-) -> Result<Option<MaskSlice>> {
-    match mode {
-        MaskMode::Bits => MaskSlice::alloc(dev, mask_words(count)).map(Some),
-        MaskMode::Regenerate => Ok(None),
     }
 }
 

@@ -10,11 +10,11 @@ use super::dropout::SavedMask;
 use super::kernels::ops::{
     BIAS_DROPOUT_RESIDUAL_BWD, BIAS_DROPOUT_RESIDUAL_FWD, COLUMN_SUM_FINISH, COLUMN_SUM_PARTIAL,
 };
-use super::launch::{alloc_bits, bits_ptr, kernel, launch, op_range, DkDraw, Work};
-use crate::backend::ResidualKernels;
+use super::launch::{bits_ptr, kernel, launch, op_range, DkDraw, Work};
+use crate::backend::{ResidualGradsInto, ResidualKernels};
 use crate::element::Element;
 use crate::error::Result;
-use crate::mask::Probability;
+use crate::mask::{mask_words, Probability};
 use crate::plan::{MaskMode, StreamPos, COLUMN_SUM_BLOCK_ROWS};
 use cudarc::driver::{DevicePtr, DevicePtrMut, PushKernelArg};
 
@@ -42,10 +42,14 @@ impl ResidualKernels for Cuda {
     ) -> Result<Forward<T>> {
         let _range = op_range("bias_dropout_residual_forward");
         let draw = DkDraw::new(pos, prob);
+        let mut residual = residual;
         let dev = residual.device().clone();
         let n = residual.len() as u64;
         let hidden = bias.len() as u64;
-        let mut bits = alloc_bits(&dev, residual.len(), mode)?;
+        let mut bits = match mode {
+            MaskMode::Bits => Some(residual.mask_of(mask_words(residual.len()))?),
+            MaskMode::Regenerate => None,
+        };
         let out = residual.launch_io(|r_ptr, out_ptr| {
             let (xv, bv) = (x.view(), bias.view());
             let (x_ptr, _gx) = xv.device_ptr(dev.stream());
@@ -74,64 +78,100 @@ impl ResidualKernels for Cuda {
         scale: T::Compute,
         hidden: usize,
     ) -> Result<(CudaBuffer<T>, CudaBuffer<T>)> {
+        let dev = dy.device().clone();
+        let n = dy.len();
+        let blocks = n
+            .checked_div(hidden)
+            .map_or(0, |rows| rows.div_ceil(COLUMN_SUM_BLOCK_ROWS));
+        let mut dx = CudaBuffer::new(dev.clone(), dev.alloc_uninit::<T>(n)?, 0, n);
+        let mut db = CudaBuffer::new(dev.clone(), dev.alloc_uninit::<T>(hidden)?, 0, hidden);
+        let partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
+        let mut partial = CudaBuffer::new(dev, partial, 0, blocks * hidden);
+        let grads = ResidualGradsInto {
+            dx: &mut dx,
+            db: &mut db,
+            partial: &mut partial,
+        };
+        Self::residual_backward_into(dy, grads, Some(saved), prob, scale, hidden)?;
+        Ok((dx, db))
+    }
+
+    /// The backward of the fused layer for the upstream gradient `dy` of `rows x hidden`
+    /// elements. `bias_dropout_residual_bwd_<T>` writes dx (kept ? dy * scale : +0 through
+    /// the saved mask) and, in the same pass, the f64 block partial sums of dx's columns,
+    /// so dx is never read back; `column_sum_finish_<T>` adds them up. The same adds as
+    /// [`column_sum`] over dx, hence the same bits. No host sync, no allocation (eval mode:
+    /// dx is a device copy of dy, then its column sums).
+    fn residual_backward_into<T: Element>(
+        dy: &CudaBuffer<T>,
+        grads: ResidualGradsInto<'_, Self, T>,
+        saved: Option<SavedMask<'_>>,
+        prob: &Probability,
+        scale: T::Compute,
+        hidden: usize,
+    ) -> Result<()> {
         let _range = op_range("bias_dropout_residual_backward");
         let dev = dy.device().clone();
         let n = dy.len();
-        let mut dx = dev.alloc_uninit::<T>(n)?;
-        let mut db = dev.alloc_uninit::<T>(hidden)?;
-        if let Some(rows) = n.checked_div(hidden) {
-            let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
-            let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
-            let dyv = dy.view();
-            let (dy_ptr, _gy) = dyv.device_ptr(dev.stream());
-            let (dx_ptr, _gx) = dx.device_ptr_mut(dev.stream());
-            let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
-            let (db_ptr, _gb) = db.device_ptr_mut(dev.stream());
-            // Saved bits, or (null bits) the stream position to redraw the decisions from.
-            let (bits_ptr, _gk, draw, draws) = match saved {
-                SavedMask::Bits(bits) => {
-                    let (p, g) = bits.slice().device_ptr(dev.stream());
-                    let unused = DkDraw::new(crate::plan::StreamPos::new(0, 0), prob);
-                    (p, Some(g), unused, false)
-                }
-                SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob), true),
-            };
-            let (rows, h, block_rows, blocks) = (
-                rows as u64,
-                hidden as u64,
-                COLUMN_SUM_BLOCK_ROWS as u64,
-                blocks as u64,
-            );
-            let (f, name) = kernel::<T>(&dev, &BIAS_DROPOUT_RESIDUAL_BWD)?;
-            let mut args = dev.stream().launch_builder(&f);
-            args.arg(&dy_ptr)
-                .arg(&dx_ptr)
-                .arg(&bits_ptr)
-                .arg(&p_ptr)
-                .arg(&rows)
-                .arg(&h)
-                .arg(&block_rows)
-                .arg(&draw)
-                .arg(&scale);
-            // One thread per (block, column) pair.
-            // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
-            // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
-            // saved mask (or null); all guarded until queued.
-            unsafe {
-                launch(
-                    &dev,
-                    args,
-                    Work::Threads(blocks * h),
-                    &name,
-                    draws.then_some(&draw),
-                )?
-            };
-            queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)?;
-        }
-        Ok((
-            CudaBuffer::new(dev.clone(), dx, 0, n),
-            CudaBuffer::new(dev, db, 0, hidden),
-        ))
+        let Some(rows) = n.checked_div(hidden) else {
+            return Ok(());
+        };
+        let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
+        let Some(saved) = saved else {
+            grads.dx.copy_over(dy)?;
+            let xv = grads.dx.view();
+            let (g_ptr, _gg) = xv.device_ptr(dev.stream());
+            let (o_ptr, _go) = grads.db.ptr_mut();
+            let (p_ptr, _gp) = grads.partial.ptr_mut();
+            // SAFETY: dx holds rows * hidden elements, db hidden, partial at least blocks *
+            // hidden doubles; all guarded until the launches are queued.
+            return unsafe { queue_column_sum_into::<T>(&dev, g_ptr, o_ptr, p_ptr, rows, hidden) };
+        };
+        let dyv = dy.view();
+        let (dy_ptr, _gy) = dyv.device_ptr(dev.stream());
+        let (dx_ptr, _gx) = grads.dx.ptr_mut();
+        let (p_ptr, _gp) = grads.partial.ptr_mut();
+        let (db_ptr, _gb) = grads.db.ptr_mut();
+        // Saved bits, or (null bits) the stream position to redraw the decisions from.
+        let (bits_ptr, _gk, draw, draws) = match saved {
+            SavedMask::Bits(bits) => {
+                let (p, g) = bits.slice().device_ptr(dev.stream());
+                let unused = DkDraw::new(crate::plan::StreamPos::new(0, 0), prob);
+                (p, Some(g), unused, false)
+            }
+            SavedMask::Regenerate(pos) => (0, None, DkDraw::new(pos, prob), true),
+        };
+        let (rows, h, block_rows, blocks) = (
+            rows as u64,
+            hidden as u64,
+            COLUMN_SUM_BLOCK_ROWS as u64,
+            blocks as u64,
+        );
+        let (f, name) = kernel::<T>(&dev, &BIAS_DROPOUT_RESIDUAL_BWD)?;
+        let mut args = dev.stream().launch_builder(&f);
+        args.arg(&dy_ptr)
+            .arg(&dx_ptr)
+            .arg(&bits_ptr)
+            .arg(&p_ptr)
+            .arg(&rows)
+            .arg(&h)
+            .arg(&block_rows)
+            .arg(&draw)
+            .arg(&scale);
+        // One thread per (block, column) pair.
+        // SAFETY: bias_dropout_residual_bwd (dy, dx, bits, partial, rows, h, block_rows, draw,
+        // scale): dy and dx hold rows * h elements, partial blocks * h doubles, bits the
+        // saved mask (or null); all guarded until queued.
+        unsafe {
+            launch(
+                &dev,
+                args,
+                Work::Threads(blocks * h),
+                &name,
+                draws.then_some(&draw),
+            )?
+        };
+        queue_column_finish::<T>(&dev, p_ptr, db_ptr, blocks, h)
     }
     /// The bias gradient: the `hidden` column sums of `g` ([`queue_column_sum`]).
     fn column_sum<T: Element>(g: &CudaBuffer<T>, hidden: usize) -> Result<CudaBuffer<T>> {
@@ -213,11 +253,30 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
     if hidden == 0 {
         return Ok(());
     }
+    let mut partial = dev.alloc_uninit::<f64>(rows.div_ceil(COLUMN_SUM_BLOCK_ROWS) * hidden)?;
+    let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
+    // SAFETY: the caller's contract, and partial holds the blocks * hidden doubles.
+    unsafe { queue_column_sum_into::<T>(dev, g_ptr, out_ptr, p_ptr, rows, hidden) }
+}
+
+/// [`queue_column_sum`] through the caller's partial sums at `p_ptr` (nothing allocated).
+///
+/// # Safety
+/// As [`queue_column_sum`], and `p_ptr` holds ceil(rows / R) * hidden doubles.
+pub(crate) unsafe fn queue_column_sum_into<T: Element>(
+    dev: &CudaDevice,
+    g_ptr: u64,
+    out_ptr: u64,
+    p_ptr: u64,
+    rows: usize,
+    hidden: usize,
+) -> Result<()> {
+    if hidden == 0 {
+        return Ok(());
+    }
     // R comes from one place, so the buffer size and the kernels' blocking agree.
     let block_rows = COLUMN_SUM_BLOCK_ROWS;
     let blocks = rows.div_ceil(block_rows);
-    let mut partial = dev.alloc_uninit::<f64>(blocks * hidden)?;
-    let (p_ptr, _gp) = partial.device_ptr_mut(dev.stream());
     let (rows, h, block_rows, blocks) =
         (rows as u64, hidden as u64, block_rows as u64, blocks as u64);
     let (f, name) = kernel::<T>(dev, &COLUMN_SUM_PARTIAL)?;
@@ -229,7 +288,7 @@ pub(crate) unsafe fn queue_column_sum<T: Element>(
         .arg(&block_rows);
     // One thread per (block, column) pair.
     // SAFETY: column_sum_partial (g, partial, rows, h, block_rows): g holds rows * h
-    // elements (the caller's contract), partial blocks * h doubles, allocated above.
+    // elements and partial blocks * h doubles (the caller's contract).
     unsafe { launch(dev, args, Work::Threads(blocks * h), &name, None)? };
     queue_column_finish::<T>(dev, p_ptr, out_ptr, blocks, h)
 }

@@ -113,6 +113,8 @@ pub(crate) trait Placed:
 {
     /// The buffer of a tensor this backend holds (the caller compared the devices).
     fn buffer<T: Element>(t: &Tensor<T>) -> &Self::Buffer<T>;
+    /// The same, to write into.
+    fn buffer_mut<T: Element>(t: &mut Tensor<T>) -> &mut Self::Buffer<T>;
     /// The operand of a forward over a tensor this backend holds.
     fn operand<'a, T: Element>(x: Operand<'a, T>) -> Self::Operand<'a, T>;
     /// A new buffer as a tensor's storage.
@@ -135,6 +137,13 @@ fn elsewhere() -> ! {
 impl Placed for Cpu {
     fn buffer<T: Element>(t: &Tensor<T>) -> &Vec<T> {
         match &t.storage {
+            Storage::Cpu(v) => v,
+            Storage::Cuda(_) => elsewhere(),
+        }
+    }
+
+    fn buffer_mut<T: Element>(t: &mut Tensor<T>) -> &mut Vec<T> {
+        match &mut t.storage {
             Storage::Cpu(v) => v,
             Storage::Cuda(_) => elsewhere(),
         }
@@ -193,6 +202,13 @@ impl Placed for Cpu {
 impl Placed for Cuda {
     fn buffer<T: Element>(t: &Tensor<T>) -> &cuda::CudaBuffer<T> {
         match &t.storage {
+            Storage::Cuda(b) => b,
+            Storage::Cpu(_) => elsewhere(),
+        }
+    }
+
+    fn buffer_mut<T: Element>(t: &mut Tensor<T>) -> &mut cuda::CudaBuffer<T> {
+        match &mut t.storage {
             Storage::Cuda(b) => b,
             Storage::Cpu(_) => elsewhere(),
         }

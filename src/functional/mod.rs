@@ -38,8 +38,9 @@ pub use norm::{
     AddNormOutput, AddNormSaved, AddNormState,
 };
 pub use residual::{
-    bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_owned,
-    BiasDropoutResidualGrads, BiasDropoutResidualState,
+    bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_into,
+    bias_dropout_residual_backward_owned, bias_dropout_residual_into, BiasDropoutResidualGrads,
+    BiasDropoutResidualState,
 };
 pub use state::DropoutState;
 
@@ -53,4 +54,4 @@ pub(crate) use norm::{check_add_norm, check_eps};
 pub(crate) use norm::{check_add_norm_shapes, AddNormShapes};
 #[cfg(feature = "candle")]
 pub(crate) use residual::check_fused_shapes;
-pub(crate) use residual::{bias_dropout_residual_run, check_fused};
+pub(crate) use residual::{bias_dropout_residual_run, bias_dropout_residual_run_into, check_fused};

@@ -12,15 +12,26 @@ use crate::error::{Error, Result};
 use crate::mask::Probability;
 use crate::plan::{Decisions, MaskMode, StreamPos};
 use crate::tensor::Tensor;
+use std::sync::Mutex;
 
 /// What the fused forward saves: the dropout state of `x + bias` and the bias length.
 #[derive(Debug)]
 pub struct BiasDropoutResidualState {
     pub(crate) dropout: DropoutState,
     pub(crate) hidden: usize,
+    /// The f64 block partial sums of [`bias_dropout_residual_backward_into`]'s column sums,
+    /// allocated by its first call and reused (kept across `_into` forwards), so later
+    /// calls allocate nothing: a CUDA graph can capture them.
+    pub(crate) partial: Mutex<Option<Tensor<f64>>>,
 }
 
 impl BiasDropoutResidualState {
+    fn partial_mut(&mut self) -> &mut Option<Tensor<f64>> {
+        self.partial
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// The dropout part of the state (mask, probability, saved form).
     pub fn dropout_state(&self) -> &DropoutState {
         &self.dropout
@@ -162,7 +173,71 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
     if !training {
         dropout.saved = Saved::Identity;
     }
-    Ok((out.output, BiasDropoutResidualState { dropout, hidden }))
+    let partial = Mutex::new(None);
+    Ok((
+        out.output,
+        BiasDropoutResidualState {
+            dropout,
+            hidden,
+            partial,
+        },
+    ))
+}
+
+/// [`bias_dropout_residual`] writing into preallocated buffers: the output into `out`
+/// (the residual's shape and device), the state into `state`, whose mask and partial-sum
+/// buffers are reused (pass the state of an earlier call of this shape). On CUDA it then
+/// allocates nothing and needs no host round trip, so it may run while the stream captures
+/// a CUDA graph, with a position from [`crate::Generator::next_pos`].
+#[allow(clippy::too_many_arguments)]
+pub fn bias_dropout_residual_into<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: &Tensor<T>,
+    out: &mut Tensor<T>,
+    state: &mut BiasDropoutResidualState,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<()> {
+    let prob = Probability::new(p)?;
+    bias_dropout_residual_run_into(x, bias, residual, out, state, &prob, training, pos, mode)
+}
+
+/// The `_into` forward of the functional call and of the layer (validated here).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bias_dropout_residual_run_into<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: &Tensor<T>,
+    out: &mut Tensor<T>,
+    state: &mut BiasDropoutResidualState,
+    prob: &Probability,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<()> {
+    check_fused(x, bias, residual, pos.index_base)?;
+    super::dropout::check_output(residual, out, OP)?;
+    super::dispatch::check_captured(x, pos)?;
+    if training && !pos.is_captured() {
+        // Refused before the state's buffers are taken (dropping them would free device
+        // memory inside the capture).
+        x.device()
+            .refuse_capture("a fused forward with a position by value")?;
+    }
+    let mask = state.dropout.take_mask();
+    let partial = state.partial_mut().take();
+    let operand = Operand::Into {
+        x: residual,
+        out,
+        mask,
+    };
+    let (_, mut new) = bias_dropout_residual_run(x, bias, operand, prob, training, pos, mode)?;
+    *new.partial_mut() = partial;
+    *state = new;
+    Ok(())
 }
 
 /// Gradients of [`bias_dropout_residual`] for the upstream gradient `grad`. The residual
@@ -197,6 +272,83 @@ pub fn bias_dropout_residual_backward_owned<T: Element>(
 /// The gradients of x and of the bias. On CUDA one kernel writes dx and the bias
 /// gradient's block sums together (dx is not read back); on the CPU dx through the
 /// dropout backward, then its column sums. Both give the same bits.
+/// [`bias_dropout_residual_backward`] into preallocated gradients (`grads.x` and
+/// `grads.residual` of the gradient's shape, `grads.bias` of (H), all on its device); the
+/// residual gradient is a device copy of `grad`. The column sums' partial buffer is the
+/// state's: allocated by the first call, reused after, so on CUDA a call after the first
+/// allocates nothing and may run while the stream captures a CUDA graph.
+pub fn bias_dropout_residual_backward_into<T: Element>(
+    grad: &Tensor<T>,
+    state: &BiasDropoutResidualState,
+    grads: &mut BiasDropoutResidualGrads<T>,
+) -> Result<()> {
+    const OP: &str = "bias_dropout_residual backward into";
+    state.dropout.check_grad(grad, OP)?;
+    super::dropout::check_output(grad, &grads.x, OP)?;
+    super::dropout::check_output(grad, &grads.residual, OP)?;
+    grads.bias.expect_shape(&[state.hidden], OP)?;
+    grad.device().expect_same(&grads.bias.device(), OP)?;
+    let h = state.hidden;
+    let blocks = grad
+        .len()
+        .checked_div(h)
+        .map_or(0, |rows| rows.div_ceil(crate::plan::COLUMN_SUM_BLOCK_ROWS));
+    let mut partial = state
+        .partial
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if partial
+        .as_ref()
+        .is_none_or(|p| p.len() < blocks * h || !p.device().same_as(&grad.device()))
+    {
+        *partial = Some(Tensor::zeros(&[blocks * h], &grad.device())?);
+    }
+    let partial = partial
+        .as_mut()
+        .unwrap_or_else(|| unreachable!("the partial buffer was made above"));
+    let BiasDropoutResidualGrads { x, residual, bias } = grads;
+    on_backend(
+        grad,
+        GradientsInto {
+            grad,
+            state,
+            dx: x,
+            db: bias,
+            partial,
+        },
+    )?;
+    residual.copy_from(grad)
+}
+
+/// [`bias_dropout_residual_backward_into`] once checked.
+struct GradientsInto<'a, T: Element> {
+    grad: &'a Tensor<T>,
+    state: &'a BiasDropoutResidualState,
+    dx: &'a mut Tensor<T>,
+    db: &'a mut Tensor<T>,
+    partial: &'a mut Tensor<f64>,
+}
+
+impl<T: Element> OnBackend for GradientsInto<'_, T> {
+    type Output = ();
+
+    fn run<B: Placed>(self) -> Result<()> {
+        let dropout = &self.state.dropout;
+        let saved = match &dropout.saved {
+            Saved::Identity => None,
+            saved => Some(saved_mask::<B>(saved)),
+        };
+        let grads = crate::backend::ResidualGradsInto::<B, T> {
+            dx: B::buffer_mut(self.dx),
+            db: B::buffer_mut(self.db),
+            partial: B::buffer_mut(self.partial),
+        };
+        let scale = to_compute_f64::<T>(dropout.grad_scale);
+        let g = B::buffer(self.grad);
+        B::residual_backward_into(g, grads, saved, &dropout.prob, scale, self.state.hidden)
+    }
+}
+
 fn input_gradients<T: Element>(
     grad: &Tensor<T>,
     state: &BiasDropoutResidualState,

@@ -47,7 +47,7 @@ impl LayerCore {
 
     /// Whether the layer's generator is capturing a CUDA graph (its calls then read their
     /// random state on the device, so a captured kernel launch is legal).
-    fn capturing(&self) -> bool {
+    pub fn capturing(&self) -> bool {
         self.generator
             .as_ref()
             .unwrap_or_else(|| default_generator())

@@ -5,8 +5,9 @@ use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    bias_dropout_residual_backward, bias_dropout_residual_backward_owned,
-    bias_dropout_residual_run, check_fused, new_output, BiasDropoutResidualGrads,
+    bias_dropout_residual_backward, bias_dropout_residual_backward_into,
+    bias_dropout_residual_backward_owned, bias_dropout_residual_run,
+    bias_dropout_residual_run_into, check_fused, new_output, BiasDropoutResidualGrads,
     BiasDropoutResidualState, Operand,
 };
 use crate::tensor::Tensor;
@@ -60,6 +61,41 @@ impl BiasDropoutResidual {
             .map(|(_, state)| state)
     }
 
+    /// Forward into preallocated buffers (same bits as [`Self::forward`]): the output into
+    /// `out` (the residual's shape and device), the state into `state`, whose mask and
+    /// partial-sum buffers are reused (pass the state of an earlier call). On CUDA it then
+    /// allocates nothing: the form to call while a CUDA graph is captured
+    /// (`dropkit::cuda::CapturedGraph`), with the layer's generator in the capture.
+    pub fn forward_into<T: Element>(
+        &self,
+        x: &Tensor<T>,
+        bias: &Tensor<T>,
+        residual: &Tensor<T>,
+        out: &mut Tensor<T>,
+        state: &mut BiasDropoutResidualState,
+    ) -> Result<()> {
+        let core = &self.core;
+        check_fused(x, bias, residual, core.index_base)?;
+        crate::functional::check_output(residual, out, "a fused forward into")?;
+        if !(core.training && core.capturing()) {
+            x.device().refuse_capture("a fused forward")?;
+        }
+        let pos = self.pos();
+        let (prob, training, mode) = (&core.prob, core.training, core.mode);
+        bias_dropout_residual_run_into(x, bias, residual, out, state, prob, training, pos, mode)
+    }
+
+    /// The position of a call: the next offset in training, none taken in eval mode.
+    fn pos(&self) -> crate::plan::StreamPos {
+        let core = &self.core;
+        if core.training {
+            core.next_pos()
+        } else {
+            // No offset taken, but a shard still needs its place for the bias column.
+            crate::plan::StreamPos::new(0, 0).with_index_base(core.index_base)
+        }
+    }
+
     fn run<T: Element>(
         &self,
         x: &Tensor<T>,
@@ -71,12 +107,7 @@ impl BiasDropoutResidual {
         check_fused(x, bias, residual.tensor(), core.index_base)?;
         x.device().refuse_capture("a fused forward")?;
         // Eval calls take no offset (SPEC section 5).
-        let pos = if core.training {
-            core.next_pos()
-        } else {
-            // No offset taken, but a shard still needs its place for the bias column.
-            crate::plan::StreamPos::new(0, 0).with_index_base(core.index_base)
-        };
+        let pos = self.pos();
         bias_dropout_residual_run(x, bias, residual, &core.prob, core.training, pos, core.mode)
     }
 
@@ -88,6 +119,18 @@ impl BiasDropoutResidual {
         state: &BiasDropoutResidualState,
     ) -> Result<BiasDropoutResidualGrads<T>> {
         bias_dropout_residual_backward(grad, state)
+    }
+
+    /// [`Self::backward`] into preallocated gradients (`grads.x`, `grads.residual` of the
+    /// gradient's shape, `grads.bias` of (H)); after the first call on a state it allocates
+    /// nothing on CUDA (legal while a CUDA graph is captured).
+    pub fn backward_into<T: Element>(
+        &self,
+        grad: &Tensor<T>,
+        state: &BiasDropoutResidualState,
+        grads: &mut BiasDropoutResidualGrads<T>,
+    ) -> Result<()> {
+        bias_dropout_residual_backward_into(grad, state, grads)
     }
 
     /// [`Self::backward`] taking `grad` by value: it is returned as the residual gradient,
