@@ -73,6 +73,28 @@ pub(crate) struct NormGradBuffers<'a, B: Backend + ?Sized, T: Element, R: Elemen
     pub mask: Option<&'a B::Mask>,
 }
 
+/// Where the `_into` forward writes: z, s, the row statistics, and the mask of an earlier
+/// call to draw into (its bits, or a regenerate form's scratch), if any.
+pub(crate) struct NormForwardInto<'a, B: Backend + ?Sized, T: Element, R: Element> {
+    pub z: &'a mut B::Buffer<T>,
+    pub s: &'a mut B::Buffer<R>,
+    pub stats: &'a mut B::Buffer<f64>,
+    pub mask: Option<B::Mask>,
+}
+
+/// Where the `_into` backward writes (the optional gradients as the forward's inputs call
+/// for), the column sums' f64 block partials (ceil(rows / R) * H), and the regenerate
+/// form's scratch mask to redraw the decisions into.
+pub(crate) struct NormBackwardInto<'a, B: Backend + ?Sized, T: Element, R: Element> {
+    pub x: &'a mut B::Buffer<T>,
+    pub residual: Option<&'a mut B::Buffer<R>>,
+    pub bias: Option<&'a mut B::Buffer<T>>,
+    pub gamma: &'a mut B::Buffer<T>,
+    pub beta: Option<&'a mut B::Buffer<T>>,
+    pub partial: &'a mut B::Buffer<f64>,
+    pub scratch: Option<&'a mut B::Mask>,
+}
+
 /// Which optional gradients the forward's inputs call for.
 pub(crate) struct Wanted {
     pub residual: bool,
@@ -234,4 +256,22 @@ pub(crate) trait NormKernels: Backend {
         call: &NormCall,
         want: Wanted,
     ) -> Result<NormBackward<Self, T, R>>;
+
+    /// The forward into preallocated buffers (same bits; on CUDA nothing allocated when
+    /// `out.mask` fits). Returns the mask drawn: the bits form's saved mask, or a
+    /// regenerate form's scratch (`None` where the backend keeps none, and in eval mode).
+    fn norm_forward_into<T: Element, R: Element<Compute = T::Compute>>(
+        b: NormBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        mode: MaskMode,
+        out: NormForwardInto<'_, Self, T, R>,
+    ) -> Result<Option<Self::Mask>>;
+
+    /// The backward into preallocated buffers (same bits; on CUDA nothing allocated when
+    /// the regenerate form has its scratch).
+    fn norm_backward_into<T: Element, R: Element<Compute = T::Compute>>(
+        b: NormGradBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        out: NormBackwardInto<'_, Self, T, R>,
+    ) -> Result<()>;
 }

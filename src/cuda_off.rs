@@ -6,8 +6,9 @@
 //! `cfg` in its arms: the CUDA arms type-check here and are unreachable.
 
 use crate::backend::{
-    Backend, DropoutKernels, Forwarded, GroupedKernels, NormBackward, NormBuffers, NormForward,
-    NormGradBuffers, NormKernels, ResidualGradsInto, ResidualKernels, SavedMask, Wanted,
+    Backend, DropoutKernels, Forwarded, GroupedKernels, NormBackward, NormBackwardInto,
+    NormBuffers, NormForward, NormForwardInto, NormGradBuffers, NormKernels, ResidualGradsInto,
+    ResidualKernels, SavedMask, Wanted,
 };
 use crate::element::Element;
 use crate::error::Result;
@@ -204,6 +205,23 @@ impl NormKernels for Cuda {
         _: MaskMode,
     ) -> Result<NormForward<Self, T, R>> {
         b.x.unreachable()
+    }
+
+    fn norm_forward_into<T: Element, R: Element>(
+        b: NormBuffers<'_, Self, T, R>,
+        _: &NormCall,
+        _: MaskMode,
+        _: NormForwardInto<'_, Self, T, R>,
+    ) -> Result<Option<MaskSlice>> {
+        b.x.unreachable()
+    }
+
+    fn norm_backward_into<T: Element, R: Element>(
+        b: NormGradBuffers<'_, Self, T, R>,
+        _: &NormCall,
+        _: NormBackwardInto<'_, Self, T, R>,
+    ) -> Result<()> {
+        b.dz.unreachable()
     }
 
     fn norm_backward<T: Element, R: Element>(

@@ -8,8 +8,8 @@ mod common;
 use common::{bits_of, cuda_or_skip, test_device};
 use dropkit::element::ComputeFloat;
 use dropkit::functional::{
-    dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads, AddNormInputs,
-    AddNormOutput, AddNormSaved,
+    dropout_add_norm, dropout_add_norm_backward, dropout_add_norm_backward_into,
+    dropout_add_norm_into, AddNormConfig, AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved,
 };
 use dropkit::{
     DType, Device, DropoutAddNorm, Element, Error, Generator, MaskMode, Norm, StreamPos, Tensor,
@@ -833,3 +833,98 @@ fn f32_results_against_an_f64_reference() {
         }
     }
 }
+
+/// The `_into` forms give the bits of the allocating forms (outputs, statistics, mask and
+/// every gradient), writing into an earlier call's output and preallocated gradients, two
+/// calls in a row, both saved forms, both norms, with and without the optional inputs, in
+/// training and eval, f32 and bf16 with an f32 residual stream; a gradient the forward does
+/// not call for (or one missing) is an error.
+fn into_forms<T: Element, R: Element<Compute = T::Compute>>(dev: &Device) {
+    for (k, (rows, h)) in [(9, 5), (300, 33), (2, 64)].into_iter().enumerate() {
+        for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+            for (w, with) in [[true, true, true], [false, false, false]]
+                .into_iter()
+                .enumerate()
+            {
+                for training in [true, false] {
+                    let salt = 31 * k as u64 + w as u64;
+                    let case = generated::<T, R>(rows, h, norm, 0.3, with, training, salt);
+                    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+                        let want = case.run(dev, mode);
+                        let t = case.tensors(dev);
+                        // An earlier call's output and gradients, of the other form.
+                        let other = match mode {
+                            MaskMode::Bits => MaskMode::Regenerate,
+                            MaskMode::Regenerate => MaskMode::Bits,
+                        };
+                        let warm = StreamPos::new(99, 1);
+                        let mut out =
+                            dropout_add_norm(t.inputs(), &case.config, warm, other).unwrap();
+                        let saved = AddNormSaved {
+                            s: &out.s,
+                            gamma: &t.gamma,
+                        };
+                        let mut grads =
+                            dropout_add_norm_backward(&t.dz, t.ds.as_ref(), saved, &out.state)
+                                .unwrap();
+                        for call in 0..2 {
+                            dropout_add_norm_into(
+                                t.inputs(),
+                                &case.config,
+                                case.pos,
+                                mode,
+                                &mut out,
+                            )
+                            .unwrap();
+                            let saved = AddNormSaved {
+                                s: &out.s,
+                                gamma: &t.gamma,
+                            };
+                            dropout_add_norm_backward_into(
+                                &t.dz,
+                                t.ds.as_ref(),
+                                saved,
+                                &out.state,
+                                &mut grads,
+                            )
+                            .unwrap();
+                            assert_eq!(
+                                results(&out, &grads),
+                                want,
+                                "{} rows={rows} h={h} {norm:?} {with:?} training={training} \
+                                 {mode:?} call {call}",
+                                T::DTYPE
+                            );
+                        }
+                        // The gradients must be what the forward's inputs call for.
+                        let beta = grads.beta.take();
+                        let saved = AddNormSaved {
+                            s: &out.s,
+                            gamma: &t.gamma,
+                        };
+                        let e = dropout_add_norm_backward_into(
+                            &t.dz,
+                            t.ds.as_ref(),
+                            saved,
+                            &out.state,
+                            &mut grads,
+                        );
+                        assert_eq!(e.is_err(), norm == Norm::LayerNorm, "{e:?}");
+                        grads.beta = beta;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn into_forms_equal_the_allocating_forms(dev: &Device) {
+    into_forms::<f32, f32>(dev);
+    into_forms::<bf16, f32>(dev);
+}
+
+test_device!(
+    into_forms_equal_the_allocating_forms,
+    into_forms_equal_the_allocating_forms_cpu,
+    into_forms_equal_the_allocating_forms_cuda
+);

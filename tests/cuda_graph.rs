@@ -475,3 +475,114 @@ fn captured_bias_dropout_residual() {
         }
     }
 }
+
+/// The fused dropout + add + norm captured in both forms and both norms: forward_into and
+/// backward_into after one eager warm-up step of the `_into` forms (which makes the
+/// regenerate form's scratch mask and the column sums' partial buffer), each replay equal
+/// to the eager layer at its offset: z, s, the statistics and every gradient.
+#[test]
+fn captured_dropout_add_norm() {
+    use dropkit::functional::{AddNormInputs, AddNormSaved};
+    use dropkit::{DropoutAddNorm, Norm};
+    let Some((dev, cuda)) = graph_device("captured_dropout_add_norm") else {
+        return;
+    };
+    let (rows, h) = (37, 40);
+    let n = rows * h;
+    let on = |salt, len: usize, shape: &[usize]| {
+        Tensor::from_vec(test_data::<f32>(len, salt), shape)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap()
+    };
+    let (x, bias, residual, dz, ds) = (
+        on(40, n, &[rows, h]),
+        on(41, h, &[h]),
+        on(42, n, &[rows, h]),
+        on(43, n, &[rows, h]),
+        on(44, n, &[rows, h]),
+    );
+    let gamma = Tensor::from_vec(vec![1.25f32; h], &[h])
+        .unwrap()
+        .to_device(&dev)
+        .unwrap();
+    let beta = on(45, h, &[h]);
+    for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+        for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+            let make = |g: Arc<Generator>| {
+                let layer = match norm {
+                    Norm::LayerNorm => DropoutAddNorm::layer_norm(0.2, 1e-5),
+                    Norm::RmsNorm => DropoutAddNorm::rms_norm(0.2, 1e-5),
+                };
+                layer.unwrap().with_mask_mode(mode).with_generator(g)
+            };
+            let inputs = || AddNormInputs {
+                x: &x,
+                bias: Some(&bias),
+                residual: Some(&residual),
+                gamma: &gamma,
+                beta: (norm == Norm::LayerNorm).then_some(&beta),
+            };
+            let gen = GraphSafeGenerator::new(&cuda, Arc::new(Generator::new(12))).unwrap();
+            let layer = make(gen.generator().clone());
+            // Warm-up on another generator: the allocating forms, then the _into ones.
+            let warm = make(Arc::new(Generator::new(3)));
+            let mut out = warm.forward(inputs()).unwrap();
+            let saved = AddNormSaved {
+                s: &out.s,
+                gamma: &gamma,
+            };
+            let mut grads = warm.backward(&dz, Some(&ds), saved, &out.state).unwrap();
+            warm.forward_into(inputs(), &mut out).unwrap();
+            let saved = AddNormSaved {
+                s: &out.s,
+                gamma: &gamma,
+            };
+            warm.backward_into(&dz, Some(&ds), saved, &out.state, &mut grads)
+                .unwrap();
+            let (graph, ()) = CapturedGraph::capture(&cuda, &[&gen], || {
+                layer.forward_into(inputs(), &mut out)?;
+                let saved = AddNormSaved {
+                    s: &out.s,
+                    gamma: &gamma,
+                };
+                layer.backward_into(&dz, Some(&ds), saved, &out.state, &mut grads)
+            })
+            .unwrap();
+            for k in 0..3u64 {
+                graph.replay().unwrap();
+                let eager_gen = Arc::new(Generator::new(12));
+                eager_gen.set_offset(k);
+                let eager = make(eager_gen);
+                let eo = eager.forward(inputs()).unwrap();
+                let saved = AddNormSaved {
+                    s: &eo.s,
+                    gamma: &gamma,
+                };
+                let eg = eager.backward(&dz, Some(&ds), saved, &eo.state).unwrap();
+                let what = format!("{norm:?} {mode:?} replay {k}");
+                assert_eq!(host(&out.z), host(&eo.z), "{what}: z");
+                assert_eq!(host(&out.s), host(&eo.s), "{what}: s");
+                let stats = |st: &dropkit::functional::AddNormState| -> Vec<(u64, u64)> {
+                    let rows = st.row_stats().unwrap();
+                    rows.iter()
+                        .map(|(m, r)| (m.to_bits(), r.to_bits()))
+                        .collect()
+                };
+                assert_eq!(stats(&out.state), stats(&eo.state), "{what}: statistics");
+                assert_eq!(host(&grads.x), host(&eg.x), "{what}: dx");
+                let opt = |t: &Option<Tensor<f32>>| t.as_ref().map(host);
+                assert_eq!(opt(&grads.residual), opt(&eg.residual), "{what}: dresidual");
+                assert_eq!(opt(&grads.bias), opt(&eg.bias), "{what}: dbias");
+                assert_eq!(host(&grads.gamma), host(&eg.gamma), "{what}: dgamma");
+                assert_eq!(opt(&grads.beta), opt(&eg.beta), "{what}: dbeta");
+                if mode == MaskMode::Bits {
+                    assert_eq!(
+                        out.state.keep_bits().unwrap(),
+                        eo.state.keep_bits().unwrap()
+                    );
+                }
+            }
+        }
+    }
+}

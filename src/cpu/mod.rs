@@ -10,6 +10,7 @@ pub(crate) mod avx512;
 pub mod dropout;
 pub mod grouped;
 pub mod norm;
+mod norm_backward;
 pub mod recycle;
 pub mod residual;
 mod rows;

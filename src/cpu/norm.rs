@@ -4,21 +4,24 @@
 //! (`kernels/dropout_add_norm.cu`) give the same bits.
 //!
 //! Work is split by rows: forward chunks of 32 rows (32 * H decisions fill whole mask
-//! words), backward blocks of [`COLUMN_SUM_BLOCK_ROWS`] rows, each with its own f64
-//! partial column sums, added in block order at the end. Neither depends on the thread
-//! count.
+//! words), backward blocks of [`COLUMN_SUM_BLOCK_ROWS`](crate::plan::COLUMN_SUM_BLOCK_ROWS)
+//! rows (in `norm_backward.rs`), each with its own f64 partial column sums, added in block
+//! order at the end. Neither depends on the thread count.
 
-use super::rows::{bits_at, for_chunks, for_tasks, lane_tree, row_sum};
+use super::rows::{bits_at, for_chunks, for_tasks, lane_tree, regenerate, row_sum, widened};
 use super::Cpu;
 use crate::backend::{
-    NormBackward, NormBuffers, NormForward, NormGradBuffers, NormKernels, Wanted,
+    NormBackward, NormBackwardInto, NormBuffers, NormForward, NormForwardInto, NormGradBuffers,
+    NormKernels, Wanted,
 };
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
-use crate::mask::{fill_keep_bits, mask_words};
+use crate::mask::fill_keep_bits;
 use crate::plan::MaskMode;
-use crate::plan::{Norm, NormCall, COLUMN_SUM_BLOCK_ROWS, ROW_SUM_LANES};
+use crate::plan::{Norm, NormCall, ROW_SUM_LANES};
 use rayon::prelude::*;
+
+pub use super::norm_backward::{backward, NormGradInputs, NormGrads};
 
 impl NormKernels for Cpu {
     fn norm_forward<T: Element, R: Element<Compute = T::Compute>>(
@@ -31,21 +34,13 @@ impl NormKernels for Cpu {
         let mut z = super::alloc_output::<T>(n)?;
         let mut s = super::alloc_output::<R>(n)?;
         let mut stats = crate::alloc::filled(0f64, 2 * rows)?;
-        let mut mask = super::mask_for(n, mode)?;
-        let inputs = NormInputs {
-            x: b.x,
-            bias: b.bias.map(|v| v.as_slice()),
-            residual: b.residual.map(|v| v.as_slice()),
-            gamma: b.gamma,
-            beta: b.beta.map(|v| v.as_slice()),
-        };
-        let out = NormOutputs {
+        let out = NormForwardInto {
             z: &mut z,
             s: &mut s,
             stats: &mut stats,
-            bits: mask.as_deref_mut(),
+            mask: None,
         };
-        forward(inputs, out, call)?;
+        let mask = Self::norm_forward_into(b, call, mode, out)?;
         Ok(NormForward { z, s, stats, mask })
     }
 
@@ -67,6 +62,61 @@ impl NormKernels for Cpu {
         let mut gamma = crate::alloc::zeroed::<T>(h)?;
         let is_layer = call.norm == Norm::LayerNorm;
         let mut beta = is_layer.then(|| crate::alloc::zeroed::<T>(h)).transpose()?;
+        let out = NormBackwardInto {
+            x: &mut x,
+            residual: residual.as_mut(),
+            bias: bias.as_mut(),
+            gamma: &mut gamma,
+            beta: beta.as_mut(),
+            // The CPU backward keeps its own partials.
+            partial: &mut Vec::new(),
+            scratch: None,
+        };
+        Self::norm_backward_into(b, call, out)?;
+        Ok(NormBackward {
+            x,
+            residual,
+            bias,
+            gamma,
+            beta,
+        })
+    }
+
+    /// Writes straight into the given buffers; the decisions are drawn inline, so the
+    /// regenerate form keeps no scratch.
+    fn norm_forward_into<T: Element, R: Element<Compute = T::Compute>>(
+        b: NormBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        mode: MaskMode,
+        out: NormForwardInto<'_, Self, T, R>,
+    ) -> Result<Option<Vec<u32>>> {
+        let n = b.x.len();
+        let mut mask = match (mode, out.mask) {
+            (MaskMode::Bits, Some(m)) if m.len() == crate::mask::mask_words(n) => Some(m),
+            _ => super::mask_for(n, mode)?,
+        };
+        let inputs = NormInputs {
+            x: b.x,
+            bias: b.bias.map(|v| v.as_slice()),
+            residual: b.residual.map(|v| v.as_slice()),
+            gamma: b.gamma,
+            beta: b.beta.map(|v| v.as_slice()),
+        };
+        let outputs = NormOutputs {
+            z: out.z,
+            s: out.s,
+            stats: out.stats,
+            bits: mask.as_deref_mut(),
+        };
+        forward(inputs, outputs, call)?;
+        Ok(mask.filter(|_| call.training))
+    }
+
+    fn norm_backward_into<T: Element, R: Element<Compute = T::Compute>>(
+        b: NormGradBuffers<'_, Self, T, R>,
+        call: &NormCall,
+        out: NormBackwardInto<'_, Self, T, R>,
+    ) -> Result<()> {
         let inputs = NormGradInputs {
             dz: b.dz,
             ds: b.ds.map(|v| v.as_slice()),
@@ -75,21 +125,14 @@ impl NormKernels for Cpu {
             stats: b.stats,
             bits: b.mask.map(|v| v.as_slice()),
         };
-        let out = NormGrads {
-            x: &mut x,
-            residual: residual.as_deref_mut(),
-            bias: bias.as_deref_mut(),
-            gamma: &mut gamma,
-            beta: beta.as_deref_mut(),
+        let grads = NormGrads {
+            x: out.x,
+            residual: out.residual.map(|v| v.as_mut_slice()),
+            bias: out.bias.map(|v| v.as_mut_slice()),
+            gamma: out.gamma,
+            beta: out.beta.map(|v| v.as_mut_slice()),
         };
-        backward(inputs, out, call)?;
-        Ok(NormBackward {
-            x,
-            residual,
-            bias,
-            gamma,
-            beta,
-        })
+        backward(inputs, grads, call)
     }
 }
 
@@ -120,64 +163,6 @@ pub struct NormOutputs<'a, T, R> {
     pub stats: &'a mut [f64],
     /// One bit per element (section 4), or `None` to save nothing.
     pub bits: Option<&'a mut [u32]>,
-}
-
-/// The backward's inputs. `bits` is the forward's saved mask, or `None` to regenerate the
-/// decisions from `NormCall::pos` (in eval mode there are none).
-#[derive(Clone, Copy)]
-pub struct NormGradInputs<'a, T, R> {
-    /// The gradient of z.
-    pub dz: &'a [T],
-    /// The gradient that reaches s from the residual path.
-    pub ds: Option<&'a [R]>,
-    /// The forward's s.
-    pub s: &'a [R],
-    /// The forward's gamma.
-    pub gamma: &'a [T],
-    /// The forward's row statistics.
-    pub stats: &'a [f64],
-    /// The forward's mask, if saved.
-    pub bits: Option<&'a [u32]>,
-}
-
-/// The backward's outputs; `None` for the gradients of inputs the forward did not have.
-pub struct NormGrads<'a, T, R> {
-    /// d/dx, rows x H.
-    pub x: &'a mut [T],
-    /// d/dresidual, rows x H.
-    pub residual: Option<&'a mut [R]>,
-    /// d/dbias, H.
-    pub bias: Option<&'a mut [T]>,
-    /// d/dgamma, H.
-    pub gamma: &'a mut [T],
-    /// d/dbeta, H.
-    pub beta: Option<&'a mut [T]>,
-}
-
-/// `vals` widened to the compute type, or `None` when absent.
-fn widened<T: Element>(vals: Option<&[T]>) -> Result<Option<Vec<T::Compute>>> {
-    vals.map(|v| {
-        let mut c = crate::alloc::filled(<T::Compute as ComputeFloat>::ZERO, v.len())?;
-        T::to_compute_block(v, &mut c);
-        Ok(c)
-    })
-    .transpose()
-}
-
-/// The decisions of `count` elements from local element `first` (a multiple of 32):
-/// computed into `scratch`.
-fn regenerate<'b>(
-    call: &NormCall,
-    first: usize,
-    count: usize,
-    scratch: &'b mut Vec<u32>,
-) -> &'b [u32] {
-    scratch.clear();
-    scratch.resize(mask_words(count), 0);
-    let (pos, prob) = (call.pos, &call.prob);
-    let global = pos.index_base.wrapping_add(first as u64);
-    fill_keep_bits(pos.seed, pos.offset, global, prob, count, scratch);
-    scratch
 }
 
 /// The row statistics of section 6.3 from the row's s values in C: (mean, rstd). `d` is
@@ -398,215 +383,4 @@ struct FwdTask<'a, T, R> {
     s: &'a mut [R],
     stats: &'a mut [f64],
     bits: Option<&'a mut [u32]>,
-}
-
-/// One backward task: a column-sum block of rows from local element `first`.
-struct BwdTask<'a, T, R> {
-    first: usize,
-    dx: &'a mut [T],
-    dres: Option<&'a mut [R]>,
-    part: &'a mut Partials,
-}
-
-/// One block's f64 partial column sums (H each): dbias, dgamma, dbeta.
-struct Partials {
-    bias: Vec<f64>,
-    gamma: Vec<f64>,
-    beta: Vec<f64>,
-}
-
-/// The backward of section 6.3, writing every gradient the outputs ask for.
-/// [`Error::OutOfMemory`] when the partial column sums (about `24 * n / 256` bytes) or the
-/// compute-type copy of gamma cannot be allocated (nothing written then).
-///
-/// [`Error::OutOfMemory`]: crate::Error::OutOfMemory
-pub fn backward<T, R>(
-    inputs: NormGradInputs<'_, T, R>,
-    out: NormGrads<'_, T, R>,
-    call: &NormCall,
-) -> Result<()>
-where
-    T: Element,
-    R: Element<Compute = T::Compute>,
-{
-    let h = call.hidden;
-    let n = inputs.dz.len();
-    let rows = n / h;
-    let blocks = rows.div_ceil(COLUMN_SUM_BLOCK_ROWS);
-    let gamma = widened(Some(inputs.gamma))?.unwrap_or_default();
-    let scale = <T::Compute as ComputeFloat>::from_f64(call.prob.scale_f64());
-    let h_c = <T::Compute as ComputeFloat>::from_f64(h as f64);
-    let zero = <T::Compute as ComputeFloat>::ZERO;
-    let (want_bias, want_beta) = (out.bias.is_some(), out.beta.is_some());
-    let mut partials = Vec::new();
-    partials
-        .try_reserve_exact(blocks)
-        .map_err(|_| crate::error::Error::OutOfMemory {
-            bytes: blocks.saturating_mul(std::mem::size_of::<Partials>()),
-            device: "cpu".into(),
-        })?;
-    for _ in 0..blocks {
-        let sized = |want: bool| crate::alloc::filled(0f64, if want { h } else { 0 });
-        partials.push(Partials {
-            bias: sized(want_bias)?,
-            gamma: sized(true)?,
-            beta: sized(want_beta)?,
-        });
-    }
-    let block = COLUMN_SUM_BLOCK_ROWS * h;
-    let res_chunks: Vec<Option<&mut [R]>> = match out.residual {
-        Some(r) => r.chunks_mut(block).map(Some).collect(),
-        None => (0..blocks).map(|_| None).collect(),
-    };
-    let tasks: Vec<BwdTask<'_, T, R>> = out
-        .x
-        .chunks_mut(block)
-        .zip(res_chunks)
-        .zip(partials.iter_mut())
-        .enumerate()
-        .map(|(b, ((dx, dres), part))| BwdTask {
-            first: b * block,
-            dx,
-            dres,
-            part,
-        })
-        .collect();
-    let parallel = n > super::SERIAL_MAX;
-    for_tasks(
-        tasks,
-        parallel,
-        #[inline(always)]
-        |BwdTask {
-             first,
-             dx,
-             mut dres,
-             part,
-         }: BwdTask<'_, T, R>| {
-            let mut scratch = Vec::new();
-            let keep: Option<&[u32]> = match (call.training, inputs.bits) {
-                (false, _) => None,
-                (true, Some(bits)) => Some(&bits[first / 32..]),
-                (true, None) => Some(regenerate(call, first, dx.len(), &mut scratch)),
-            };
-            // Two passes over each row in chunks of 32 columns (the row sum's lanes): y, g
-            // and the lane sums of g * y and g; then the gradients and the column partials.
-            let mut y = vec![zero; h];
-            let mut g = y.clone();
-            let (mut c_a, mut c_b) = ([zero; ROW_SUM_LANES], [zero; ROW_SUM_LANES]);
-            for (r, dxr) in dx.chunks_mut(h).enumerate() {
-                let e0 = first + r * h;
-                let row = e0 / h;
-                let mean = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row]);
-                let rstd = <T::Compute as ComputeFloat>::from_f64(inputs.stats[2 * row + 1]);
-                let (sr, dzr) = (&inputs.s[e0..e0 + h], &inputs.dz[e0..e0 + h]);
-                let (mut acc1, mut acc2) = ([zero; ROW_SUM_LANES], [zero; ROW_SUM_LANES]);
-                for_chunks!(h, |c0, len| {
-                    let (vb, db) = (&mut c_a[..len], &mut c_b[..len]);
-                    R::to_compute_block(&sr[c0..c0 + len], vb);
-                    T::to_compute_block(&dzr[c0..c0 + len], db);
-                    let (yc, gc) = (&mut y[c0..c0 + len], &mut g[c0..c0 + len]);
-                    match call.norm {
-                        Norm::LayerNorm => {
-                            for (y, &v) in yc.iter_mut().zip(vb.iter()) {
-                                *y = v.sub(mean).mul(rstd);
-                            }
-                        }
-                        Norm::RmsNorm => {
-                            for (y, &v) in yc.iter_mut().zip(vb.iter()) {
-                                *y = v.mul(rstd);
-                            }
-                        }
-                    }
-                    for ((g, &d), &gm) in gc.iter_mut().zip(db.iter()).zip(&gamma[c0..c0 + len]) {
-                        *g = d.mul(gm);
-                    }
-                    let accs = acc1.iter_mut().zip(acc2.iter_mut());
-                    for ((a1, a2), (&g, &y)) in accs.zip(gc.iter().zip(yc.iter())) {
-                        *a1 = a1.add(g.mul(y));
-                        *a2 = a2.add(g);
-                    }
-                });
-                let c1 = lane_tree(acc1).div(h_c);
-                let c2 = match call.norm {
-                    Norm::LayerNorm => lane_tree(acc2).div(h_c),
-                    Norm::RmsNorm => zero,
-                };
-                for_chunks!(h, |c0, len| {
-                    let (u, tmp) = (&mut c_a[..len], &mut c_b[..len]);
-                    let (yc, gc) = (&y[c0..c0 + len], &g[c0..c0 + len]);
-                    match call.norm {
-                        Norm::LayerNorm => {
-                            for ((u, &g), &y) in u.iter_mut().zip(gc).zip(yc) {
-                                *u = g.sub(y.mul(c1)).sub(c2).mul(rstd);
-                            }
-                        }
-                        Norm::RmsNorm => {
-                            for ((u, &g), &y) in u.iter_mut().zip(gc).zip(yc) {
-                                *u = g.sub(y.mul(c1)).mul(rstd);
-                            }
-                        }
-                    }
-                    if let Some(ds) = inputs.ds {
-                        R::to_compute_block(&ds[e0 + c0..e0 + c0 + len], tmp);
-                        for (u, &d) in u.iter_mut().zip(tmp.iter()) {
-                            *u = u.add(d);
-                        }
-                    }
-                    if let Some(dr) = dres.as_deref_mut() {
-                        let at = r * h + c0;
-                        R::from_compute_block(u, &mut dr[at..at + len]);
-                    }
-                    // dx: u (eval), or kept ? u * scale : +0.
-                    if let Some(k) = keep {
-                        let word = bits_at(k, r * h + c0);
-                        for (j, u) in u.iter_mut().enumerate() {
-                            *u = u.mul(scale).kept_or_zero((word >> j) & 1 != 0);
-                        }
-                    }
-                    let dxc = &mut dxr[c0..c0 + len];
-                    T::from_compute_block(u, dxc);
-                    T::to_compute_block(&dzr[c0..c0 + len], tmp);
-                    let pg = &mut part.gamma[c0..c0 + len];
-                    for ((p, &d), &y) in pg.iter_mut().zip(tmp.iter()).zip(yc) {
-                        *p += d.mul(y).to_f64();
-                    }
-                    if want_beta {
-                        for (p, &d) in part.beta[c0..c0 + len].iter_mut().zip(tmp.iter()) {
-                            *p += d.to_f64();
-                        }
-                    }
-                    if want_bias {
-                        // The rounded dx, widened again: the column sums add what dx holds.
-                        T::to_compute_block(dxc, tmp);
-                        for (p, &d) in part.bias[c0..c0 + len].iter_mut().zip(tmp.iter()) {
-                            *p += d.to_f64();
-                        }
-                    }
-                });
-            }
-        },
-    );
-    finish_columns(&partials, |p| &p.gamma, out.gamma);
-    if let Some(db) = out.beta {
-        finish_columns(&partials, |p| &p.beta, db);
-    }
-    if let Some(db) = out.bias {
-        finish_columns(&partials, |p| &p.bias, db);
-    }
-    Ok(())
-}
-
-/// out_c = round_T(the f64 sum of the blocks' partial_c in block order, from +0.0).
-fn finish_columns<T: Element>(
-    partials: &[Partials],
-    which: impl Fn(&Partials) -> &Vec<f64>,
-    out: &mut [T],
-) {
-    for (c, o) in out.iter_mut().enumerate() {
-        let mut acc = 0f64;
-        for p in partials {
-            acc += which(p)[c];
-        }
-        *o = T::from_f64(acc);
-    }
 }

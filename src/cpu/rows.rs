@@ -1,10 +1,14 @@
 //! The CPU driver of row ops (rows of H, as the fused add + norm has): tasks of whole rows
 //! on all cores, each compiled for AVX2 where the CPU has it, the 32-column chunks of a
 //! row, and the fixed 32-lane row sum of docs/spec.md section 6.3. A row op writes its
-//! per-row arithmetic against these and inherits an order that depends only on H.
+//! per-row arithmetic against these and inherits an order that depends only on H. Also
+//! what the norm's forward and backward share: widened row vectors and the regenerate
+//! form's decisions of a block.
 
-use crate::element::ComputeFloat;
-use crate::plan::ROW_SUM_LANES;
+use crate::element::{ComputeFloat, Element};
+use crate::error::Result;
+use crate::mask::{fill_keep_bits, mask_words};
+use crate::plan::{NormCall, ROW_SUM_LANES};
 use rayon::prelude::*;
 
 /// Runs `run` on every task, on all cores when `parallel`, each call through [`simd_call`].
@@ -122,6 +126,32 @@ pub(super) fn row_sum<C: ComputeFloat>(v: &[C], f: impl Fn(C) -> C) -> C {
         w /= 2;
     }
     acc[0]
+}
+
+/// `vals` widened to the compute type, or `None` when absent.
+pub(super) fn widened<T: Element>(vals: Option<&[T]>) -> Result<Option<Vec<T::Compute>>> {
+    vals.map(|v| {
+        let mut c = crate::alloc::filled(<T::Compute as ComputeFloat>::ZERO, v.len())?;
+        T::to_compute_block(v, &mut c);
+        Ok(c)
+    })
+    .transpose()
+}
+
+/// The decisions of `count` elements from local element `first` (a multiple of 32):
+/// computed into `scratch`.
+pub(super) fn regenerate<'b>(
+    call: &NormCall,
+    first: usize,
+    count: usize,
+    scratch: &'b mut Vec<u32>,
+) -> &'b [u32] {
+    scratch.clear();
+    scratch.resize(mask_words(count), 0);
+    let (pos, prob) = (call.pos, &call.prob);
+    let global = pos.index_base.wrapping_add(first as u64);
+    fill_keep_bits(pos.seed, pos.offset, global, prob, count, scratch);
+    scratch
 }
 
 #[cfg(test)]

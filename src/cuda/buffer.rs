@@ -206,13 +206,11 @@ impl<T: Element> CudaOperand<'_, T> {
     /// when it has that size, else a new one (refused while the stream captures).
     pub(crate) fn mask_of(&mut self, words: usize) -> Result<MaskSlice> {
         let dev = self.device().clone();
-        match self {
-            CudaOperand::Into { mask, .. } => match mask.take() {
-                Some(m) if m.words == words && dev.same_context_as(m.slice.stream()) => Ok(m),
-                _ => MaskSlice::alloc(&dev, words),
-            },
-            _ => MaskSlice::alloc(&dev, words),
-        }
+        let reuse = match self {
+            CudaOperand::Into { mask, .. } => mask.take(),
+            _ => None,
+        };
+        MaskSlice::reuse_or_alloc(&dev, words, reuse)
     }
 
     /// Runs `launch(x_ptr, y_ptr)` (skipped when empty) with the device pointers of the
@@ -274,6 +272,19 @@ impl MaskSlice {
             slice: dev.alloc_uninit::<u32>(words)?,
             words,
         })
+    }
+
+    /// `reuse` when it holds `words` words on `dev`, else a new mask (refused while the
+    /// stream captures).
+    pub(crate) fn reuse_or_alloc(
+        dev: &CudaDevice,
+        words: usize,
+        reuse: Option<MaskSlice>,
+    ) -> Result<Self> {
+        match reuse {
+            Some(m) if m.words == words && dev.same_context_as(m.slice.stream()) => Ok(m),
+            _ => Self::alloc(dev, words),
+        }
     }
 
     pub(crate) fn slice(&self) -> &CudaSlice<u32> {

@@ -125,6 +125,9 @@ pub(crate) trait Placed:
     fn saved_mask(m: &MaskBuffer) -> &Self::Mask;
     /// The same, to write into.
     fn saved_mask_mut(m: &mut MaskBuffer) -> &mut Self::Mask;
+    /// A state's mask handed over to be drawn into again (`None` if another backend made
+    /// it: a new one is then drawn).
+    fn take_mask(m: MaskBuffer) -> Option<Self::Mask>;
 }
 
 /// Not held by the backend that was matched: the device checks before rule it out.
@@ -197,6 +200,13 @@ impl Placed for Cpu {
             MaskBuffer::Cuda(_) => elsewhere(),
         }
     }
+
+    fn take_mask(m: MaskBuffer) -> Option<Vec<u32>> {
+        match m {
+            MaskBuffer::Cpu(mut v) => Some(std::mem::take(&mut v.0)),
+            MaskBuffer::Cuda(_) => None,
+        }
+    }
 }
 
 impl Placed for Cuda {
@@ -265,6 +275,10 @@ impl Placed for Cuda {
             MaskBuffer::Cuda(s) => s,
             MaskBuffer::Cpu(_) => elsewhere(),
         }
+    }
+
+    fn take_mask(m: MaskBuffer) -> Option<cuda::MaskSlice> {
+        m.into_cuda()
     }
 }
 

@@ -18,12 +18,14 @@
 //! | `grouped.rs` | [`grouped_dropout`] (channel dropout, DropPath, feature alpha dropout) |
 //! | `residual.rs` | [`bias_dropout_residual`] and its backward |
 //! | `norm.rs` | [`dropout_add_norm`] (fused dropout + add + LayerNorm / RMSNorm) and its backward |
+//! | `norm_into.rs` | the fused norm's `_into` forms (preallocated outputs; CUDA-graph safe) |
 
 mod alpha;
 mod dispatch;
 mod dropout;
 mod grouped;
 mod norm;
+mod norm_into;
 mod residual;
 mod state;
 
@@ -37,6 +39,7 @@ pub use norm::{
     dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads, AddNormInputs,
     AddNormOutput, AddNormSaved, AddNormState,
 };
+pub use norm_into::{dropout_add_norm_backward_into, dropout_add_norm_into};
 pub use residual::{
     bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_into,
     bias_dropout_residual_backward_owned, bias_dropout_residual_into, BiasDropoutResidualGrads,

@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::mask::{mask_words, Probability};
 use crate::plan::{MaskMode, Norm, NormCall, StreamPos};
 use crate::tensor::{Storage, Tensor};
+use std::sync::Mutex;
 
 const OP: &str = "dropout_add_norm";
 const OP_BWD: &str = "dropout_add_norm backward";
@@ -60,16 +61,22 @@ pub struct AddNormOutput<T: Element, R: Element> {
 /// per-row mean and rstd, and what the call looked like (all checked by backward).
 #[derive(Debug)]
 pub struct AddNormState {
-    saved: Saved,
-    call: NormCall,
+    pub(super) saved: Saved,
+    pub(super) call: NormCall,
     /// mean and rstd of row r at 2r and 2r + 1: compute-type values, widened exactly.
-    stats: Tensor<f64>,
-    has_bias: bool,
-    has_residual: bool,
-    shape: Vec<usize>,
-    dtype: DType,
-    residual_dtype: DType,
-    device: Device,
+    pub(super) stats: Tensor<f64>,
+    pub(super) has_bias: bool,
+    pub(super) has_residual: bool,
+    pub(super) shape: Vec<usize>,
+    pub(super) dtype: DType,
+    pub(super) residual_dtype: DType,
+    pub(super) device: Device,
+    /// The regenerate form's decision mask on CUDA, kept as scratch for the `_into`
+    /// forms to draw into (`super::norm_into`); the allocating forms leave it empty.
+    pub(super) scratch: Mutex<Option<MaskBuffer>>,
+    /// The column sums' f64 block partials of `dropout_add_norm_backward_into`, made by
+    /// its first call and kept across `_into` forwards.
+    pub(super) partial: Mutex<Option<Tensor<f64>>>,
 }
 
 impl AddNormState {
@@ -279,20 +286,7 @@ where
     R: Element<Compute = T::Compute>,
 {
     let hidden = check_add_norm(&inputs, config, pos.index_base)?;
-    let prob = Probability::new(if config.training { config.p } else { 0.0 })?;
-    let call = NormCall {
-        norm: config.norm,
-        hidden,
-        eps: config.eps,
-        pos,
-        prob,
-        training: config.training,
-    };
-    let mode = if config.training {
-        mode
-    } else {
-        MaskMode::Regenerate
-    };
+    let (call, mode) = norm_call(config, hidden, pos, mode)?;
     let shape = inputs.x.shape().to_vec();
     let rows = inputs.x.len() / hidden;
     let (z, s, stats, mask) = on_backend(
@@ -318,12 +312,39 @@ where
         dtype: T::DTYPE,
         residual_dtype: R::DTYPE,
         device: inputs.x.device(),
+        scratch: Mutex::new(None),
+        partial: Mutex::new(None),
     };
     Ok(AddNormOutput {
         z: Tensor::from_storage(z, shape.clone()),
         s: Tensor::from_storage(s, shape),
         state,
     })
+}
+
+/// What the kernels take for a forward of `config`, and its saved form (eval mode: p = 0,
+/// nothing saved).
+pub(super) fn norm_call(
+    config: &AddNormConfig,
+    hidden: usize,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<(NormCall, MaskMode)> {
+    let prob = Probability::new(if config.training { config.p } else { 0.0 })?;
+    let call = NormCall {
+        norm: config.norm,
+        hidden,
+        eps: config.eps,
+        pos,
+        prob,
+        training: config.training,
+    };
+    let mode = if config.training {
+        mode
+    } else {
+        MaskMode::Regenerate
+    };
+    Ok((call, mode))
 }
 
 /// The forward on the backend that holds x (check_add_norm put every input there).
@@ -430,18 +451,7 @@ where
 
     fn run<B: Placed>(self) -> Result<GradStorage<T, R>> {
         let state = self.state;
-        let mask = match &state.saved {
-            Saved::Bits(m) => Some(B::saved_mask(m)),
-            _ => None,
-        };
-        let buffers = NormGradBuffers::<B, T, R> {
-            dz: B::buffer(self.dz),
-            ds: self.ds.map(B::buffer),
-            s: B::buffer(self.saved.s),
-            gamma: B::buffer(self.saved.gamma),
-            stats: B::buffer(&state.stats),
-            mask,
-        };
+        let buffers = grad_buffers::<B, T, R>(self.dz, self.ds, self.saved, state);
         let want = Wanted {
             residual: state.has_residual,
             bias: state.has_bias,
@@ -457,8 +467,29 @@ where
     }
 }
 
+/// The backward's inputs on backend `B` (the caller checked every device).
+pub(super) fn grad_buffers<'a, B: Placed, T: Element, R: Element>(
+    dz: &'a Tensor<T>,
+    ds: Option<&'a Tensor<R>>,
+    saved: AddNormSaved<'a, T, R>,
+    state: &'a AddNormState,
+) -> NormGradBuffers<'a, B, T, R> {
+    let mask = match &state.saved {
+        Saved::Bits(m) => Some(B::saved_mask(m)),
+        _ => None,
+    };
+    NormGradBuffers {
+        dz: B::buffer(dz),
+        ds: ds.map(B::buffer),
+        s: B::buffer(saved.s),
+        gamma: B::buffer(saved.gamma),
+        stats: B::buffer(&state.stats),
+        mask,
+    }
+}
+
 /// dz, ds and s must be the forward's shape, dtypes and device; gamma (H).
-fn check_backward<T: Element, R: Element>(
+pub(super) fn check_backward<T: Element, R: Element>(
     dz: &Tensor<T>,
     ds: Option<&Tensor<R>>,
     saved: &AddNormSaved<'_, T, R>,

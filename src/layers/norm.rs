@@ -6,8 +6,9 @@ use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    check_add_norm, check_eps, dropout_add_norm, dropout_add_norm_backward, AddNormConfig,
-    AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
+    check_add_norm, check_eps, dropout_add_norm, dropout_add_norm_backward,
+    dropout_add_norm_backward_into, dropout_add_norm_into, AddNormConfig, AddNormGrads,
+    AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
 };
 use crate::plan::{Norm, StreamPos};
 use crate::tensor::Tensor;
@@ -103,6 +104,50 @@ impl DropoutAddNorm {
             StreamPos::new(0, 0).with_index_base(core.index_base)
         };
         dropout_add_norm(inputs, &config, pos, core.mode)
+    }
+
+    /// Forward into `out`, the output of an earlier call of the same shapes (same bits as
+    /// [`Self::forward`]: z, s and the row statistics overwritten, the mask reused). On
+    /// CUDA it then allocates nothing: the form to call while a CUDA graph is captured
+    /// (`dropkit::cuda::CapturedGraph`), with the layer's generator in the capture.
+    pub fn forward_into<T, R>(
+        &self,
+        inputs: AddNormInputs<'_, T, R>,
+        out: &mut AddNormOutput<T, R>,
+    ) -> Result<()>
+    where
+        T: Element,
+        R: Element<Compute = T::Compute>,
+    {
+        let (core, config) = (&self.core, self.config());
+        check_add_norm(&inputs, &config, core.index_base)?;
+        if !(core.training && core.capturing()) {
+            inputs.x.device().refuse_capture("a fused forward")?;
+        }
+        let pos = if core.training {
+            core.next_pos()
+        } else {
+            StreamPos::new(0, 0).with_index_base(core.index_base)
+        };
+        dropout_add_norm_into(inputs, &config, pos, core.mode, out)
+    }
+
+    /// [`Self::backward`] into preallocated gradients (`grads`, as the forward's inputs
+    /// call for); after the first call on a state it allocates nothing on CUDA (legal while
+    /// a CUDA graph is captured).
+    pub fn backward_into<T, R>(
+        &self,
+        dz: &Tensor<T>,
+        ds: Option<&Tensor<R>>,
+        saved: AddNormSaved<'_, T, R>,
+        state: &AddNormState,
+        grads: &mut AddNormGrads<T, R>,
+    ) -> Result<()>
+    where
+        T: Element,
+        R: Element<Compute = T::Compute>,
+    {
+        dropout_add_norm_backward_into(dz, ds, saved, state, grads)
     }
 
     /// Gradients from dz and, in the pre-norm form, ds (the gradient reaching s along the
