@@ -1287,3 +1287,49 @@ test_device!(
     fused_into_forms_equal_the_allocating_forms_cpu,
     fused_into_forms_equal_the_allocating_forms_cuda
 );
+
+/// The functional `_into` forms equal the allocating ones: alpha dropout and grouped
+/// dropout (both kinds), both saved forms, through a reused state.
+fn functional_into_forms_equal_the_allocating_forms(dev: &Device) {
+    use dropkit::functional::{alpha_dropout_into, grouped_dropout_into};
+    let (n, group) = (600, 24);
+    let x = tensor_on(dev, test_data::<f32>(n, 31), &[n]);
+    let dy = tensor_on(dev, test_data::<f32>(n, 32), &[n]);
+    for mode in [MaskMode::Bits, MaskMode::Regenerate] {
+        let mut out = tensor_on(dev, vec![0.0f32; n], &[n]);
+        let mut dx = out.try_clone().unwrap();
+        let mut state = dropout(&x, 0.5, true, StreamPos::new(0, 0), mode)
+            .unwrap()
+            .1;
+        for k in 0..2u64 {
+            let pos = StreamPos::new(6, k);
+            let bits = |t: &Tensor<f32>| bits_of(&t.to_vec().unwrap());
+            let (y, s) = alpha_dropout(&x, 0.3, true, pos, mode).unwrap();
+            alpha_dropout_into(&x, &mut out, &mut state, 0.3, true, pos, mode).unwrap();
+            assert_eq!(bits(&out), bits(&y), "alpha {mode:?} {k}");
+            let g = dropout_backward(&dy, &s).unwrap();
+            dropkit::functional::dropout_backward_into(&dy, &state, &mut dx).unwrap();
+            assert_eq!(bits(&dx), bits(&g), "alpha backward {mode:?} {k}");
+            for kind in [GroupedKind::Scale, GroupedKind::Alpha] {
+                let (y, s) = grouped_dropout(&x, 0.5, true, group, kind, pos, mode).unwrap();
+                grouped_dropout_into(&x, &mut out, &mut state, 0.5, true, group, kind, pos, mode)
+                    .unwrap();
+                assert_eq!(bits(&out), bits(&y), "grouped {kind:?} {mode:?} {k}");
+                assert_eq!(state.keep_bits().unwrap(), s.keep_bits().unwrap());
+                let g = dropout_backward(&dy, &s).unwrap();
+                dropkit::functional::dropout_backward_into(&dy, &state, &mut dx).unwrap();
+                assert_eq!(
+                    bits(&dx),
+                    bits(&g),
+                    "grouped backward {kind:?} {mode:?} {k}"
+                );
+            }
+        }
+    }
+}
+
+test_device!(
+    functional_into_forms_equal_the_allocating_forms,
+    functional_into_forms_equal_the_allocating_forms_cpu,
+    functional_into_forms_equal_the_allocating_forms_cuda
+);

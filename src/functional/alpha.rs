@@ -1,7 +1,7 @@
 //! Alpha dropout (SPEC section 6): the elementwise forward of [`super::dropout`] with the
 //! affine map of self-normalising networks; its backward is [`super::dropout_backward`].
 
-use super::dispatch::{train_or_identity, Operand, TrainResult};
+use super::dispatch::{train_into, train_or_identity, Operand, TrainResult};
 use super::dropout::{elementwise_shard, elementwise_train};
 use super::state::DropoutState;
 use crate::element::Element;
@@ -21,6 +21,19 @@ pub fn alpha_dropout<T: Element>(
     mode: MaskMode,
 ) -> Result<(Tensor<T>, DropoutState)> {
     train_or_identity(x, p, training, pos, mode, alpha_train)
+}
+
+/// [`alpha_dropout`] writing into preallocated buffers, as [`super::dropout_into`].
+pub fn alpha_dropout_into<T: Element>(
+    x: &Tensor<T>,
+    out: &mut Tensor<T>,
+    state: &mut DropoutState,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<()> {
+    train_into(x, out, state, p, training, pos, mode, alpha_train)
 }
 
 pub(crate) fn alpha_train<T: Element>(

@@ -3,7 +3,8 @@
 //! [`super::dropout_backward`].
 
 use super::dispatch::{
-    check_index_range, run_forward, train_or_identity, ForwardOp, Operand, Placed, TrainResult,
+    check_index_range, run_forward, train_into, train_or_identity, ForwardOp, Operand, Placed,
+    TrainResult,
 };
 use super::state::DropoutState;
 use crate::backend::Forwarded;
@@ -30,6 +31,32 @@ pub fn grouped_dropout<T: Element>(
     train_or_identity(x, p, training, pos, mode, |x, prob, pos, mode| {
         grouped_train(x, prob, group, kind, pos, mode)
     })
+}
+
+/// [`grouped_dropout`] writing into preallocated buffers, as [`super::dropout_into`] (the
+/// regenerate form keeps its decision mask as scratch in the state, to draw into again).
+#[allow(clippy::too_many_arguments)]
+pub fn grouped_dropout_into<T: Element>(
+    x: &Tensor<T>,
+    out: &mut Tensor<T>,
+    state: &mut DropoutState,
+    p: f64,
+    training: bool,
+    group: usize,
+    kind: GroupedKind,
+    pos: StreamPos,
+    mode: MaskMode,
+) -> Result<()> {
+    train_into(
+        x,
+        out,
+        state,
+        p,
+        training,
+        pos,
+        mode,
+        |x, prob, pos, mode| grouped_train(x, prob, group, kind, pos, mode),
+    )
 }
 
 /// One grouped training forward over the decisions of `layout`.
