@@ -26,7 +26,7 @@
         const T* x, T* y, uint32_t* bits, uint64_t n, DkDraw draw, C a, C b,                 \
         C dropped_value) {                                                                   \
         dk_elementwise(DkMapOp<T, DkAffineKept<C>, DK_ALPHA_WIDTH(T)>{x, y, {a, b, dropped_value}}, \
-                       bits, n, dk_resolve(draw));                                           \
+                       bits, n, draw);                                                       \
     }
 
 DK_ALPHA_DROPOUT_FWD(f32, float, float)

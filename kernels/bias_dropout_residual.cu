@@ -167,7 +167,7 @@ __device__ __forceinline__ void dk_column_sum_finish(const double* partial, T* o
     extern "C" __global__ void __launch_bounds__(1024) bias_dropout_residual_fwd_##SUFFIX(                           \
         const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,     \
         uint64_t h, DkDraw draw, C scale) {                                                  \
-        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, dk_resolve(draw), scale); \
+        dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, draw, scale);    \
     }                                                                                        \
     extern "C" __global__ void column_sum_partial_##SUFFIX(                                  \
         const T* g, double* partial, uint64_t rows, uint64_t h, uint64_t block_rows) {       \

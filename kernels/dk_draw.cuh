@@ -27,9 +27,21 @@ struct DkRngState {
 };
 static_assert(sizeof(DkRngState) == 16, "DkRngState must match the Rust side's 16 bytes");
 
+// The seed and offset of a draw where a loop uses them: the parameter's own for an eager
+// call (read from the parameter space, as before); read from the generator's state for a
+// captured one. Read at each use rather than held, so the hot loops (dk_elementwise.cuh)
+// keep their registers; the branch is uniform across the grid.
+__device__ __forceinline__ uint64_t dk_seed(const DkDraw& d) {
+    return d.state != 0 ? reinterpret_cast<const DkRngState*>(d.state)->seed : d.seed;
+}
+__device__ __forceinline__ uint64_t dk_offset(const DkDraw& d) {
+    return d.state != 0 ? reinterpret_cast<const DkRngState*>(d.state)->offset + d.offset
+                        : d.offset;
+}
+
 // The draw with (seed, offset) made absolute: unchanged for an eager call; for a captured
 // one, read from the generator's state at run time. Uniform across the grid (one branch,
-// no divergence); every kernel that draws calls it once, first.
+// no divergence); the kernels outside dk_elementwise call it once, first.
 __device__ __forceinline__ DkDraw dk_resolve(DkDraw d) {
     if (d.state != 0) {
         const DkRngState* s = reinterpret_cast<const DkRngState*>(d.state);

@@ -41,7 +41,10 @@
 #include "dk_vector.cuh"
 #include "philox.cuh"
 
-template <int E, bool BITS, int S, typename Op>
+// CAPTURED: the call reads (seed, offset) from its generator's device state (a CUDA
+// graph), at each step (dk_seed / dk_offset: nothing extra held in registers); otherwise
+// from the parameter, as an eager call always did: the eager loop has no added work.
+template <int E, bool BITS, int S, bool CAPTURED, typename Op>
 __device__ __forceinline__ void dk_main_loop(Op& op, uint32_t* bits, uint64_t full,
                                              const DkDraw& d) {
     const uint32_t t = (uint32_t)d.threshold;  // < 2^32 here
@@ -54,7 +57,9 @@ __device__ __forceinline__ void dk_main_loop(Op& op, uint32_t* bits, uint64_t fu
     for (uint64_t g = g0; g - lane < full; g += stride) {
         const uint64_t i0 = g * E;
         uint32_t u[E];
-        dk_words_at<E, S>(d.seed, d.offset, d.index_base + i0, u);
+        const uint64_t seed = CAPTURED ? dk_seed(d) : d.seed;
+        const uint64_t offset = CAPTURED ? dk_offset(d) : d.offset;
+        dk_words_at<E, S>(seed, offset, d.index_base + i0, u);
         const uint32_t keep = op.vec(i0, u, t);
         if (BITS) {
             // Full groups only: the word exists, no bound check.
@@ -83,7 +88,7 @@ __device__ __forceinline__ void dk_tail_loop(Op& op, uint32_t* bits, uint64_t n,
 #pragma unroll 1
         for (int j = 0; j < E && i0 + j < n; j += 4) {
             uint32_t u[4];
-            dk_words<4>(d.seed, d.offset, d.index_base + i0 + j, u);
+            dk_words<4>(dk_seed(d), dk_offset(d), d.index_base + i0 + j, u);
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
                 const int k = j + q;
@@ -96,6 +101,27 @@ __device__ __forceinline__ void dk_tail_loop(Op& op, uint32_t* bits, uint64_t n,
         }
         if (bits != nullptr) dk_store_bits<E>(bits, words, g, keep);
         op.next();
+    }
+}
+
+// The main loop for the mask's presence and the shift, each its own instantiation.
+template <int E, bool CAPTURED, typename Op>
+__device__ __forceinline__ void dk_main_loops(Op& op, uint32_t* bits, uint64_t full,
+                                              const DkDraw& d, uint32_t shift) {
+    if (bits != nullptr) {
+        switch (shift) {
+            case 0: dk_main_loop<E, true, 0, CAPTURED>(op, bits, full, d); break;
+            case 1: dk_main_loop<E, true, 1, CAPTURED>(op, bits, full, d); break;
+            case 2: dk_main_loop<E, true, 2, CAPTURED>(op, bits, full, d); break;
+            default: dk_main_loop<E, true, 3, CAPTURED>(op, bits, full, d); break;
+        }
+    } else {
+        switch (shift) {
+            case 0: dk_main_loop<E, false, 0, CAPTURED>(op, bits, full, d); break;
+            case 1: dk_main_loop<E, false, 1, CAPTURED>(op, bits, full, d); break;
+            case 2: dk_main_loop<E, false, 2, CAPTURED>(op, bits, full, d); break;
+            default: dk_main_loop<E, false, 3, CAPTURED>(op, bits, full, d); break;
+        }
     }
 }
 
@@ -112,20 +138,10 @@ __device__ __forceinline__ void dk_elementwise(Op op, uint32_t* bits, uint64_t n
         // An Op whose main loop needs index_base % 4 == 0 anyway (SHIFTED = false) gets
         // no shifted loops: the constant 0 makes them dead code.
         const uint32_t shift = Op::SHIFTED ? (uint32_t)d.index_base & 3u : 0u;
-        if (bits != nullptr) {
-            switch (shift) {
-                case 0: dk_main_loop<E, true, 0>(op, bits, full, d); break;
-                case 1: dk_main_loop<E, true, 1>(op, bits, full, d); break;
-                case 2: dk_main_loop<E, true, 2>(op, bits, full, d); break;
-                default: dk_main_loop<E, true, 3>(op, bits, full, d); break;
-            }
+        if (d.state == 0) {
+            dk_main_loops<E, false>(op, bits, full, d, shift);
         } else {
-            switch (shift) {
-                case 0: dk_main_loop<E, false, 0>(op, bits, full, d); break;
-                case 1: dk_main_loop<E, false, 1>(op, bits, full, d); break;
-                case 2: dk_main_loop<E, false, 2>(op, bits, full, d); break;
-                default: dk_main_loop<E, false, 3>(op, bits, full, d); break;
-            }
+            dk_main_loops<E, true>(op, bits, full, d, shift);
         }
     }
     dk_tail_loop<E>(op, bits, n, full, d);

@@ -67,7 +67,7 @@ __device__ __forceinline__ void dk_dropout_bwd_bits(const T* dy, T* dx,
     extern "C" __global__ void __launch_bounds__(1024)                                      \
         dropout_fwd_##DT(const T* x, T* y, uint32_t* bits, uint64_t n, DkDraw draw,         \
                          C scale) {                                                          \
-        dk_elementwise(DkMapOp<T, DkScaleKept<C>>{x, y, {scale}}, bits, n, dk_resolve(draw)); \
+        dk_elementwise(DkMapOp<T, DkScaleKept<C>>{x, y, {scale}}, bits, n, draw);           \
     }                                                                                        \
     extern "C" __global__ void __launch_bounds__(1024)                                      \
         dropout_bwd_bits_##DT(const T* dy, T* dx, const uint32_t* bits, uint64_t n, C scale) { \
