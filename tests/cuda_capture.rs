@@ -1,9 +1,10 @@
-//! dropkit's CUDA calls while its stream captures a CUDA graph: each is refused with
-//! `Error::StreamCapturing` before it queues anything (a kernel captured with its (seed,
-//! offset) by value would replay one mask forever; an allocation or a host copy would
-//! invalidate the capture), so the capture stays intact, a layer takes no offset, and after
-//! `end_capture` the same calls run and give the same bits. Runs on the emulated driver
-//! (which models capture as far as refusing any work queued during it) and on a GPU.
+//! dropkit's allocating CUDA calls while its stream captures a CUDA graph that dropkit did
+//! not set up (no generator in the capture): each is refused with `Error::StreamCapturing`
+//! before it queues anything (a kernel captured with its (seed, offset) by value would
+//! replay one mask forever; an allocation or a host copy would invalidate the capture), so
+//! the capture stays intact, a layer takes no offset, and after `end_capture` the same
+//! calls run and give the same bits. The capture-safe forms are tests/cuda_graph.rs. Runs
+//! on the emulated driver (which records and replays captures) and on a GPU.
 #![cfg(feature = "cuda")]
 
 mod common;

@@ -126,7 +126,7 @@ impl DropoutAddNorm {
             self.core.index_base,
         )?;
         let pos = if train {
-            self.core.next_pos()
+            self.core.next_eager_pos().map_err(to_candle_error)?
         } else {
             StreamPos::new(0, 0).with_index_base(self.core.index_base)
         };

@@ -7,7 +7,7 @@
 //! what dropkit's `dropout_backward` does from a regenerate-form state, so the gradient
 //! has the bits of dropkit's own backward (which equals the bits form).
 
-use super::util::{check_input, map_cpu_storage, CpuMap};
+use super::util::{check_input, map_cpu_storage, to_candle_error, CpuMap};
 use crate::cpu;
 use crate::element::Element;
 use crate::layers::LayerCore;
@@ -103,7 +103,7 @@ pub(super) fn train_call(
     op: impl FnOnce(StreamPos) -> MaskOp,
 ) -> candle_core::Result<Tensor> {
     check_input(xs, core.index_base)?;
-    op(core.next_pos()).apply(xs)
+    op(core.next_eager_pos().map_err(to_candle_error)?).apply(xs)
 }
 
 impl CpuMap for MaskOp {
@@ -170,7 +170,6 @@ impl super::util::CudaMap for MaskOp {
         dev: &crate::cuda::CudaDevice,
         x: &cudarc::driver::CudaView<'_, T>,
     ) -> candle_core::Result<cudarc::driver::CudaSlice<T>> {
-        use super::util::to_candle_error;
         use crate::cuda::launch::{DkDraw, Io};
         use crate::cuda::{dropout, grouped};
         use cudarc::driver::{DevicePtr, DevicePtrMut};

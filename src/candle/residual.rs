@@ -71,7 +71,7 @@ impl BiasDropoutResidual {
         check_fused(x, bias, residual, self.core.index_base)?;
         // Eval calls take no offset (SPEC section 5).
         let pos = if train {
-            self.core.next_pos()
+            self.core.next_eager_pos().map_err(to_candle_error)?
         } else {
             // No offset taken, but a shard still needs its place for the bias column.
             StreamPos::new(0, 0).with_index_base(self.core.index_base)

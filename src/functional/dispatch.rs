@@ -93,7 +93,15 @@ pub(crate) fn train_into<T: Element>(
 
 /// A captured position (read on the device when a CUDA graph runs) is for CUDA tensors.
 pub(crate) fn check_captured<T: Element>(x: &Tensor<T>, pos: StreamPos) -> Result<()> {
-    if pos.is_captured() && !matches!(x.storage, Storage::Cuda(_)) {
+    if pos.is_captured() {
+        check_graph_tensor(x)?;
+    }
+    Ok(())
+}
+
+/// A tensor a captured call may read: one on CUDA.
+pub(crate) fn check_graph_tensor<T: Element>(x: &Tensor<T>) -> Result<()> {
+    if !matches!(x.storage, Storage::Cuda(_)) {
         return Err(Error::InvalidArgument {
             op: "dropout",
             reason: "the position was taken while a CUDA graph was captured (it is read \

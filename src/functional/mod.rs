@@ -31,7 +31,7 @@ mod state;
 
 pub use crate::plan::{GroupedKind, MaskMode, Norm, StreamPos};
 pub use alpha::{alpha_dropout, alpha_dropout_into, alpha_dropout_shard};
-pub(crate) use dispatch::check_captured;
+pub(crate) use dispatch::{check_captured, check_graph_tensor};
 pub(crate) use dropout::{check_output, check_shard, elementwise_train, shard_train};
 pub use dropout::{dropout, dropout_backward, dropout_backward_into, dropout_into, dropout_shard};
 pub use grouped::{grouped_dropout, grouped_dropout_into};

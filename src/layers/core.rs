@@ -45,6 +45,32 @@ impl LayerCore {
         generator.next_pos().with_index_base(self.index_base)
     }
 
+    /// [`Self::next_pos`] for a front end that cannot run inside a CUDA graph (candle
+    /// allocates its outputs): an error, taking no call, while the generator captures.
+    #[cfg_attr(not(feature = "candle"), allow(dead_code))]
+    pub fn next_eager_pos(&self) -> Result<StreamPos> {
+        if self.capturing() {
+            return Err(crate::error::Error::InvalidArgument {
+                op: "a candle layer",
+                reason: "its generator is capturing a CUDA graph, and candle allocates its \
+                         outputs, so candle layers cannot be captured (dropkit's own layers \
+                         can, with their _into forms)"
+                    .into(),
+            });
+        }
+        Ok(self.next_pos())
+    }
+
+    /// Before a call that allocates nothing takes its position: with a capturing
+    /// generator, the tensor must be on CUDA (the call is captured); otherwise the stream
+    /// must not be capturing (the call would be captured with a position by value).
+    pub fn check_capturable<T: Element>(&self, x: &Tensor<T>) -> Result<()> {
+        if !self.capturing() {
+            return x.device().refuse_capture("a training forward");
+        }
+        functional::check_graph_tensor(x)
+    }
+
     /// Whether the layer's generator is capturing a CUDA graph (its calls then read their
     /// random state on the device, so a captured kernel launch is legal).
     pub fn capturing(&self) -> bool {
@@ -111,11 +137,8 @@ impl LayerCore {
             return Ok(());
         }
         self.check_place(x)?;
-        if !self.capturing() {
-            x.device().refuse_capture("a training forward")?;
-        }
+        self.check_capturable(x)?;
         let pos = self.next_pos();
-        functional::check_captured(x, pos)?;
         let mask = state.take_mask();
         *state = train(Operand::Into { x, out, mask }, &self.prob, pos, self.mode)?.1;
         Ok(())
@@ -131,11 +154,8 @@ impl LayerCore {
             return Ok(DropoutState::identity(x, self.prob));
         }
         self.check_place(x)?;
-        if !self.capturing() {
-            x.device().refuse_capture("a training forward")?;
-        }
+        self.check_capturable(x)?;
         let pos = self.next_pos();
-        functional::check_captured(x, pos)?;
         train(Operand::InPlace(x), &self.prob, pos, self.mode).map(|(_, state)| state)
     }
 }
@@ -273,3 +293,36 @@ macro_rules! shard_builder {
     };
 }
 pub(crate) use shard_builder;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Error;
+
+    /// A generator in a CUDA graph capture hands out captured positions: a CPU tensor and
+    /// a candle layer refuse them (their calls would read the wrong words), taking no call.
+    #[test]
+    fn captured_positions_are_refused_where_no_graph_can_read_them() {
+        let g = Arc::new(Generator::new(1));
+        let mut core = LayerCore::new(0.5).unwrap();
+        core.generator = Some(g.clone());
+        assert!(g.begin_capture(0x1000));
+        let refused = core.next_eager_pos();
+        assert!(
+            matches!(refused, Err(Error::InvalidArgument { .. })),
+            "{refused:?}"
+        );
+        let mut x = Tensor::from_vec(vec![1.0f32; 64], &[64]).unwrap();
+        let train = core.elementwise(Kept::dropout);
+        let e = core.forward_in_place(&mut x, train);
+        assert!(matches!(e, Err(Error::InvalidArgument { .. })), "{e:?}");
+        assert_eq!(
+            x.to_vec().unwrap(),
+            vec![1.0f32; 64],
+            "the CPU tensor was written"
+        );
+        // Neither refused call took a place in the capture.
+        assert_eq!(g.end_capture(), 0);
+        assert_eq!(core.next_eager_pos().unwrap(), StreamPos::new(1, 0));
+    }
+}

@@ -121,8 +121,12 @@ impl DropoutAddNorm {
     {
         let (core, config) = (&self.core, self.config());
         check_add_norm(&inputs, &config, core.index_base)?;
-        if !(core.training && core.capturing()) {
-            inputs.x.device().refuse_capture("a fused forward")?;
+        match core.training {
+            true => core.check_capturable(inputs.x)?,
+            false => inputs
+                .x
+                .device()
+                .refuse_capture("a fused forward in eval mode")?,
         }
         let pos = if core.training {
             core.next_pos()

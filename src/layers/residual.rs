@@ -77,8 +77,9 @@ impl BiasDropoutResidual {
         let core = &self.core;
         check_fused(x, bias, residual, core.index_base)?;
         crate::functional::check_output(residual, out, "a fused forward into")?;
-        if !(core.training && core.capturing()) {
-            x.device().refuse_capture("a fused forward")?;
+        match core.training {
+            true => core.check_capturable(x)?,
+            false => x.device().refuse_capture("a fused forward in eval mode")?,
         }
         let pos = self.pos();
         let (prob, training, mode) = (&core.prob, core.training, core.mode);
