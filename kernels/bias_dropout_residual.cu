@@ -94,6 +94,28 @@ __device__ __forceinline__ void dk_bias_dropout_residual_fwd(const T* x, const T
     }
 }
 
+// The same arithmetic with the decisions read from keep bits in local order (a shard of
+// any layout, whose bits dropout_mask_bits_shard drew through its layout): local element
+// i keeps iff bit i of keep (SPEC section 4's packing), bias column i % h (the shard's
+// bias is its slice of H). A thread per element, grid-stride; the column follows the
+// index by the grid stride modulo h, so each thread divides once.
+template <typename T>
+__device__ __forceinline__ void dk_bias_dropout_residual_bits_fwd(
+    const T* x, const T* bias, const T* residual, T* out, const uint32_t* keep, uint64_t n,
+    uint64_t h, typename DkType<T>::C scale) {
+    const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const uint64_t step = stride % h;
+    uint64_t col = i % h;
+    for (; i < n; i += stride) {
+        const bool kept = (keep[i >> 5] >> (i & 31u)) & 1u;
+        out[i] = dk_bias_dropout_residual(x[i], bias[col], residual[i], kept, scale);
+        col += step;
+        if (col >= h) col -= h;
+    }
+}
+
 // The column sum (the bias gradient; docs/spec.md, bias-gradient note). Rows are split
 // into blocks of block_rows consecutive rows (the spec's R = 256, passed by the host so
 // its buffer size and the kernels cannot disagree); partial[b][c] is the f64 sum of
@@ -168,6 +190,11 @@ __device__ __forceinline__ void dk_column_sum_finish(const double* partial, T* o
         const T* x, const T* bias, const T* residual, T* out, uint32_t* bits, uint64_t n,     \
         uint64_t h, DkDraw draw, C scale) {                                                  \
         dk_bias_dropout_residual_fwd<T>(x, bias, residual, out, bits, n, h, draw, scale);    \
+    }                                                                                        \
+    extern "C" __global__ void bias_dropout_residual_bits_fwd_##SUFFIX(                      \
+        const T* x, const T* bias, const T* residual, T* out, const uint32_t* keep,           \
+        uint64_t n, uint64_t h, C scale) {                                                   \
+        dk_bias_dropout_residual_bits_fwd<T>(x, bias, residual, out, keep, n, h, scale);      \
     }                                                                                        \
     extern "C" __global__ void column_sum_partial_##SUFFIX(                                  \
         const T* g, double* partial, uint64_t rows, uint64_t h, uint64_t block_rows) {       \

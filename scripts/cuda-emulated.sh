@@ -42,7 +42,7 @@ reports="$work/reports.log"
 # cuBLAS and candle's own kernels), which this driver does not run (docs/CANDLE.md).
 mapfile -t cuda_tests < <(grep -lE '(^|[^a-z_])(cuda_or_skip\(|test_device!)|dropkit::cuda::' tests/*.rs |
     grep -v '^tests/candle\.rs$' | xargs -n1 basename | sed 's/\.rs$//' | sort)
-parity_tests=(dropout family cuda_edges add_norm shards cuda_graph)
+parity_tests=(dropout family cuda_edges add_norm shards shards_fused cuda_graph)
 log "CUDA test binaries: ${cuda_tests[*]}"
 
 nvrtc_path=""

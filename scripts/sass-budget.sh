@@ -116,7 +116,15 @@ for _d, _f, _b in [("f32", 39, 56), ("f64", 41, 58), ("f16", 45, 67), ("bf16", 4
                    ("f16_rf32", 27, 63), ("bf16_rf32", 27, 63)]:
     BUDGET[("dropout_add_norm_fwd", _d)] = _f
     BUDGET[("dropout_add_norm_bwd", _d)] = _b
-ELEMENT_STORES = {"bias_dropout_residual_bwd", "dropout_add_norm_fwd", "dropout_add_norm_bwd"}
+# The fused forward from given bits (shards of any layout): a scalar grid-stride loop, a
+# thread per element, so each iteration stores one element (ELEMENT_STORES). Measured
+# (PTX compute_80): 46 (bf16, f16), 42 (f32, f64), against 40 / 48 for the drawing kernel's
+# 16-byte vectors; budgets ~10% over. A first correct version: a vector loop is left to
+# the GPU tuning (issue 26).
+for _d, _b in [("bf16", 50), ("f16", 50), ("f32", 46), ("f64", 46)]:
+    BUDGET[("bias_dropout_residual_bits_fwd", _d)] = _b
+ELEMENT_STORES = {"bias_dropout_residual_bwd", "dropout_add_norm_fwd", "dropout_add_norm_bwd",
+                  "bias_dropout_residual_bits_fwd"}
 ROW_KERNELS = {"dropout_add_norm_fwd", "dropout_add_norm_bwd"}
 # Kernels with no budget, and why (printed with the table). Their loops store no elements
 # (16-byte vectors or single ones) to count, and none is an elementwise pass.

@@ -215,6 +215,17 @@ pub(crate) trait ResidualKernels: Backend {
         mode: MaskMode,
     ) -> Result<Forwarded<Self, T>>;
 
+    /// The fused forward from given keep bits in local order (a shard of any layout):
+    /// local element i keeps iff bit i, with bias column `i % hidden`. Returns the new
+    /// output (`None` in place or into).
+    fn residual_forward_bits<T: Element>(
+        x: &Self::Buffer<T>,
+        bias: &Self::Buffer<T>,
+        residual: Self::Operand<'_, T>,
+        bits: &Self::Mask,
+        scale: T::Compute,
+    ) -> Result<Option<Self::Buffer<T>>>;
+
     /// Column sums of a (rows, hidden) gradient in the fixed row blocks of the spec.
     fn column_sum<T: Element>(g: &Self::Buffer<T>, hidden: usize) -> Result<Self::Buffer<T>>;
 

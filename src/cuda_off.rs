@@ -172,6 +172,16 @@ impl ResidualKernels for Cuda {
         x.unreachable()
     }
 
+    fn residual_forward_bits<T: Element>(
+        x: &CudaBuffer<T>,
+        _: &CudaBuffer<T>,
+        _: CudaOperand<'_, T>,
+        _: &MaskSlice,
+        _: T::Compute,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        x.unreachable()
+    }
+
     fn column_sum<T: Element>(g: &CudaBuffer<T>, _: usize) -> Result<CudaBuffer<T>> {
         g.unreachable()
     }

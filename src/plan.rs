@@ -8,6 +8,8 @@
 
 use crate::element::{to_compute_f64, ComputeFloat, Element};
 use crate::mask::Probability;
+use crate::shard::ShardLayout;
+use std::sync::Arc;
 
 /// Where a call's random words come from: decision i of this tensor is `index_base + i`.
 ///
@@ -231,7 +233,7 @@ pub enum Norm {
 }
 
 /// What every row of one call shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct NormCall {
     /// LayerNorm or RMSNorm.
     pub norm: Norm,
@@ -245,6 +247,26 @@ pub struct NormCall {
     pub prob: Probability,
     /// False: nothing is dropped and nothing multiplied (eval mode).
     pub training: bool,
+    /// A shard of whole rows that is not one range of the tensor: its decisions come
+    /// through its layout (`pos.index_base` is then 0).
+    pub shard: Option<Arc<ShardLayout>>,
+}
+
+impl NormCall {
+    /// The packed decisions of local elements `first .. first + count` (`first` a multiple
+    /// of 32) into `bits`: at `pos.index_base + first` on, or through the shard's layout.
+    pub(crate) fn fill_keep_bits(&self, first: usize, count: usize, bits: &mut [u32]) {
+        let pos = self.pos;
+        match &self.shard {
+            None => {
+                let global = pos.index_base.wrapping_add(first as u64);
+                crate::mask::fill_keep_bits(pos.seed, pos.offset, global, &self.prob, count, bits);
+            }
+            Some(layout) => {
+                layout.fill_keep_bits(pos.seed, pos.offset, &self.prob, first, count, bits)
+            }
+        }
+    }
 }
 
 /// Lanes of the row sum of docs/spec.md section 6.3: lane l adds elements l, l + 32, ...,

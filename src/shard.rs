@@ -194,26 +194,52 @@ impl ShardLayout {
     }
 
     /// The packed keep bits of the shard's elements in local order (docs/spec.md section 4's
-    /// format: bit i of word i / 32), each decided by its index in the whole tensor. Runs
-    /// of the whole tensor's mask are drawn 32 decisions at a time and shifted into place.
+    /// format: bit i of word i / 32), each decided by its index in the whole tensor.
     pub(crate) fn keep_bits(&self, seed: u64, offset: u64, prob: &Probability) -> Result<Vec<u32>> {
         let n: usize = self.shape.iter().product();
         let mut bits = crate::alloc::zeroed_words(mask_words(n))?;
+        self.fill_keep_bits(seed, offset, prob, 0, n, &mut bits);
+        Ok(bits)
+    }
+
+    /// The keep bits of local elements `first .. first + count` into `bits` (local
+    /// element `first + i` at bit i; `bits` starts zeroed or is cleared here: every word
+    /// it covers is written). Runs of the whole tensor's mask are drawn 32 decisions at a
+    /// time and shifted into place.
+    pub(crate) fn fill_keep_bits(
+        &self,
+        seed: u64,
+        offset: u64,
+        prob: &Probability,
+        first: usize,
+        count: usize,
+        bits: &mut [u32],
+    ) {
+        let words = mask_words(count).min(bits.len());
+        bits[..words].fill(0);
+        let end = first + count;
         for (local, global, len) in self.runs() {
+            // The part of this run inside [first, end), as local offsets into the run.
+            let (from, to) = (first.max(local), end.min(local + len));
+            if from >= to {
+                continue;
+            }
+            let global = global + (from - local) as u64;
+            let len = to - from;
             for j in (0..len).step_by(32) {
                 let take = (len - j).min(32);
                 let mut word = keep_word(seed, offset, global + j as u64, prob);
                 if take < 32 {
                     word &= (1u32 << take) - 1;
                 }
-                let (w, sh) = ((local + j) / 32, (local + j) % 32);
+                let at = from - first + j;
+                let (w, sh) = (at / 32, at % 32);
                 bits[w] |= word << sh;
                 if sh != 0 && take > 32 - sh {
                     bits[w + 1] |= word >> (32 - sh);
                 }
             }
         }
-        Ok(bits)
     }
 
     /// An error unless a tensor of `shape` is this shard.
@@ -270,6 +296,25 @@ mod tests {
             let contiguous = from_runs.windows(2).all(|w| w[1] == w[0] + 1);
             let want = contiguous.then(|| from_runs.first().copied().unwrap_or(l.first_index()));
             assert_eq!(l.contiguous_start(), want, "{g:?} {s:?} {n:?}");
+        }
+    }
+
+    /// A range of the shard's keep bits (from a multiple of 32, as the row drivers ask)
+    /// is that range of the whole shard's bits.
+    #[test]
+    fn a_range_of_keep_bits_is_that_part_of_the_shard_bits() {
+        let prob = Probability::new(0.4).unwrap();
+        let l = ShardLayout::new(&[3, 7, 40], &[1, 2, 0], &[2, 4, 40]).unwrap();
+        let n: usize = l.shape().iter().product();
+        let all = l.keep_bits(5, 6, &prob).unwrap();
+        let bit = |w: &[u32], i: usize| w[i / 32] >> (i % 32) & 1;
+        for (first, count) in [(0, n), (32, 100), (64, n - 64), (96, 7), (288, 0)] {
+            let mut part = vec![u32::MAX; mask_words(count)];
+            l.fill_keep_bits(5, 6, &prob, first, count, &mut part);
+            for i in 0..part.len() * 32 {
+                let want = if i < count { bit(&all, first + i) } else { 0 };
+                assert_eq!(bit(&part, i), want, "first {first} count {count} bit {i}");
+            }
         }
     }
 

@@ -6,6 +6,9 @@
 
 mod common;
 
+use common::shard::{
+    place, random_layout, random_layout_of_rank, s_and_h_partitions, slice_of, Rng,
+};
 use common::{bits_of, tensor_on, test_data, test_device};
 use dropkit::functional::dropout_shard;
 use dropkit::functional::{alpha_dropout, alpha_dropout_shard, dropout, dropout_backward};
@@ -14,58 +17,6 @@ use dropkit::{
     Generator, MaskMode, ShardLayout, StreamPos,
 };
 use std::sync::Arc;
-
-/// A small deterministic generator for shapes and cuts (not the crate's).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: usize) -> usize {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((self.0 >> 33) % n as u64) as usize
-    }
-}
-
-/// The values of `whole` (row-major, shape `layout.global_shape()`) that the shard holds,
-/// in its local order.
-fn slice_of<T: Copy>(whole: &[T], layout: &ShardLayout) -> Vec<T> {
-    let shape = layout.shape();
-    let n: usize = shape.iter().product();
-    (0..n)
-        .map(|mut i| {
-            let mut c = vec![0; shape.len()];
-            for a in (0..shape.len()).rev() {
-                c[a] = i % shape[a];
-                i /= shape[a];
-            }
-            whole[layout.global_index(&c).unwrap() as usize]
-        })
-        .collect()
-}
-
-/// A random layout: rank 1 to 5, lengths 1 to 9, each axis split with probability 1/2.
-fn random_layout(rng: &mut Rng) -> ShardLayout {
-    let rank = 1 + rng.below(5);
-    random_layout_of_rank(rng, rank)
-}
-
-fn random_layout_of_rank(rng: &mut Rng, rank: usize) -> ShardLayout {
-    let global: Vec<usize> = (0..rank).map(|_| 1 + rng.below(9)).collect();
-    let (mut start, mut len) = (Vec::new(), Vec::new());
-    for &g in &global {
-        if rng.below(2) == 0 {
-            start.push(0);
-            len.push(g);
-        } else {
-            let s = rng.below(g);
-            start.push(s);
-            len.push(1 + rng.below(g - s));
-        }
-    }
-    ShardLayout::new(&global, &start, &len).unwrap()
-}
 
 /// Each random shard's forward, saved bits, regenerated bits and gradient are its part of
 /// the unsharded ones (dropout and alpha dropout, both saved forms, f32 and bf16 paths).
@@ -138,32 +89,15 @@ fn partitions_put_together_are_the_whole_output(dev: &Device) {
     };
     let (whole, _) = layer(3).forward(&x).unwrap();
     let whole = bits_of(&whole.to_vec().unwrap());
-    // (splits of s, splits of h): 4 along h, 3 along s, 3 x 4 (uneven along s: 2, 2, 2).
-    for (s_parts, h_parts) in [(1, 4), (3, 1), (3, 4)] {
+    for (split, layouts) in s_and_h_partitions(global) {
         let mut out = vec![None; n];
-        for si in 0..s_parts {
-            for hi in 0..h_parts {
-                let (s_len, h_len) = (global[1] / s_parts, global[2] / h_parts);
-                let start = [0, si * s_len, hi * h_len];
-                let layout = ShardLayout::new(&global, &start, &[2, s_len, h_len]).unwrap();
-                let shard = tensor_on(dev, slice_of(&xs, &layout), layout.shape());
-                let (y, _) = layer(3).with_shard(layout.clone()).forward(&shard).unwrap();
-                let y = bits_of(&y.to_vec().unwrap());
-                for (i, v) in y.into_iter().enumerate() {
-                    let mut c = vec![0; 3];
-                    let mut r = i;
-                    for a in (0..3).rev() {
-                        c[a] = r % layout.shape()[a];
-                        r /= layout.shape()[a];
-                    }
-                    let at = layout.global_index(&c).unwrap() as usize;
-                    assert!(out[at].is_none(), "element {at} written twice");
-                    out[at] = Some(v);
-                }
-            }
+        for layout in layouts {
+            let shard = tensor_on(dev, slice_of(&xs, &layout), layout.shape());
+            let (y, _) = layer(3).with_shard(layout.clone()).forward(&shard).unwrap();
+            place(&mut out, &bits_of(&y.to_vec().unwrap()), &layout);
         }
         let out: Vec<u64> = out.into_iter().map(|v| v.expect("every element")).collect();
-        assert_eq!(out, whole, "{s_parts} x {h_parts}");
+        assert_eq!(out, whole, "{split}");
     }
     // AlphaDropout's layer form too, and in place.
     let layout = ShardLayout::new(&global, &[1, 0, 2], &[1, 6, 3]).unwrap();

@@ -139,6 +139,7 @@ impl DropoutAddNorm {
                 pos,
                 prob,
                 training: train,
+                shard: None,
             },
             has_bias: bias.is_some(),
         };
@@ -192,7 +193,7 @@ fn check(
 }
 
 /// One forward: the call's scalars and which of params' slices are there.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct NormOp {
     call: NormCall,
     has_bias: bool,
@@ -368,7 +369,9 @@ impl CustomOp3 for NormOp {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let back = NormBackwardOp { forward: *self };
+        let back = NormBackwardOp {
+            forward: self.clone(),
+        };
         let all = grad_res
             .contiguous()?
             .apply_op3_no_bwd(&res.contiguous()?, params, &back)?;
@@ -381,7 +384,7 @@ impl CustomOp3 for NormOp {
 }
 
 /// The backward of [`NormOp`] as an op of its own (applied without a backward).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct NormBackwardOp {
     forward: NormOp,
 }
@@ -400,7 +403,7 @@ impl CustomOp3 for NormBackwardOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let op = self.forward;
+        let op = &self.forward;
         let out = on_cpu3!(op, backward, [s1, l1], [s2, l2], [s3, l3]);
         let len = l1.shape().elem_count() + l3.shape().elem_count();
         Ok((out, Shape::from(len)))

@@ -16,7 +16,6 @@ use crate::backend::{
 };
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
-use crate::mask::fill_keep_bits;
 use crate::plan::MaskMode;
 use crate::plan::{Norm, NormCall, ROW_SUM_LANES};
 use rayon::prelude::*;
@@ -247,9 +246,7 @@ where
             let keep: Option<&[u32]> = if !call.training {
                 None
             } else if let Some(b) = bits {
-                let pos = call.pos;
-                let global = pos.index_base.wrapping_add(first as u64);
-                fill_keep_bits(pos.seed, pos.offset, global, &call.prob, z.len(), b);
+                call.fill_keep_bits(first, z.len(), b);
                 Some(b)
             } else {
                 Some(regenerate(call, first, z.len(), &mut scratch))

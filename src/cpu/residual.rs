@@ -26,6 +26,19 @@ impl ResidualKernels for Cpu {
         Ok((out, bits))
     }
 
+    fn residual_forward_bits<T: Element>(
+        x: &Vec<T>,
+        bias: &Vec<T>,
+        residual: CpuOperand<'_, T>,
+        bits: &Vec<u32>,
+        scale: T::Compute,
+    ) -> Result<Option<Vec<T>>> {
+        residual.write_with(|residual, out| {
+            let inputs = FusedInputs { x, bias, residual };
+            bias_dropout_residual_bits(inputs, out, bits, scale)
+        })
+    }
+
     fn column_sum<T: Element>(g: &Vec<T>, hidden: usize) -> Result<Vec<T>> {
         let mut out = crate::alloc::zeroed::<T>(hidden)?;
         column_sum(g, &mut out, hidden)?;
@@ -84,12 +97,42 @@ pub struct FusedInputs<'a, T> {
 /// [`Error::OutOfMemory`](crate::Error::OutOfMemory) when the bias's compute-type copy
 /// cannot be allocated (nothing written then).
 pub fn bias_dropout_residual<T: Element>(
-    FusedInputs { x, bias, residual }: FusedInputs<'_, T>,
+    inputs: FusedInputs<'_, T>,
     out: &mut [T],
     bits: Option<&mut [u32]>,
     pos: StreamPos,
     prob: &Probability,
     scale: T::Compute,
+) -> crate::error::Result<()> {
+    fused_words(inputs, out, bits, pos.index_base, scale, move |first| {
+        keep_word(pos.seed, pos.offset, first, prob)
+    })
+}
+
+/// [`bias_dropout_residual`] with its decisions read from `keep`, local element i keeping
+/// iff bit i (a shard of any layout, whose bits came through its layout): bias column
+/// `i mod h`.
+pub fn bias_dropout_residual_bits<T: Element>(
+    inputs: FusedInputs<'_, T>,
+    out: &mut [T],
+    keep: &[u32],
+    scale: T::Compute,
+) -> crate::error::Result<()> {
+    debug_assert!(keep.len() >= out.len().div_ceil(32), "a bit per element");
+    fused_words(inputs, out, None, 0, scale, |first| {
+        keep[(first / 32) as usize]
+    })
+}
+
+/// The fused arithmetic over words of 32 elements, element i at index `base + i` (its
+/// bias column is that index mod h), the word at index `first` kept as `keep(first)` says.
+fn fused_words<T: Element>(
+    FusedInputs { x, bias, residual }: FusedInputs<'_, T>,
+    out: &mut [T],
+    bits: Option<&mut [u32]>,
+    base: u64,
+    scale: T::Compute,
+    keep: impl Fn(u64) -> u32 + Sync,
 ) -> crate::error::Result<()> {
     let h = bias.len() as u64;
     let zero = <T::Compute as ComputeFloat>::ZERO;
@@ -101,8 +144,8 @@ pub fn bias_dropout_residual<T: Element>(
         bits,
         #[inline(always)]
         move |w, [xb, rb]: &[Block<T::Compute>; 2], ob: &mut Block<T::Compute>| {
-            let first = pos.index_base.wrapping_add(32 * w as u64);
-            let keep = keep_word(pos.seed, pos.offset, first, prob);
+            let first = base.wrapping_add(32 * w as u64);
+            let keep = keep(first);
             let mut col = (first % h) as usize;
             for k in 0..32 {
                 let kept = keep & (1 << k) != 0;

@@ -7,7 +7,7 @@
 
 use crate::element::{ComputeFloat, Element};
 use crate::error::Result;
-use crate::mask::{fill_keep_bits, mask_words};
+use crate::mask::mask_words;
 use crate::plan::{NormCall, ROW_SUM_LANES};
 use rayon::prelude::*;
 
@@ -148,9 +148,7 @@ pub(super) fn regenerate<'b>(
 ) -> &'b [u32] {
     scratch.clear();
     scratch.resize(mask_words(count), 0);
-    let (pos, prob) = (call.pos, &call.prob);
-    let global = pos.index_base.wrapping_add(first as u64);
-    fill_keep_bits(pos.seed, pos.offset, global, prob, count, scratch);
+    call.fill_keep_bits(first, count, scratch);
     scratch
 }
 

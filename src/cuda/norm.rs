@@ -6,7 +6,7 @@
 
 use super::buffer::{Cuda, CudaBuffer, MaskSlice};
 use super::device::CudaDevice;
-use super::grouped::mask_bits;
+use super::grouped::{mask_bits, mask_bits_shard};
 use super::kernels::ops::{
     ADD_NORM_DGAMMA_PARTIAL, COLUMN_SUM_FINISH, DROPOUT_ADD_NORM_BWD, DROPOUT_ADD_NORM_FWD,
 };
@@ -126,8 +126,18 @@ fn draw_mask(
         return Ok(None);
     }
     let mut mask = MaskSlice::reuse_or_alloc(dev, mask_words(n), reuse)?;
-    mask_bits(dev, &mut mask, DkDraw::new(call.pos, &call.prob), n)?;
+    draw_bits(dev, &mut mask, call, n)?;
     Ok(Some(mask))
+}
+
+/// The `n` decisions of a training call into `mask`: `dropout_mask_bits` from the call's
+/// index base, or `dropout_mask_bits_shard` through its shard's layout.
+fn draw_bits(dev: &CudaDevice, mask: &mut MaskSlice, call: &NormCall, n: usize) -> Result<()> {
+    let draw = DkDraw::new(call.pos, &call.prob);
+    match &call.shard {
+        None => mask_bits(dev, mask, draw, n),
+        Some(layout) => mask_bits_shard(dev, mask, draw, layout, n),
+    }
 }
 
 /// A new buffer of `len` elements that a kernel fills.
@@ -289,7 +299,7 @@ impl NormKernels for Cuda {
         let mask = match (b.mask, out.scratch) {
             (Some(m), _) => Some(m),
             (None, Some(scratch)) if call.training => {
-                mask_bits(&dev, scratch, DkDraw::new(call.pos, &call.prob), n)?;
+                draw_bits(&dev, scratch, call, n)?;
                 Some(&*scratch)
             }
             (None, _) => {

@@ -4,11 +4,13 @@
 //! the upstream gradient, then `column_sum_finish_<T>`).
 
 use super::buffer::Cuda;
+use super::buffer::MaskSlice;
 use super::buffer::{CudaBuffer, CudaOperand, Forward};
 use super::device::CudaDevice;
 use super::dropout::SavedMask;
 use super::kernels::ops::{
-    BIAS_DROPOUT_RESIDUAL_BWD, BIAS_DROPOUT_RESIDUAL_FWD, COLUMN_SUM_FINISH, COLUMN_SUM_PARTIAL,
+    BIAS_DROPOUT_RESIDUAL_BITS_FWD, BIAS_DROPOUT_RESIDUAL_BWD, BIAS_DROPOUT_RESIDUAL_FWD,
+    COLUMN_SUM_FINISH, COLUMN_SUM_PARTIAL,
 };
 use super::launch::{bits_ptr, kernel, launch, op_range, DkDraw, Work};
 use crate::backend::{ResidualGradsInto, ResidualKernels};
@@ -66,6 +68,34 @@ impl ResidualKernels for Cuda {
         })?;
         Ok((out, bits))
     }
+    /// `bias_dropout_residual_bits_fwd_<T>`: the fused forward of a shard of any layout,
+    /// its decisions read from `bits` (drawn through the layout).
+    fn residual_forward_bits<T: Element>(
+        x: &CudaBuffer<T>,
+        bias: &CudaBuffer<T>,
+        residual: CudaOperand<'_, T>,
+        bits: &MaskSlice,
+        scale: T::Compute,
+    ) -> Result<Option<CudaBuffer<T>>> {
+        let _range = op_range("bias_dropout_residual_forward_bits");
+        let dev = residual.device().clone();
+        let (n, hidden) = (residual.len() as u64, bias.len() as u64);
+        let (f, name) = kernel::<T>(&dev, &BIAS_DROPOUT_RESIDUAL_BITS_FWD)?;
+        residual.launch_io(|r_ptr, out_ptr| {
+            let (xv, bv) = (x.view(), bias.view());
+            let (x_ptr, _gx) = xv.device_ptr(dev.stream());
+            let (bias_ptr, _gb) = bv.device_ptr(dev.stream());
+            let (k_ptr, _gk) = bits.slice().device_ptr(dev.stream());
+            let mut args = dev.stream().launch_builder(&f);
+            args.arg(&x_ptr).arg(&bias_ptr).arg(&r_ptr).arg(&out_ptr);
+            args.arg(&k_ptr).arg(&n).arg(&hidden).arg(&scale);
+            // SAFETY: bias_dropout_residual_bits_fwd (x, bias, residual, out, keep, n, h,
+            // scale): x, residual and out hold n elements, bias h (checked by the caller),
+            // keep ceil(n / 32) words (the shard's mask); guards held across the call.
+            unsafe { launch(&dev, args, Work::Threads(n), &name, None) }
+        })
+    }
+
     /// The backward of the fused layer for the upstream gradient `dy` of `rows x hidden`
     /// elements: (dx, bias gradient). `bias_dropout_residual_bwd_<T>` writes dx (kept ? dy *
     /// scale : +0 through the saved mask) and, in the same pass, the f64 block partial sums of

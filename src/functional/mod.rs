@@ -36,14 +36,15 @@ pub(crate) use dropout::{check_output, check_shard, elementwise_train, shard_tra
 pub use dropout::{dropout, dropout_backward, dropout_backward_into, dropout_into, dropout_shard};
 pub use grouped::{grouped_dropout, grouped_dropout_into};
 pub use norm::{
-    dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormGrads, AddNormInputs,
-    AddNormOutput, AddNormSaved, AddNormState,
+    dropout_add_norm, dropout_add_norm_backward, dropout_add_norm_shard, AddNormConfig,
+    AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
 };
+pub(crate) use norm_into::dropout_add_norm_into_placed;
 pub use norm_into::{dropout_add_norm_backward_into, dropout_add_norm_into};
 pub use residual::{
     bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_into,
-    bias_dropout_residual_backward_owned, bias_dropout_residual_into, BiasDropoutResidualGrads,
-    BiasDropoutResidualState,
+    bias_dropout_residual_backward_owned, bias_dropout_residual_into, bias_dropout_residual_shard,
+    BiasDropoutResidualGrads, BiasDropoutResidualState,
 };
 pub use state::DropoutState;
 
@@ -51,10 +52,12 @@ pub use state::DropoutState;
 pub(crate) use dispatch::check_index_range;
 pub(crate) use dispatch::{new_output, Operand, TrainResult};
 pub(crate) use grouped::{grouped_shard_train, grouped_train};
-pub(crate) use norm::{check_add_norm, check_eps};
+pub(crate) use norm::{check_add_norm, check_eps, dropout_add_norm_placed, place_norm_shard};
 /// The candle form checks shapes with the same function.
 #[cfg(feature = "candle")]
 pub(crate) use norm::{check_add_norm_shapes, AddNormShapes};
 #[cfg(feature = "candle")]
 pub(crate) use residual::check_fused_shapes;
-pub(crate) use residual::{bias_dropout_residual_run, bias_dropout_residual_run_into, check_fused};
+pub(crate) use residual::{
+    bias_dropout_residual_run, bias_dropout_residual_run_into, check_fused, FusedRun,
+};

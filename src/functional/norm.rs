@@ -11,8 +11,9 @@ use crate::element::{DType, Element};
 use crate::error::{Error, Result};
 use crate::mask::{mask_words, Probability};
 use crate::plan::{MaskMode, Norm, NormCall, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::{Storage, Tensor};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 const OP: &str = "dropout_add_norm";
 const OP_BWD: &str = "dropout_add_norm backward";
@@ -285,8 +286,75 @@ where
     T: Element,
     R: Element<Compute = T::Compute>,
 {
+    dropout_add_norm_placed(inputs, config, pos, None, mode)
+}
+
+/// [`dropout_add_norm`] of one shard of a larger tensor, placed by `layout`: each element
+/// decides by its row-major index in the whole tensor, so the shards' z, s and gradients
+/// put together are the unsharded ones, bit for bit. The norm runs over whole rows, so
+/// the shard must hold the whole last axis (split the leading axes: batch, sequence or
+/// context parallelism; a split of H would need the row statistics of other ranks).
+/// bias, gamma and beta are then the whole (H) vectors; `pos.index_base` must be 0. The
+/// column sums (dgamma, dbeta, dbias) are over the shard's own rows: the ranks add theirs
+/// up.
+pub fn dropout_add_norm_shard<T, R>(
+    inputs: AddNormInputs<'_, T, R>,
+    config: &AddNormConfig,
+    pos: StreamPos,
+    layout: &ShardLayout,
+    mode: MaskMode,
+) -> Result<AddNormOutput<T, R>>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    dropout_add_norm_placed(inputs, config, pos, Some(layout), mode)
+}
+
+/// Where a norm call's decisions come from: the position itself without a shard; for a
+/// shard (checked here: x is its shard, of whole rows, and `pos` has no index base of its
+/// own) its first index when it is one range of the tensor, else its layout.
+pub(crate) fn place_norm_shard<T: Element>(
+    x: &Tensor<T>,
+    pos: StreamPos,
+    shard: Option<&ShardLayout>,
+) -> Result<(StreamPos, Option<Arc<ShardLayout>>)> {
+    let Some(layout) = shard else {
+        return Ok((pos, None));
+    };
+    super::check_shard(x, pos, layout)?;
+    let axis = layout.shape().len() - 1;
+    let (len, whole) = (layout.shape()[axis], layout.global_shape()[axis]);
+    if len != whole {
+        return Err(Error::InvalidArgument {
+            op: OP,
+            reason: format!(
+                "a norm normalizes whole rows, so a shard must hold the whole last axis                  (H = {whole}), not {len} of it from {}; split the leading axes",
+                layout.start()[axis]
+            ),
+        });
+    }
+    Ok(match layout.contiguous_start() {
+        Some(start) => (pos.with_index_base(start), None),
+        None => (pos, Some(Arc::new(layout.clone()))),
+    })
+}
+
+/// [`dropout_add_norm`] with the shard's place, if any.
+pub(crate) fn dropout_add_norm_placed<T, R>(
+    inputs: AddNormInputs<'_, T, R>,
+    config: &AddNormConfig,
+    pos: StreamPos,
+    shard: Option<&ShardLayout>,
+    mode: MaskMode,
+) -> Result<AddNormOutput<T, R>>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    let (pos, shard) = place_norm_shard(inputs.x, pos, shard)?;
     let hidden = check_add_norm(&inputs, config, pos.index_base)?;
-    let (call, mode) = norm_call(config, hidden, pos, mode)?;
+    let (call, mode) = norm_call(config, hidden, pos, mode, shard)?;
     let shape = inputs.x.shape().to_vec();
     let rows = inputs.x.len() / hidden;
     let (z, s, stats, mask) = on_backend(
@@ -329,6 +397,7 @@ pub(super) fn norm_call(
     hidden: usize,
     pos: StreamPos,
     mode: MaskMode,
+    shard: Option<Arc<ShardLayout>>,
 ) -> Result<(NormCall, MaskMode)> {
     let prob = Probability::new(if config.training { config.p } else { 0.0 })?;
     let call = NormCall {
@@ -338,6 +407,8 @@ pub(super) fn norm_call(
         pos,
         prob,
         training: config.training,
+        // Eval mode draws nothing.
+        shard: shard.filter(|_| config.training),
     };
     let mode = if config.training {
         mode

@@ -6,14 +6,15 @@
 
 use super::dispatch::{check_captured, on_backend, OnBackend, Placed};
 use super::norm::{
-    check_add_norm, check_backward, grad_buffers, norm_call, AddNormConfig, AddNormGrads,
-    AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
+    check_add_norm, check_backward, grad_buffers, norm_call, place_norm_shard, AddNormConfig,
+    AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
 };
 use super::state::{MaskBuffer, Saved};
 use crate::backend::{NormBackwardInto, NormBuffers, NormForwardInto};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::plan::{MaskMode, Norm, NormCall, StreamPos, COLUMN_SUM_BLOCK_ROWS};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
 use std::sync::MutexGuard;
 
@@ -40,6 +41,24 @@ where
     T: Element,
     R: Element<Compute = T::Compute>,
 {
+    dropout_add_norm_into_placed(inputs, config, pos, None, mode, out)
+}
+
+/// [`dropout_add_norm_into`] with the shard's place, if any (as
+/// [`super::dropout_add_norm_shard`]).
+pub(crate) fn dropout_add_norm_into_placed<T, R>(
+    inputs: AddNormInputs<'_, T, R>,
+    config: &AddNormConfig,
+    pos: StreamPos,
+    shard: Option<&ShardLayout>,
+    mode: MaskMode,
+    out: &mut AddNormOutput<T, R>,
+) -> Result<()>
+where
+    T: Element,
+    R: Element<Compute = T::Compute>,
+{
+    let (pos, shard) = place_norm_shard(inputs.x, pos, shard)?;
     let hidden = check_add_norm(&inputs, config, pos.index_base)?;
     let x = inputs.x;
     let dev = x.device();
@@ -58,7 +77,7 @@ where
     if state.stats.len() != 2 * rows || !state.stats.device().same_as(&dev) {
         state.stats = Tensor::zeros(&[rows, 2], &dev)?;
     }
-    let (call, mode) = norm_call(config, hidden, pos, mode)?;
+    let (call, mode) = norm_call(config, hidden, pos, mode, shard)?;
     let scratch = locked(&state.scratch).take();
     let reuse = match std::mem::replace(&mut state.saved, Saved::Identity) {
         Saved::Bits(m) => Some(m),

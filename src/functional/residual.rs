@@ -4,15 +4,16 @@
 use super::dispatch::{
     check_index_range, new_output, on_backend, run_forward, ForwardOp, OnBackend, Operand, Placed,
 };
-use super::dropout::saved_mask;
+use super::dropout::{check_shard, saved_mask};
 use super::state::{DropoutState, Saved};
-use crate::backend::Forwarded;
+use crate::backend::{Forwarded, SavedMask};
 use crate::element::{to_compute_f64, Element};
 use crate::error::{Error, Result};
 use crate::mask::Probability;
 use crate::plan::{Decisions, MaskMode, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// What the fused forward saves: the dropout state of `x + bias` and the bias length.
 #[derive(Debug)]
@@ -121,8 +122,56 @@ pub fn bias_dropout_residual<T: Element>(
         training,
         pos,
         mode,
+        None,
     )?;
     Ok((new_output(out), state))
+}
+
+/// [`bias_dropout_residual`] of one shard of a larger tensor, placed by `layout` (any axes
+/// split, as [`super::dropout_shard`]): each element decides by its row-major index in the
+/// whole tensor, so the shards' outputs put together are the unsharded output, bit for
+/// bit. `bias` is the shard's slice of the whole bias (its length is the shard's last
+/// axis), and `pos.index_base` must be 0. The gradients of x and residual are the
+/// unsharded ones' slices too; the bias gradient is the column sum over the shard's own
+/// rows (the unsharded one's slice when the shard holds every row, as a split of the
+/// hidden axis does; with rows split, the ranks add theirs up).
+#[allow(clippy::too_many_arguments)]
+pub fn bias_dropout_residual_shard<T: Element>(
+    x: &Tensor<T>,
+    bias: &Tensor<T>,
+    residual: &Tensor<T>,
+    p: f64,
+    training: bool,
+    pos: StreamPos,
+    layout: &ShardLayout,
+    mode: MaskMode,
+) -> Result<(Tensor<T>, BiasDropoutResidualState)> {
+    let prob = Probability::new(p)?;
+    let residual = Operand::Input(residual);
+    let (out, state) =
+        bias_dropout_residual_run(x, bias, residual, &prob, training, pos, mode, Some(layout))?;
+    Ok((new_output(out), state))
+}
+
+/// The fused forward of a shard that is not one range starting at a row (or whose first
+/// element is not the bias's first column): its keep bits through the layout, then the
+/// fused arithmetic through them (the bits are the saved mask of the bits form).
+struct FusedShard<'a, T: Element> {
+    x: &'a Tensor<T>,
+    bias: &'a Tensor<T>,
+    prob: &'a Probability,
+    pos: StreamPos,
+    layout: &'a ShardLayout,
+}
+
+impl<T: Element> ForwardOp<T> for FusedShard<'_, T> {
+    fn run<B: Placed>(self, residual: B::Operand<'_, T>) -> Result<Forwarded<B, T>> {
+        let (x, bias) = (B::buffer(self.x), B::buffer(self.bias));
+        let scale = to_compute_f64::<T>(self.prob.scale_f64());
+        let bits = B::shard_keep_bits(&residual, self.pos, self.prob, self.layout)?;
+        let out = B::residual_forward_bits(x, bias, residual, &bits, scale)?;
+        Ok((out, Some(bits)))
+    }
 }
 
 /// One fused training (or eval) forward over x and bias, reading the residual operand.
@@ -144,7 +193,9 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
     }
 }
 
-/// The fused forward; with `Operand::InPlace` the output is written over the residual.
+/// The fused forward; with `Operand::InPlace` the output is written over the residual. A
+/// `shard` places the tensors in a larger one (checked here).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn bias_dropout_residual_run<T: Element>(
     x: &Tensor<T>,
     bias: &Tensor<T>,
@@ -153,23 +204,55 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
     training: bool,
     pos: StreamPos,
     mode: MaskMode,
+    shard: Option<&ShardLayout>,
 ) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
     let hidden = check_fused(x, bias, residual.tensor(), pos.index_base)?;
+    if let Some(layout) = shard {
+        check_shard(x, pos, layout)?;
+    }
     // Eval: the same arithmetic with nothing dropped and s = 1 (z * 1 = z exactly).
     let eval = Probability::new(0.0)?;
     let applied = if training { prob } else { &eval };
     let mode = if training { mode } else { MaskMode::Regenerate };
-    let op = Fused {
-        x,
-        bias,
-        prob: applied,
-        pos,
-        mode,
+    // A shard that is one range starting at a bias column 0 draws its decisions in the
+    // fused kernel at its first global index (its bias column, that index mod H, is then
+    // the local one); any other reads its bits through its layout.
+    let (pos, through_layout) = match shard.filter(|_| training) {
+        None => (pos, None),
+        Some(layout) => match layout.contiguous_start() {
+            Some(start) if hidden == 0 || start % hidden as u64 == 0 => {
+                (pos.with_index_base(start), None)
+            }
+            _ => (pos, Some(layout)),
+        },
     };
-    let (out, mask) = run_forward(residual, op)?;
+    let (out, mask) = match through_layout {
+        None => {
+            let op = Fused {
+                x,
+                bias,
+                prob: applied,
+                pos,
+                mode,
+            };
+            run_forward(residual, op)?
+        }
+        Some(layout) => {
+            let op = FusedShard {
+                x,
+                bias,
+                prob: applied,
+                pos,
+                layout,
+            };
+            let (out, mask) = run_forward(residual, op)?;
+            (out, mask.filter(|_| mode == MaskMode::Bits))
+        }
+    };
     let grad_scale = applied.scale_f64();
     let mut dropout =
         DropoutState::trained(&out, mask, pos, applied, Decisions::Elementwise, grad_scale);
+    dropout.shard = through_layout.map(|layout| Arc::new(layout.clone()));
     if !training {
         dropout.saved = Saved::Identity;
     }
@@ -202,23 +285,46 @@ pub fn bias_dropout_residual_into<T: Element>(
     mode: MaskMode,
 ) -> Result<()> {
     let prob = Probability::new(p)?;
-    bias_dropout_residual_run_into(x, bias, residual, out, state, &prob, training, pos, mode)
+    let run = FusedRun {
+        prob: &prob,
+        training,
+        pos,
+        mode,
+        shard: None,
+    };
+    bias_dropout_residual_run_into(x, bias, residual, out, state, run)
+}
+
+/// How a fused `_into` forward runs: the probability, the mode, its position and the
+/// shard's place, if any.
+pub(crate) struct FusedRun<'a> {
+    pub prob: &'a Probability,
+    pub training: bool,
+    pub pos: StreamPos,
+    pub mode: MaskMode,
+    pub shard: Option<&'a ShardLayout>,
 }
 
 /// The `_into` forward of the functional call and of the layer (validated here).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn bias_dropout_residual_run_into<T: Element>(
     x: &Tensor<T>,
     bias: &Tensor<T>,
     residual: &Tensor<T>,
     out: &mut Tensor<T>,
     state: &mut BiasDropoutResidualState,
-    prob: &Probability,
-    training: bool,
-    pos: StreamPos,
-    mode: MaskMode,
+    run: FusedRun<'_>,
 ) -> Result<()> {
+    let FusedRun {
+        prob,
+        training,
+        pos,
+        mode,
+        shard,
+    } = run;
     check_fused(x, bias, residual, pos.index_base)?;
+    if let Some(layout) = shard {
+        check_shard(x, pos, layout)?;
+    }
     super::dropout::check_output(residual, out, OP)?;
     super::dispatch::check_captured(x, pos)?;
     if training && !pos.is_captured() {
@@ -234,7 +340,8 @@ pub(crate) fn bias_dropout_residual_run_into<T: Element>(
         out,
         mask,
     };
-    let (_, mut new) = bias_dropout_residual_run(x, bias, operand, prob, training, pos, mode)?;
+    let (_, mut new) =
+        bias_dropout_residual_run(x, bias, operand, prob, training, pos, mode, shard)?;
     *new.partial_mut() = partial;
     *state = new;
     Ok(())
@@ -334,9 +441,12 @@ impl<T: Element> OnBackend for GradientsInto<'_, T> {
 
     fn run<B: Placed>(self) -> Result<()> {
         let dropout = &self.state.dropout;
-        let saved = match &dropout.saved {
-            Saved::Identity => None,
-            saved => Some(saved_mask::<B>(saved)),
+        let g = B::buffer(self.grad);
+        let redrawn = redrawn_shard_bits::<B, T>(g, dropout)?;
+        let saved = match (&dropout.saved, &redrawn) {
+            (Saved::Identity, _) => None,
+            (_, Some(bits)) => Some(SavedMask::Bits(bits)),
+            (saved, None) => Some(saved_mask::<B>(saved)),
         };
         let grads = crate::backend::ResidualGradsInto::<B, T> {
             dx: B::buffer_mut(self.dx),
@@ -344,8 +454,22 @@ impl<T: Element> OnBackend for GradientsInto<'_, T> {
             partial: B::buffer_mut(self.partial),
         };
         let scale = to_compute_f64::<T>(dropout.grad_scale);
-        let g = B::buffer(self.grad);
         B::residual_backward_into(g, grads, saved, &dropout.prob, scale, self.state.hidden)
+    }
+}
+
+/// The decisions of a regenerate-form state of a shard placed through its layout, redrawn
+/// (the fused kernels would draw `index_base + i`, not the layout's indices); `None` for
+/// any other state.
+fn redrawn_shard_bits<B: Placed, T: Element>(
+    g: &B::Buffer<T>,
+    dropout: &DropoutState,
+) -> Result<Option<B::Mask>> {
+    match (&dropout.saved, &dropout.shard) {
+        (Saved::Regenerate(pos), Some(layout)) => {
+            B::shard_keep_bits(&B::input(g), *pos, &dropout.prob, layout).map(Some)
+        }
+        _ => Ok(None),
     }
 }
 
@@ -380,7 +504,12 @@ impl<T: Element> OnBackend for InputGradients<'_, T> {
             }
             saved => {
                 let scale = to_compute_f64::<T>(dropout.grad_scale);
-                B::residual_backward(g, saved_mask::<B>(saved), &dropout.prob, scale, h)?
+                let redrawn = redrawn_shard_bits::<B, T>(g, dropout)?;
+                let saved = match &redrawn {
+                    Some(bits) => SavedMask::Bits(bits),
+                    None => saved_mask::<B>(saved),
+                };
+                B::residual_backward(g, saved, &dropout.prob, scale, h)?
             }
         };
         Ok((

@@ -81,7 +81,7 @@ impl LayerCore {
     }
 
     /// The checks of the shard's place: the decision range, or the layout's shape.
-    fn check_place<T: Element>(&self, x: &Tensor<T>) -> Result<()> {
+    pub fn check_place<T: Element>(&self, x: &Tensor<T>) -> Result<()> {
         match &self.shard {
             Some(layout) => functional::check_shard(x, StreamPos::new(0, 0), layout),
             None => functional::check_index_range(self.index_base, x.len()),

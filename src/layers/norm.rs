@@ -6,11 +6,12 @@ use super::core::{layer_common, LayerCore};
 use crate::element::Element;
 use crate::error::Result;
 use crate::functional::{
-    check_add_norm, check_eps, dropout_add_norm, dropout_add_norm_backward,
-    dropout_add_norm_backward_into, dropout_add_norm_into, AddNormConfig, AddNormGrads,
-    AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
+    check_add_norm, check_eps, dropout_add_norm_backward, dropout_add_norm_backward_into,
+    dropout_add_norm_into_placed, dropout_add_norm_placed, place_norm_shard, AddNormConfig,
+    AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
 };
 use crate::plan::{Norm, StreamPos};
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
 
 /// Fused dropout + residual add + LayerNorm / RMSNorm. The layer holds p, eps, the norm
@@ -79,6 +80,35 @@ impl DropoutAddNorm {
         self.norm
     }
 
+    /// For a shard of whole rows of a larger tensor, any leading axes split (as
+    /// [`crate::functional::dropout_add_norm_shard`]): each element decides by its index in
+    /// the whole tensor. Replaces a `with_index_base`; a forward of a tensor that is not
+    /// the layout's shard, or a layout that splits H, is an error and takes no offset.
+    pub fn with_shard(mut self, layout: ShardLayout) -> Self {
+        self.core.index_base = 0;
+        self.core.shard = Some(std::sync::Arc::new(layout));
+        self
+    }
+
+    /// The checks of a call's place before it takes an offset.
+    fn check_place<T: Element, R: Element>(
+        &self,
+        inputs: &AddNormInputs<'_, T, R>,
+        config: &AddNormConfig,
+    ) -> Result<()> {
+        let core = &self.core;
+        let origin = StreamPos::new(0, 0);
+        let base = match &core.shard {
+            Some(layout) => {
+                place_norm_shard(inputs.x, origin, Some(layout))?
+                    .0
+                    .index_base
+            }
+            None => core.index_base,
+        };
+        check_add_norm(inputs, config, base).map(drop)
+    }
+
     fn config(&self) -> AddNormConfig {
         AddNormConfig {
             norm: self.norm,
@@ -96,14 +126,14 @@ impl DropoutAddNorm {
     {
         let (core, config) = (&self.core, self.config());
         // A call that fails takes no offset: validate first.
-        check_add_norm(&inputs, &config, core.index_base)?;
+        self.check_place(&inputs, &config)?;
         inputs.x.device().refuse_capture("a fused forward")?;
         let pos = if core.training {
             core.next_pos()
         } else {
             StreamPos::new(0, 0).with_index_base(core.index_base)
         };
-        dropout_add_norm(inputs, &config, pos, core.mode)
+        dropout_add_norm_placed(inputs, &config, pos, core.shard.as_deref(), core.mode)
     }
 
     /// Forward into `out`, the output of an earlier call of the same shapes (same bits as
@@ -120,7 +150,7 @@ impl DropoutAddNorm {
         R: Element<Compute = T::Compute>,
     {
         let (core, config) = (&self.core, self.config());
-        check_add_norm(&inputs, &config, core.index_base)?;
+        self.check_place(&inputs, &config)?;
         match core.training {
             true => core.check_capturable(inputs.x)?,
             false => inputs
@@ -133,7 +163,8 @@ impl DropoutAddNorm {
         } else {
             StreamPos::new(0, 0).with_index_base(core.index_base)
         };
-        dropout_add_norm_into(inputs, &config, pos, core.mode, out)
+        let shard = core.shard.as_deref();
+        dropout_add_norm_into_placed(inputs, &config, pos, shard, core.mode, out)
     }
 
     /// [`Self::backward`] into preallocated gradients (`grads`, as the forward's inputs

@@ -8,8 +8,9 @@ use crate::functional::{
     bias_dropout_residual_backward, bias_dropout_residual_backward_into,
     bias_dropout_residual_backward_owned, bias_dropout_residual_run,
     bias_dropout_residual_run_into, check_fused, new_output, BiasDropoutResidualGrads,
-    BiasDropoutResidualState, Operand,
+    BiasDropoutResidualState, FusedRun, Operand,
 };
+use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
 
 /// Fused bias + dropout + residual add: x and residual of shape (..., H), bias of shape
@@ -39,6 +40,17 @@ pub struct BiasDropoutResidual {
 layer_common!(BiasDropoutResidual);
 
 impl BiasDropoutResidual {
+    /// For a shard of any layout of a larger tensor (as
+    /// [`crate::functional::bias_dropout_residual_shard`]): each element decides by its
+    /// index in the whole tensor, and the bias passed to a forward is the shard's slice of
+    /// the whole bias. Replaces a `with_index_base`; a forward of tensors whose shape is not
+    /// `layout.shape()` is an error and takes no offset.
+    pub fn with_shard(mut self, layout: ShardLayout) -> Self {
+        self.core.index_base = 0;
+        self.core.shard = Some(std::sync::Arc::new(layout));
+        self
+    }
+
     /// Forward. A training call takes one offset from the generator, an eval call none.
     pub fn forward<T: Element>(
         &self,
@@ -76,14 +88,20 @@ impl BiasDropoutResidual {
     ) -> Result<()> {
         let core = &self.core;
         check_fused(x, bias, residual, core.index_base)?;
+        core.check_place(x)?;
         crate::functional::check_output(residual, out, "a fused forward into")?;
         match core.training {
             true => core.check_capturable(x)?,
             false => x.device().refuse_capture("a fused forward in eval mode")?,
         }
-        let pos = self.pos();
-        let (prob, training, mode) = (&core.prob, core.training, core.mode);
-        bias_dropout_residual_run_into(x, bias, residual, out, state, prob, training, pos, mode)
+        let run = FusedRun {
+            prob: &core.prob,
+            training: core.training,
+            pos: self.pos(),
+            mode: core.mode,
+            shard: core.shard.as_deref(),
+        };
+        bias_dropout_residual_run_into(x, bias, residual, out, state, run)
     }
 
     /// The position of a call: the next offset in training, none taken in eval mode.
@@ -106,10 +124,21 @@ impl BiasDropoutResidual {
         let core = &self.core;
         // A call that fails takes no offset: validate first.
         check_fused(x, bias, residual.tensor(), core.index_base)?;
+        core.check_place(x)?;
         x.device().refuse_capture("a fused forward")?;
         // Eval calls take no offset (SPEC section 5).
         let pos = self.pos();
-        bias_dropout_residual_run(x, bias, residual, &core.prob, core.training, pos, core.mode)
+        let (prob, training, mode, shard) = (&core.prob, core.training, core.mode, &core.shard);
+        bias_dropout_residual_run(
+            x,
+            bias,
+            residual,
+            prob,
+            training,
+            pos,
+            mode,
+            shard.as_deref(),
+        )
     }
 
     /// Gradients for x, residual and bias from the upstream gradient. The residual

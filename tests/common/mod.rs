@@ -3,6 +3,8 @@
 //! views.
 #![allow(dead_code)]
 
+pub mod shard;
+
 use dropkit::{Device, Element, Tensor};
 
 /// One `#[test]` per device for a behaviour written once as `fn body(dev: &Device)`, in
