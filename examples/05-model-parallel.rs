@@ -3,12 +3,16 @@
 //! "model-parallel" region of one `RngTracker` and tells its layer where its shard sits
 //! (`ShardLayout`); each split's shards put together are the unsharded output, bit for bit.
 //! Then a tracker checkpoint taken after a step at tensor-parallel degree 2 resumes at
-//! degree 4, and the next step's masks are again the unsharded ones. Even ranks run on the
-//! best device, odd ones on the CPU. Exits non-zero if a check fails.
+//! degree 4, and the next step's masks are again the unsharded ones. The fused
+//! `residual + dropout(x + bias)` shards the same way, each rank with its slice of the
+//! bias. Even ranks run on the best device, odd ones on the CPU. Exits non-zero if a check
+//! fails.
 //!
 //! `cargo run --example 05-model-parallel`
 
-use dropkit::{Device, Dropout, RngTracker, ShardLayout, Tensor, TrackerState};
+use dropkit::{
+    BiasDropoutResidual, Device, Dropout, RngTracker, ShardLayout, Tensor, TrackerState,
+};
 
 const GLOBAL: [usize; 3] = [2, 8, 12];
 const P: f64 = 0.3;
@@ -78,6 +82,44 @@ fn step(
     Ok((out, states))
 }
 
+/// The fused `residual + dropout(x + bias)` on every shard of a split (the bias sliced
+/// along h for each rank), put back in place; with no split, the unsharded call on the CPU.
+fn fused_step(
+    state: &TrackerState,
+    split: Option<&[ShardLayout]>,
+    [x, residual, bias]: [&[f32]; 3],
+) -> anyhow::Result<Vec<f32>> {
+    let layer = |t: &RngTracker| -> anyhow::Result<BiasDropoutResidual> {
+        Ok(BiasDropoutResidual::new(P)?.with_generator(t.get("model-parallel")?))
+    };
+    let Some(split) = split else {
+        let t = RngTracker::from_state(state, &[])?;
+        let whole = |v: &[f32]| Tensor::from_vec(v.to_vec(), &GLOBAL);
+        let b = Tensor::from_vec(bias.to_vec(), &[GLOBAL[2]])?;
+        let (y, _) = layer(&t)?.forward(&whole(x)?, &b, &whole(residual)?)?;
+        return Ok(y.to_vec()?);
+    };
+    let mut out = vec![f32::NAN; x.len()];
+    for (rank, layout) in split.iter().enumerate() {
+        let t = RngTracker::from_state(state, &[])?;
+        let on = match rank % 2 {
+            0 => Device::best_available(),
+            _ => Device::Cpu,
+        };
+        let part = |v: &[f32]| -> anyhow::Result<Tensor<f32>> {
+            Ok(Tensor::from_vec(gather(v, layout).0, layout.shape())?.to_device(&on)?)
+        };
+        let (h0, h_len) = (layout.start()[2], layout.shape()[2]);
+        let b = Tensor::from_vec(bias[h0..h0 + h_len].to_vec(), &[h_len])?.to_device(&on)?;
+        let fused = layer(&t)?.with_shard(layout.clone());
+        let (y, _) = fused.forward(&part(x)?, &b, &part(residual)?)?;
+        for (v, g) in y.to_vec()?.into_iter().zip(gather(x, layout).1) {
+            out[g] = v;
+        }
+    }
+    Ok(out)
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -127,5 +169,25 @@ fn main() -> anyhow::Result<()> {
         "checkpoint at degree 2, resumed at degree 4: the next step is the unsharded one: {equal}"
     );
     anyhow::ensure!(equal, "the resumed step differs from the unsharded one");
+
+    // The fused bias + dropout + residual, split along h (each rank holds its slice of the
+    // bias) and along s.
+    let residual: Vec<f32> = (0..n).map(|i| (i % 7) as f32 - 3.0).collect();
+    let bias: Vec<f32> = (0..GLOBAL[2]).map(|j| j as f32 / 8.0).collect();
+    let inputs = [&x[..], &residual[..], &bias[..]];
+    let expected = bits(&fused_step(&start, None, inputs)?);
+    for (name, s_parts, h_parts) in [("h / 4", 1, 4), ("s / 4", 4, 1)] {
+        let got = bits(&fused_step(
+            &start,
+            Some(&shards(s_parts, h_parts)?),
+            inputs,
+        )?);
+        let equal = got == expected;
+        println!("fused residual, split {name}: the shards put together equal the unsharded output: {equal}");
+        anyhow::ensure!(
+            equal,
+            "the fused split {name} differs from the unsharded output"
+        );
+    }
     Ok(())
 }
