@@ -9,7 +9,7 @@ also exits 1 when it has nothing to check: no .rs file under src/, or no import 
 Then the layering: every file belongs to one group of the table LAYERS, and a file may
 import only files of its own group or of a group of a lower rank (two groups of the same
 rank, the two backends, may not import each other). An edge against the table is printed
-and fails the check, as a cycle does.
+and fails the check, as a cycle does, and so does a file of more than MAX_LINES lines.
 
 `mod x;` declarations are ownership, not use, and are not edges. A path resolves to the
 longest prefix of it that is a module file (src/a/b.rs or src/a/b/mod.rs); inline `mod x {`
@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 SRC = Path(__file__).resolve().parent.parent / "src"
+MAX_LINES = 600
 
 # (group, rank, files): the layers of src/, lowest first. A file matches the first group
 # whose pattern list holds its path relative to src/ (a trailing "/" is a folder).
@@ -209,12 +210,17 @@ def main():
         print("cycle: " + ", ".join(sorted(str(x.relative_to(SRC.parent)) for x in c)))
     for a in against:
         print("against the layers: " + a)
+    # Files stay small enough to read whole (issue 21): at most MAX_LINES lines each.
+    long = [(f, n) for f in files
+            if (n := len(f.read_text(encoding="utf-8").splitlines())) > MAX_LINES]
+    for f, n in long:
+        print(f"too long: {f.relative_to(SRC.parent)} has {n} lines (at most {MAX_LINES})")
     if n_edges == 0:
         # The crate's files do use each other; none found means the parser found nothing.
         print(f"import-graph: FAIL: no import edges among {len(files)} files (nothing checked)",
               file=sys.stderr)
         return 1
-    return 1 if cycles or against else 0
+    return 1 if cycles or against or long else 0
 
 
 if __name__ == "__main__":

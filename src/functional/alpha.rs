@@ -1,7 +1,7 @@
 //! Alpha dropout (SPEC section 6): the elementwise forward of [`super::dropout`] with the
 //! affine map of self-normalising networks; its backward is [`super::dropout_backward`].
 
-use super::dispatch::{train_into, train_or_identity, Operand, TrainResult};
+use super::dispatch::{train_into, train_or_identity, CallArgs, Operand, TrainResult};
 use super::dropout::{elementwise_shard, elementwise_train};
 use super::state::DropoutState;
 use crate::element::Element;
@@ -33,7 +33,13 @@ pub fn alpha_dropout_into<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<()> {
-    train_into(x, out, state, p, training, pos, mode, alpha_train)
+    let call = CallArgs {
+        p,
+        training,
+        pos,
+        mode,
+    };
+    train_into(x, (out, state), call, alpha_train)
 }
 
 pub(crate) fn alpha_train<T: Element>(

@@ -58,19 +58,30 @@ pub(crate) fn train_or_identity<T: Element>(
     Ok((new_output(y), state))
 }
 
+/// The scalars of one functional call: p, training or eval, the stream position and the
+/// saved form.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CallArgs {
+    pub p: f64,
+    pub training: bool,
+    pub pos: StreamPos,
+    pub mode: MaskMode,
+}
+
 /// The `_into` entry points: validate p and the output, then a copy in eval mode or
 /// `train` into `out`, reusing the mask of `state` (which receives the new state).
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn train_into<T: Element>(
     x: &Tensor<T>,
-    out: &mut Tensor<T>,
-    state: &mut DropoutState,
-    p: f64,
-    training: bool,
-    pos: StreamPos,
-    mode: MaskMode,
+    (out, state): (&mut Tensor<T>, &mut DropoutState),
+    call: CallArgs,
     train: impl FnOnce(Operand<'_, T>, &Probability, StreamPos, MaskMode) -> TrainResult<T>,
 ) -> Result<()> {
+    let CallArgs {
+        p,
+        training,
+        pos,
+        mode,
+    } = call;
     let prob = Probability::new(p)?;
     super::dropout::check_output(x, out, "dropout into")?;
     if !training {

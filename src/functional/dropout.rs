@@ -3,7 +3,7 @@
 
 use super::dispatch::{
     check_index_range, new_output, on_backend, run_forward, train_into, train_or_identity,
-    ForwardOp, OnBackend, Operand, Placed, TrainResult,
+    CallArgs, ForwardOp, OnBackend, Operand, Placed, TrainResult,
 };
 use super::state::{DropoutState, Saved};
 use crate::backend::{Forwarded, SavedMask};
@@ -45,7 +45,13 @@ pub fn dropout_into<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<()> {
-    train_into(x, out, state, p, training, pos, mode, dropout_train)
+    let call = CallArgs {
+        p,
+        training,
+        pos,
+        mode,
+    };
+    train_into(x, (out, state), call, dropout_train)
 }
 
 /// Training-mode elementwise dropout; the output is new (`Some`) or written over the input.

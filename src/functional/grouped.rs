@@ -3,8 +3,8 @@
 //! [`super::dropout_backward`].
 
 use super::dispatch::{
-    check_index_range, run_forward, train_into, train_or_identity, ForwardOp, Operand, Placed,
-    TrainResult,
+    check_index_range, run_forward, train_into, train_or_identity, CallArgs, ForwardOp, Operand,
+    Placed, TrainResult,
 };
 use super::state::DropoutState;
 use crate::backend::Forwarded;
@@ -47,16 +47,15 @@ pub fn grouped_dropout_into<T: Element>(
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<()> {
-    train_into(
-        x,
-        out,
-        state,
+    let call = CallArgs {
         p,
         training,
         pos,
         mode,
-        |x, prob, pos, mode| grouped_train(x, prob, group, kind, pos, mode),
-    )
+    };
+    train_into(x, (out, state), call, |x, prob, pos, mode| {
+        grouped_train(x, prob, group, kind, pos, mode)
+    })
 }
 
 /// One grouped training forward over the decisions of `layout`.

@@ -114,16 +114,14 @@ pub fn bias_dropout_residual<T: Element>(
     mode: MaskMode,
 ) -> Result<(Tensor<T>, BiasDropoutResidualState)> {
     let prob = Probability::new(p)?;
-    let (out, state) = bias_dropout_residual_run(
-        x,
-        bias,
-        Operand::Input(residual),
-        &prob,
+    let run = FusedRun {
+        prob: &prob,
         training,
         pos,
         mode,
-        None,
-    )?;
+        shard: None,
+    };
+    let (out, state) = bias_dropout_residual_run(x, bias, Operand::Input(residual), run)?;
     Ok((new_output(out), state))
 }
 
@@ -147,9 +145,14 @@ pub fn bias_dropout_residual_shard<T: Element>(
     mode: MaskMode,
 ) -> Result<(Tensor<T>, BiasDropoutResidualState)> {
     let prob = Probability::new(p)?;
-    let residual = Operand::Input(residual);
-    let (out, state) =
-        bias_dropout_residual_run(x, bias, residual, &prob, training, pos, mode, Some(layout))?;
+    let run = FusedRun {
+        prob: &prob,
+        training,
+        pos,
+        mode,
+        shard: Some(layout),
+    };
+    let (out, state) = bias_dropout_residual_run(x, bias, Operand::Input(residual), run)?;
     Ok((new_output(out), state))
 }
 
@@ -194,18 +197,20 @@ impl<T: Element> ForwardOp<T> for Fused<'_, T> {
 }
 
 /// The fused forward; with `Operand::InPlace` the output is written over the residual. A
-/// `shard` places the tensors in a larger one (checked here).
-#[allow(clippy::too_many_arguments)]
+/// `run.shard` places the tensors in a larger one (checked here).
 pub(crate) fn bias_dropout_residual_run<T: Element>(
     x: &Tensor<T>,
     bias: &Tensor<T>,
     residual: Operand<'_, T>,
-    prob: &Probability,
-    training: bool,
-    pos: StreamPos,
-    mode: MaskMode,
-    shard: Option<&ShardLayout>,
+    run: FusedRun<'_>,
 ) -> Result<(Option<Tensor<T>>, BiasDropoutResidualState)> {
+    let FusedRun {
+        prob,
+        training,
+        pos,
+        mode,
+        shard,
+    } = run;
     let hidden = check_fused(x, bias, residual.tensor(), pos.index_base)?;
     if let Some(layout) = shard {
         check_shard(x, pos, layout)?;
@@ -295,8 +300,9 @@ pub fn bias_dropout_residual_into<T: Element>(
     bias_dropout_residual_run_into(x, bias, residual, out, state, run)
 }
 
-/// How a fused `_into` forward runs: the probability, the mode, its position and the
-/// shard's place, if any.
+/// How a fused forward runs: the probability, the mode, its position and the shard's
+/// place, if any.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct FusedRun<'a> {
     pub prob: &'a Probability,
     pub training: bool,
@@ -315,11 +321,10 @@ pub(crate) fn bias_dropout_residual_run_into<T: Element>(
     run: FusedRun<'_>,
 ) -> Result<()> {
     let FusedRun {
-        prob,
         training,
         pos,
-        mode,
         shard,
+        ..
     } = run;
     check_fused(x, bias, residual, pos.index_base)?;
     if let Some(layout) = shard {
@@ -340,8 +345,7 @@ pub(crate) fn bias_dropout_residual_run_into<T: Element>(
         out,
         mask,
     };
-    let (_, mut new) =
-        bias_dropout_residual_run(x, bias, operand, prob, training, pos, mode, shard)?;
+    let (_, mut new) = bias_dropout_residual_run(x, bias, operand, run)?;
     *new.partial_mut() = partial;
     *state = new;
     Ok(())

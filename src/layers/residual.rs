@@ -94,13 +94,7 @@ impl BiasDropoutResidual {
             true => core.check_capturable(x)?,
             false => x.device().refuse_capture("a fused forward in eval mode")?,
         }
-        let run = FusedRun {
-            prob: &core.prob,
-            training: core.training,
-            pos: self.pos(),
-            mode: core.mode,
-            shard: core.shard.as_deref(),
-        };
+        let run = self.fused_run(self.pos());
         bias_dropout_residual_run_into(x, bias, residual, out, state, run)
     }
 
@@ -128,17 +122,19 @@ impl BiasDropoutResidual {
         x.device().refuse_capture("a fused forward")?;
         // Eval calls take no offset (SPEC section 5).
         let pos = self.pos();
-        let (prob, training, mode, shard) = (&core.prob, core.training, core.mode, &core.shard);
-        bias_dropout_residual_run(
-            x,
-            bias,
-            residual,
-            prob,
-            training,
+        bias_dropout_residual_run(x, bias, residual, self.fused_run(pos))
+    }
+
+    /// How a call at `pos` runs: the layer's probability, mode, saved form and shard.
+    fn fused_run(&self, pos: crate::plan::StreamPos) -> FusedRun<'_> {
+        let core = &self.core;
+        FusedRun {
+            prob: &core.prob,
+            training: core.training,
             pos,
-            mode,
-            shard.as_deref(),
-        )
+            mode: core.mode,
+            shard: core.shard.as_deref(),
+        }
     }
 
     /// Gradients for x, residual and bias from the upstream gradient. The residual
