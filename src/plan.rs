@@ -255,13 +255,18 @@ pub struct NormCall {
 impl NormCall {
     /// The packed decisions of local elements `first .. first + count` (`first` a multiple
     /// of 32) into `bits`: at `pos.index_base + first` on, or through the shard's layout.
-    pub(crate) fn fill_keep_bits(&self, first: usize, count: usize, bits: &mut [u32]) {
+    /// `fill_range` draws a range of the whole tensor's decisions (first global index,
+    /// count, bits), so that a backend can pass its fastest Philox.
+    pub(crate) fn fill_keep_bits(
+        &self,
+        first: usize,
+        count: usize,
+        bits: &mut [u32],
+        fill_range: impl Fn(u64, usize, &mut [u32]),
+    ) {
         let pos = self.pos;
         match &self.shard {
-            None => {
-                let global = pos.index_base.wrapping_add(first as u64);
-                crate::mask::fill_keep_bits(pos.seed, pos.offset, global, &self.prob, count, bits);
-            }
+            None => fill_range(pos.index_base.wrapping_add(first as u64), count, bits),
             Some(layout) => {
                 layout.fill_keep_bits(pos.seed, pos.offset, &self.prob, first, count, bits)
             }

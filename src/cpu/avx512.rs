@@ -29,6 +29,7 @@ fn hardware_bf16() -> bool {
 }
 
 mod bf16_convert;
+pub(super) mod norm_rows;
 mod philox;
 mod stream;
 
@@ -514,6 +515,16 @@ pub(crate) unsafe fn fill_keep_bits(bits: &mut [u32], keep: &Regenerate, n: usiz
         // SAFETY: the caller checked `has_avx512`.
         unsafe { fill_keep_bits_chunk(first_word, words, keep, n) }
     });
+}
+
+/// [`fill_keep_bits`] on the calling thread (for a caller that is already one of many
+/// tasks: the row drivers).
+///
+/// # Safety
+/// [`has_avx512`](crate::host::simd::has_avx512) must be true.
+pub(crate) unsafe fn fill_keep_bits_serial(bits: &mut [u32], keep: &Regenerate, n: usize) {
+    // SAFETY: the caller checked `has_avx512`.
+    unsafe { fill_keep_bits_chunk(0, bits, keep, n) }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,bmi2")]

@@ -8,7 +8,9 @@
 //! rows (in `norm_backward.rs`), each with its own f64 partial column sums, added in block
 //! order at the end. Neither depends on the thread count.
 
-use super::rows::{bits_at, for_chunks, for_tasks, lane_tree, regenerate, row_sum, widened};
+use super::rows::{
+    bits_at, call_keep_bits, for_chunks, for_tasks, lane_tree, regenerate, row_sum, widened,
+};
 use super::Cpu;
 use crate::backend::{
     NormBackward, NormBackwardInto, NormBuffers, NormForward, NormForwardInto, NormGradBuffers,
@@ -231,6 +233,21 @@ where
         })
         .collect();
     let parallel = n > super::SERIAL_MAX;
+    #[cfg(target_arch = "x86_64")]
+    let (avx512_rows, consts) = (
+        crate::host::simd::level() == crate::host::simd::SimdLevel::Avx512
+            && super::avx512::norm_rows::has_row_kernel::<T, R>(),
+        super::avx512::norm_rows::RowConsts {
+            norm: call.norm,
+            h,
+            bias: bias.as_deref(),
+            gamma: &gamma,
+            beta: beta.as_deref(),
+            scale,
+            h_c,
+            eps,
+        },
+    );
     for_tasks(
         tasks,
         parallel,
@@ -246,11 +263,28 @@ where
             let keep: Option<&[u32]> = if !call.training {
                 None
             } else if let Some(b) = bits {
-                call.fill_keep_bits(first, z.len(), b);
+                call_keep_bits(call, first, z.len(), b);
                 Some(b)
             } else {
                 Some(regenerate(call, first, z.len(), &mut scratch))
             };
+            #[cfg(target_arch = "x86_64")]
+            if avx512_rows {
+                let rows = super::avx512::norm_rows::TaskRows {
+                    x: &inputs.x[first..first + z.len()],
+                    residual: inputs.residual.map(|r| &r[first..first + z.len()]),
+                    keep,
+                    z,
+                    s,
+                    stats,
+                };
+                // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`; the
+                // task's slices hold its rows (the caller checked the lengths), the
+                // vectors h elements each; the pair has a kernel (`has_row_kernel`).
+                let done = unsafe { super::avx512::norm_rows::forward_rows_any(rows, &consts) };
+                debug_assert!(done, "has_row_kernel said the pair has a kernel");
+                return;
+            }
             // Three passes over each row, in chunks of 32 columns (a chunk is the 32 lanes of
             // the row sum): s and the lane sums of v (or v * v); the variance; z. v, the row
             // in C, stays in this scratch (L1 / L2) between them.

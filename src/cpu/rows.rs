@@ -148,8 +148,27 @@ pub(super) fn regenerate<'b>(
 ) -> &'b [u32] {
     scratch.clear();
     scratch.resize(mask_words(count), 0);
-    call.fill_keep_bits(first, count, scratch);
+    call_keep_bits(call, first, count, scratch);
     scratch
+}
+
+/// The decisions of `count` elements from local element `first` (a multiple of 32) into
+/// `bits`, on the calling thread: the AVX-512 Philox where the CPU has it (the row drivers'
+/// tasks draw their own rows' decisions), the AVX2 or portable one otherwise.
+pub(super) fn call_keep_bits(call: &NormCall, first: usize, count: usize, bits: &mut [u32]) {
+    let (pos, prob) = (call.pos, &call.prob);
+    call.fill_keep_bits(first, count, bits, |global, count, bits| {
+        #[cfg(target_arch = "x86_64")]
+        if crate::host::simd::level() == crate::host::simd::SimdLevel::Avx512 {
+            let keep = super::avx512::Regenerate::new(pos.seed, pos.offset, global, prob);
+            let words = mask_words(count).min(bits.len());
+            // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`.
+            unsafe { super::avx512::fill_keep_bits_serial(&mut bits[..words], &keep, count) };
+            bits[words..].fill(0);
+            return;
+        }
+        crate::mask::fill_keep_bits(pos.seed, pos.offset, global, prob, count, bits);
+    });
 }
 
 #[cfg(test)]
