@@ -29,6 +29,7 @@ fn hardware_bf16() -> bool {
 }
 
 mod bf16_convert;
+pub(super) mod norm_backward_rows;
 pub(super) mod norm_rows;
 mod philox;
 mod stream;

@@ -113,6 +113,18 @@ where
         })
         .collect();
     let parallel = n > super::SERIAL_MAX;
+    #[cfg(target_arch = "x86_64")]
+    let (avx512_rows, consts) = (
+        crate::host::simd::level() == crate::host::simd::SimdLevel::Avx512
+            && super::avx512::norm_rows::has_row_kernel::<T, R>(),
+        super::avx512::norm_backward_rows::BackwardConsts {
+            norm: call.norm,
+            h,
+            gamma: &gamma,
+            scale,
+            h_c,
+        },
+    );
     for_tasks(
         tasks,
         parallel,
@@ -129,6 +141,30 @@ where
                 (true, Some(bits)) => Some(&bits[first / 32..]),
                 (true, None) => Some(regenerate(call, first, dx.len(), &mut scratch)),
             };
+            #[cfg(target_arch = "x86_64")]
+            if avx512_rows {
+                let (end, rows) = (first + dx.len(), dx.len() / h);
+                let row0 = first / h;
+                let block = super::avx512::norm_backward_rows::BlockRows {
+                    dz: &inputs.dz[first..end],
+                    ds: inputs.ds.map(|d| &d[first..end]),
+                    s: &inputs.s[first..end],
+                    stats: &inputs.stats[2 * row0..2 * (row0 + rows)],
+                    keep,
+                    dx,
+                    dres,
+                    part_gamma: &mut part.gamma,
+                    part_beta: want_beta.then_some(&mut part.beta[..]),
+                    part_bias: want_bias.then_some(&mut part.bias[..]),
+                };
+                // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`; the
+                // block's slices hold its rows (the caller checked the lengths), gamma and
+                // the partials h each; the pair has a kernel (`has_row_kernel`).
+                let done =
+                    unsafe { super::avx512::norm_backward_rows::backward_rows_any(block, &consts) };
+                debug_assert!(done, "has_row_kernel said the pair has a kernel");
+                return;
+            }
             // Two passes over each row in chunks of 32 columns (the row sum's lanes): y, g
             // and the lane sums of g * y and g; then the gradients and the column partials.
             let mut y = vec![zero; h];

@@ -247,7 +247,7 @@ unsafe fn rows<T: Lanes16, R: Lanes16, const HW_BF16: bool>(
 /// # Safety
 /// The CPU must support AVX-512 F.
 #[inline(always)]
-unsafe fn lanes_of(acc: [__m512; 2]) -> [f32; ROW_SUM_LANES] {
+pub(super) unsafe fn lanes_of(acc: [__m512; 2]) -> [f32; ROW_SUM_LANES] {
     let mut out = [0f32; ROW_SUM_LANES];
     // SAFETY: the caller's CPU has AVX-512 F; out holds 32 f32, two unaligned 16-lane
     // stores.
