@@ -5,9 +5,10 @@
 
 use dropkit::cpu::simd::{self, SimdLevel};
 use dropkit::functional::{
-    alpha_dropout, bias_dropout_residual, dropout, dropout_backward, grouped_dropout, GroupedKind,
+    alpha_dropout, bias_dropout_residual, dropout, dropout_add_norm, dropout_add_norm_backward,
+    dropout_backward, grouped_dropout, AddNormConfig, AddNormInputs, AddNormSaved, GroupedKind,
 };
-use dropkit::{Element, MaskMode, StreamPos, Tensor};
+use dropkit::{Element, MaskMode, Norm, StreamPos, Tensor};
 use half::{bf16, f16};
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -18,6 +19,22 @@ const CHILD: &str = "DROPKIT_SIMD_PATHS_CHILD";
 /// FNV-1a over the bits of every element.
 fn digest<T: Element>(xs: &[T], h: &mut u64) {
     digest_bits(xs.iter().map(|x| x.to_bits_u64()), h);
+}
+
+/// [`digest`] with every NaN as one value: NaN payloads are outside the contract
+/// (docs/spec.md, the note on NaN payloads), and a norm's row of NaN takes its payloads
+/// from whichever operand the sums met first.
+fn digest_nan_blind<T: Element>(xs: &[T], h: &mut u64) {
+    #[allow(clippy::eq_op)] // c != c: the NaN test, with no float trait in scope
+    let canonical = |x: &T| {
+        let c = x.to_compute();
+        if c != c {
+            u64::MAX
+        } else {
+            x.to_bits_u64()
+        }
+    };
+    digest_bits(xs.iter().map(canonical), h);
 }
 
 fn digest_bits(xs: impl Iterator<Item = u64>, h: &mut u64) {
@@ -95,6 +112,71 @@ fn cases<T: Element>(out: &mut BTreeMap<String, u64>) {
     }
 }
 
+/// The fused dropout + add + norm (its row kernels differ by level): forward and backward,
+/// both norms, both saved forms, every optional input, rows that end inside a 16- and a
+/// 32-lane chunk, special values in every input.
+fn norm_cases<T: Element, R: Element<Compute = T::Compute>>(out: &mut BTreeMap<String, u64>) {
+    for (rows, h) in [(3usize, 5usize), (40, 33), (70, 48), (9, 768)] {
+        let n = rows * h;
+        let t = |v: Vec<T>, shape: &[usize]| Tensor::from_vec(v, shape).unwrap();
+        let r = |v: Vec<R>| Tensor::from_vec(v, &[rows, h]).unwrap();
+        let (x, dz) = (t(data(n, 11), &[rows, h]), t(data(n, 12), &[rows, h]));
+        let (res, ds) = (r(data(n, 13)), r(data(n, 14)));
+        let (bias, gamma, beta) = (
+            t(data(h, 15), &[h]),
+            t(data(h, 16), &[h]),
+            t(data(h, 17), &[h]),
+        );
+        for norm in [Norm::LayerNorm, Norm::RmsNorm] {
+            let mut hash = 0xCBF2_9CE4_8422_2325u64;
+            for (training, mode, with) in [
+                (true, MaskMode::Bits, true),
+                (true, MaskMode::Regenerate, true),
+                (true, MaskMode::Bits, false),
+                (false, MaskMode::Bits, true),
+            ] {
+                let inputs = AddNormInputs {
+                    x: &x,
+                    bias: with.then_some(&bias),
+                    residual: with.then_some(&res),
+                    gamma: &gamma,
+                    beta: (norm == Norm::LayerNorm).then_some(&beta),
+                };
+                let config = AddNormConfig {
+                    norm,
+                    p: 0.25,
+                    eps: 1e-5,
+                    training,
+                };
+                let pos = StreamPos::new(0xAB ^ n as u64, 2);
+                let o = dropout_add_norm(inputs, &config, pos, mode).unwrap();
+                digest_nan_blind(o.z.as_slice().unwrap(), &mut hash);
+                digest_nan_blind(o.s.as_slice().unwrap(), &mut hash);
+                let saved = AddNormSaved {
+                    s: &o.s,
+                    gamma: &gamma,
+                };
+                let ds = with.then_some(&ds);
+                let g = dropout_add_norm_backward(&dz, ds, saved, &o.state).unwrap();
+                digest_nan_blind(g.x.as_slice().unwrap(), &mut hash);
+                digest_nan_blind(g.gamma.as_slice().unwrap(), &mut hash);
+                for v in [g.bias.as_ref(), g.beta.as_ref()].into_iter().flatten() {
+                    digest_nan_blind(v.as_slice().unwrap(), &mut hash);
+                }
+                if let Some(d) = &g.residual {
+                    digest_nan_blind(d.as_slice().unwrap(), &mut hash);
+                }
+            }
+            let name = format!(
+                "norm {}/{} {rows}x{h} {norm:?}",
+                T::DTYPE.name(),
+                R::DTYPE.name()
+            );
+            out.insert(name, hash);
+        }
+    }
+}
+
 /// The child: prints the level in use and one digest per case.
 #[test]
 fn child_digests() {
@@ -106,6 +188,12 @@ fn child_digests() {
     cases::<f64>(&mut out);
     cases::<f16>(&mut out);
     cases::<bf16>(&mut out);
+    norm_cases::<f32, f32>(&mut out);
+    norm_cases::<f64, f64>(&mut out);
+    norm_cases::<bf16, bf16>(&mut out);
+    norm_cases::<bf16, f32>(&mut out);
+    norm_cases::<f16, f16>(&mut out);
+    norm_cases::<f16, f32>(&mut out);
     println!("LEVEL {}", simd::level().name());
     for (case, h) in out {
         println!("DIGEST {case}: {h:016x}");
@@ -156,7 +244,7 @@ fn every_instruction_set_level_gives_the_same_bits() {
     let reference = run_child(SimdLevel::Scalar);
     assert_eq!(
         reference.len(),
-        4 * 6 * 5,
+        4 * 6 * 5 + 6 * 4 * 2,
         "cases missing from the child's output"
     );
     for &level in &levels[1..] {
