@@ -198,6 +198,13 @@ trait Lanes16: Element<Compute = f32> {
     /// # Safety
     /// As [`Avx512Element::word`], for the lanes set in `lanes`.
     unsafe fn store16<const HW_BF16: bool>(y: *mut Self, lanes: __mmask16, r: __m512);
+    /// `r` rounded to this type and widened back, in registers: what [`Self::load16`]
+    /// would read after [`Self::store16`] (without the trip through memory, which a
+    /// masked store does not forward to a load).
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F, BW, VL and F16C (and AVX-512 BF16 when `HW_BF16`).
+    unsafe fn round16<const HW_BF16: bool>(r: __m512) -> __m512;
     /// Whether [`stream16`](Self::stream16) is a streaming store: for f32, whose sixteen
     /// lanes fill a cache line (the 16-bit types, half a line per vector, store as usual).
     const STREAMS: bool = false;
@@ -280,6 +287,12 @@ impl Lanes16 for f32 {
         // SAFETY: the caller upholds this fn's contract: as [`Lanes16::stream16`].
         unsafe { _mm512_stream_ps(y, r) }
     }
+    #[inline(always)]
+    /// # Safety
+    /// As [`Lanes16::round16`].
+    unsafe fn round16<const HW_BF16: bool>(r: __m512) -> __m512 {
+        r
+    }
 }
 
 impl Avx512Element for f64 {
@@ -328,6 +341,17 @@ impl Lanes16 for f16 {
             _mm256_mask_storeu_epi16(y as *mut i16, lanes, h);
         }
     }
+    #[inline(always)]
+    /// # Safety
+    /// As [`Lanes16::round16`].
+    unsafe fn round16<const HW_BF16: bool>(r: __m512) -> __m512 {
+        // SAFETY: the caller upholds this fn's contract (AVX-512 F and F16C).
+        unsafe {
+            _mm512_cvtph_ps(_mm512_cvtps_ph::<
+                { _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC },
+            >(r))
+        }
+    }
 }
 
 impl Lanes16 for bf16 {
@@ -348,6 +372,14 @@ impl Lanes16 for bf16 {
         unsafe {
             _mm256_mask_storeu_epi16(y as *mut i16, lanes, narrow_bf16::<HW_BF16>(r));
         }
+    }
+    #[inline(always)]
+    /// # Safety
+    /// As [`Lanes16::round16`].
+    unsafe fn round16<const HW_BF16: bool>(r: __m512) -> __m512 {
+        // SAFETY: the caller upholds this fn's contract (AVX-512 F, BW, VL; BF16 when
+        // `HW_BF16`).
+        unsafe { widen_bf16(narrow_bf16::<HW_BF16>(r)) }
     }
 }
 

@@ -231,8 +231,7 @@ unsafe fn rows<T: Lanes16, R: Lanes16, const HW_BF16: bool>(
                     if let Some(w) = word {
                         u = _mm512_maskz_mul_ps((w >> (16 * half)) as u16, u, scale);
                     }
-                    let dxp = dxr.as_mut_ptr().add(off);
-                    T::store16::<HW_BF16>(dxp, lanes, u);
+                    T::store16::<HW_BF16>(dxr.as_mut_ptr().add(off), lanes, u);
                     let d = T::load16(dzp.add(off), lanes);
                     add_partials(
                         part_gamma.as_mut_ptr().add(off),
@@ -244,7 +243,7 @@ unsafe fn rows<T: Lanes16, R: Lanes16, const HW_BF16: bool>(
                     }
                     if let Some(pb) = part_bias.as_deref_mut() {
                         // The rounded dx, widened again: the column sums add what dx holds.
-                        add_partials(pb.as_mut_ptr().add(off), lanes, T::load16(dxp, lanes));
+                        add_partials(pb.as_mut_ptr().add(off), lanes, T::round16::<HW_BF16>(u));
                     }
                 }
                 c0 += ROW_SUM_LANES;

@@ -180,7 +180,7 @@ unsafe fn rows<T: Lanes16, R: Lanes16, const HW_BF16: bool>(
                     let sp = sr.as_mut_ptr().add(off);
                     R::store16::<HW_BF16>(sp, lanes, a);
                     // v = to_C(s): exact (a itself when s is f32).
-                    let vv = if s_is_v { a } else { R::load16(sp, lanes) };
+                    let vv = if s_is_v { a } else { R::round16::<HW_BF16>(a) };
                     _mm512_mask_storeu_ps(v.as_mut_ptr().add(off), lanes, vv);
                     let term = match c.norm {
                         Norm::LayerNorm => vv,
