@@ -1,5 +1,6 @@
 //! Bit-for-bit checks of the AVX-512 kernels against the generic CPU path and `half`.
 
+use super::bf16_convert::narrow_bf16;
 use super::*;
 use crate::cpu::dropout::{backward_bits_words, forward_words};
 use crate::cpu::CHUNK;
