@@ -4,7 +4,8 @@
 //!
 //! - A **shared** region ("model-parallel": tensor, sequence, context parallelism) has the
 //!   same generator on every rank. Each rank gives its layers the shard's place in the
-//!   whole tensor (`with_index_base`), and the shards' masks put together are the
+//!   whole tensor (`with_shard` with a [`crate::ShardLayout`], any axes split, or
+//!   `with_index_base` for one range), and the shards' masks put together are the
 //!   unsharded mask: they do not depend on the number of ranks.
 //! - A **per-rank** region ("data-parallel", one per expert) derives a generator of its own
 //!   for each rank ([`Generator::for_stream`] of the region's seed), so ranks draw
