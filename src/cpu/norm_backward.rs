@@ -157,11 +157,11 @@ where
                     part_beta: want_beta.then_some(&mut part.beta[..]),
                     part_bias: want_bias.then_some(&mut part.bias[..]),
                 };
+                use super::avx512::norm_backward_rows::backward_rows_any;
                 // SAFETY: the AVX-512 level is chosen only when `simd::has_avx512()`; the
                 // block's slices hold its rows (the caller checked the lengths), gamma and
                 // the partials h each; the pair has a kernel (`has_row_kernel`).
-                let done =
-                    unsafe { super::avx512::norm_backward_rows::backward_rows_any(block, &consts) };
+                let done = unsafe { backward_rows_any(block, &consts) };
                 debug_assert!(done, "has_row_kernel said the pair has a kernel");
                 return;
             }

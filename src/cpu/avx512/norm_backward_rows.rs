@@ -4,12 +4,12 @@
 //! f64 column partials (dgamma, dbeta, dbias) are added per column in row order, eight
 //! lanes at a time, as the generic code adds them one at a time.
 
+use super::norm_rows::{each_pair, same_type};
 use super::{live, Lanes16};
 use crate::cpu::rows::{bits_at, lane_tree};
 use crate::element::Element;
 use crate::plan::{Norm, ROW_SUM_LANES};
 use half::{bf16, f16};
-use std::any::TypeId;
 use std::arch::x86_64::*;
 
 /// One column-sum block's rows: the inputs from the block's first element, its keep bits
@@ -50,46 +50,24 @@ pub(crate) unsafe fn backward_rows_any<T: Element, R: Element<Compute = T::Compu
     block: BlockRows<'_, T, R>,
     consts: &BackwardConsts<'_, T::Compute>,
 ) -> bool {
-    macro_rules! pair {
-        ($t:ty, $r:ty) => {
-            if TypeId::of::<T>() == TypeId::of::<$t>() && TypeId::of::<R>() == TypeId::of::<$r>() {
-                // SAFETY: T is $t and R is $r (same TypeIds), and T::Compute is then f32, so
-                // these casts change no type at all.
-                let (block, consts) = unsafe {
-                    let block: BlockRows<'_, $t, $r> = BlockRows {
-                        dz: &*(block.dz as *const [T] as *const [$t]),
-                        ds: block.ds.map(|d| &*(d as *const [R] as *const [$r])),
-                        s: &*(block.s as *const [R] as *const [$r]),
-                        stats: block.stats,
-                        keep: block.keep,
-                        dx: &mut *(block.dx as *mut [T] as *mut [$t]),
-                        dres: block.dres.map(|d| &mut *(d as *mut [R] as *mut [$r])),
-                        part_gamma: block.part_gamma,
-                        part_beta: block.part_beta,
-                        part_bias: block.part_bias,
-                    };
-                    let consts = &*(consts as *const BackwardConsts<'_, T::Compute>
-                        as *const BackwardConsts<'_, f32>);
-                    (block, consts)
-                };
-                // SAFETY: the caller checked `has_avx512` and the lengths; BF16 is checked
-                // here.
-                unsafe {
-                    if super::hardware_bf16() {
-                        block_avx512_bf16::<$t, $r>(block, consts);
-                    } else {
-                        block_avx512::<$t, $r>(block, consts);
-                    }
+    macro_rules! run {
+        ($t:ty, $r:ty) => {{
+            // SAFETY: T is $t and R is $r (each_pair compared their TypeIds), and T::Compute
+            // is then f32; the caller checked `has_avx512` and the lengths; BF16 is checked
+            // here.
+            unsafe {
+                let block = same_type::<_, BlockRows<'_, $t, $r>>(block);
+                let consts = same_type::<_, &BackwardConsts<'_, f32>>(consts);
+                if super::hardware_bf16() {
+                    block_avx512_bf16::<$t, $r>(block, consts);
+                } else {
+                    block_avx512::<$t, $r>(block, consts);
                 }
-                return true;
             }
-        };
+            return true;
+        }};
     }
-    pair!(f32, f32);
-    pair!(bf16, bf16);
-    pair!(bf16, f32);
-    pair!(f16, f16);
-    pair!(f16, f32);
+    each_pair!(T, R, run);
     false
 }
 

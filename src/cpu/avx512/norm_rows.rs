@@ -42,17 +42,50 @@ pub(crate) struct RowConsts<'a, C> {
     pub eps: C,
 }
 
-/// Whether (T, R) has a kernel here: the (input, residual stream) pairs computed in f32
-/// (not f64, whose compute type is f64).
+/// Runs `$then!(t, r)` for the pair `(t, r)` that `($T, $R)` is, among the (input,
+/// residual stream) pairs with a kernel here: those computed in f32 (not f64, whose
+/// compute type is f64). Nothing runs for another pair.
+macro_rules! each_pair {
+    ($T:ty, $R:ty, $then:ident) => {
+        $crate::cpu::avx512::norm_rows::each_pair!(@one $T, $R, $then, f32, f32);
+        $crate::cpu::avx512::norm_rows::each_pair!(@one $T, $R, $then, bf16, bf16);
+        $crate::cpu::avx512::norm_rows::each_pair!(@one $T, $R, $then, bf16, f32);
+        $crate::cpu::avx512::norm_rows::each_pair!(@one $T, $R, $then, f16, f16);
+        $crate::cpu::avx512::norm_rows::each_pair!(@one $T, $R, $then, f16, f32);
+    };
+    (@one $T:ty, $R:ty, $then:ident, $t:ty, $r:ty) => {
+        if std::any::TypeId::of::<$T>() == std::any::TypeId::of::<$t>()
+            && std::any::TypeId::of::<$R>() == std::any::TypeId::of::<$r>()
+        {
+            $then!($t, $r);
+        }
+    };
+}
+pub(super) use each_pair;
+
+/// `v` as `U`: the same type as `V` once the element parameters that differ in name have
+/// been matched by their TypeIds.
+///
+/// # Safety
+/// `U` must be `V` (the caller compared the TypeIds of the parameters that differ).
+#[inline(always)]
+pub(super) unsafe fn same_type<V, U>(v: V) -> U {
+    debug_assert_eq!(std::mem::size_of::<V>(), std::mem::size_of::<U>());
+    let v = std::mem::ManuallyDrop::new(v);
+    // SAFETY: U is V (the caller's contract), so this reads a V as itself, once: `v` is
+    // not dropped.
+    unsafe { std::mem::transmute_copy::<V, U>(&v) }
+}
+
+/// Whether (T, R) has a kernel here ([`each_pair`]).
 pub(crate) fn has_row_kernel<T: Element, R: Element>() -> bool {
-    let pairs = [
-        (TypeId::of::<f32>(), TypeId::of::<f32>()),
-        (TypeId::of::<bf16>(), TypeId::of::<bf16>()),
-        (TypeId::of::<bf16>(), TypeId::of::<f32>()),
-        (TypeId::of::<f16>(), TypeId::of::<f16>()),
-        (TypeId::of::<f16>(), TypeId::of::<f32>()),
-    ];
-    pairs.contains(&(TypeId::of::<T>(), TypeId::of::<R>()))
+    macro_rules! yes {
+        ($t:ty, $r:ty) => {
+            return true
+        };
+    }
+    each_pair!(T, R, yes);
+    false
 }
 
 /// The forward of a task's rows when (T, R) has a kernel here ([`has_row_kernel`]),
@@ -65,42 +98,24 @@ pub(crate) unsafe fn forward_rows_any<T: Element, R: Element<Compute = T::Comput
     task: TaskRows<'_, T, R>,
     consts: &RowConsts<'_, T::Compute>,
 ) -> bool {
-    macro_rules! pair {
-        ($t:ty, $r:ty) => {
-            if TypeId::of::<T>() == TypeId::of::<$t>() && TypeId::of::<R>() == TypeId::of::<$r>() {
-                // SAFETY: T is $t and R is $r (same TypeIds), and T::Compute is then f32, so
-                // these casts change no type at all.
-                let (task, consts) = unsafe {
-                    let task: TaskRows<'_, $t, $r> = TaskRows {
-                        x: &*(task.x as *const [T] as *const [$t]),
-                        residual: task.residual.map(|r| &*(r as *const [R] as *const [$r])),
-                        keep: task.keep,
-                        z: &mut *(task.z as *mut [T] as *mut [$t]),
-                        s: &mut *(task.s as *mut [R] as *mut [$r]),
-                        stats: task.stats,
-                    };
-                    let consts =
-                        &*(consts as *const RowConsts<'_, T::Compute> as *const RowConsts<'_, f32>);
-                    (task, consts)
-                };
-                // SAFETY: the caller checked `has_avx512` and the lengths; BF16 is checked
-                // here.
-                unsafe {
-                    if super::hardware_bf16() {
-                        rows_avx512_bf16::<$t, $r>(task, consts);
-                    } else {
-                        rows_avx512::<$t, $r>(task, consts);
-                    }
+    macro_rules! run {
+        ($t:ty, $r:ty) => {{
+            // SAFETY: T is $t and R is $r (each_pair compared their TypeIds), and T::Compute
+            // is then f32; the caller checked `has_avx512` and the lengths; BF16 is checked
+            // here.
+            unsafe {
+                let task = same_type::<_, TaskRows<'_, $t, $r>>(task);
+                let consts = same_type::<_, &RowConsts<'_, f32>>(consts);
+                if super::hardware_bf16() {
+                    rows_avx512_bf16::<$t, $r>(task, consts);
+                } else {
+                    rows_avx512::<$t, $r>(task, consts);
                 }
-                return true;
             }
-        };
+            return true;
+        }};
     }
-    pair!(f32, f32);
-    pair!(bf16, bf16);
-    pair!(bf16, f32);
-    pair!(f16, f16);
-    pair!(f16, f32);
+    each_pair!(T, R, run);
     false
 }
 
