@@ -57,9 +57,15 @@ struct DkShard {
 };
 static_assert(sizeof(DkShard) == 136, "DkShard must match the Rust launcher's 136-byte layout");
 
-// One thread per 32-decision word of the local mask, as dk_mask_bits; each decision draws
-// its own word (dk_philox_word), since a shard's neighbours need not be the whole tensor's.
-// The axis loop is unrolled over the 8 slots so the struct is read with constant offsets.
+// One thread per 32-decision word of the local mask, as dk_mask_bits. The word's first
+// element is placed once (its coordinates and global index g, one division per axis);
+// the next ones step an odometer over the coordinates (the innermost axis first, a carry
+// resetting an axis that reaches its length; unused axes, len 1 and stride 0, reset at
+// every step and move nothing), so no decision divides. Each decision's word is lane g % 4
+// of the Philox output for group g / 4 (dk_philox_word), and consecutive decisions that
+// fall in the same group reuse its output: a run that is contiguous in the whole tensor
+// takes one Philox call per four decisions, as the whole tensor's mask does. Every loop
+// over the 8 axis slots is unrolled, so the coordinates stay in registers.
 extern "C" __global__ void dropout_mask_bits_shard(uint32_t* bits, uint64_t n, DkDraw draw,
                                                    DkShard shard) {
     draw = dk_resolve(draw);
@@ -67,20 +73,41 @@ extern "C" __global__ void dropout_mask_bits_shard(uint32_t* bits, uint64_t n, D
     const uint64_t stride = (uint64_t)gridDim.x * blockDim.x;
     for (uint64_t w = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x; w < nwords;
          w += stride) {
+        uint64_t c[8];
+        uint64_t rest = w * 32, g = draw.index_base;
+#pragma unroll
+        for (int a = 7; a >= 0; --a) {
+            c[a] = 0;
+            if ((uint64_t)a < shard.rank) {
+                c[a] = rest % shard.len[a];
+                rest /= shard.len[a];
+                g += c[a] * shard.stride[a];
+            }
+        }
+        uint64_t group = ~(uint64_t)0;
+        uint4 r = make_uint4(0, 0, 0, 0);
         uint32_t word = 0;
         for (uint32_t k = 0; k < 32; ++k) {
-            const uint64_t i = w * 32 + k;
-            if (i >= n) break;
-            uint64_t rest = i, g = draw.index_base;
+            if (w * 32 + k >= n) break;
+            if (g >> 2 != group) {
+                group = g >> 2;
+                r = dk_philox4(draw.seed, draw.offset, group);
+            }
+            if (!dk_dropped(dk_lane(r, (uint32_t)(g & 3)), draw.threshold)) word |= 1u << k;
+            bool carry = true;
 #pragma unroll
             for (int a = 7; a >= 0; --a) {
-                if ((uint64_t)a < shard.rank) {
-                    g += (rest % shard.len[a]) * shard.stride[a];
-                    rest /= shard.len[a];
+                if (carry) {
+                    c[a] += 1;
+                    g += shard.stride[a];
+                    if (c[a] == shard.len[a]) {
+                        c[a] = 0;
+                        g -= shard.len[a] * shard.stride[a];
+                    } else {
+                        carry = false;
+                    }
                 }
             }
-            if (!dk_dropped(dk_philox_word(draw.seed, draw.offset, g), draw.threshold))
-                word |= 1u << k;
         }
         bits[w] = word;
     }

@@ -139,8 +139,8 @@ EXEMPT = {
     "dropout_mask_bits": "one 4-byte word per 32 decisions, and decisions are few (N*C"
     " or N, not elements), so there is no per-element cost to budget",
     "dropout_mask_bits_shard": "one 4-byte word per 32 decisions, no element stored; the"
-    " general-layout mask (a Philox block and a coordinate walk per decision), a first"
-    " correct version whose cost docs/PERFORMANCE.md does not claim yet",
+    " general-layout mask (a coordinate odometer per decision, a Philox call per four"
+    " consecutive decisions), whose cost docs/PERFORMANCE.md does not claim yet",
 }
 SIZE = {"bf16": 2, "f16": 2, "f32": 4, "f64": 8}
 # The f32-residual-stream forms of the norm kernels are counted by their input dtype.
