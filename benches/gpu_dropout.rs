@@ -142,6 +142,11 @@ const FUSED_OPS: [&str; 6] = [
 /// graph-safe draw costs an eager call), and a training step of GRAPH_LAYERS dropout
 /// layers (forward_into down, backward_into up) eagerly and as one captured graph.
 const GRAPH_OPS: [&str; 3] = ["fwd_bits_into", "step_eager", "step_graph"];
+/// Shards of any layout: a tensor-parallel shard (rows, H) of (rows, 4 H) at column H, n
+/// elements of its own, strided in the whole tensor (its mask drawn through the layout by
+/// `dropout_mask_bits_shard`, then applied): dropout and the fused bias + dropout +
+/// residual, against `fwd_bits` and `fused_fwd_bits` on contiguous tensors.
+const SHARD_OPS: [&str; 2] = ["shard_fwd_bits", "shard_fused_fwd_bits"];
 const GRAPH_LAYERS: usize = 4;
 
 const NORM_OPS: [&str; 6] = [
@@ -241,6 +246,7 @@ impl Config {
             .chain(&FUSED_OPS)
             .chain(&NORM_OPS)
             .chain(&GRAPH_OPS)
+            .chain(&SHARD_OPS)
             .copied()
             .collect();
         let ops = common::list("DROPKIT_GPU_BENCH_OPS", &all.join(","));
@@ -456,6 +462,12 @@ fn run_dtype<T: Element>(gpu: &mut Gpu, cfg: &Config, rows: &mut Vec<Row>) {
                 let _ = gpu.stream.synchronize();
             }
         }
+        if cfg.wants_any(&SHARD_OPS) {
+            if let Err(e) = run_shard_case::<T>(gpu, cfg, n, rows) {
+                println!("# error: shard dtype={dtype} n={n}: {e}");
+                let _ = gpu.stream.synchronize();
+            }
+        }
     }
 }
 
@@ -647,6 +659,80 @@ fn run_case<T: Element>(gpu: &mut Gpu, cfg: &Config, n: usize, rows: &mut Vec<Ro
 
 /// The CUDA graph cases at n elements (one buffer set: the step is launch-bound at the
 /// sizes where graphs matter, and a graph replays fixed buffers).
+/// The [`SHARD_OPS`] cases at n elements per shard (H = DROPKIT_GPU_BENCH_HIDDEN).
+fn run_shard_case<T: Element>(
+    gpu: &mut Gpu,
+    cfg: &Config,
+    n: usize,
+    rows: &mut Vec<Row>,
+) -> Res<()> {
+    use dropkit::functional::{bias_dropout_residual_shard, dropout_shard};
+    use dropkit::ShardLayout;
+    let dtype = T::DTYPE.name();
+    let h = cfg.hidden.min(n).max(1);
+    let shard_rows = n / h;
+    if shard_rows == 0 {
+        return Ok(());
+    }
+    let n = shard_rows * h;
+    let (tensor_bytes, mask_bytes) = (n * std::mem::size_of::<T>(), 4 * n.div_ceil(32));
+    let need = |_: usize| 5 * (tensor_bytes + mask_bytes);
+    let what = format!("shard dtype={dtype} n={n}");
+    let Some(_) = fit_sets(gpu, cfg, &what, tensor_bytes, need)? else {
+        return Ok(());
+    };
+    let batch = 8;
+    let stream = gpu.stream.clone();
+    let shape = [shard_rows, h];
+    let tensor =
+        || -> Res<Tensor<T>> { Ok(Tensor::from_cuda_slice(pattern::<T>(&stream, n)?, &shape)?) };
+    let layout = ShardLayout::new(&[shard_rows, 4 * h], &[0, h], &shape)?;
+    let (x, residual) = (tensor()?, tensor()?);
+    let bias = Tensor::from_cuda_slice(pattern::<T>(&stream, h)?, &[h])?;
+    let mut record_op = |op: &'static str, (median_s, host_us): (f64, f64), bytes: usize| {
+        let row = Row {
+            dtype,
+            n,
+            op,
+            sets: 1,
+            batch,
+            median_s,
+            bytes: bytes as u64,
+            host_us,
+        };
+        record(cfg, rows, row);
+    };
+    if cfg.wants("shard_fwd_bits") {
+        let _r = nvtx_range(&format!("gpu_dropout/shard_fwd_bits/{dtype}/{n}"));
+        let timed = gpu.measure(cfg, batch, |k| {
+            let pos = StreamPos::new(SEED, k as u64);
+            dropout_shard(&x, cfg.p, true, pos, &layout, MaskMode::Bits)?;
+            Ok(())
+        })?;
+        record_op("shard_fwd_bits", timed, 2 * tensor_bytes + mask_bytes);
+    }
+    if cfg.wants("shard_fused_fwd_bits") {
+        let _r = nvtx_range(&format!("gpu_dropout/shard_fused_fwd_bits/{dtype}/{n}"));
+        let timed = gpu.measure(cfg, batch, |k| {
+            let pos = StreamPos::new(SEED, k as u64);
+            let p = cfg.p;
+            bias_dropout_residual_shard(
+                &x,
+                &bias,
+                &residual,
+                p,
+                true,
+                pos,
+                &layout,
+                MaskMode::Bits,
+            )?;
+            Ok(())
+        })?;
+        record_op("shard_fused_fwd_bits", timed, 3 * tensor_bytes + mask_bytes);
+    }
+    Ok(())
+}
+
 fn run_graph_case<T: Element>(
     gpu: &mut Gpu,
     cfg: &Config,
