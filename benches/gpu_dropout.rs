@@ -80,7 +80,7 @@ mod common;
 use cudarc::driver::{sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
-    dropout_backward, grouped_dropout, GroupedKind,
+    dropout_backward, grouped_dropout, GroupedConfig, Grouping, ResidualInputs,
 };
 use dropkit::functional::{
     dropout_add_norm, dropout_add_norm_backward, AddNormConfig, AddNormInputs, AddNormSaved,
@@ -187,12 +187,26 @@ impl Family {
         let group = self.group(cfg, x.len());
         match self {
             Family::Alpha => alpha_dropout(x, cfg.p, true, pos, mode),
-            Family::Channel | Family::DropPath => {
-                grouped_dropout(x, cfg.p, true, group, GroupedKind::Scale, pos, mode)
-            }
-            Family::FeatureAlpha => {
-                grouped_dropout(x, cfg.p, true, group, GroupedKind::Alpha, pos, mode)
-            }
+            Family::Channel | Family::DropPath => grouped_dropout(
+                x,
+                &GroupedConfig {
+                    p: cfg.p,
+                    training: true,
+                    grouping: Grouping::scale(group),
+                },
+                pos,
+                mode,
+            ),
+            Family::FeatureAlpha => grouped_dropout(
+                x,
+                &GroupedConfig {
+                    p: cfg.p,
+                    training: true,
+                    grouping: Grouping::alpha(group),
+                },
+                pos,
+                mode,
+            ),
         }
     }
 }
@@ -717,9 +731,11 @@ fn run_shard_case<T: Element>(
             let pos = StreamPos::new(SEED, k as u64);
             let p = cfg.p;
             bias_dropout_residual_shard(
-                &x,
-                &bias,
-                &residual,
+                ResidualInputs {
+                    x: &x,
+                    bias: &bias,
+                    residual: &residual,
+                },
                 p,
                 true,
                 pos,
@@ -1045,8 +1061,17 @@ fn run_fused_case<T: Element>(
         let _r = nvtx_range(&format!("gpu_dropout/{op}/{dtype}/{n}"));
         let (t, host) = gpu.measure(cfg, batch, |k| {
             let i = k % sets;
-            let (out, state) =
-                bias_dropout_residual(&xs[i], &bias, &residuals[i], p, true, pos, mode)?;
+            let (out, state) = bias_dropout_residual(
+                ResidualInputs {
+                    x: &xs[i],
+                    bias: &bias,
+                    residual: &residuals[i],
+                },
+                p,
+                true,
+                pos,
+                mode,
+            )?;
             drop((out, state));
             Ok(())
         })?;
@@ -1069,12 +1094,30 @@ fn run_fused_case<T: Element>(
             let eval = MaskMode::Regenerate;
             let (t, host) = gpu.measure(cfg, batch, |k| {
                 let i = k % sets;
-                let (y, _) =
-                    bias_dropout_residual(&xs[i], &bias, &zero_residual, p, false, pos, eval)?;
+                let (y, _) = bias_dropout_residual(
+                    ResidualInputs {
+                        x: &xs[i],
+                        bias: &bias,
+                        residual: &zero_residual,
+                    },
+                    p,
+                    false,
+                    pos,
+                    eval,
+                )?;
                 let (z, state) = dropout(&y, p, true, pos, mode)?;
                 drop(y);
-                let (out, _) =
-                    bias_dropout_residual(&z, &zero_bias, &residuals[i], p, false, pos, eval)?;
+                let (out, _) = bias_dropout_residual(
+                    ResidualInputs {
+                        x: &z,
+                        bias: &zero_bias,
+                        residual: &residuals[i],
+                    },
+                    p,
+                    false,
+                    pos,
+                    eval,
+                )?;
                 drop((z, state, out));
                 Ok(())
             })?;
@@ -1087,7 +1130,20 @@ fn run_fused_case<T: Element>(
         let states = xs
             .iter()
             .zip(&residuals)
-            .map(|(x, r)| Ok(bias_dropout_residual(x, &bias, r, p, true, pos, MaskMode::Bits)?.1))
+            .map(|(x, r)| {
+                Ok(bias_dropout_residual(
+                    ResidualInputs {
+                        x,
+                        bias: &bias,
+                        residual: r,
+                    },
+                    p,
+                    true,
+                    pos,
+                    MaskMode::Bits,
+                )?
+                .1)
+            })
             .collect::<Res<Vec<_>>>()?;
         let _r = nvtx_range(&format!("gpu_dropout/fused_bwd/{dtype}/{n}"));
         let (t, host) = gpu.measure(cfg, batch, |k| {
@@ -1104,7 +1160,20 @@ fn run_fused_case<T: Element>(
         let states = xs
             .iter()
             .zip(&residuals)
-            .map(|(x, r)| Ok(bias_dropout_residual(x, &bias, r, p, false, pos, MaskMode::Bits)?.1))
+            .map(|(x, r)| {
+                Ok(bias_dropout_residual(
+                    ResidualInputs {
+                        x,
+                        bias: &bias,
+                        residual: r,
+                    },
+                    p,
+                    false,
+                    pos,
+                    MaskMode::Bits,
+                )?
+                .1)
+            })
             .collect::<Res<Vec<_>>>()?;
         let _r = nvtx_range(&format!("gpu_dropout/colsum/{dtype}/{n}"));
         let (t, host) = gpu.measure(cfg, batch, |k| {

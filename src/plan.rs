@@ -83,6 +83,36 @@ pub enum GroupedKind {
     Alpha,
 }
 
+/// How a grouped dropout shares its decisions: one per `size` consecutive elements, and
+/// what a kept element becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grouping {
+    /// Elements per decision: the spatial size for channel dropout, one sample's size for
+    /// DropPath, the spatial size for feature alpha dropout. 0 is an error unless the
+    /// tensor is empty.
+    pub size: usize,
+    /// What a kept or dropped element becomes.
+    pub kind: GroupedKind,
+}
+
+impl Grouping {
+    /// `size` elements per decision, kept ones scaled (channel dropout, DropPath).
+    pub fn scale(size: usize) -> Self {
+        Grouping {
+            size,
+            kind: GroupedKind::Scale,
+        }
+    }
+
+    /// `size` elements per decision, with alpha dropout's affine map (FeatureAlphaDropout).
+    pub fn alpha(size: usize) -> Self {
+        Grouping {
+            size,
+            kind: GroupedKind::Alpha,
+        }
+    }
+}
+
 /// Decisions shared by `group` consecutive elements: local element i uses local decision
 /// `(lead + i) / group`, which is global decision `first + (lead + i) / group`; `count`
 /// decisions in all (channel dropout, DropPath, FeatureAlphaDropout).

@@ -338,7 +338,6 @@ fn cast<E: Element>(v: &[f64]) -> Vec<E> {
     v.iter().map(|&x| E::from_f64(x)).collect()
 }
 
-#[allow(clippy::too_many_arguments)]
 fn generated<T: Element, R: Element>(
     rows: usize,
     h: usize,

@@ -12,7 +12,7 @@ use candle_nn::ModuleT;
 // and -0.0 would blur; the special values are covered by tests/dropout.rs,
 // tests/properties.rs and the CUDA tests.
 use common::{bits_of, finite_test_data as test_data};
-use dropkit::functional::{self, MaskMode, StreamPos};
+use dropkit::functional::{self, GroupedConfig, Grouping, MaskMode, ResidualInputs, StreamPos};
 use dropkit::{candle as dk, Element, Generator, Tensor};
 use half::{bf16, f16};
 use std::sync::Arc;
@@ -583,9 +583,18 @@ fn family_functional_forms_match_dropkit_functional() {
         (148, GroupedKind::Scale),
         (37, GroupedKind::Alpha),
     ] {
-        let (want, _) =
-            functional::grouped_dropout(&xt, 0.3, true, group, kind, pos, MaskMode::Bits).unwrap();
-        let got = dk::grouped_dropout(&xc, 0.3, true, group, kind, pos).unwrap();
+        let (want, _) = functional::grouped_dropout(
+            &xt,
+            &GroupedConfig {
+                p: 0.3,
+                training: true,
+                grouping: Grouping { size: group, kind },
+            },
+            pos,
+            MaskMode::Bits,
+        )
+        .unwrap();
+        let got = dk::grouped_dropout(&xc, 0.3, true, Grouping { size: group, kind }, pos).unwrap();
         assert_eq!(
             bits_of(&values::<bf16>(&got)),
             bits_of(&want.to_vec().unwrap()),
@@ -599,12 +608,12 @@ fn family_functional_forms_match_dropkit_functional() {
         bits_of(&want.to_vec().unwrap())
     );
     // Eval: the identity; group 0 over elements is refused as dropkit refuses it.
-    let same = dk::grouped_dropout(&xc, 0.3, false, 37, GroupedKind::Scale, pos).unwrap();
+    let same = dk::grouped_dropout(&xc, 0.3, false, Grouping::scale(37), pos).unwrap();
     assert_eq!(
         bits_of(&values::<bf16>(&same)),
         bits_of(&values::<bf16>(&xc))
     );
-    let e = dk::grouped_dropout(&xc, 0.3, true, 0, GroupedKind::Scale, pos).unwrap_err();
+    let e = dk::grouped_dropout(&xc, 0.3, true, Grouping::scale(0), pos).unwrap_err();
     assert!(
         e.to_string()
             .contains("a decision must cover at least one element"),
@@ -875,9 +884,11 @@ fn fused_values_and_functional_form() {
 
     let t = |v: &[f64], s: &[usize]| Tensor::from_vec(v.to_vec(), s).unwrap();
     let (want, _) = functional::bias_dropout_residual(
-        &t(&x, &[rows, h]),
-        &t(&b, &[h]),
-        &t(&r, &[rows, h]),
+        ResidualInputs {
+            x: &t(&x, &[rows, h]),
+            bias: &t(&b, &[h]),
+            residual: &t(&r, &[rows, h]),
+        },
         p,
         true,
         pos,
@@ -959,9 +970,11 @@ fn fused_errors_not_panics() {
         (&[], &[1], &[]),
     ] {
         let want = functional::bias_dropout_residual(
-            &d(xs),
-            &d(bs),
-            &d(rs),
+            ResidualInputs {
+                x: &d(xs),
+                bias: &d(bs),
+                residual: &d(rs),
+            },
             0.5,
             true,
             StreamPos::new(0, 0),

@@ -3,7 +3,7 @@
 //! in any order and from any thread. (The CUDA half, several threads launching on one device,
 //! lives in the GPU test bundle.)
 
-use dropkit::functional::{alpha_dropout, dropout, grouped_dropout, GroupedKind};
+use dropkit::functional::{alpha_dropout, dropout, grouped_dropout, GroupedConfig, Grouping};
 use dropkit::{
     AlphaDropout, Dropout, Dropout2d, DropoutState, Generator, MaskMode, StreamPos, Tensor,
 };
@@ -46,9 +46,18 @@ fn replay(kind: Kind, x: &Tensor<f32>, offset: u64, mode: MaskMode) -> Vec<u32> 
         Kind::Dropout => dropout(x, P, true, pos, mode).unwrap().0,
         Kind::Dropout2d => {
             let group = SHAPE[2] * SHAPE[3];
-            grouped_dropout(x, P, true, group, GroupedKind::Scale, pos, mode)
-                .unwrap()
-                .0
+            grouped_dropout(
+                x,
+                &GroupedConfig {
+                    p: P,
+                    training: true,
+                    grouping: Grouping::scale(group),
+                },
+                pos,
+                mode,
+            )
+            .unwrap()
+            .0
         }
         Kind::Alpha => alpha_dropout(x, P, true, pos, mode).unwrap().0,
     };

@@ -10,7 +10,7 @@ mod common;
 use common::{bits_of, cuda_or_skip, cuda_tensor, test_data};
 use dropkit::functional::{
     bias_dropout_residual, bias_dropout_residual_backward, dropout, dropout_backward,
-    grouped_dropout, GroupedKind,
+    grouped_dropout, GroupedConfig, Grouping, ResidualInputs,
 };
 use dropkit::{
     AlphaDropout, BiasDropoutResidual, Device, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
@@ -211,9 +211,11 @@ fn fused_parity<T: Element>(dev: &Device, rows: usize, h: usize, start: usize) {
             let pos = StreamPos::new(31, 5).with_index_base(17);
             let label = format!("fused {} {rows}x{h} p {p} {mode:?}", T::DTYPE);
             let (o_c, st_c) = bias_dropout_residual(
-                &cpu(&x, &[rows, h]),
-                &cpu(&b, &[h]),
-                &cpu(&r, &[rows, h]),
+                ResidualInputs {
+                    x: &cpu(&x, &[rows, h]),
+                    bias: &cpu(&b, &[h]),
+                    residual: &cpu(&r, &[rows, h]),
+                },
                 p,
                 true,
                 pos,
@@ -221,9 +223,11 @@ fn fused_parity<T: Element>(dev: &Device, rows: usize, h: usize, start: usize) {
             )
             .unwrap();
             let (o_g, st_g) = bias_dropout_residual(
-                &gpu(&x, &[rows, h]),
-                &gpu(&b, &[h]),
-                &gpu(&r, &[rows, h]),
+                ResidualInputs {
+                    x: &gpu(&x, &[rows, h]),
+                    bias: &gpu(&b, &[h]),
+                    residual: &gpu(&r, &[rows, h]),
+                },
                 p,
                 true,
                 pos,
@@ -294,10 +298,28 @@ fn shard_parity(dev: &Device, index_base: u64, len: usize) {
             dropkit::functional::alpha_dropout(t, 0.3, true, pos, mode)
         }),
         ("grouped scale 7", |t, pos, mode| {
-            grouped_dropout(t, 0.3, true, 7, GroupedKind::Scale, pos, mode)
+            grouped_dropout(
+                t,
+                &GroupedConfig {
+                    p: 0.3,
+                    training: true,
+                    grouping: Grouping::scale(7),
+                },
+                pos,
+                mode,
+            )
         }),
         ("grouped alpha 5", |t, pos, mode| {
-            grouped_dropout(t, 0.3, true, 5, GroupedKind::Alpha, pos, mode)
+            grouped_dropout(
+                t,
+                &GroupedConfig {
+                    p: 0.3,
+                    training: true,
+                    grouping: Grouping::alpha(5),
+                },
+                pos,
+                mode,
+            )
         }),
     ];
     for (what, op) in ops {
@@ -336,9 +358,11 @@ fn shard_parity(dev: &Device, index_base: u64, len: usize) {
         let base = index_base - index_base % h as u64;
         let pos = StreamPos::new(0xABCD, 3).with_index_base(base);
         let (o_c, _) = bias_dropout_residual(
-            &cpu(&x[..n], &[rows, h]),
-            &cpu(&b, &[h]),
-            &cpu(&r, &[rows, h]),
+            ResidualInputs {
+                x: &cpu(&x[..n], &[rows, h]),
+                bias: &cpu(&b, &[h]),
+                residual: &cpu(&r, &[rows, h]),
+            },
             0.3,
             true,
             pos,
@@ -346,9 +370,11 @@ fn shard_parity(dev: &Device, index_base: u64, len: usize) {
         )
         .unwrap();
         let (o_g, _) = bias_dropout_residual(
-            &gpu(&x[..n], &[rows, h]),
-            &gpu(&b, &[h]),
-            &gpu(&r, &[rows, h]),
+            ResidualInputs {
+                x: &gpu(&x[..n], &[rows, h]),
+                bias: &gpu(&b, &[h]),
+                residual: &gpu(&r, &[rows, h]),
+            },
             0.3,
             true,
             pos,
@@ -403,10 +429,11 @@ fn cuda_threads_sharing_a_device_match_one_thread() {
         let dx = dropout_backward(&y, &state).unwrap();
         let (z, _) = grouped_dropout(
             &x,
-            0.4,
-            true,
-            9,
-            GroupedKind::Scale,
+            &GroupedConfig {
+                p: 0.4,
+                training: true,
+                grouping: Grouping::scale(9),
+            },
             pos_of(t, k),
             MaskMode::Regenerate,
         )

@@ -19,7 +19,7 @@ use common::{
 use dropkit::element::{to_compute_f64, ComputeFloat};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
-    dropout_backward, grouped_dropout, GroupedKind,
+    dropout_backward, grouped_dropout, GroupedConfig, GroupedKind, Grouping, ResidualInputs,
 };
 use dropkit::mask::{keep_bits, Probability};
 use dropkit::{
@@ -347,8 +347,18 @@ fn fused_case<T: Element>(dev: &Device, rows: usize, h: usize, p: f64) {
     );
     let mut grads = Vec::new();
     for mode in [MaskMode::Bits, MaskMode::Regenerate] {
-        let (out, st) =
-            bias_dropout_residual(&x, &bias, &res, p, true, StreamPos::new(17, 4), mode).unwrap();
+        let (out, st) = bias_dropout_residual(
+            ResidualInputs {
+                x: &x,
+                bias: &bias,
+                residual: &res,
+            },
+            p,
+            true,
+            StreamPos::new(17, 4),
+            mode,
+        )
+        .unwrap();
         let out = out.to_vec().unwrap();
         for i in 0..rows * h {
             let z = xv[i].to_compute().add(bv[i % h].to_compute());
@@ -606,18 +616,28 @@ fn shards_reproduce_the_whole_tensor(dev: &Device) {
         bits_of(&whole_alpha.to_vec().unwrap())
     );
     // Grouped decisions (groups of 10 elements): cuts inside groups too.
-    let (whole, _) =
-        grouped_dropout(&x, 0.5, true, 10, GroupedKind::Scale, pos, MaskMode::Bits).unwrap();
+    let (whole, _) = grouped_dropout(
+        &x,
+        &GroupedConfig {
+            p: 0.5,
+            training: true,
+            grouping: Grouping::scale(10),
+        },
+        pos,
+        MaskMode::Bits,
+    )
+    .unwrap();
     let mut parts = Vec::new();
     for w in cuts.windows(2) {
         let shard = tensor_on(dev, xv[w[0]..w[1]].to_vec(), &[w[1] - w[0]]);
         let at = pos.with_index_base(w[0] as u64);
         let (y, st) = grouped_dropout(
             &shard,
-            0.5,
-            true,
-            10,
-            GroupedKind::Scale,
+            &GroupedConfig {
+                p: 0.5,
+                training: true,
+                grouping: Grouping::scale(10),
+            },
             at,
             MaskMode::Regenerate,
         )
@@ -900,15 +920,45 @@ fn compare<T: Element>(
 fn family_parity<T: Element>(dev: &Device) {
     let channel: Forward<T> = |x, pos, mode| {
         let group = x.shape()[2..].iter().product();
-        grouped_dropout(x, 0.4, true, group, GroupedKind::Scale, pos, mode).unwrap()
+        grouped_dropout(
+            x,
+            &GroupedConfig {
+                p: 0.4,
+                training: true,
+                grouping: Grouping::scale(group),
+            },
+            pos,
+            mode,
+        )
+        .unwrap()
     };
     let feature_alpha: Forward<T> = |x, pos, mode| {
         let group = x.shape()[2..].iter().product();
-        grouped_dropout(x, 0.3, true, group, GroupedKind::Alpha, pos, mode).unwrap()
+        grouped_dropout(
+            x,
+            &GroupedConfig {
+                p: 0.3,
+                training: true,
+                grouping: Grouping::alpha(group),
+            },
+            pos,
+            mode,
+        )
+        .unwrap()
     };
     let drop_path: Forward<T> = |x, pos, mode| {
         let group = x.shape()[1..].iter().product();
-        grouped_dropout(x, 0.5, true, group, GroupedKind::Scale, pos, mode).unwrap()
+        grouped_dropout(
+            x,
+            &GroupedConfig {
+                p: 0.5,
+                training: true,
+                grouping: Grouping::scale(group),
+            },
+            pos,
+            mode,
+        )
+        .unwrap()
     };
     let alpha: Forward<T> = |x, pos, mode| alpha_dropout(x, 0.2, true, pos, mode).unwrap();
     for (shape, start) in [
@@ -947,9 +997,11 @@ fn family_parity<T: Element>(dev: &Device) {
             for mode in [MaskMode::Bits, MaskMode::Regenerate] {
                 let pos = StreamPos::new(9, 1).with_index_base(3);
                 let (o_c, st_c) = bias_dropout_residual(
-                    &cpu(&x, &[rows, h]),
-                    &cpu(&b, &[h]),
-                    &cpu(&r, &[rows, h]),
+                    ResidualInputs {
+                        x: &cpu(&x, &[rows, h]),
+                        bias: &cpu(&b, &[h]),
+                        residual: &cpu(&r, &[rows, h]),
+                    },
                     p,
                     true,
                     pos,
@@ -957,9 +1009,11 @@ fn family_parity<T: Element>(dev: &Device) {
                 )
                 .unwrap();
                 let (o_g, st_g) = bias_dropout_residual(
-                    &gpu(&x, &[rows, h]),
-                    &gpu(&b, &[h]),
-                    &gpu(&r, &[rows, h]),
+                    ResidualInputs {
+                        x: &gpu(&x, &[rows, h]),
+                        bias: &gpu(&b, &[h]),
+                        residual: &gpu(&r, &[rows, h]),
+                    },
                     p,
                     true,
                     pos,
@@ -1044,9 +1098,21 @@ fn shards_split_between_cpu_and_cuda() {
                     .0
             }
             Some(k) => {
-                grouped_dropout(t, 0.3, true, group, k, at, MaskMode::Bits)
-                    .unwrap()
-                    .0
+                grouped_dropout(
+                    t,
+                    &GroupedConfig {
+                        p: 0.3,
+                        training: true,
+                        grouping: Grouping {
+                            size: group,
+                            kind: k,
+                        },
+                    },
+                    at,
+                    MaskMode::Bits,
+                )
+                .unwrap()
+                .0
             }
         };
         let whole = run(&whole_cpu, pos).to_vec().unwrap();
@@ -1311,9 +1377,30 @@ fn functional_into_forms_equal_the_allocating_forms(dev: &Device) {
             dropkit::functional::dropout_backward_into(&dy, &state, &mut dx).unwrap();
             assert_eq!(bits(&dx), bits(&g), "alpha backward {mode:?} {k}");
             for kind in [GroupedKind::Scale, GroupedKind::Alpha] {
-                let (y, s) = grouped_dropout(&x, 0.5, true, group, kind, pos, mode).unwrap();
-                grouped_dropout_into(&x, &mut out, &mut state, 0.5, true, group, kind, pos, mode)
-                    .unwrap();
+                let (y, s) = grouped_dropout(
+                    &x,
+                    &GroupedConfig {
+                        p: 0.5,
+                        training: true,
+                        grouping: Grouping { size: group, kind },
+                    },
+                    pos,
+                    mode,
+                )
+                .unwrap();
+                grouped_dropout_into(
+                    &x,
+                    &mut out,
+                    &mut state,
+                    &GroupedConfig {
+                        p: 0.5,
+                        training: true,
+                        grouping: Grouping { size: group, kind },
+                    },
+                    pos,
+                    mode,
+                )
+                .unwrap();
                 assert_eq!(bits(&out), bits(&y), "grouped {kind:?} {mode:?} {k}");
                 assert_eq!(state.keep_bits().unwrap(), s.keep_bits().unwrap());
                 let g = dropout_backward(&dy, &s).unwrap();

@@ -12,7 +12,7 @@
 use dropkit::element::{to_compute_f64, ComputeFloat};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
-    dropout_backward, grouped_dropout, GroupedKind,
+    dropout_backward, grouped_dropout, GroupedConfig, GroupedKind, Grouping, ResidualInputs,
 };
 use dropkit::mask::{keep_bits_from, Probability};
 use dropkit::plan::COLUMN_SUM_BLOCK_ROWS;
@@ -498,10 +498,11 @@ fn check_grouped<T: Dt>(
     for kind in [GroupedKind::Scale, GroupedKind::Alpha] {
         let (y, state) = grouped_dropout(
             &tensor(&x, &[lay.n]),
-            p,
-            true,
-            group,
-            kind,
+            &GroupedConfig {
+                p,
+                training: true,
+                grouping: Grouping { size: group, kind },
+            },
             pos,
             MaskMode::Bits,
         )
@@ -560,9 +561,11 @@ fn check_fused<T: Dt>(
         finite_values::<T>(n, 7),
     );
     let (out, state) = bias_dropout_residual(
-        &tensor(&x, &[rows, h]),
-        &tensor(&bias, &[h]),
-        &tensor(&res, &[rows, h]),
+        ResidualInputs {
+            x: &tensor(&x, &[rows, h]),
+            bias: &tensor(&bias, &[h]),
+            residual: &tensor(&res, &[rows, h]),
+        },
         p,
         true,
         pos,
@@ -632,9 +635,11 @@ fn check_fused<T: Dt>(
         .map(|_| T::from_f64(((rng.next() >> 11) as f64 / (1u64 << 53) as f64 - 0.5) * 1e3))
         .collect();
     let (_, state) = bias_dropout_residual(
-        &tensor(&finite_values::<T>(rows * h, 9), &[rows, h]),
-        &tensor(&bias, &[h]),
-        &tensor(&finite_values::<T>(rows * h, 10), &[rows, h]),
+        ResidualInputs {
+            x: &tensor(&finite_values::<T>(rows * h, 9), &[rows, h]),
+            bias: &tensor(&bias, &[h]),
+            residual: &tensor(&finite_values::<T>(rows * h, 10), &[rows, h]),
+        },
         p,
         true,
         pos,

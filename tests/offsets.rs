@@ -8,7 +8,8 @@
 //! every tensor lives on the CPU.
 
 use dropkit::functional::{
-    alpha_dropout, bias_dropout_residual, dropout, grouped_dropout, GroupedKind,
+    alpha_dropout, bias_dropout_residual, dropout, grouped_dropout, GroupedConfig, GroupedKind,
+    Grouping, ResidualInputs,
 };
 use dropkit::{
     AlphaDropout, BiasDropoutResidual, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
@@ -110,9 +111,21 @@ macro_rules! wrong_rank_test {
                     is_invalid_shape,
                     &good,
                     |x, pos| {
-                        grouped_dropout(x, P, true, group, $kind, pos, mode)
-                            .unwrap()
-                            .0
+                        grouped_dropout(
+                            x,
+                            &GroupedConfig {
+                                p: P,
+                                training: true,
+                                grouping: Grouping {
+                                    size: group,
+                                    kind: $kind,
+                                },
+                            },
+                            pos,
+                            mode,
+                        )
+                        .unwrap()
+                        .0
                     },
                 );
             }
@@ -219,45 +232,90 @@ index_overflow_test!(
     Dropout1d,
     [2, 4],
     [1, 2],
-    |x: &Tensor<f32>, pos, mode| grouped_dropout(x, P, true, 2, GroupedKind::Scale, pos, mode)
-        .unwrap()
-        .0
+    |x: &Tensor<f32>, pos, mode| grouped_dropout(
+        x,
+        &GroupedConfig {
+            p: P,
+            training: true,
+            grouping: Grouping::scale(2)
+        },
+        pos,
+        mode
+    )
+    .unwrap()
+    .0
 );
 index_overflow_test!(
     dropout2d_index_overflow,
     Dropout2d,
     [2, 2, 2],
     [1, 2, 1],
-    |x: &Tensor<f32>, pos, mode| grouped_dropout(x, P, true, 2, GroupedKind::Scale, pos, mode)
-        .unwrap()
-        .0
+    |x: &Tensor<f32>, pos, mode| grouped_dropout(
+        x,
+        &GroupedConfig {
+            p: P,
+            training: true,
+            grouping: Grouping::scale(2)
+        },
+        pos,
+        mode
+    )
+    .unwrap()
+    .0
 );
 index_overflow_test!(
     dropout3d_index_overflow,
     Dropout3d,
     [1, 2, 2, 2],
     [1, 1, 2, 1],
-    |x: &Tensor<f32>, pos, mode| grouped_dropout(x, P, true, 2, GroupedKind::Scale, pos, mode)
-        .unwrap()
-        .0
+    |x: &Tensor<f32>, pos, mode| grouped_dropout(
+        x,
+        &GroupedConfig {
+            p: P,
+            training: true,
+            grouping: Grouping::scale(2)
+        },
+        pos,
+        mode
+    )
+    .unwrap()
+    .0
 );
 index_overflow_test!(
     drop_path_index_overflow,
     DropPath,
     [4, 2],
     [1, 2],
-    |x: &Tensor<f32>, pos, mode| grouped_dropout(x, P, true, 2, GroupedKind::Scale, pos, mode)
-        .unwrap()
-        .0
+    |x: &Tensor<f32>, pos, mode| grouped_dropout(
+        x,
+        &GroupedConfig {
+            p: P,
+            training: true,
+            grouping: Grouping::scale(2)
+        },
+        pos,
+        mode
+    )
+    .unwrap()
+    .0
 );
 index_overflow_test!(
     feature_alpha_index_overflow,
     FeatureAlphaDropout,
     [2, 2, 2],
     [1, 1, 2],
-    |x: &Tensor<f32>, pos, mode| grouped_dropout(x, P, true, 2, GroupedKind::Alpha, pos, mode)
-        .unwrap()
-        .0
+    |x: &Tensor<f32>, pos, mode| grouped_dropout(
+        x,
+        &GroupedConfig {
+            p: P,
+            training: true,
+            grouping: Grouping::alpha(2)
+        },
+        pos,
+        mode
+    )
+    .unwrap()
+    .0
 );
 
 /// The fused layer: each bad (x, bias, residual) fails out of place and in place without
@@ -306,7 +364,18 @@ fn fused_error_keeps_offset(
         let (out, _) = layer.forward(&x, &bias, &residual).unwrap();
         assert_eq!(gen.offset(), START + 1);
         let pos = StreamPos::new(SEED, START).with_index_base(index_base);
-        let (want, _) = bias_dropout_residual(&x, &bias, &residual, P, true, pos, mode).unwrap();
+        let (want, _) = bias_dropout_residual(
+            ResidualInputs {
+                x: &x,
+                bias: &bias,
+                residual: &residual,
+            },
+            P,
+            true,
+            pos,
+            mode,
+        )
+        .unwrap();
         assert_eq!(
             bits(&out),
             bits(&want),

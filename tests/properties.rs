@@ -12,7 +12,8 @@ mod spec_ref;
 
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, bias_dropout_residual_backward, dropout,
-    dropout_backward, grouped_dropout, BiasDropoutResidualState, GroupedKind,
+    dropout_backward, grouped_dropout, BiasDropoutResidualState, GroupedConfig, Grouping,
+    ResidualInputs,
 };
 use dropkit::{
     AlphaDropout, BiasDropoutResidual, Device, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
@@ -875,12 +876,26 @@ fn forward<T: RefFloat>(
     match case.op {
         Op::FnDropout => dropout(x, p, training, pos, mode),
         Op::FnAlpha => alpha_dropout(x, p, training, pos, mode),
-        Op::FnGroupedScale => {
-            grouped_dropout(x, p, training, case.group, GroupedKind::Scale, pos, mode)
-        }
-        Op::FnGroupedAlpha => {
-            grouped_dropout(x, p, training, case.group, GroupedKind::Alpha, pos, mode)
-        }
+        Op::FnGroupedScale => grouped_dropout(
+            x,
+            &GroupedConfig {
+                p,
+                training,
+                grouping: Grouping::scale(case.group),
+            },
+            pos,
+            mode,
+        ),
+        Op::FnGroupedAlpha => grouped_dropout(
+            x,
+            &GroupedConfig {
+                p,
+                training,
+                grouping: Grouping::alpha(case.group),
+            },
+            pos,
+            mode,
+        ),
         other => unreachable!("{other:?} is a layer or fused"),
     }
 }
@@ -1107,9 +1122,11 @@ fn run_fused<T: RefFloat, U: RefFloat>(case: &Case, x: &Tensor<T>, n: usize) -> 
                 }
             }
             None => bias_dropout_residual(
-                x,
-                &bias,
-                residual,
+                ResidualInputs {
+                    x,
+                    bias: &bias,
+                    residual,
+                },
                 case.p,
                 case.training,
                 pos(case, index_base),

@@ -13,7 +13,7 @@ use dropkit::functional::{
     bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_shard, dropout,
     dropout_add_norm, dropout_add_norm_backward, dropout_add_norm_shard, dropout_shard,
     AddNormConfig, AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved,
-    BiasDropoutResidualGrads,
+    BiasDropoutResidualGrads, ResidualInputs,
 };
 use dropkit::{
     BiasDropoutResidual, Device, Dropout2d, DropoutAddNorm, Element, Generator, MaskMode, Norm,
@@ -64,10 +64,31 @@ fn fused_on_shards_of_any_layout<T: Element>(dev: &Device) {
             (false, MaskMode::Bits),
         ] {
             let what = format!("case {case}: {layout:?} training {training} {mode:?}");
-            let (y, st) = bias_dropout_residual(&x, &b, &r, 0.35, training, pos, mode).unwrap();
-            let (yl, stl) =
-                bias_dropout_residual_shard(&xl, &bl, &rl, 0.35, training, pos, &layout, mode)
-                    .unwrap();
+            let (y, st) = bias_dropout_residual(
+                ResidualInputs {
+                    x: &x,
+                    bias: &b,
+                    residual: &r,
+                },
+                0.35,
+                training,
+                pos,
+                mode,
+            )
+            .unwrap();
+            let (yl, stl) = bias_dropout_residual_shard(
+                ResidualInputs {
+                    x: &xl,
+                    bias: &bl,
+                    residual: &rl,
+                },
+                0.35,
+                training,
+                pos,
+                &layout,
+                mode,
+            )
+            .unwrap();
             assert_eq!(bits(&yl), slice_of(&bits(&y), &layout), "{what}");
             let whole = bias_dropout_residual_backward(&g, &st).unwrap();
             let shard = bias_dropout_residual_backward(&gl, &stl).unwrap();
@@ -202,7 +223,18 @@ fn fused_layer_partitions(dev: &Device) {
     // A functional call with a position that has its own index base is refused too.
     let based = StreamPos::new(1, 0).with_index_base(8);
     let l2 = ShardLayout::new(&[2, 3, 4], &[0, 0, 0], &[2, 3, 4]).unwrap();
-    let e = bias_dropout_residual_shard(&xw, &bw, &rw, 0.5, true, based, &l2, MaskMode::Bits);
+    let e = bias_dropout_residual_shard(
+        ResidualInputs {
+            x: &xw,
+            bias: &bw,
+            residual: &rw,
+        },
+        0.5,
+        true,
+        based,
+        &l2,
+        MaskMode::Bits,
+    );
     assert!(e.is_err());
 }
 test_device!(
@@ -226,7 +258,18 @@ fn shards_on_mixed_devices(dev: &Device) {
     let r = tensor_on(&cpu, rs.clone(), &global);
     let b = tensor_on(&cpu, bs.clone(), &[8]);
     let (dw, _) = dropout(&x, 0.5, true, pos, MaskMode::Bits).unwrap();
-    let (fw, _) = bias_dropout_residual(&x, &b, &r, 0.5, true, pos, MaskMode::Bits).unwrap();
+    let (fw, _) = bias_dropout_residual(
+        ResidualInputs {
+            x: &x,
+            bias: &b,
+            residual: &r,
+        },
+        0.5,
+        true,
+        pos,
+        MaskMode::Bits,
+    )
+    .unwrap();
     let channel = || {
         Dropout2d::new(0.5)
             .unwrap()
@@ -244,9 +287,19 @@ fn shards_on_mixed_devices(dev: &Device) {
             let bl = tensor_on(here, last_axis_slice(&bs, &layout), &[2]);
             let (d, _) = dropout_shard(&xl, 0.5, true, pos, &layout, MaskMode::Bits).unwrap();
             place(&mut d_out, &bits(&d), &layout);
-            let (f, _) =
-                bias_dropout_residual_shard(&xl, &bl, &rl, 0.5, true, pos, &layout, MaskMode::Bits)
-                    .unwrap();
+            let (f, _) = bias_dropout_residual_shard(
+                ResidualInputs {
+                    x: &xl,
+                    bias: &bl,
+                    residual: &rl,
+                },
+                0.5,
+                true,
+                pos,
+                &layout,
+                MaskMode::Bits,
+            )
+            .unwrap();
             place(&mut f_out, &bits(&f), &layout);
             let (c, _) = channel().with_shard(layout.clone()).forward(&xl).unwrap();
             place(&mut c_out, &bits(&c), &layout);

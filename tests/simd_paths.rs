@@ -6,7 +6,8 @@
 use dropkit::cpu::simd::{self, SimdLevel};
 use dropkit::functional::{
     alpha_dropout, bias_dropout_residual, dropout, dropout_add_norm, dropout_add_norm_backward,
-    dropout_backward, grouped_dropout, AddNormConfig, AddNormInputs, AddNormSaved, GroupedKind,
+    dropout_backward, grouped_dropout, AddNormConfig, AddNormInputs, AddNormSaved, GroupedConfig,
+    Grouping, ResidualInputs,
 };
 use dropkit::{Element, MaskMode, Norm, StreamPos, Tensor};
 use half::{bf16, f16};
@@ -93,8 +94,17 @@ fn cases<T: Element>(out: &mut BTreeMap<String, u64>) {
                     dropout_backward(&g, &state).unwrap().as_slice().unwrap(),
                     &mut h,
                 );
-                let (y, _) =
-                    grouped_dropout(&x, p, true, 3, GroupedKind::Scale, pos, mode).unwrap();
+                let (y, _) = grouped_dropout(
+                    &x,
+                    &GroupedConfig {
+                        p,
+                        training: true,
+                        grouping: Grouping::scale(3),
+                    },
+                    pos,
+                    mode,
+                )
+                .unwrap();
                 digest(y.as_slice().unwrap(), &mut h);
             }
             if n % 3 == 0 || n == 1000 {
@@ -103,8 +113,18 @@ fn cases<T: Element>(out: &mut BTreeMap<String, u64>) {
                 let shape = [n / hidden, hidden];
                 let xs = Tensor::from_vec(data::<T>(n, 1), &shape).unwrap();
                 let r = Tensor::from_vec(data::<T>(n, 4), &shape).unwrap();
-                let (y, _) =
-                    bias_dropout_residual(&xs, &bias, &r, p, true, pos, MaskMode::Bits).unwrap();
+                let (y, _) = bias_dropout_residual(
+                    ResidualInputs {
+                        x: &xs,
+                        bias: &bias,
+                        residual: &r,
+                    },
+                    p,
+                    true,
+                    pos,
+                    MaskMode::Bits,
+                )
+                .unwrap();
                 digest(y.as_slice().unwrap(), &mut h);
             }
             out.insert(format!("{name} n={n} p={p} base={base}"), h);

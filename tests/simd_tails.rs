@@ -14,7 +14,8 @@
 mod spec_ref;
 
 use dropkit::functional::{
-    alpha_dropout, bias_dropout_residual, dropout, dropout_backward, grouped_dropout, GroupedKind,
+    alpha_dropout, bias_dropout_residual, dropout, dropout_backward, grouped_dropout,
+    GroupedConfig, GroupedKind, Grouping, ResidualInputs,
 };
 use dropkit::{Dropout, Generator, MaskMode, StreamPos, Tensor};
 use half::{bf16, f16};
@@ -161,8 +162,17 @@ fn grouped<T: RefFloat>(n: usize, index_base: u64) {
             (GroupedKind::Scale, Arith::Scale),
             (GroupedKind::Alpha, Arith::Alpha),
         ] {
-            let (y, _) =
-                grouped_dropout(&x, p, true, group, kind, pos, MaskMode::Regenerate).unwrap();
+            let (y, _) = grouped_dropout(
+                &x,
+                &GroupedConfig {
+                    p,
+                    training: true,
+                    grouping: Grouping { size: group, kind },
+                },
+                pos,
+                MaskMode::Regenerate,
+            )
+            .unwrap();
             let want: Vec<T> = (0..n)
                 .map(|i| {
                     let j = spec_ref::decision_index(index_base, i, group as u64);
@@ -197,8 +207,18 @@ fn fused<T: RefFloat>(n: usize, index_base: u64) {
         let residual = Tensor::from_vec(r_data.clone(), &shape).unwrap();
         let bias = Tensor::from_vec(b_data.clone(), &[hidden]).unwrap();
         let pos = StreamPos::new(SEED, OFFSET).with_index_base(index_base);
-        let (out, _) =
-            bias_dropout_residual(&x, &bias, &residual, p, true, pos, MaskMode::Bits).unwrap();
+        let (out, _) = bias_dropout_residual(
+            ResidualInputs {
+                x: &x,
+                bias: &bias,
+                residual: &residual,
+            },
+            p,
+            true,
+            pos,
+            MaskMode::Bits,
+        )
+        .unwrap();
         let want: Vec<T> = (0..n)
             .map(|i| {
                 let e = index_base + i as u64;

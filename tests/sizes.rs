@@ -7,7 +7,7 @@
 //! parent checks that the child exited cleanly: a regression shows as a failed test, not a
 //! dead test run.
 
-use dropkit::functional::{dropout_backward, grouped_dropout, GroupedKind};
+use dropkit::functional::{dropout_backward, grouped_dropout, GroupedConfig, Grouping};
 use dropkit::{
     AlphaDropout, BiasDropoutResidual, Device, DropPath, Dropout, Dropout1d, Dropout2d, Dropout3d,
     Element, Error, FeatureAlphaDropout, Generator, StreamPos, Tensor,
@@ -174,8 +174,17 @@ fn empty_huge_tensors_through_grouped_layers() {
     let x = Tensor::<f32>::from_vec(Vec::new(), &[0, 1 << 32, 1 << 32]).unwrap();
     let pos = StreamPos::new(1, 2);
     let mode = dropkit::MaskMode::Bits;
-    let (y, state) =
-        grouped_dropout(&x, 0.5, true, usize::MAX, GroupedKind::Scale, pos, mode).unwrap();
+    let (y, state) = grouped_dropout(
+        &x,
+        &GroupedConfig {
+            p: 0.5,
+            training: true,
+            grouping: Grouping::scale(usize::MAX),
+        },
+        pos,
+        mode,
+    )
+    .unwrap();
     assert!(y.is_empty());
     assert!(dropout_backward(&x, &state).unwrap().is_empty());
 }

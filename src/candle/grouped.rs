@@ -11,33 +11,32 @@ use super::util::{candle_layer, to_candle_error};
 use crate::error::Error;
 use crate::layers::LayerCore;
 use crate::mask::Probability;
-use crate::plan::{GroupedKind, StreamPos};
+use crate::plan::{GroupedKind, Grouping, StreamPos};
 use candle_core::Tensor;
 
-/// Dropout with one decision per `group` consecutive elements of a candle tensor, like
-/// [`crate::functional::grouped_dropout`]: channel dropout (group = the spatial size),
-/// DropPath (group = one sample's size), or feature alpha dropout with
-/// [`GroupedKind::Alpha`]. The identity when `training` is false.
+/// Dropout with one decision per `grouping.size` consecutive elements of a candle
+/// tensor, like [`crate::functional::grouped_dropout`]: channel dropout
+/// ([`Grouping::scale`] of the spatial size), DropPath (of one sample's size), or feature
+/// alpha dropout ([`Grouping::alpha`]). The identity when `training` is false.
 pub fn grouped_dropout(
     x: &Tensor,
     p: f64,
     training: bool,
-    group: usize,
-    kind: GroupedKind,
+    grouping: Grouping,
     pos: StreamPos,
 ) -> candle_core::Result<Tensor> {
     let prob = Probability::new(p).map_err(to_candle_error)?;
     if !training {
         return Ok(x.clone());
     }
-    if group == 0 && x.elem_count() > 0 {
+    if grouping.size == 0 && x.elem_count() > 0 {
         return Err(to_candle_error(crate::error::Error::InvalidShape {
             op: "grouped dropout",
             shape: x.dims().to_vec(),
             reason: "a decision must cover at least one element".into(),
         }));
     }
-    MaskOp::grouped(prob, pos, group, kind).apply(x)
+    MaskOp::grouped(prob, pos, grouping.size, grouping.kind).apply(x)
 }
 
 /// Elements per decision for channel dropout (dropkit's rank check and message).

@@ -11,42 +11,58 @@ use crate::backend::Forwarded;
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::mask::Probability;
-use crate::plan::{Decisions, GroupLayout, GroupedKind, Kept, MaskMode, StreamPos};
+use crate::plan::{Decisions, GroupLayout, GroupedKind, Grouping, Kept, MaskMode, StreamPos};
 use crate::shard::ShardLayout;
 use crate::tensor::Tensor;
 use std::sync::Arc;
 
-/// Dropout with one decision per `group` consecutive elements (SPEC section 6): channel
-/// dropout (group = the spatial size), DropPath (group = the size of one sample) and
-/// FeatureAlphaDropout. Shards use `pos.index_base` as the element where they start.
+/// A grouped dropout call: the drop probability, training or eval, and how elements share
+/// decisions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GroupedConfig {
+    /// The drop probability, in [0, 1].
+    pub p: f64,
+    /// Eval mode (false) is the identity.
+    pub training: bool,
+    /// Elements per decision, and what a kept or dropped element becomes.
+    pub grouping: Grouping,
+}
+
+/// Dropout with one decision per `config.grouping.size` consecutive elements (SPEC
+/// section 6): channel dropout ([`Grouping::scale`] of the spatial size), DropPath (of the
+/// size of one sample) and FeatureAlphaDropout ([`Grouping::alpha`]). Shards use
+/// `pos.index_base` as the element where they start.
 pub fn grouped_dropout<T: Element>(
     x: &Tensor<T>,
-    p: f64,
-    training: bool,
-    group: usize,
-    kind: GroupedKind,
+    config: &GroupedConfig,
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<(Tensor<T>, DropoutState)> {
+    let GroupedConfig {
+        p,
+        training,
+        grouping,
+    } = *config;
     train_or_identity(x, p, training, pos, mode, |x, prob, pos, mode| {
-        grouped_train(x, prob, group, kind, pos, mode)
+        grouped_train(x, prob, grouping.size, grouping.kind, pos, mode)
     })
 }
 
 /// [`grouped_dropout`] writing into preallocated buffers, as [`super::dropout_into`] (the
 /// regenerate form keeps its decision mask as scratch in the state, to draw into again).
-#[allow(clippy::too_many_arguments)]
 pub fn grouped_dropout_into<T: Element>(
     x: &Tensor<T>,
     out: &mut Tensor<T>,
     state: &mut DropoutState,
-    p: f64,
-    training: bool,
-    group: usize,
-    kind: GroupedKind,
+    config: &GroupedConfig,
     pos: StreamPos,
     mode: MaskMode,
 ) -> Result<()> {
+    let GroupedConfig {
+        p,
+        training,
+        grouping,
+    } = *config;
     let call = CallArgs {
         p,
         training,
@@ -54,7 +70,7 @@ pub fn grouped_dropout_into<T: Element>(
         mode,
     };
     train_into(x, (out, state), call, |x, prob, pos, mode| {
-        grouped_train(x, prob, group, kind, pos, mode)
+        grouped_train(x, prob, grouping.size, grouping.kind, pos, mode)
     })
 }
 

@@ -29,12 +29,12 @@ mod norm_into;
 mod residual;
 mod state;
 
-pub use crate::plan::{GroupedKind, MaskMode, Norm, StreamPos};
+pub use crate::plan::{GroupedKind, Grouping, MaskMode, Norm, StreamPos};
 pub use alpha::{alpha_dropout, alpha_dropout_into, alpha_dropout_shard};
 pub(crate) use dispatch::{check_captured, check_graph_tensor};
 pub(crate) use dropout::{check_output, check_shard, elementwise_train, shard_train};
 pub use dropout::{dropout, dropout_backward, dropout_backward_into, dropout_into, dropout_shard};
-pub use grouped::{grouped_dropout, grouped_dropout_into};
+pub use grouped::{grouped_dropout, grouped_dropout_into, GroupedConfig};
 pub use norm::{
     dropout_add_norm, dropout_add_norm_backward, dropout_add_norm_shard, AddNormConfig,
     AddNormGrads, AddNormInputs, AddNormOutput, AddNormSaved, AddNormState,
@@ -44,7 +44,7 @@ pub use norm_into::{dropout_add_norm_backward_into, dropout_add_norm_into};
 pub use residual::{
     bias_dropout_residual, bias_dropout_residual_backward, bias_dropout_residual_backward_into,
     bias_dropout_residual_backward_owned, bias_dropout_residual_into, bias_dropout_residual_shard,
-    BiasDropoutResidualGrads, BiasDropoutResidualState,
+    BiasDropoutResidualGrads, BiasDropoutResidualState, ResidualInputs,
 };
 pub use state::DropoutState;
 

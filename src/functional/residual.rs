@@ -101,13 +101,22 @@ pub(crate) fn check_fused_shapes(
     Ok(hidden)
 }
 
+/// The tensors of the fused bias + dropout + residual, `residual + dropout(x + bias)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ResidualInputs<'a, T: Element> {
+    /// The input, (..., H).
+    pub x: &'a Tensor<T>,
+    /// Added to every row of x before the dropout, (H).
+    pub bias: &'a Tensor<T>,
+    /// The residual stream, x's shape.
+    pub residual: &'a Tensor<T>,
+}
+
 /// `out = residual + dropout(x + bias)` in one pass (SPEC section 6): x and residual of
 /// shape (..., H), bias of shape (H). In eval mode the dropout is the identity (the sum is
 /// still computed with the same roundings).
 pub fn bias_dropout_residual<T: Element>(
-    x: &Tensor<T>,
-    bias: &Tensor<T>,
-    residual: &Tensor<T>,
+    inputs: ResidualInputs<'_, T>,
     p: f64,
     training: bool,
     pos: StreamPos,
@@ -121,6 +130,7 @@ pub fn bias_dropout_residual<T: Element>(
         mode,
         shard: None,
     };
+    let ResidualInputs { x, bias, residual } = inputs;
     let (out, state) = bias_dropout_residual_run(x, bias, Operand::Input(residual), run)?;
     Ok((new_output(out), state))
 }
@@ -133,11 +143,8 @@ pub fn bias_dropout_residual<T: Element>(
 /// unsharded ones' slices too; the bias gradient is the column sum over the shard's own
 /// rows (the unsharded one's slice when the shard holds every row, as a split of the
 /// hidden axis does; with rows split, the ranks add theirs up).
-#[allow(clippy::too_many_arguments)]
 pub fn bias_dropout_residual_shard<T: Element>(
-    x: &Tensor<T>,
-    bias: &Tensor<T>,
-    residual: &Tensor<T>,
+    inputs: ResidualInputs<'_, T>,
     p: f64,
     training: bool,
     pos: StreamPos,
@@ -152,6 +159,7 @@ pub fn bias_dropout_residual_shard<T: Element>(
         mode,
         shard: Some(layout),
     };
+    let ResidualInputs { x, bias, residual } = inputs;
     let (out, state) = bias_dropout_residual_run(x, bias, Operand::Input(residual), run)?;
     Ok((new_output(out), state))
 }
@@ -277,11 +285,8 @@ pub(crate) fn bias_dropout_residual_run<T: Element>(
 /// buffers are reused (pass the state of an earlier call of this shape). On CUDA it then
 /// allocates nothing and needs no host round trip, so it may run while the stream captures
 /// a CUDA graph, with a position from [`crate::Generator::next_pos`].
-#[allow(clippy::too_many_arguments)]
 pub fn bias_dropout_residual_into<T: Element>(
-    x: &Tensor<T>,
-    bias: &Tensor<T>,
-    residual: &Tensor<T>,
+    inputs: ResidualInputs<'_, T>,
     out: &mut Tensor<T>,
     state: &mut BiasDropoutResidualState,
     p: f64,
@@ -297,6 +302,7 @@ pub fn bias_dropout_residual_into<T: Element>(
         mode,
         shard: None,
     };
+    let ResidualInputs { x, bias, residual } = inputs;
     bias_dropout_residual_run_into(x, bias, residual, out, state, run)
 }
 
@@ -538,8 +544,18 @@ mod tests {
             Tensor::from_vec((0..n).map(|i| (i % 7) as f32 - 3.5).collect(), &[rows, h]).unwrap();
         for mode in [MaskMode::Bits, MaskMode::Regenerate] {
             let pos = StreamPos::new(11, 3);
-            let (_, state) =
-                bias_dropout_residual(&x, &bias, &residual, 0.3, true, pos, mode).unwrap();
+            let (_, state) = bias_dropout_residual(
+                ResidualInputs {
+                    x: &x,
+                    bias: &bias,
+                    residual: &residual,
+                },
+                0.3,
+                true,
+                pos,
+                mode,
+            )
+            .unwrap();
             let copied = bias_dropout_residual_backward(&grad, &state).unwrap();
             let moved_grad = grad.try_clone().unwrap();
             let address = moved_grad.as_slice().unwrap().as_ptr();
